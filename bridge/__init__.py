@@ -1,0 +1,1 @@
+"""Engine daemon: websocket server, job queue, service files."""

@@ -1,0 +1,5 @@
+import sys
+
+from ffclip.engine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Loading checkpoint files safely and strictly."""

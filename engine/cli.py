@@ -1,0 +1,66 @@
+"""`ffclip-engine` command line: one sub-command per module, imported lazily.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`, so the heavy
+imports (torch, dlib, websockets) happen only for the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("ffclip.bridge.daemon", "run the engine daemon (websocket server)"),
+    "edit": ("ffclip.engine.edit_cli", "edit the faces of a photo with a text prompt"),
+    "faces": ("ffclip.engine.face.cli", "detect faces: boxes, landmarks, FFHQ quads"),
+    "models": ("ffclip.engine.store_cli", "list, fetch, import and verify model checkpoints"),
+    "conformance": ("ffclip.engine.conformance", "check the models against parity fixtures"),
+    "service": ("ffclip.bridge.service", "install the daemon as a desktop service"),
+    "invert-folder": ("ffclip.engine.training.invert_folder", "invert every face of a folder into W+"),
+    "train": ("ffclip.engine.training.train", "train the FFCLIP mapper"),
+    "evaluate": ("ffclip.engine.training.evaluate", "evaluate a mapper checkpoint"),
+    "bench": ("ffclip.engine.bench", "time each stage at real model sizes"),
+    "install-gimp-plugin": ("ffclip.plugin.install", "install the GIMP 3 plug-in"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ffclip-engine", description="FFCLIP Edit engine: text-driven face editing."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from ffclip.engine import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"ffclip-engine {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Faces in photos: detection, FFHQ alignment and paste-back."""

@@ -1,0 +1,1 @@
+"""Neural networks, in the layouts of the official checkpoints."""

@@ -1,0 +1,1 @@
+"""Mapper training, latent datasets and evaluation."""

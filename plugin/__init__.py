@@ -1,0 +1,1 @@
+"""GIMP-side client of the engine daemon: protocol and websocket client, standard library only."""
