@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+# FFCLIP Edit: free-form text-driven face editing for GIMP 3.
+#
+# Filters > FFCLIP Edit...   (python-fu-ffclip-edit)    edit the faces of the active layer
+# Filters > FFCLIP Cancel    (python-fu-ffclip-cancel)  cancel the running edit
+#
+# This file only talks to GIMP; everything else is in the `ffclip_plugin` package next to it
+# (a copy of the project's plugin/ package, standard library only). Installed by
+# `ffclip-engine install-gimp-plugin`; the engine daemon is `ffclip-engine serve`.
+
+import contextlib
+import os
+import sys
+import traceback
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+try:
+    from ffclip_plugin import gimp_edit, gimp_settings  # installed layout
+except ImportError:  # running from a source checkout with the project installed
+    from ffclip.plugin import gimp_edit, gimp_settings
+
+RGBA = "R'G'B'A u8"
+MASK = "Y u8"
+NEW_LAYER_TYPE = {
+    Gimp.ImageBaseType.RGB: Gimp.ImageType.RGBA_IMAGE,
+    Gimp.ImageBaseType.GRAY: Gimp.ImageType.GRAYA_IMAGE,
+    Gimp.ImageBaseType.INDEXED: Gimp.ImageType.INDEXEDA_IMAGE,
+}
+
+
+class GimpProgress(gimp_edit.Progress):
+    def __init__(self):
+        self.started = False
+
+    def text(self, message):
+        if not self.started:
+            Gimp.progress_init(message)
+            self.started = True
+        else:
+            Gimp.progress_set_text(message)
+
+    def fraction(self, value):
+        Gimp.progress_update(value)
+
+    def pulse(self):
+        Gimp.progress_pulse()
+
+    def end(self):
+        if self.started:
+            Gimp.progress_end()
+
+
+def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
+    return procedure.new_return_values(status, GLib.Error(message))
+
+
+def _log_unexpected():
+    path = gimp_settings.state_dir() / "plugin.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(traceback.format_exc() + "\n")
+    except OSError:
+        return ""
+    return f" (details in {path})"
+
+
+def _read_layer(image, layer):
+    width, height = layer.get_width(), layer.get_height()
+    rgba = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, width, height), 1.0, RGBA, Gegl.AbyssPolicy.CLAMP)
+    selection = None
+    if not Gimp.Selection.is_empty(image):
+        _, ox, oy = layer.get_offsets()
+        # The selection lives in image coordinates; outside the canvas it reads as unselected.
+        selection = (
+            image.get_selection()
+            .get_buffer()
+            .get(Gegl.Rectangle.new(ox, oy, width, height), 1.0, MASK, Gegl.AbyssPolicy.NONE)
+        )
+    return bytes(rgba), width, height, (bytes(selection) if selection is not None else None)
+
+
+def _place_result(image, layer, name, outcome):
+    x, y, w, h = outcome.region
+    _, ox, oy = layer.get_offsets()
+    layer_type = NEW_LAYER_TYPE.get(image.get_base_type(), Gimp.ImageType.RGBA_IMAGE)
+    image.undo_group_start()
+    try:
+        new = Gimp.Layer.new(image, name, w, h, layer_type, 100.0, Gimp.LayerMode.NORMAL)
+        image.insert_layer(new, layer.get_parent(), image.get_item_position(layer))
+        new.set_offsets(ox + x, oy + y)
+        rect = Gegl.Rectangle.new(0, 0, w, h)
+        buffer = new.get_buffer()
+        buffer.set(rect, RGBA, outcome.layer_rgba)
+        buffer.flush()
+        new.update(0, 0, w, h)
+        if outcome.mask is not None:
+            mask = new.create_mask(Gimp.AddMaskType.WHITE)
+            new.add_mask(mask)
+            mask_buffer = mask.get_buffer()
+            mask_buffer.set(rect, MASK, outcome.mask)
+            mask_buffer.flush()
+            mask.update(0, 0, w, h)
+        image.set_selected_layers([new])
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+    return new
+
+
+def _dialog(procedure, config, settings):
+    GimpUi.init("python-fu-ffclip-edit")
+    if not config.get_property("engine-url"):
+        config.set_property("engine-url", gimp_settings.resolve_url(None, settings))
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="FFCLIP Edit")
+    dialog.fill(["prompt", "strength", "faces", "face-index", "output", "engine-url"])
+    only_index = Gimp.ValueArray.new_from_values([GObject.Value(GObject.TYPE_STRING, "index")])
+    dialog.set_sensitive_if_in("face-index", None, "faces", only_index, True)
+    ok = dialog.run()
+    dialog.destroy()
+    return ok
+
+
+def _remember_url(settings, url):
+    try:
+        url = gimp_settings.normalize_url(url)
+    except ValueError:
+        return
+    if url != settings.get("url"):
+        settings["url"] = url
+        with contextlib.suppress(OSError):
+            gimp_settings.save_settings(HERE, settings)
+
+
+def ffclip_edit(procedure, run_mode, image, drawables, config, data):
+    settings = gimp_settings.load_settings(HERE)
+    layers = [d for d in drawables if isinstance(d, Gimp.Layer) and not isinstance(d, Gimp.LayerMask)]
+    if len(drawables) != 1 or not layers:
+        return _fail(
+            procedure,
+            "Select exactly one layer (not a mask or channel) to edit with FFCLIP.",
+            Gimp.PDBStatusType.CALLING_ERROR,
+        )
+    layer = layers[0]
+
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        try:
+            if not _dialog(procedure, config, settings):
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
+            return _fail(procedure, "FFCLIP Edit could not show its dialog" + _log_unexpected())
+
+    request = gimp_edit.EditRequest(
+        prompt=config.get_property("prompt"),
+        strength=config.get_property("strength"),
+        face_mode=config.get_property("faces"),
+        face_index=config.get_property("face-index"),
+        output=config.get_property("output"),
+        url=config.get_property("engine-url") or None,
+    )
+    progress = GimpProgress()
+    try:
+        request = request.validate()
+        if run_mode == Gimp.RunMode.INTERACTIVE and request.url:
+            _remember_url(settings, request.url)
+        rgba, width, height, selection = _read_layer(image, layer)
+        outcome = gimp_edit.run_edit(request, rgba, width, height, selection, settings, progress)
+        new = _place_result(image, layer, gimp_edit.layer_name(request.prompt), outcome)
+    except gimp_edit.Cancelled as exc:
+        return _fail(procedure, str(exc), Gimp.PDBStatusType.CANCEL)
+    except gimp_edit.PluginError as exc:
+        return _fail(procedure, str(exc))
+    except Exception as exc:  # noqa: BLE001 - never show a traceback to the user
+        return _fail(procedure, f"FFCLIP Edit failed: {type(exc).__name__}: {exc}" + _log_unexpected())
+    finally:
+        progress.end()
+
+    return Gimp.ValueArray.new_from_values(
+        [GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS), GObject.Value(Gimp.Layer, new)]
+    )
+
+
+def ffclip_cancel(procedure, config, data):
+    run_mode = config.get_property("run-mode")
+    try:
+        message = gimp_edit.cancel_running(gimp_settings.load_settings(HERE))
+    except gimp_edit.PluginError as exc:
+        return _fail(procedure, str(exc))
+    except Exception as exc:  # noqa: BLE001
+        return _fail(procedure, f"FFCLIP Cancel failed: {type(exc).__name__}: {exc}" + _log_unexpected())
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        Gimp.message(message)
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+class FfclipEdit(Gimp.PlugIn):
+    def do_set_i18n(self, name):
+        return False, None, None
+
+    def do_query_procedures(self):
+        return [gimp_edit.PROCEDURE, gimp_edit.CANCEL_PROCEDURE]
+
+    def do_create_procedure(self, name):
+        if name == gimp_edit.CANCEL_PROCEDURE:
+            return self._cancel_procedure(name)
+        return self._edit_procedure(name)
+
+    def _edit_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, ffclip_edit, None)
+        procedure.set_image_types("*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label(gimp_edit.MENU_LABEL)
+        procedure.add_menu_path(gimp_edit.MENU_PATH)
+        procedure.set_documentation(
+            "Edit the faces of a layer with a text prompt (FFCLIP)",
+            "Sends the layer (and the selection, as a mask) to the FFCLIP engine daemon and puts the "
+            "edited faces in a new layer 'FFCLIP: <prompt>' above it, with a layer mask from the blend "
+            "mask. Start the engine with 'ffclip-engine serve'.",
+            name,
+        )
+        procedure.set_attribution("FFCLIP Edit contributors", "FFCLIP Edit contributors", "2025")
+        flags = GObject.ParamFlags.READWRITE
+        procedure.add_string_argument(
+            "prompt", "_Prompt", "What to change, e.g. 'smiling, blond hair'", "", flags
+        )
+        procedure.add_double_argument(
+            "strength",
+            "_Strength",
+            "Edit strength (1 = as trained)",
+            gimp_edit.STRENGTH_MIN,
+            gimp_edit.STRENGTH_MAX,
+            gimp_edit.STRENGTH_DEFAULT,
+            flags,
+        )
+        faces = Gimp.Choice.new()
+        for i, (nick, label) in enumerate(gimp_edit.FACE_MODES):
+            faces.add(nick, i, label, "")
+        procedure.add_choice_argument("faces", "_Faces", "Which faces to edit", faces, "all", flags)
+        procedure.add_int_argument(
+            "face-index",
+            "Face _number",
+            "With faces = index: the face to edit (0 = largest)",
+            0,
+            99,
+            0,
+            flags,
+        )
+        output = Gimp.Choice.new()
+        for i, (nick, label) in enumerate(gimp_edit.OUTPUT_MODES):
+            output.add(nick, i, label, "")
+        procedure.add_choice_argument("output", "_Output", "What to create", output, "layer-mask", flags)
+        procedure.add_string_argument(
+            "engine-url", "_Engine URL", "Engine daemon URL; empty: the saved setting", "", flags
+        )
+        procedure.add_layer_return_value("layer", "Layer", "The new layer", False, flags)
+        return procedure
+
+    def _cancel_procedure(self, name):
+        procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, ffclip_cancel, None)
+        procedure.set_menu_label(gimp_edit.CANCEL_MENU_LABEL)
+        procedure.add_menu_path(gimp_edit.MENU_PATH)
+        procedure.set_documentation(
+            "Cancel the running FFCLIP edit",
+            "Asks the FFCLIP engine to stop the edit that FFCLIP Edit is waiting for.",
+            name,
+        )
+        procedure.set_attribution("FFCLIP Edit contributors", "FFCLIP Edit contributors", "2025")
+        procedure.add_enum_argument(
+            "run-mode",
+            "Run mode",
+            "The run mode",
+            Gimp.RunMode,
+            Gimp.RunMode.NONINTERACTIVE,
+            GObject.ParamFlags.READWRITE,
+        )
+        return procedure
+
+
+Gimp.main(FfclipEdit.__gtype__, sys.argv)

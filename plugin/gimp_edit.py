@@ -1,0 +1,464 @@
+"""What the GIMP plug-in does, without GIMP: request building, progress, pixels, errors, the job.
+
+The GIMP entry (`gimp/ffclip-edit/ffclip-edit.py`) only reads and writes GIMP objects; every decision
+lives here so that it can be tested with plain Python. Standard library only (this package is copied
+into the GIMP plug-in folder as `ffclip_plugin`).
+
+Pixel conventions: layer pixels travel as RGBA8 rows (`R'G'B'A u8`, what GEGL converts any layer
+precision and type to), selections and masks as one byte per pixel (`Y u8`). Coordinates in a
+request are layer-local; the result region is in those coordinates too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from . import gimp_settings
+
+PROCEDURE = "python-fu-ffclip-edit"
+CANCEL_PROCEDURE = "python-fu-ffclip-cancel"
+MENU_PATH = "<Image>/Filters"
+MENU_LABEL = "FFCLIP Edit\u2026"
+CANCEL_MENU_LABEL = "FFCLIP Cancel"
+LAYER_PREFIX = "FFCLIP: "
+
+FACE_MODES = (("all", "All faces"), ("largest", "Largest face"), ("index", "Face number"))
+OUTPUT_MODES = (("layer-mask", "New layer with mask"), ("layer", "New layer without mask"))
+STRENGTH_MIN, STRENGTH_MAX, STRENGTH_DEFAULT = 0.0, 2.0, 1.0
+
+STAGES = ("detect", "align", "invert", "encode_text", "map", "synthesize", "blend")
+STAGE_TEXT = {
+    "connect": "Connecting to the FFCLIP engine",
+    "start": "Starting the FFCLIP engine",
+    "upload": "Sending the layer to the engine",
+    "queued": "Waiting for the engine",
+    "detect": "Finding faces",
+    "align": "Aligning faces",
+    "invert": "Encoding faces",
+    "encode_text": "Reading the prompt",
+    "map": "Applying the edit",
+    "synthesize": "Drawing the edited faces",
+    "blend": "Blending into the photo",
+}
+
+ERROR_TEXT = {
+    "no_face": "No face was found in the layer{where}. FFCLIP Edit needs a clearly visible face, "
+    "roughly frontal and at least about 80 pixels wide.",
+    "models_missing": "The FFCLIP engine has no model weights yet. {message}",
+    "too_large": "The layer is too large for the engine. {message}",
+    "bad_image": "The engine could not read the layer pixels. {message}",
+    "bad_request": "The engine refused the request. {message}",
+    "busy": "The FFCLIP engine is busy with other jobs; try again in a moment. {message}",
+    "unauthorized": "The FFCLIP engine refused the access token. Check the token in {settings}.",
+    "cancelled": "The edit was cancelled.",
+    "internal": "The FFCLIP engine failed while editing: {message}",
+}
+
+
+class PluginError(Exception):
+    """An error whose message is meant for the GIMP user as is."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled (FFCLIP Cancel, or the engine reported it)."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@dataclass
+class EditRequest:
+    prompt: str
+    strength: float = STRENGTH_DEFAULT
+    face_mode: str = "all"
+    face_index: int = 0
+    output: str = "layer-mask"
+    url: str | None = None
+
+    def validate(self) -> EditRequest:
+        prompt = " ".join((self.prompt or "").split())
+        if not prompt:
+            raise PluginError(
+                "Type a prompt describing the edit, for example \u201csmiling, blond hair\u201d."
+            )
+        try:
+            strength = float(self.strength)
+        except (TypeError, ValueError):
+            raise PluginError(f"Strength must be a number, not {self.strength!r}.") from None
+        if not STRENGTH_MIN <= strength <= STRENGTH_MAX:
+            raise PluginError(f"Strength must be between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}.")
+        face_mode = (self.face_mode or "all").strip().lower()
+        if face_mode not in dict(FACE_MODES):
+            raise PluginError(f"Faces must be one of all, largest, index; not {self.face_mode!r}.")
+        output = (self.output or "layer-mask").strip().lower()
+        if output not in dict(OUTPUT_MODES):
+            raise PluginError(f"Output must be layer-mask or layer, not {self.output!r}.")
+        index = int(self.face_index or 0)
+        if index < 0:
+            raise PluginError("The face number must be 0 or more (0 is the largest face).")
+        return EditRequest(prompt, strength, face_mode, index, output, self.url)
+
+    def faces_value(self) -> str | list[int]:
+        """The protocol's `faces`: "all", "largest" or a list of indices."""
+        if self.face_mode == "index":
+            return [int(self.face_index)]
+        return self.face_mode
+
+
+def layer_name(prompt: str, limit: int = 120) -> str:
+    prompt = " ".join((prompt or "").split())
+    if len(prompt) > limit:
+        prompt = prompt[: limit - 1].rstrip() + "\u2026"
+    return LAYER_PREFIX + prompt
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def overall_progress(stage: str, value: float) -> float | None:
+    """Fraction of the whole job for a stage's own 0..1 value (None: not a pipeline stage)."""
+    if stage not in STAGES:
+        return None
+    value = min(max(float(value), 0.0), 1.0)
+    return (STAGES.index(stage) + value) / len(STAGES)
+
+
+def stage_text(stage: str, value: float | None = None) -> str:
+    text = STAGE_TEXT.get(stage, stage.replace("_", " ").capitalize())
+    if stage == "queued" and value:
+        text += f" (position {int(value)} in the queue)"
+    return "FFCLIP: " + text + "\u2026"
+
+
+class Progress:
+    """Where progress goes; the GIMP entry subclasses it with Gimp.progress_* calls."""
+
+    def text(self, message: str) -> None:  # pragma: no cover - trivial
+        pass
+
+    def fraction(self, value: float) -> None:  # pragma: no cover - trivial
+        pass
+
+    def pulse(self) -> None:  # pragma: no cover - trivial
+        pass
+
+
+class ProgressRelay:
+    """Turns the engine's (stage, value) callbacks into monotone text and fraction updates."""
+
+    def __init__(self, sink: Progress):
+        self.sink = sink
+        self.stage: str | None = None
+        self.done = 0.0
+
+    def __call__(self, stage: str, value: float = 0.0) -> None:
+        if stage != self.stage:
+            self.stage = stage
+            self.sink.text(stage_text(stage, value))
+        fraction = overall_progress(stage, value)
+        if fraction is None:
+            self.sink.pulse()
+        elif fraction >= self.done:
+            self.done = fraction
+            self.sink.fraction(fraction)
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def crop(data: bytes, width: int, height: int, region: tuple[int, int, int, int], bpp: int) -> bytes:
+    """Rows of `region` (x, y, w, h) out of a width×height image with `bpp` bytes per pixel."""
+    x, y, w, h = region
+    if x < 0 or y < 0 or w < 0 or h < 0 or x + w > width or y + h > height:
+        raise ValueError(f"region {region} is outside the {width}x{height} image")
+    if len(data) != width * height * bpp:
+        raise ValueError(f"expected {width * height * bpp} bytes, got {len(data)}")
+    stride, row = width * bpp, w * bpp
+    return b"".join(data[(y + j) * stride + x * bpp : (y + j) * stride + x * bpp + row] for j in range(h))
+
+
+def check_region(region, width: int, height: int) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in region)
+    except (TypeError, ValueError):
+        raise PluginError(f"The engine returned an unreadable region: {region!r}") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise PluginError(f"The engine returned a region {[x, y, w, h]} outside the {width}x{height} layer.")
+    return x, y, w, h
+
+
+def compose_result(
+    result_rgba: bytes,
+    source_region_rgba: bytes,
+    selection_region: bytes | None,
+    output: str,
+) -> tuple[bytes, bytes | None]:
+    """(layer pixels RGBA8, layer mask Y8 or None) for the new layer covering the result region.
+
+    The blend mask is the result's alpha, limited by the selection (so nothing outside the selection
+    changes, even with a soft selection). With a mask, the layer keeps the source's alpha and the mask
+    carries the blend; without one, the blend goes into the layer's alpha.
+    """
+    n = len(source_region_rgba) // 4
+    if len(result_rgba) != 4 * n:
+        raise PluginError(
+            f"The engine returned {len(result_rgba)} bytes for a region of {n} pixels (expected {4 * n})."
+        )
+    blend = bytes(result_rgba[3::4])
+    if selection_region is not None:
+        if len(selection_region) != n:
+            raise ValueError("selection size does not match the region")
+        blend = bytes(map(min, blend, selection_region))
+    layer = bytearray(result_rgba)
+    source_alpha = bytes(source_region_rgba[3::4])
+    if output == "layer-mask":
+        layer[3::4] = source_alpha
+        return bytes(layer), blend
+    if source_alpha.count(255) == n:
+        layer[3::4] = blend
+    else:
+        layer[3::4] = bytes((a * b + 127) // 255 for a, b in zip(blend, source_alpha, strict=True))
+    return bytes(layer), None
+
+
+def selection_is_full(selection: bytes | None) -> bool:
+    return selection is None or selection.count(255) == len(selection)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_message(exc: BaseException, url: str | None = None, settings_path: str | None = None) -> str:
+    """A readable message for any exception raised while talking to the engine."""
+    if isinstance(exc, PluginError):
+        return str(exc)
+    code = getattr(exc, "code", None)
+    message = str(getattr(exc, "message", "") or "").strip()
+    name = type(exc).__name__
+    if name == "ConnectionFailed" or isinstance(exc, ConnectionRefusedError):
+        return not_running_message(url)
+    if code in ERROR_TEXT:
+        text = ERROR_TEXT[code].format(
+            message=message, where="", settings=settings_path or gimp_settings.SETTINGS_NAME
+        )
+        return text.strip()
+    if code:
+        return f"The FFCLIP engine reported an error ({code}): {message or 'no details'}"
+    if isinstance(exc, TimeoutError | OSError):
+        return f"Lost contact with the FFCLIP engine at {url or 'its URL'}: {exc or name}."
+    return f"FFCLIP Edit failed: {name}: {exc}"
+
+
+def not_running_message(url: str | None, extra: str = "") -> str:
+    url = url or gimp_settings.DEFAULT_URL
+    port = gimp_settings.url_port(url)
+    text = (
+        f"The FFCLIP engine is not running at {url}.\n"
+        f"Start it in a terminal with:\n    ffclip-engine serve --port {port}\n"
+        "or let the plug-in start it: ffclip-engine install-gimp-plugin --autostart"
+    )
+    if extra:
+        text += "\n\n" + extra
+    return text
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass
+class EditOutcome:
+    region: tuple[int, int, int, int]
+    layer_rgba: bytes
+    mask: bytes | None
+    faces: list = field(default_factory=list)
+    job_id: str = ""
+
+
+def _client_module():
+    from . import client
+
+    return client
+
+
+def connect(url: str, settings: dict, progress: Progress, client_factory=None, starter=None):
+    """A connected client; starts the engine when allowed and it is not reachable."""
+    factory = client_factory or _default_factory(settings)
+    progress.text(stage_text("connect"))
+    try:
+        client = factory(url)
+        client.connect()
+        return client
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if not _is_unreachable(exc):
+            raise
+        first = exc
+    if not (settings.get("autostart") and settings.get("start_command") and gimp_settings.is_local_url(url)):
+        raise PluginError(not_running_message(url)) from first
+    (starter or start_engine)(settings, progress)
+    deadline = time.monotonic() + float(settings.get("start_timeout") or 120)
+    progress.text(stage_text("start"))
+    while True:
+        progress.pulse()
+        try:
+            client = factory(url)
+            client.connect()
+            return client
+        except Exception as exc:  # noqa: BLE001
+            if not _is_unreachable(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise PluginError(
+                    not_running_message(
+                        url,
+                        f"The plug-in started the engine but it did not answer within "
+                        f"{float(settings.get('start_timeout') or 120):g} s; see {engine_log_path()}.",
+                    )
+                ) from exc
+            time.sleep(0.5)
+
+
+def _default_factory(settings: dict):
+    client = _client_module()
+
+    def factory(url: str):
+        timeout = float(settings.get("timeout") or 600)
+        return client.EngineClient(url, token=settings.get("token"), timeout=timeout)
+
+    return factory
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    return type(exc).__name__ == "ConnectionFailed" or isinstance(exc, ConnectionRefusedError)
+
+
+def engine_log_path() -> str:
+    return str(gimp_settings.state_dir() / "engine.log")
+
+
+def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
+    """Start the daemon from `start_command`, detached, its output in the state folder's engine.log."""
+    command = settings.get("start_command")
+    if isinstance(command, str):
+        command = command.split()
+    if not command:
+        raise PluginError(not_running_message(settings.get("url")))
+    progress.text(stage_text("start"))
+    log_path = engine_log_path()
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    try:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                [str(c) for c in command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        raise PluginError(
+            not_running_message(settings.get("url"), f"Starting it with {' '.join(command)} failed: {exc}")
+        ) from exc
+
+
+def run_edit(
+    request: EditRequest,
+    rgba: bytes,
+    width: int,
+    height: int,
+    selection: bytes | None,
+    settings: dict,
+    progress: Progress,
+    client_factory=None,
+    starter=None,
+) -> EditOutcome:
+    """Send one layer to the engine and turn the answer into the new layer's pixels and mask.
+
+    Raises PluginError (readable message) or Cancelled; never anything else for engine trouble.
+    """
+    request = request.validate()
+    url = gimp_settings.resolve_url(request.url, settings)
+    if len(rgba) != width * height * 4:
+        raise PluginError(f"Internal error: {len(rgba)} bytes for a {width}x{height} RGBA layer.")
+    if selection is not None and selection_is_full(selection):
+        selection = None
+    if selection is not None and not any(selection):
+        raise PluginError("The selection does not cover the layer; select the face (or nothing) and retry.")
+    job_id = uuid.uuid4().hex
+    client = None
+    try:
+        client = connect(url, settings, progress, client_factory, starter)
+    except PluginError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every engine failure becomes a message
+        raise PluginError(error_message(exc, url)) from exc
+    try:
+        gimp_settings.write_job_state(url, job_id, settings.get("token"))
+        progress.text(stage_text("upload"))
+        relay = ProgressRelay(progress)
+        result = client.edit(
+            rgba,
+            width,
+            height,
+            request.prompt,
+            strength=request.strength,
+            faces=request.faces_value(),
+            selection=selection,
+            preview=False,
+            on_progress=relay,
+            on_queued=lambda position: relay("queued", position),
+            job_id=job_id,
+        )
+    except PluginError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every engine failure becomes a message
+        if getattr(exc, "code", None) == "cancelled" or type(exc).__name__ == "Cancelled":
+            raise Cancelled(ERROR_TEXT["cancelled"]) from exc
+        if _is_unreachable(exc) or isinstance(exc, OSError):
+            raise PluginError(
+                f"Lost contact with the FFCLIP engine at {url} during the edit: "
+                f"{getattr(exc, 'message', '') or exc}"
+            ) from exc
+        raise PluginError(error_message(exc, url)) from exc
+    finally:
+        gimp_settings.clear_job_state(job_id)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+    region = check_region(result.region, width, height)
+    source = crop(rgba, width, height, region, 4)
+    sel = crop(selection, width, height, region, 1) if selection is not None else None
+    layer_rgba, mask = compose_result(bytes(result.rgba), source, sel, request.output)
+    progress.fraction(1.0)
+    return EditOutcome(region, layer_rgba, mask, list(getattr(result, "faces", []) or []), job_id)
+
+
+def cancel_running(settings: dict | None = None, client_factory=None) -> str:
+    """Cancel the job the edit procedure is running; returns a message for the user."""
+    state = gimp_settings.read_job_state()
+    if state is None:
+        return "No FFCLIP edit is running."
+    if state.get("stale"):
+        gimp_settings.clear_job_state(state["id"])
+        return "No FFCLIP edit is running (the last one ended without cleaning up)."
+    settings = dict(settings or gimp_settings.DEFAULTS)
+    if state.get("token"):
+        settings["token"] = state["token"]
+    factory = client_factory or _default_factory(settings)
+    client = None
+    try:
+        client = factory(state["url"])
+        client.connect()
+        client.cancel(state["id"])
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(error_message(exc, state["url"])) from exc
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+    return "Asked the FFCLIP engine to cancel the running edit."

@@ -1,0 +1,175 @@
+"""Settings of the GIMP plug-in and the small state file that lets **FFCLIP Cancel** reach a job.
+
+Standard library only: this module is copied into the GIMP plug-in folder (as `ffclip_plugin`).
+
+Settings live in `ffclip-edit.json` next to the plug-in entry; `ffclip-engine install-gimp-plugin`
+writes it, the dialog updates the engine URL in it. Keys:
+
+- `url`: engine websocket URL (default `ws://127.0.0.1:8765`); `FFCLIP_ENGINE_URL` overrides it
+  when the caller gives no URL.
+- `token`: optional bearer token for the daemon.
+- `autostart`: start the engine when it is not reachable (only for a local URL).
+- `start_command`: argv list that starts the daemon (`ffclip-engine serve ...`).
+- `start_timeout`: seconds to wait for a started daemon to accept connections.
+- `timeout`: seconds of silence from the engine before a job is given up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SETTINGS_NAME = "ffclip-edit.json"
+DEFAULT_URL = "ws://127.0.0.1:8765"
+DEFAULTS: dict = {
+    "url": DEFAULT_URL,
+    "token": None,
+    "autostart": False,
+    "start_command": None,
+    "start_timeout": 120.0,
+    "timeout": 600.0,
+}
+
+
+def load_settings(plugin_dir: str | os.PathLike | None) -> dict:
+    """Defaults, overlaid with the settings file of `plugin_dir` (a broken file is ignored)."""
+    settings = dict(DEFAULTS)
+    if plugin_dir is not None:
+        path = Path(plugin_dir) / SETTINGS_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            settings.update({k: v for k, v in data.items() if k in DEFAULTS})
+    return settings
+
+
+def save_settings(plugin_dir: str | os.PathLike, settings: dict) -> Path:
+    """Write the known keys of `settings` atomically; returns the file written."""
+    path = Path(plugin_dir) / SETTINGS_NAME
+    data = {k: settings.get(k, v) for k, v in DEFAULTS.items()}
+    _write_json_atomic(path, data)
+    return path
+
+
+def resolve_url(given: str | None, settings: dict, environ: dict | None = None) -> str:
+    """The URL to use: the argument, else `FFCLIP_ENGINE_URL`, else the saved setting."""
+    environ = os.environ if environ is None else environ
+    for candidate in (given, environ.get("FFCLIP_ENGINE_URL"), settings.get("url"), DEFAULT_URL):
+        if candidate and str(candidate).strip():
+            return normalize_url(str(candidate))
+    return DEFAULT_URL
+
+
+def normalize_url(url: str) -> str:
+    """Accept `host:port`, `http(s)://` and `ws(s)://`; return a ws(s) URL."""
+    url = url.strip()
+    if "://" not in url:
+        url = "ws://" + url
+    scheme, rest = url.split("://", 1)
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"engine URL must start with ws:// or wss://, not {scheme}://")
+    if not rest or rest.startswith("/"):
+        raise ValueError(f"engine URL has no host: {url}")
+    return f"{scheme}://{rest}"
+
+
+def is_local_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "")
+
+
+def url_port(url: str, default: int = 8765) -> int:
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
+
+
+# --------------------------------------------------------------------------- running job state
+
+
+def state_dir(environ: dict | None = None) -> Path:
+    """Per-user folder for the running-job file: $XDG_RUNTIME_DIR, else the cache folder."""
+    environ = os.environ if environ is None else environ
+    override = environ.get("FFCLIP_STATE_DIR")
+    if override:
+        return Path(override)
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "ffclip-edit"
+    cache = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
+    return Path(cache) / "ffclip-edit"
+
+
+def job_state_path(environ: dict | None = None) -> Path:
+    return state_dir(environ) / "current-job.json"
+
+
+def write_job_state(url: str, job_id: str, token: str | None = None, environ: dict | None = None) -> Path:
+    path = job_state_path(environ)
+    _write_json_atomic(
+        path, {"url": url, "id": job_id, "token": token, "pid": os.getpid(), "started": time.time()}
+    )
+    return path
+
+
+def read_job_state(environ: dict | None = None) -> dict | None:
+    """The running job, or None (no file, unreadable, or its plug-in process is gone)."""
+    path = job_state_path(environ)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not data.get("id") or not data.get("url"):
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int) and not _pid_alive(pid):
+        data["stale"] = True
+    return data
+
+
+def clear_job_state(job_id: str | None = None, environ: dict | None = None) -> None:
+    """Remove the state file; with `job_id`, only when it still names that job."""
+    path = job_state_path(environ)
+    if job_id is not None:
+        current = read_job_state(environ)
+        if current is not None and current.get("id") != job_id:
+            return
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
