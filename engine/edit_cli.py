@@ -1,0 +1,189 @@
+"""`ffclip-engine edit IN "PROMPT" -o OUT`: edit the faces of one photo.
+
+Runs the whole pipeline in this process (models loaded here), or with `--url` sends the job to a
+running daemon. `--editor passthrough` needs no weights: the aligned crop goes straight back into
+the photo, which measures the warp, paste-back and seam on real photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from ffclip.engine.imageio import DEFAULT_MAX_PIXELS, load_image, save_image
+from ffclip.engine.pipeline import EditRequest, EditResult, Pipeline, PipelineError, parse_faces
+
+UNTRAINED_NOTE = (
+    "note: the '{profile}' profile is a random, untrained model; its edits look like noise inside the "
+    "changed region. Use the real models for real edits."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="photo to edit")
+    parser.add_argument("prompt", help='free-form text, e.g. "smiling, blond hair"')
+    parser.add_argument("-o", "--output", required=True, help="edited photo (PNG keeps 16 bit and alpha)")
+    parser.add_argument("--strength", type=float, default=1.0, help="edit strength alpha (default 1)")
+    parser.add_argument("--faces", default="all", help="all | largest | indices in score order, e.g. 0,2")
+    parser.add_argument("--preview", action="store_true", help="fast low-resolution synthesis")
+    parser.add_argument("--selection", help="8-bit mask image: 0 = must not change (optional)")
+    parser.add_argument("--mask-out", help="write the final blend mask (8 bit, image size)")
+    parser.add_argument("--debug-dir", help="write aligned crop, reconstruction, edit and masks per face")
+    parser.add_argument("--profile", default="real", choices=("real", "tiny"), help="model profile")
+    parser.add_argument("--editor", default="model", choices=("model", "passthrough"), help="debug editors")
+    parser.add_argument("--models", help="model store directory")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse larger images (default %(default)s)",
+    )
+    parser.add_argument("--url", help="send the job to a running daemon, e.g. ws://127.0.0.1:8765")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.url:
+            return _run_remote(args)
+        return _run_local(args)
+    except PipelineError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # never a traceback for the user, unless asked
+        if os.environ.get("FFCLIP_DEBUG"):
+            raise
+        print(
+            f"error [internal]: {type(exc).__name__}: {exc} (FFCLIP_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    # HOOK (--url): the daemon client lives in ffclip.plugin.client (written by the plug-in side).
+    from ffclip.plugin.client import edit_file
+
+    faces = parse_faces(args.faces)
+    try:
+        summary = edit_file(
+            args.url,
+            args.input,
+            args.prompt,
+            args.output,
+            strength=args.strength,
+            faces=faces,
+            preview=args.preview,
+            mask_out=args.mask_out,
+        )
+    except Exception as exc:  # the client's EngineError carries the daemon's error code
+        code = getattr(exc, "code", None)
+        if code is None:
+            raise
+        print(f"error [{code}]: {getattr(exc, 'message', '') or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output} (daemon {args.url}): {summary}")
+    return 0
+
+
+def _load_engine(args: argparse.Namespace):
+    if args.editor == "passthrough":
+        return None
+    from ffclip.engine.inference import Engine, ModelsMissing
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return Engine.load(profile=args.profile, models_dir=args.models, device=device)
+    except ModelsMissing as exc:
+        print(f"error [models_missing]: missing {', '.join(exc.missing)}; run `{exc.hint}`", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+def _load_selection(path: str, shape: tuple[int, int], max_pixels: int) -> np.ndarray:
+    sel = load_image(path, max_pixels=max_pixels)
+    if sel.shape[2] == 4:
+        sel = sel[..., 3]
+    elif sel.shape[2] == 3:
+        sel = np.rint(sel.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    else:
+        sel = sel[..., 0]
+    if sel.dtype == np.uint16 or sel.max() > 255:
+        sel = sel / 257.0
+    sel = np.clip(np.rint(sel), 0, 255).astype(np.uint8)
+    if sel.shape != shape:
+        raise PipelineError(
+            "bad_request", f"the selection is {sel.shape[1]}x{sel.shape[0]}, the photo {shape[1]}x{shape[0]}"
+        )
+    return sel
+
+
+class _Progress:
+    """Prints each finished stage once."""
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+
+    def __call__(self, stage: str, value: float) -> None:
+        if value >= 1.0 and stage not in self.done:
+            self.done.add(stage)
+            print(f"  {stage} done", file=sys.stderr)
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    image = load_image(args.input, max_pixels=args.max_pixels)
+    selection = _load_selection(args.selection, image.shape[:2], args.max_pixels) if args.selection else None
+    engine = _load_engine(args)
+    if engine is not None and engine.untrained:
+        print(UNTRAINED_NOTE.format(profile=args.profile), file=sys.stderr)
+    pipeline = Pipeline(engine, editor=args.editor, max_pixels=args.max_pixels)
+    request = EditRequest(
+        image=image,
+        prompt=args.prompt,
+        strength=args.strength,
+        faces=parse_faces(args.faces),
+        selection=selection,
+        preview=args.preview,
+        debug=bool(args.debug_dir),
+    )
+    result = pipeline.edit(request, progress=_Progress())
+    out = _output_array(result.image, Path(args.output))
+    save_image(args.output, out)
+    if args.mask_out:
+        save_image(args.mask_out, result.mask)
+    if args.debug_dir:
+        _write_debug(Path(args.debug_dir), result)
+    _summary(args, result)
+    return 0
+
+
+def _output_array(image: np.ndarray, path: Path) -> np.ndarray:
+    """16 bit only fits PNG/TIFF; elsewhere it is reduced to 8 bit (with a note)."""
+    if image.dtype == np.uint16 and path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        print(f"note: {path.name} cannot hold 16 bit; writing 8 bit", file=sys.stderr)
+        return np.clip(np.rint(image / 257.0), 0, 255).astype(np.uint8)
+    return image
+
+
+def _write_debug(folder: Path, result: EditResult) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_image(folder / "mask.png", result.mask)
+    if result.rgba.size:
+        save_image(folder / "region.png", result.rgba)
+    for face, images in zip(result.faces, result.debug, strict=True):
+        for name, arr in images.items():
+            save_image(folder / f"face{face.index}.{name}.png", arr)
+
+
+def _summary(args: argparse.Namespace, result: EditResult) -> None:
+    faces = ", ".join(f"{f.index} (box {list(f.box)})" for f in result.faces)
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    print(f"wrote {args.output}: faces {faces}; region {list(result.region)}; {timings}")
+    if result.untrained:
+        print("the edit comes from an UNTRAINED model (tiny profile)")

@@ -1,0 +1,541 @@
+"""The photo pipeline: detect -> align -> invert -> encode text -> map -> synthesize -> blend.
+
+`Pipeline.edit` turns an ordinary photo (any size, grey/RGB/RGBA, 8 or 16 bit) and a prompt into
+the edited photo, the blend mask and the edited region as RGBA (what the daemon sends back).
+Detection, alignment, inversion and the reconstruction G(w) are cached per photo and face, so a
+second edit of the same photo with another prompt or strength only maps, synthesizes and blends.
+
+`editor="passthrough"` replaces invert/map/synthesize by the aligned crop itself, rendered from
+the photo at the resolution the paste-back expects, with the whole crop counted as changed: the
+warp, the paste-back and the seam can then be measured on real photos without any weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from ffclip.engine.face.align import AlignTransform, align_face
+from ffclip.engine.face.blend import BlendConfig, Compositor, change_mask, match_colours, warp_to_photo
+from ffclip.engine.face.detect import DetectorConfig, FaceDetector, FaceInfo
+
+STAGES = ("detect", "align", "invert", "encode_text", "map", "synthesize", "blend")
+ERROR_CODES = ("bad_image", "too_large", "no_face", "cancelled", "bad_request")
+ENCODER_SIZE = 256  # e4e's input resolution
+PASSTHROUGH_SIZE = 1024  # crop size of the passthrough editor when no engine tells its size
+PREVIEW_SIZE = 256
+MIN_SIDE = 16
+DEFAULT_MAX_PIXELS = 64_000_000
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+__all__ = [
+    "STAGES",
+    "PipelineError",
+    "EditRequest",
+    "FaceInfo",
+    "EditResult",
+    "Pipeline",
+    "parse_faces",
+]
+
+
+class PipelineError(Exception):
+    """An error the user can act on; `code` is one of ERROR_CODES (the wire protocol's codes)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class EditRequest:
+    image: np.ndarray  # (H, W, C) C in {1, 3, 4}, uint8 or uint16, already EXIF-oriented
+    prompt: str
+    strength: float = 1.0
+    faces: str | list[int] = "all"  # "all" | "largest" | indices in score order (or "0,2")
+    selection: np.ndarray | None = None  # (H, W) uint8, 0 = must not change, 255 = free
+    preview: bool = False
+    debug: bool = False  # fill EditResult.debug with per-face crops and masks
+
+
+@dataclass
+class EditResult:
+    image: np.ndarray  # full edited image, same shape/dtype as the input (alpha kept)
+    mask: np.ndarray  # (H, W) uint8 final blend mask
+    region: tuple[int, int, int, int]  # x, y, w, h bounding box of mask > 0
+    rgba: np.ndarray  # (h, w, 4) uint8 edited region (RGB) with alpha = blend mask
+    faces: list[FaceInfo]  # the faces that were edited
+    stages: list[str]  # stages actually run (cache hits skip detect/align/invert)
+    untrained: bool = False  # the engine is a random model (tiny profile): edits are noise
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage run
+    debug: list[dict[str, np.ndarray]] = field(default_factory=list)  # per face, when requested
+
+
+@dataclass
+class _FaceEntry:
+    """Per (photo, face) cache entry; `w` and `recon` are filled on first use."""
+
+    transform: AlignTransform
+    aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop
+    w: Any = None  # W+ latent (1, n_latent, dim) torch tensor on the CPU
+    recon: dict[int, np.ndarray] = field(default_factory=dict)  # size -> G(w), (S, S, 3) float16 0..255
+
+    def nbytes(self) -> int:
+        n = self.aligned.nbytes + sum(r.nbytes for r in self.recon.values())
+        if self.w is not None:
+            n += self.w.numel() * self.w.element_size()
+        return n
+
+
+class _LRU:
+    """A least-recently-used cache bounded by a byte budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return self.items[key][0]
+        self.misses += 1
+        return None
+
+    def put(self, key: Any, value: Any, nbytes: int) -> None:
+        if key in self.items:
+            self.bytes -= self.items.pop(key)[1]
+        if nbytes > self.budget:
+            return
+        self.items[key] = (value, nbytes)
+        self.bytes += nbytes
+        while self.bytes > self.budget:
+            _, (_, size) = self.items.popitem(last=False)
+            self.bytes -= size
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses, "entries": len(self.items), "bytes": self.bytes}
+
+
+def parse_faces(faces: str | list[int] | tuple[int, ...]) -> str | list[int]:
+    """Normalise a face selection: "all", "largest" or a list of indices ("0,2" accepted)."""
+    if isinstance(faces, str):
+        text = faces.strip().lower()
+        if text in ("all", "largest"):
+            return text
+        faces = [p for p in text.split(",") if p.strip()]
+    try:
+        indices = [int(i) for i in faces]
+    except (TypeError, ValueError):
+        message = f"faces must be all, largest or indices like 0,2; got {faces!r}"
+        raise PipelineError("bad_request", message) from None
+    if not indices or any(i < 0 for i in indices):
+        raise PipelineError("bad_request", f"face indices must be integers >= 0; got {faces!r}")
+    return indices
+
+
+def image_key(image: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(image).data)
+    digest.update(f"{image.shape}{image.dtype}".encode())
+    return digest.hexdigest()
+
+
+def _as_hwc(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise PipelineError("bad_image", "the image must be a numpy array")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise PipelineError("bad_image", f"expected an (H, W, 1|3|4) image, got shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise PipelineError("bad_image", f"expected uint8 or uint16 pixels, got {image.dtype}")
+    return image
+
+
+def _rgb_float(image: np.ndarray) -> np.ndarray:
+    """Colour channels as (H, W, 3) float32 in 0..255 (16 bit scaled down, grey replicated)."""
+    colour = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    work = colour.astype(np.float32)
+    if image.dtype == np.uint16:
+        work /= 257.0
+    return work
+
+
+def _to_uint8(work: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(work), 0, 255).astype(np.uint8)
+
+
+class _Stages:
+    """Progress, cancellation and timing bookkeeping for one edit."""
+
+    def __init__(
+        self, progress: Callable[[str, float], None] | None, should_cancel: Callable[[], bool] | None
+    ):
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.run: list[str] = []
+        self.timings: dict[str, float] = {}
+        self._start = 0.0
+        self._name = ""
+
+    def begin(self, name: str) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise PipelineError("cancelled", "the edit was cancelled")
+        self._name, self._start = name, time.perf_counter()
+        self.report(0.0)
+
+    def report(self, value: float) -> None:
+        if self.progress is not None:
+            self.progress(self._name, float(min(max(value, 0.0), 1.0)))
+
+    def end(self) -> None:
+        self.run.append(self._name)
+        self.timings[self._name] = time.perf_counter() - self._start
+        self.report(1.0)
+
+    def skip(self, name: str) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise PipelineError("cancelled", "the edit was cancelled")
+        if self.progress is not None:
+            self.progress(name, 1.0)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Any,
+        editor: str = "model",
+        cache_bytes: int = 512 << 20,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector: DetectorConfig | None = None,
+        blend: BlendConfig | None = None,
+    ) -> None:
+        if editor not in ("model", "passthrough"):
+            raise ValueError(f"editor must be 'model' or 'passthrough', not {editor!r}")
+        if editor == "model" and engine is None:
+            raise ValueError("the model editor needs an engine")
+        self.engine = engine
+        self.editor = editor
+        self.max_pixels = max_pixels
+        self.detector = FaceDetector(detector)
+        self.blend_config = blend or BlendConfig()
+        self._cache = _LRU(cache_bytes)
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def untrained(self) -> bool:
+        return bool(getattr(self.engine, "untrained", False)) if self.editor == "model" else False
+
+    def cache_stats(self) -> dict:
+        return self._cache.stats()
+
+    def detect(self, image: np.ndarray) -> list[FaceInfo]:
+        """All faces of a photo, most confident first (cached like edits)."""
+        image = self._validate_image(image)
+        faces = self._cache.get(("faces", image_key(image)))
+        if faces is None:
+            faces = self.detector.detect(_to_uint8(_rgb_float(image)))
+            self._cache.put(("faces", image_key(image)), faces, sum(f.landmarks.nbytes + 512 for f in faces))
+        return faces
+
+    def edit(
+        self,
+        req: EditRequest,
+        progress: Callable[[str, float], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> EditResult:
+        image = self._validate_image(req.image)
+        selection = self._validate_request(req, image)
+        wanted = parse_faces(req.faces)
+        stages = _Stages(progress, should_cancel)
+        key = image_key(image)
+        work = _rgb_float(image)
+        rgb8 = _to_uint8(work)
+
+        faces = self._detect(key, rgb8, stages)
+        chosen = self._choose(faces, wanted, selection, work.shape[1], work.shape[0])
+        entries = self._align(key, rgb8, chosen, stages)
+        contents, changes = self._generate(req, key, work, chosen, entries, stages)
+
+        stages.begin("blend")
+        result = self._blend(image, work, chosen, entries, contents, changes, selection, req.debug)
+        stages.end()
+        result.stages, result.timings, result.untrained = stages.run, stages.timings, self.untrained
+        return result
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def _validate_image(self, image: Any) -> np.ndarray:
+        image = _as_hwc(image)
+        h, w = image.shape[:2]
+        if self.max_pixels and h * w > self.max_pixels:
+            raise PipelineError(
+                "too_large",
+                f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of {self.max_pixels / 1e6:.1f} MP",
+            )
+        if min(h, w) < MIN_SIDE:
+            raise PipelineError("bad_image", f"image is only {w}x{h} pixels: too small to hold a face")
+        return image
+
+    def _validate_request(self, req: EditRequest, image: np.ndarray) -> np.ndarray | None:
+        if not isinstance(req.prompt, str) or (self.editor == "model" and not req.prompt.strip()):
+            raise PipelineError("bad_request", "the prompt must be a non-empty string")
+        try:
+            strength = float(req.strength)
+        except (TypeError, ValueError):
+            raise PipelineError("bad_request", f"strength must be a number, got {req.strength!r}") from None
+        if not math.isfinite(strength):
+            raise PipelineError("bad_request", "strength must be finite")
+        if req.selection is None:
+            return None
+        sel = np.asarray(req.selection)
+        if sel.ndim == 3 and sel.shape[2] == 1:
+            sel = sel[..., 0]
+        if sel.shape != image.shape[:2]:
+            raise PipelineError("bad_request", f"selection is {sel.shape}, the image {image.shape[:2]}")
+        if sel.dtype != np.uint8:
+            raise PipelineError("bad_request", f"selection must be uint8, got {sel.dtype}")
+        return sel
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def _detect(self, key: str, rgb8: np.ndarray, stages: _Stages) -> list[FaceInfo]:
+        faces = self._cache.get(("faces", key))
+        if faces is not None:
+            stages.skip("detect")
+            return faces
+        stages.begin("detect")
+        faces = self.detector.detect(rgb8)
+        self._cache.put(("faces", key), faces, sum(f.landmarks.nbytes + 512 for f in faces))
+        stages.end()
+        return faces
+
+    def _choose(
+        self,
+        faces: list[FaceInfo],
+        wanted: str | list[int],
+        selection: np.ndarray | None,
+        width: int,
+        height: int,
+    ) -> list[FaceInfo]:
+        if not faces:
+            raise PipelineError("no_face", "no face found in the image")
+        if wanted == "largest":
+            return [max(faces, key=lambda f: f.area)]
+        if wanted == "all":
+            chosen = [f for f in faces if selection is None or _touches(selection, f, width, height)]
+            if not chosen:
+                raise PipelineError("no_face", "no face inside the selection")
+            return chosen
+        missing = [i for i in wanted if i >= len(faces)]
+        if missing or not wanted:
+            raise PipelineError(
+                "bad_request", f"face index {missing or wanted} not found: the photo has {len(faces)} face(s)"
+            )
+        return [faces[i] for i in dict.fromkeys(wanted)]
+
+    def _align(self, key: str, rgb8: np.ndarray, chosen: list[FaceInfo], stages: _Stages) -> list[_FaceEntry]:
+        entries = [self._cache.get(("face", key, f.index)) for f in chosen]
+        if all(e is not None for e in entries):
+            stages.skip("align")
+            return entries
+        stages.begin("align")
+        for n, face in enumerate(chosen):
+            if entries[n] is None:
+                aligned, transform = align_face(rgb8, face.quad, face.qsize, output_size=ENCODER_SIZE)
+                entries[n] = _FaceEntry(transform, aligned)
+                self._store(key, face.index, entries[n])
+            stages.report((n + 1) / len(chosen))
+        stages.end()
+        return entries
+
+    def _store(self, key: str, index: int, entry: _FaceEntry) -> None:
+        self._cache.put(("face", key, index), entry, entry.nbytes())
+
+    def _generate(
+        self,
+        req: EditRequest,
+        key: str,
+        work: np.ndarray,
+        chosen: list[FaceInfo],
+        entries: list[_FaceEntry],
+        stages: _Stages,
+    ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Edited faces (S, S, 3) float32 0..255 and their change masks (None = all changed)."""
+        if self.editor == "passthrough":
+            for name in ("invert", "encode_text", "map"):
+                stages.skip(name)
+            stages.begin("synthesize")
+            size = PREVIEW_SIZE if req.preview else int(getattr(self.engine, "size", PASSTHROUGH_SIZE))
+            contents = [_render_crop(work, e.transform, size) for e in entries]
+            stages.end()
+            return contents, [None] * len(contents)
+        return self._generate_model(req, key, chosen, entries, stages)
+
+    def _generate_model(
+        self, req: EditRequest, key: str, chosen: list[FaceInfo], entries: list[_FaceEntry], stages: _Stages
+    ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        import torch
+
+        engine = self.engine
+        device = getattr(engine, "device", "cpu")
+        todo = [n for n, e in enumerate(entries) if e.w is None]
+        if todo:
+            stages.begin("invert")
+            x = np.stack([entries[n].aligned for n in todo]).astype(np.float32) / 127.5 - 1.0
+            batch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+            w = engine.invert(batch).detach().float().cpu()
+            for j, n in enumerate(todo):
+                entries[n].w = w[j : j + 1].clone()
+                self._store(key, chosen[n].index, entries[n])
+            stages.end()
+        else:
+            stages.skip("invert")
+
+        stages.begin("encode_text")
+        text = engine.encode_text([req.prompt])
+        stages.end()
+
+        stages.begin("map")
+        w_all = torch.cat([e.w for e in entries]).to(device)
+        text = text.to(device).expand(len(entries), *text.shape[1:])
+        w_hat = engine.map(w_all, text, strength=float(req.strength))
+        stages.end()
+
+        stages.begin("synthesize")
+        contents, changes = [], []
+        for n, entry in enumerate(entries):
+            edit = _to_image(engine.synthesize(w_hat[n : n + 1], preview=req.preview))
+            size = edit.shape[0]
+            recon = entry.recon.get(size)
+            if recon is None:
+                recon = _to_image(engine.synthesize(w_all[n : n + 1], preview=req.preview)).astype(np.float16)
+                entry.recon[size] = recon
+                self._store(key, chosen[n].index, entry)
+            contents.append(edit)
+            changes.append(change_mask(edit, recon.astype(np.float32), self.blend_config))
+            stages.report((n + 1) / len(entries))
+        stages.end()
+        return contents, changes
+
+    def _blend(
+        self,
+        image: np.ndarray,
+        work: np.ndarray,
+        chosen: list[FaceInfo],
+        entries: list[_FaceEntry],
+        contents: list[np.ndarray],
+        changes: list[np.ndarray | None],
+        selection: np.ndarray | None,
+        debug: bool,
+    ) -> EditResult:
+        height, width = work.shape[:2]
+        pastes = []
+        for face, entry, content, change in zip(chosen, entries, contents, changes, strict=True):
+            paste = warp_to_photo(entry.transform, content, change, (width, height), self.blend_config)
+            if paste is not None:
+                match_colours(paste, work, face.qsize, self.blend_config)
+            pastes.append(paste)
+        comp = Compositor([p.region for p in pastes if p is not None])
+        for paste in pastes:
+            if paste is None:
+                continue
+            weight = None
+            if selection is not None:
+                x, y, w, h = paste.region
+                weight = selection[y : y + h, x : x + w].astype(np.float32) / 255.0
+            comp.add(paste, weight)
+        result = _composite(image, comp)
+        result.faces = list(chosen)
+        if debug:
+            result.debug = [
+                _debug_images(entry, content, change, paste)
+                for entry, content, change, paste in zip(entries, contents, changes, pastes, strict=True)
+            ]
+        return result
+
+
+def _touches(selection: np.ndarray, face: FaceInfo, width: int, height: int) -> bool:
+    x, y, w, h = face.box
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, width), min(y + h, height)
+    return x1 > x0 and y1 > y0 and bool(selection[y0:y1, x0:x1].any())
+
+
+def _render_crop(work: np.ndarray, transform: AlignTransform, size: int) -> np.ndarray:
+    """The aligned crop at any size, sampled from the photo itself (passthrough editor)."""
+    mapx, mapy = transform.sample_maps(size)
+    # Minified crops (photo face larger than the crop) are sampled from a pre-shrunk photo.
+    factor = transform.qsize / size
+    if factor > 1.5:
+        small = cv2.resize(work, None, fx=1.0 / factor, fy=1.0 / factor, interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / work.shape[1], small.shape[0] / work.shape[0]
+        mapx, mapy = (mapx + 0.5) * sx - 0.5, (mapy + 0.5) * sy - 0.5
+        work = small
+    return cv2.remap(work, mapx, mapy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _to_image(t: Any) -> np.ndarray:
+    """(1, 3, S, S) tensor in about [-1, 1] -> (S, S, 3) float32 in 0..255."""
+    arr = t.detach().float().cpu().numpy()[0].transpose(1, 2, 0)
+    return np.clip((arr + 1.0) * 127.5, 0.0, 255.0).astype(np.float32)
+
+
+def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
+    """Blend the faces into the photo; pixels where the 8-bit mask is 0 stay bit-identical."""
+    height, width = image.shape[:2]
+    bx, by, bw, bh = comp.box
+    mask = np.zeros((height, width), np.uint8)
+    box_mask = np.clip(np.rint(comp.alpha * 255.0), 0, 255).astype(np.uint8)
+    mask[by : by + bh, bx : bx + bw] = box_mask
+    out = image.copy()
+    ys, xs = np.nonzero(box_mask)
+    if len(ys) == 0:
+        return EditResult(out, mask, (0, 0, 0, 0), np.zeros((0, 0, 4), np.uint8), [], [])
+    layer = comp.layer()
+    colour = image.shape[2] if image.shape[2] != 4 else 3
+    if colour == 1:
+        layer = (layer @ _LUMA)[..., None]
+    scale = 257.0 if image.dtype == np.uint16 else 1.0
+    top = np.iinfo(image.dtype).max
+    m = (box_mask.astype(np.float32) / 255.0)[..., None]
+    orig = image[by : by + bh, bx : bx + bw, :colour].astype(np.float32)
+    blended = np.clip(np.rint(orig * (1.0 - m) + layer * scale * m), 0, top).astype(image.dtype)
+    keep = box_mask == 0
+    blended[keep] = image[by : by + bh, bx : bx + bw, :colour][keep]
+    out[by : by + bh, bx : bx + bw, :colour] = blended
+
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    region = (int(x0 + bx), int(y0 + by), int(x1 - x0), int(y1 - y0))
+    rgb = _to_uint8(np.repeat(layer, 3, axis=2) if colour == 1 else layer)[y0:y1, x0:x1]
+    sub_mask = box_mask[y0:y1, x0:x1]
+    orig8 = _to_uint8(_rgb_float(image[region[1] : region[1] + region[3], region[0] : region[0] + region[2]]))
+    rgb[sub_mask == 0] = orig8[sub_mask == 0]
+    rgba = np.concatenate([rgb, sub_mask[..., None]], axis=2)
+    return EditResult(out, mask, region, np.ascontiguousarray(rgba), [], [])
+
+
+def _debug_images(
+    entry: _FaceEntry, content: np.ndarray, change: np.ndarray | None, paste: Any
+) -> dict[str, np.ndarray]:
+    images = {"aligned": entry.aligned, "edit": _to_uint8(content)}
+    recon = entry.recon.get(content.shape[0])
+    if recon is not None:
+        images["reconstruction"] = _to_uint8(recon.astype(np.float32))
+    if change is not None:
+        images["change_mask"] = _to_uint8(change * 255.0)
+    if paste is not None:
+        images["blend_alpha"] = _to_uint8(paste.alpha * 255.0)
+    return images
