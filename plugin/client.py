@@ -1,0 +1,333 @@
+"""Client of the engine daemon (protocol in docs/protocol.md), standard library only.
+
+`EngineClient` is what the GIMP plug-in uses; `edit_file` is what `ffclip-engine edit --url` uses to
+send a photo to a running (warm) daemon instead of loading the models itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import imageops, png
+from .protocol import (
+    DEFAULT_URL,
+    PROTOCOL_VERSION,
+    Cancelled,
+    ConnectionFailed,
+    EditResult,
+    EngineError,
+    ProtocolViolation,
+    cancel_message,
+    decode,
+    edit_message,
+    encode,
+    error_from,
+    new_job_id,
+    region_of,
+    status_request,
+)
+from .websocket import ConnectionClosed, HandshakeError, WebSocket, WebSocketError
+
+__all__ = [
+    "Cancelled",
+    "ConnectionFailed",
+    "EditResult",
+    "EngineClient",
+    "EngineError",
+    "edit_file",
+]
+
+ProgressCallback = Callable[[str, float], None]
+
+
+class EngineClient:
+    """One connection to the daemon. Not for concurrent edits; `cancel` may come from any thread.
+
+    `timeout` is an inactivity limit: how long to wait for any sign of life (a message or the
+    engine's keep-alive ping) before giving up with TimeoutError.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+    ):
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self.last_status: dict = {}
+        self._ws: WebSocket | None = None
+        self._send_lock = threading.RLock()
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self) -> dict:
+        """Open the connection; returns the engine's greeting status message."""
+        self.close()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            ws = WebSocket.connect(self.url, headers=headers, timeout=self.connect_timeout)
+        except HandshakeError as exc:
+            if exc.status in (401, 403):
+                raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
+            raise ConnectionFailed(f"{self.url} is not an FFCLIP engine ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise ConnectionFailed(f"cannot reach the FFCLIP engine at {self.url}: {exc}") from None
+        self._ws = ws
+        try:
+            greeting = self._receive_json(ws)
+        except BaseException:
+            self.close()
+            raise
+        if greeting.get("type") == "error":
+            self.close()
+            raise error_from(greeting)
+        if greeting.get("type") != "status":
+            self.close()
+            raise ProtocolViolation(f"expected a status greeting, got {greeting.get('type')!r}")
+        if greeting.get("protocol") != PROTOCOL_VERSION:
+            self.close()
+            raise ProtocolViolation(
+                f"engine speaks protocol {greeting.get('protocol')!r}, this client {PROTOCOL_VERSION}"
+            )
+        self.last_status = greeting
+        return greeting
+
+    def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close()
+
+    def __enter__(self) -> EngineClient:
+        if self._ws is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    def _live(self) -> WebSocket:
+        """The open connection; reconnects when the engine dropped an idle one."""
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.poll()
+                return ws
+            except (ConnectionClosed, OSError):
+                self._ws = None
+        self.connect()
+        assert self._ws is not None
+        return self._ws
+
+    # ------------------------------------------------------------------ requests
+
+    def status(self) -> dict:
+        ws = self._live()
+        self._send(ws, status_request())
+        deadline = time.monotonic() + self.timeout
+        while True:
+            message = self._receive_json(ws, deadline)
+            if message.get("type") == "status":
+                self.last_status = message
+                return message
+            if message.get("type") == "error" and "id" not in message:
+                raise error_from(message)
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the engine to cancel a job (of any connection); the job's own connection gets the answer."""
+        ws = self._live()
+        self._send(ws, cancel_message(job_id))
+
+    def edit(
+        self,
+        rgba: bytes,
+        width: int,
+        height: int,
+        prompt: str,
+        strength: float = 1.0,
+        faces: Any = "all",
+        selection: bytes | None = None,
+        preview: bool = False,
+        on_progress: ProgressCallback | None = None,
+        job_id: str | None = None,
+        on_queued: Callable[[int], None] | None = None,
+        image_format: str = "rgba8",
+    ) -> EditResult:
+        """Run one edit; blocks until its result. Raises EngineError (Cancelled for cancel)."""
+        job_id = job_id or new_job_id()
+        if image_format == "rgba8" and len(rgba) != width * height * 4:
+            raise ValueError(f"expected {width * height * 4} RGBA bytes, got {len(rgba)}")
+        if selection is not None and len(selection) != width * height:
+            raise ValueError(f"expected {width * height} selection bytes, got {len(selection)}")
+        message = edit_message(
+            job_id,
+            prompt,
+            width,
+            height,
+            image_format=image_format,
+            strength=strength,
+            faces=faces,
+            preview=preview,
+            selection=selection is not None,
+        )
+        ws = self._live()
+        frames = [rgba] if selection is None else [rgba, selection]
+        self._send(ws, message, frames)
+        try:
+            return self._await_result(ws, job_id, on_progress, on_queued)
+        except KeyboardInterrupt:
+            with contextlib.suppress(EngineError):
+                self._send(ws, cancel_message(job_id))
+            raise
+
+    # ------------------------------------------------------------------ internals
+
+    def _send(self, ws: WebSocket, message: dict, frames: list[bytes] | None = None) -> None:
+        # The lock keeps an announcement and its binary frames together (a cancel sent from another
+        # thread must not land between them).
+        with self._send_lock:
+            try:
+                ws.send_text(encode(message))
+                for frame in frames or ():
+                    ws.send_binary(frame)
+            except WebSocketError as exc:
+                raise ConnectionFailed(f"lost the connection to the engine: {exc}") from None
+
+    def _await_result(
+        self,
+        ws: WebSocket,
+        job_id: str,
+        on_progress: ProgressCallback | None,
+        on_queued: Callable[[int], None] | None,
+    ) -> EditResult:
+        skip_binary = False  # the binary frame of a result that is not ours (an abandoned job)
+        while True:
+            raw = self._receive(ws)
+            if isinstance(raw, bytes):
+                if not skip_binary:
+                    raise ProtocolViolation("engine sent an unannounced binary frame")
+                skip_binary = False
+                continue
+            message = decode(raw)
+            kind, mine = message["type"], message.get("id") == job_id
+            if kind == "status":
+                self.last_status = message
+            elif kind == "result" and not mine:
+                skip_binary = True
+            elif kind == "error" and (mine or "id" not in message):
+                raise error_from(message)
+            elif not mine:
+                continue
+            elif kind == "queued" and on_queued is not None:
+                on_queued(int(message.get("position", 0)))
+            elif kind == "progress" and on_progress is not None:
+                on_progress(str(message.get("stage")), float(message.get("value", 0.0)))
+            elif kind == "cancelled":
+                raise Cancelled(job_id=job_id)
+            elif kind == "result":
+                return self._read_result(ws, message, job_id)
+
+    def _read_result(self, ws: WebSocket, message: dict, job_id: str) -> EditResult:
+        region = region_of(message)
+        data = self._receive(ws)
+        if not isinstance(data, bytes):
+            raise ProtocolViolation("result without its binary frame")
+        if len(data) != region[2] * region[3] * 4:
+            raise ProtocolViolation(f"result frame has {len(data)} bytes for region {list(region)}")
+        return EditResult(
+            region=region,
+            rgba=data,
+            faces=list(message.get("faces") or []),
+            id=job_id,
+            stages=list(message.get("stages") or []),
+            skipped=list(message.get("skipped") or []),
+            preview=bool(message.get("preview", False)),
+            seconds=float(message.get("seconds", 0.0)),
+        )
+
+    def _receive(self, ws: WebSocket, deadline: float | None = None) -> str | bytes:
+        timeout = self.timeout if deadline is None else max(0.001, deadline - time.monotonic())
+        try:
+            return ws.recv(timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from the FFCLIP engine for {timeout:g} s") from None
+        except ConnectionClosed as exc:
+            self._ws = None
+            if exc.code == 1008 and "unauthorized" in exc.reason:
+                raise EngineError("unauthorized", exc.reason) from None
+            raise ConnectionFailed(f"the FFCLIP engine closed the connection ({exc})") from None
+
+    def _receive_json(self, ws: WebSocket, deadline: float | None = None) -> dict:
+        while True:
+            raw = self._receive(ws, deadline)
+            if isinstance(raw, str):
+                return decode(raw)
+
+
+def edit_file(
+    url: str,
+    in_path: str | Path,
+    prompt: str,
+    out_path: str | Path,
+    strength: float = 1.0,
+    faces: Any = "all",
+    preview: bool = False,
+    mask_out: str | Path | None = None,
+    token: str | None = None,
+    timeout: float = 600.0,
+    on_progress: ProgressCallback | None = None,
+) -> dict:
+    """Edit a photo file with a running daemon; writes `out_path` (and the blend mask to `mask_out`).
+
+    PNG files travel as PNG, anything else is decoded here (Pillow) and sent as RGBA8. Returns a
+    summary: job id, region, faces, stages run and skipped, seconds.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    data = in_path.read_bytes()
+    width, height, base = imageops.decode_file(data)
+    is_png = data[:8] == png.SIGNATURE
+    started = time.monotonic()
+    with EngineClient(url, token=token, timeout=timeout) as client:
+        result = client.edit(
+            data if is_png else base,
+            width,
+            height,
+            prompt,
+            strength=strength,
+            faces=faces,
+            preview=preview,
+            on_progress=on_progress,
+            image_format="png" if is_png else "rgba8",
+        )
+    edited = imageops.composite(base, width, height, result.region, result.rgba)
+    imageops.encode_file(out_path, width, height, edited, keep_alpha=not imageops.is_opaque(base))
+    if mask_out is not None:
+        mask = imageops.region_mask(width, height, result.region, result.rgba)
+        imageops.write_gray_png(Path(mask_out), width, height, mask)
+    return {
+        "id": result.id,
+        "url": url,
+        "output": str(out_path),
+        "mask": str(mask_out) if mask_out is not None else None,
+        "width": width,
+        "height": height,
+        "region": list(result.region),
+        "faces": result.faces,
+        "stages": result.stages,
+        "skipped": result.skipped,
+        "preview": result.preview,
+        "engine_seconds": result.seconds,
+        "seconds": round(time.monotonic() - started, 3),
+    }
