@@ -1,0 +1,188 @@
+"""Jobs, the bounded queue and the single worker that runs them.
+
+The device is the bottleneck, so one worker thread runs one job at a time; the event loop only
+queues, reports positions and forwards progress. Every job ends in exactly one terminal message:
+`Job.finish` is the only way out and ignores a second call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .messages import EditSpec
+
+log = logging.getLogger("ffclip.bridge")
+
+
+class Owner(Protocol):
+    """The connection a job reports to."""
+
+    def deliver(self, message: dict, binary: bytes | None = None, droppable: bool = False) -> None: ...
+
+
+@dataclass(eq=False)
+class Job:
+    spec: EditSpec
+    image: bytes
+    selection: bytes | None
+    owner: Owner
+    submitted: float = field(default_factory=time.monotonic)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    state: str = "queued"  # queued → running → done
+    position: int | None = None  # last position reported to the owner
+    cancel_requested: bool = False  # by a client (→ `cancelled`), as opposed to a shutdown
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.image) + len(self.selection or b"")
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def finish(self, message: dict, binary: bytes | None = None) -> bool:
+        """Send the terminal message; False (and nothing sent) when the job already ended."""
+        if self.done:
+            return False
+        self.state = "done"
+        self.image = b""  # the pixels can go as soon as the job ends
+        self.selection = None
+        self.owner.deliver(message, binary)
+        return True
+
+
+class QueueFull(Exception):
+    pass
+
+
+class JobQueue:
+    """Waiting jobs in order, the running one, and a registry of live ids (ids are global)."""
+
+    def __init__(self, max_jobs: int, max_bytes: int, on_positions: Callable[[list[Job]], None]):
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.waiting: deque[Job] = deque()
+        self.running: Job | None = None
+        self.by_id: dict[str, Job] = {}
+        self._on_positions = on_positions
+        self._wakeup = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def waiting_bytes(self) -> int:
+        return sum(job.nbytes for job in self.waiting)
+
+    def submit(self, job: Job) -> None:
+        if len(self.waiting) >= self.max_jobs:
+            raise QueueFull(f"the engine queue is full ({self.max_jobs} jobs waiting)")
+        if self.waiting and self.waiting_bytes + job.nbytes > self.max_bytes:
+            raise QueueFull(f"the engine queue holds too many pixels (limit {self.max_bytes >> 20} MiB)")
+        self.waiting.append(job)
+        self.by_id[job.id] = job
+        self._report()
+        self._wakeup.set()
+
+    def remove(self, job: Job) -> bool:
+        """Take a waiting job out of the queue; False when it is not waiting."""
+        try:
+            self.waiting.remove(job)
+        except ValueError:
+            return False
+        self.by_id.pop(job.id, None)
+        self._report()
+        return True
+
+    async def next(self) -> Job:
+        while not self.waiting:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        job = self.waiting.popleft()
+        job.state = "running"
+        self.running = job
+        self._report()
+        return job
+
+    def release(self, job: Job) -> None:
+        """The worker is done with `job`."""
+        if self.running is job:
+            self.running = None
+        self.by_id.pop(job.id, None)
+
+    def _report(self) -> None:
+        """Tell owners whose position changed; position = jobs that run before this one."""
+        ahead = 1 if self.running is not None else 0
+        changed = []
+        for index, job in enumerate(self.waiting):
+            if job.position != ahead + index:
+                job.position = ahead + index
+                changed.append(job)
+        if changed:
+            self._on_positions(changed)
+
+
+class DeviceThread:
+    """One daemon thread that runs callables in order (models, torch state stay on one thread).
+
+    A daemon thread (unlike ThreadPoolExecutor's) cannot hold the process up at exit when a long
+    stage is still running during shutdown.
+    """
+
+    def __init__(self, name: str = "ffclip-worker"):
+        self._calls: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        future: Future = Future()
+        self._calls.put((fn, args, future))
+        return asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            fn, args, future = item
+            del item
+            if future.set_running_or_notify_cancel():
+                self._call(fn, args, future)
+            del fn, args, future  # drop references to pixels before waiting again
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], args: tuple, future: Future) -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            with contextlib.suppress(InvalidStateError):  # the waiter gave up (shutdown)
+                future.set_exception(exc)
+        else:
+            with contextlib.suppress(InvalidStateError):
+                future.set_result(result)
+
+
+def release_memory() -> None:
+    """Return freed memory to the OS after a job, so an idle daemon shrinks back to its idle size."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
