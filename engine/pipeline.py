@@ -504,7 +504,7 @@ def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
     ys, xs = np.nonzero(box_mask)
     if len(ys) == 0:
         return EditResult(out, mask, (0, 0, 0, 0), np.zeros((0, 0, 4), np.uint8), [], [])
-    layer = comp.layer()
+    layer = np.clip(comp.layer(), 0.0, 255.0)  # so that the RGBA layer re-composites to the image
     colour = image.shape[2] if image.shape[2] != 4 else 3
     if colour == 1:
         layer = (layer @ _LUMA)[..., None]
