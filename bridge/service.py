@@ -1,0 +1,217 @@
+"""`ffclip-engine service install | uninstall | status`: the daemon as a per-user desktop service.
+
+Linux: a systemd user unit (`~/.config/systemd/user/ffclip-engine.service`), enabled and started with
+`systemctl --user`. Other systems: the equivalent (a launchd agent, a scheduled task) is printed for
+the user to install. `status` asks the running engine itself, so it also works without systemd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .daemon import is_loopback, state_dir
+
+UNIT_NAME = "ffclip-engine.service"
+LAUNCHD_LABEL = "org.ffclip.engine"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("install", "uninstall", "status"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--models", metavar="DIR", help="model store folder for the service")
+    models.add_argument("--profile", choices=("real", "tiny"), default="real")
+    parser.add_argument("--token-file", metavar="F", help="token file for the service to read")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--unit-dir", metavar="DIR", help="unit folder (default: systemd user dir)")
+    parser.add_argument("--no-systemctl", action="store_true", help="write/remove the unit file only")
+    parser.add_argument("--print", dest="print_only", action="store_true", help="print, change nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return status(args)
+    if not is_loopback(args.host) and not args.token_file:
+        print("ffclip-engine service: a non-loopback --host needs --token-file", file=sys.stderr)
+        return 2
+    command = serve_command(args)
+    if not sys.platform.startswith("linux"):
+        print(other_system_instructions(command, args.action))
+        return 0
+    unit_path = unit_dir(args) / UNIT_NAME
+    if args.action == "install":
+        return install(unit_path, unit_text(command), args)
+    return uninstall(unit_path, args)
+
+
+def serve_command(args: argparse.Namespace) -> list[str]:
+    """The `serve` command line the service runs (the current interpreter, so the same install)."""
+    command = [sys.executable, "-m", "ffclip.engine", "serve", "--host", args.host, "--port", str(args.port)]
+    if args.models:
+        command += ["--models", str(Path(args.models).expanduser().resolve())]
+    elif args.profile != "real":
+        command += ["--profile", args.profile]
+    if args.token_file:
+        command += ["--token-file", str(Path(args.token_file).expanduser().resolve())]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    return command
+
+
+def unit_dir(args: argparse.Namespace) -> Path:
+    if args.unit_dir:
+        return Path(args.unit_dir)
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "systemd" / "user"
+
+
+def unit_text(command: list[str]) -> str:
+    return f"""[Unit]
+Description=FFCLIP Edit engine (text-driven face editing daemon for GIMP)
+
+[Service]
+Type=simple
+ExecStart={" ".join(_systemd_quote(part) for part in command)}
+Restart=on-failure
+RestartSec=5
+# SIGTERM lets running jobs end between two stages and tells every client.
+KillSignal=SIGTERM
+TimeoutStopSec=30
+Environment=PYTHONUNBUFFERED=1
+# The engine logs to {state_dir() / "engine.log"} ($XDG_STATE_HOME/ffclip-edit/engine.log).
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def _systemd_quote(part: str) -> str:
+    if part and all(c.isalnum() or c in "-_./:=,+@" for c in part):
+        return part
+    return '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def install(unit_path: Path, text: str, args: argparse.Namespace) -> int:
+    if args.print_only:
+        print(f"# {unit_path}\n{text}")
+        return 0
+    unit_path.parent.mkdir(parents=True, exist_ok=True)
+    unit_path.write_text(text, encoding="utf-8")
+    print(f"wrote {unit_path}")
+    if args.no_systemctl:
+        return 0
+    if shutil.which("systemctl") is None:
+        print("systemctl not found: start the engine with:\n  " + shlex.join(serve_command(args)))
+        return 0
+    for step in (["daemon-reload"], ["enable", "--now", UNIT_NAME]):
+        if _systemctl(step) != 0:
+            print(f"systemctl --user {' '.join(step)} failed; the unit file is in place", file=sys.stderr)
+            return 1
+    print(f"the engine runs as the user service {UNIT_NAME}; logs: {state_dir() / 'engine.log'}")
+    return 0
+
+
+def uninstall(unit_path: Path, args: argparse.Namespace) -> int:
+    if args.print_only:
+        print(f"systemctl --user disable --now {UNIT_NAME}\nrm {unit_path}\nsystemctl --user daemon-reload")
+        return 0
+    systemctl = not args.no_systemctl and shutil.which("systemctl") is not None
+    if systemctl:
+        _systemctl(["disable", "--now", UNIT_NAME])
+    if unit_path.exists():
+        unit_path.unlink()
+        print(f"removed {unit_path}")
+    else:
+        print(f"no unit at {unit_path}")
+    if systemctl:
+        _systemctl(["daemon-reload"])
+    return 0
+
+
+def _systemctl(arguments: list[str]) -> int:
+    try:
+        return subprocess.run(["systemctl", "--user", *arguments], check=False).returncode
+    except OSError as exc:
+        print(f"cannot run systemctl: {exc}", file=sys.stderr)
+        return 1
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print whether the unit is installed/active and what the engine on the port says. 0 = running."""
+    if sys.platform.startswith("linux"):
+        unit_path = unit_dir(args) / UNIT_NAME
+        print(f"unit: {unit_path} ({'installed' if unit_path.exists() else 'not installed'})")
+        if not args.no_systemctl and shutil.which("systemctl") is not None and unit_path.exists():
+            active = subprocess.run(
+                ["systemctl", "--user", "is-active", UNIT_NAME], capture_output=True, text=True, check=False
+            )
+            print(f"systemd: {active.stdout.strip() or 'unknown'}")
+    print(f"log: {state_dir() / 'engine.log'}")
+    return probe(args.host, args.port, _token(args.token_file))
+
+
+def probe(host: str, port: int, token: str | None) -> int:
+    from ffclip.plugin.client import EngineClient
+    from ffclip.plugin.protocol import EngineError
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"ws://{f'[{target}]' if ':' in target else target}:{port}/"
+    try:
+        with EngineClient(url, token=token, timeout=5.0) as client:
+            info = client.last_status
+    except EngineError as exc:
+        if exc.code == "unauthorized":
+            print(f"engine: running at {url} (needs a token)")
+            return 0
+        print(f"engine: not running at {url} ({exc.message})")
+        return 3
+    print(
+        f"engine: running at {url}: state {info.get('state')}, profile {info.get('profile')}, "
+        f"device {info.get('device')}, queue {info.get('queue')}, version {info.get('version')}"
+    )
+    return 0
+
+
+def _token(token_file: str | None) -> str | None:
+    if not token_file:
+        return os.environ.get("FFCLIP_TOKEN") or None
+    try:
+        return Path(token_file).expanduser().read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def other_system_instructions(command: list[str], action: str) -> str:
+    if sys.platform == "darwin":
+        plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+        arguments = "\n".join(f"    <string>{part}</string>" for part in command)
+        if action == "uninstall":
+            return f"launchctl bootout gui/$(id -u) {plist}\nrm {plist}"
+        return f"""Save this as {plist}:
+
+<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+  <key>Label</key><string>{LAUNCHD_LABEL}</string>
+  <key>ProgramArguments</key>
+  <array>
+{arguments}
+  </array>
+  <key>RunAtLoad</key><true/>
+  <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>
+</dict>
+</plist>
+
+then run: launchctl bootstrap gui/$(id -u) {plist}"""
+    line = subprocess.list2cmdline(command)
+    if action == "uninstall":
+        return "schtasks /Delete /TN FFCLIP-Engine /F"
+    return f'Run in a command prompt:\n  schtasks /Create /TN FFCLIP-Engine /SC ONLOGON /TR "{line}"'

@@ -1,0 +1,54 @@
+"""Run an engine server in-process on its own event-loop thread (tests, embedding, client development).
+
+    with running_server(lambda: FakeBackend(0.05), token="t") as server:
+        EngineClient(server.url, token="t").connect()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+from .backend import Backend
+from .server import EngineServer, ServerConfig
+
+
+class ServerThread:
+    def __init__(self, loader: Callable[[], Backend], **config):
+        config.setdefault("port", 0)
+        self.server = EngineServer(ServerConfig(**config), loader, version="test")
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.call(self.server.start())
+        self.call(self.server.loaded.wait(), timeout=120)
+        return self
+
+    def call(self, coroutine, timeout: float = 30.0):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/"
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+@contextlib.contextmanager
+def running_server(loader: Callable[[], Backend], **config) -> Iterator[ServerThread]:
+    thread = ServerThread(loader, **config).start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
