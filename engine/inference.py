@@ -1,0 +1,181 @@
+"""The inference API that the photo pipeline, the daemon, training and the bench share.
+
+`Engine` holds the four networks, loaded once: e4e (photo -> W+), CLIP text (prompt -> e),
+the FFCLIP mapper (W+, e -> Δw) and StyleGAN2 (W+ -> image). Every call is batched and runs
+under `torch.inference_mode()` on the engine's device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .models.clip import TextEncoder, build_clip, build_tiny_clip, load_clip_weights
+from .models.e4e import Encoder4Editing
+from .models.mapper import DynamicMapper
+from .models.stylegan2 import Generator
+from .profiles import PROFILES, TINY_SEED, Profile
+
+log = logging.getLogger(__name__)
+
+FETCH_HINT = "ffclip-engine models fetch"
+
+
+class ModelsMissing(RuntimeError):
+    """Real checkpoints are absent from the model store."""
+
+    def __init__(self, missing: list[str], hint: str = FETCH_HINT) -> None:
+        self.missing = missing
+        self.hint = hint
+        super().__init__(f"model files missing: {', '.join(missing)}; fetch them with `{hint}`")
+
+
+@dataclass
+class Networks:
+    generator: Generator
+    encoder: Encoder4Editing
+    latent_avg: Tensor  # (n_latent, D) or (D,), added to the encoder's codes
+    mapper: DynamicMapper
+    clip: Any  # open_clip CLIP (text tower at least)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def build_tiny(profile: Profile, seed: int = TINY_SEED) -> Networks:
+    """The tiny profile: real architectures, narrow widths, seeded random weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        g = Generator(
+            profile.size, profile.style_dim, n_mlp=profile.n_mlp, channel_multiplier=profile.channel_multiplier,
+            channel_base=profile.channel_base,
+        )
+        enc = Encoder4Editing(
+            stylegan_size=profile.size, style_dim=profile.style_dim, stages=profile.e4e_stages,
+            input_width=profile.e4e_input_width,
+        )
+        # keep the untrained encoder's codes small so that W+ stays near the generator's mean
+        with torch.no_grad():
+            for block in enc.styles:
+                block.linear.weight.mul_(0.1)
+            latent_avg = g.mean_latent(4096)[0]
+        mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
+    clip = build_tiny_clip(seed, embed_dim=profile.style_dim)
+    return Networks(g, enc, latent_avg, mapper, clip, sources={"all": "tiny (seeded, untrained)"})
+
+
+def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Networks:
+    """The official checkpoints from the model store, loaded strictly and safely."""
+    from .checkpoints.layouts import read_e4e, read_ffclip, read_generator
+    from .store import ModelStore
+
+    store = ModelStore(models_dir)
+    needed = ["e4e", "ffclip", "clip"]
+    missing = [name for name in needed if name in store.missing()]
+    if missing:
+        raise ModelsMissing(missing, store.fetch_hint)
+
+    mapper_sd, generator_sd = read_ffclip(store.path("ffclip"))
+    if generator_sd:
+        generator = _generator_from(generator_sd)
+    else:  # an exported mapper-only file: the generator comes from the rosinality file
+        generator_sd, _, _ = read_generator(store.path("stylegan2"))
+        generator = _generator_from(generator_sd)
+    enc_sd, latent_avg, size = read_e4e(store.path("e4e"))
+    encoder = Encoder4Editing(stylegan_size=size)
+    encoder.load_state_dict(enc_sd, strict=True)
+    n_latent = int(mapper_sd["att_mapper.0.attention_layer.k_matrix.weight"].shape[0])
+    mapper = DynamicMapper(n_latent=n_latent)
+    mapper.load_state_dict(mapper_sd, strict=True)
+    clip = build_clip(load_clip_weights(store.path("clip")), text_only=text_only_clip)
+    sources = {name: store.path(name).name for name in needed}
+    return Networks(generator, encoder, latent_avg, mapper, clip, sources)
+
+
+def _generator_from(state_dict: dict[str, Tensor]) -> Generator:
+    from .checkpoints.layouts import generator_config
+
+    g = Generator(**generator_config(state_dict))
+    g.load_state_dict(state_dict, strict=True)
+    return g
+
+
+class Engine:
+    def __init__(self, nets: Networks, profile: Profile, device: str | torch.device = "cpu") -> None:
+        self.profile = profile
+        self.device = torch.device(device)
+        self.generator = nets.generator.eval().to(self.device)
+        self.encoder = nets.encoder.eval().to(self.device)
+        self.mapper = nets.mapper.eval().to(self.device)
+        self.latent_avg = nets.latent_avg.to(self.device)
+        self.text = TextEncoder(nets.clip, self.device)
+        self.sources = nets.sources
+        for module in (self.generator, self.encoder, self.mapper, self.text.model):
+            module.requires_grad_(False)
+
+    @classmethod
+    def load(
+        cls, profile: str = "real", models_dir: str | Path | None = None, device: str | torch.device = "cpu"
+    ) -> Engine:
+        prof = PROFILES[profile]
+        nets = build_tiny(prof) if prof.untrained else load_real(models_dir)
+        return cls(nets, prof, device)
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def untrained(self) -> bool:
+        return self.profile.untrained
+
+    @property
+    def n_latent(self) -> int:
+        return self.generator.n_latent
+
+    @property
+    def size(self) -> int:
+        return self.generator.size
+
+    @property
+    def preview_size(self) -> int:
+        return min(self.profile.preview_size, self.size)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "untrained": self.untrained,
+            "device": str(self.device),
+            "size": self.size,
+            "n_latent": self.n_latent,
+            "sources": dict(self.sources),
+        }
+
+    def text_cache_stats(self) -> dict[str, int]:
+        return self.text.stats()
+
+    # -- the four steps --------------------------------------------------------------------
+    def invert(self, x: Tensor) -> Tensor:
+        """Aligned faces (B, 3, 256, 256) in [-1, 1] -> W+ (B, n_latent, D)."""
+        with torch.inference_mode():
+            codes = self.encoder(x.to(self.device, torch.float32))
+            return codes + self.latent_avg
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        return self.text.encode(prompts)
+
+    def map(self, w: Tensor, e: Tensor, strength: float = 1.0) -> Tensor:
+        """ŵ = w + α·Δw; `e` (B or 1, 1, D) broadcasts over the batch of `w`."""
+        with torch.inference_mode():
+            w = w.to(self.device)
+            e = e.to(self.device).expand(w.shape[0], -1, -1)
+            return self.mapper.edit(w, e, strength)
+
+    def synthesize(self, w: Tensor, preview: bool = False) -> Tensor:
+        """W+ -> images (B, 3, S, S), about [-1, 1]; fixed noise so that edits are repeatable."""
+        with torch.inference_mode():
+            stop = self.preview_size if preview else None
+            image, _ = self.generator(
+                [w.to(self.device)], input_is_latent=True, randomize_noise=False, stop_at=stop
+            )
+            return image

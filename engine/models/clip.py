@@ -1,0 +1,105 @@
+"""CLIP through open_clip: `ViT-B-32` with QuickGELU (the OpenAI weights), or a narrow seeded
+stand-in for the `tiny` profile.
+
+FFCLIP conditions its mapper on the *raw* `encode_text` output (not l2-normalised), shape
+(B, 1, 512); `TextEncoder` returns exactly that and keeps an LRU cache per prompt, so a re-edit
+with a known prompt costs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from torch import Tensor
+
+MODEL_NAME = "ViT-B-32"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_clip(state_dict: dict[str, Tensor] | None = None, *, text_only: bool = False) -> CLIP:
+    """ViT-B/32 with QuickGELU; `state_dict` (open_clip layout) loaded strictly when given."""
+    model = open_clip.create_model(MODEL_NAME, pretrained=None, force_quick_gelu=True)
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=True)
+    if text_only:
+        model.visual = None  # the text path never touches it; saves ~350 MB
+    return model.eval()
+
+
+def build_tiny_clip(seed: int = 0, embed_dim: int = 64) -> CLIP:
+    """Same family (text transformer, ViT), narrow and randomly initialised: for tests only."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIP(
+            embed_dim=embed_dim,
+            vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=224, head_width=32),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+            quick_gelu=True,
+        )
+    return model.eval()
+
+
+def load_clip_weights(path: str | Path) -> dict[str, Tensor]:
+    """open_clip state_dict from a .safetensors or a (safely unpickled) .bin/.pt file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from ffclip.engine.checkpoints.safe_load import load_checkpoint
+
+    sd = load_checkpoint(path)
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+class TextEncoder:
+    """Prompt -> raw CLIP text embedding (1, 1, D), LRU-cached per prompt."""
+
+    def __init__(self, model: CLIP, device: torch.device | str = "cpu", cache_size: int = 256) -> None:
+        self.model = model.to(device)
+        self.device = torch.device(device)
+        self.tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+    def encode(self, prompts: list[str]) -> Tensor:
+        """(B, 1, D) raw embeddings, in the order of `prompts`."""
+        missing = [p for p in dict.fromkeys(prompts) if not self._lookup(p)]
+        if missing:
+            with torch.inference_mode():
+                tokens = self.tokenizer(missing).to(self.device)
+                feats = self.model.encode_text(tokens).float()
+            with self._lock:
+                for p, f in zip(missing, feats):
+                    self._cache[p] = f[None].clone()
+                    self._cache.move_to_end(p)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            return torch.stack([self._cache[p] for p in prompts])
+
+    def _lookup(self, prompt: str) -> bool:
+        with self._lock:
+            if prompt in self._cache:
+                self._cache.move_to_end(prompt)
+                self.hits += 1
+                return True
+            self.misses += 1
+            return False
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"hits": self.hits, "misses": self.misses, "entries": len(self._cache)}

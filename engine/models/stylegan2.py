@@ -1,0 +1,333 @@
+"""StyleGAN2 generator in the layout of rosinality's `model.py` (the layout of the official
+checkpoints `stylegan2-ffhq-config-f.pt` and of the generators inside e4e and FFCLIP files).
+
+Module and parameter names follow that layout exactly, because the state_dict keys are the API.
+The arithmetic is the reference's, arranged for speed where it is provably identical:
+
+* modulated convolutions modulate the *activations* and demodulate the *outputs* around one
+  plain convolution with the shared weight (rosinality's `fused=False` path), so every layer
+  costs one dense `conv2d` whatever the batch size;
+* the up-sampling convolution folds its 4×4 blur into the transposed-convolution weight
+  (a 6×6 kernel computed once per weight), instead of a separate up-fir-down pass;
+* the `ToRGB` skip up-sampling is a depthwise transposed convolution with the 4×4 kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SQRT2 = math.sqrt(2.0)
+
+
+def make_kernel(k: Sequence[float]) -> Tensor:
+    kernel = torch.tensor(k, dtype=torch.float32)
+    if kernel.ndim == 1:
+        kernel = kernel[None, :] * kernel[:, None]
+    return kernel / kernel.sum()
+
+
+def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Tensor:
+    """Upsample by zero insertion, pad, FIR-filter and downsample (reference semantics)."""
+    b, c, h, w = x.shape
+    if up > 1:
+        z = x.new_zeros(b, c, h, up, w, up)
+        z[:, :, :, 0, :, 0] = x
+        x = z.reshape(b, c, h * up, w * up)
+    p0, p1 = pad
+    x = F.pad(x, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
+    x = x[:, :, max(-p0, 0) : x.shape[2] - max(-p1, 0), max(-p0, 0) : x.shape[3] - max(-p1, 0)]
+    weight = torch.flip(kernel, [0, 1]).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    x = F.conv2d(x, weight, groups=c)
+    return x[:, :, ::down, ::down]
+
+
+def fused_leaky_relu(x: Tensor, bias: Tensor, negative_slope: float = 0.2, scale: float = SQRT2) -> Tensor:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return F.leaky_relu(x + bias.view(shape), negative_slope) * scale
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    def __init__(
+        self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.zeros(out_dim).fill_(bias_init)) if bias else None
+        self.activation = activation
+        self.scale = (1 / math.sqrt(in_dim)) * lr_mul
+        self.lr_mul = lr_mul
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return fused_leaky_relu(out, bias) if bias is not None else F.leaky_relu(out, 0.2) * SQRT2
+        return F.linear(x, self.weight * self.scale, bias=bias)
+
+
+class FusedLeakyReLU(nn.Module):
+    def __init__(self, channel: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channel))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class Blur(nn.Module):
+    def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        k = make_kernel(kernel)
+        if upsample_factor > 1:
+            k = k * (upsample_factor**2)
+        self.register_buffer("kernel", k)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """×2 up-sampling with the FIR kernel (the ToRGB skip path)."""
+
+    def __init__(self, kernel: Sequence[float], factor: int = 2) -> None:
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_kernel(kernel) * (factor**2))
+        p = self.kernel.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.kernel
+        if self.factor == 2 and k.shape[0] == 4 and self.pad == (2, 1):
+            # Zero insertion + pad (2, 1) + 4×4 FIR == transposed conv, stride 2, crop 1 per side.
+            c = x.shape[1]
+            weight = torch.flip(k, [0, 1]).to(x.dtype)[None, None].expand(c, 1, 4, 4)
+            return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
+        return upfirdn2d(x, k, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    def __init__(
+        self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True,
+        upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
+    ) -> None:
+        super().__init__()
+        self.eps = 1e-8
+        self.kernel_size = kernel_size
+        self.in_channel = in_channel
+        self.out_channel = out_channel
+        self.upsample = upsample
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        self.demodulate = demodulate
+        self._folded: tuple[int, torch.dtype, torch.device, Tensor] | None = None
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        batch = x.shape[0]
+        weight = self.scale * self.weight[0]  # (out, in, k, k)
+        s = self.modulation(style)  # (B, in)
+        x = x * s.view(batch, -1, 1, 1)
+        if self.upsample:
+            out = F.conv_transpose2d(x, self._upsample_weight(weight), stride=2, padding=self._upsample_crop())
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # rsqrt(sum_(i,k) (W·s)^2 + eps), per sample and output channel
+            w2 = weight.square().sum((2, 3))  # (out, in)
+            demod = torch.rsqrt(s.square() @ w2.t() + self.eps)  # (B, out)
+            out = out * demod.view(batch, -1, 1, 1)
+        return out
+
+    def _upsample_crop(self) -> int:
+        # transposed conv (k) then blur (kh, pad p0) == transposed conv with the (k+kh-1) kernel,
+        # cropped by kh - 1 - p0 on each side
+        return self.blur.kernel.shape[0] - 1 - self.blur.pad[0]
+
+    def _upsample_weight(self, weight: Tensor) -> Tensor:
+        """Transposed-conv weight (in, out, k+3, k+3) = the 3×3 weight convolved with the blur kernel.
+
+        Cached while the parameter is unchanged (inference); recomputed under autograd (training).
+        """
+        key = (self.weight._version, weight.dtype, weight.device)
+        if not torch.is_grad_enabled() and self._folded is not None and self._folded[:3] == key:
+            return self._folded[3]
+        k = self.blur.kernel.to(weight.dtype)
+        kh = k.shape[0]
+        w = weight.transpose(0, 1)  # (in, out, k, k): conv_transpose2d layout
+        i, o, ks, _ = w.shape
+        # full 2-D convolution of every (in, out) slice with the blur kernel
+        folded = F.conv2d(
+            F.pad(w.reshape(i * o, 1, ks, ks), [kh - 1] * 4), torch.flip(k, [0, 1])[None, None]
+        ).reshape(i, o, ks + kh - 1, ks + kh - 1)
+        if not torch.is_grad_enabled():
+            self._folded = (*key, folded)
+        return folded
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, image: Tensor, noise: Tensor | None = None) -> Tensor:
+        if noise is None:
+            b, _, h, w = image.shape
+            noise = image.new_empty(b, 1, h, w).normal_()
+        return image + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channel: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> Tensor:
+        return self.input.repeat(batch, 1, 1, 1)
+
+
+class StyledConv(nn.Module):
+    def __init__(
+        self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1), demodulate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(
+            in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel,
+            demodulate=demodulate,
+        )
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None = None) -> Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise=noise))
+
+
+class ToRGB(nn.Module):
+    def __init__(
+        self, in_channel: int, style_dim: int, upsample: bool = True, blur_kernel: Sequence[float] = (1, 3, 3, 1)
+    ) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+def default_channels(channel_multiplier: int = 2, base: int = 512) -> dict[int, int]:
+    """rosinality's channel table; `base` < 512 gives the narrow `tiny` profile."""
+    return {
+        4: base, 8: base, 16: base, 32: base,
+        64: base // 2 * channel_multiplier, 128: base // 4 * channel_multiplier,
+        256: base // 8 * channel_multiplier, 512: base // 16 * channel_multiplier,
+        1024: base // 32 * channel_multiplier,
+    }
+
+
+class Generator(nn.Module):
+    def __init__(
+        self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, channel_base: int = 512,
+    ) -> None:
+        super().__init__()
+        self.size = size
+        self.style_dim = style_dim
+        self.style = nn.Sequential(
+            PixelNorm(),
+            *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)],
+        )
+        self.channels = default_channels(channel_multiplier, channel_base)
+        self.input = ConstantInput(self.channels[4])
+        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim, blur_kernel=blur_kernel)
+        self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False)
+
+        self.log_size = int(math.log2(size))
+        self.num_layers = (self.log_size - 2) * 2 + 1
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for layer_idx in range(self.num_layers):
+            res = (layer_idx + 5) // 2
+            self.noises.register_buffer(f"noise_{layer_idx}", torch.randn(1, 1, 2**res, 2**res))
+        in_channel = self.channels[4]
+        for i in range(3, self.log_size + 1):
+            out_channel = self.channels[2**i]
+            self.convs.append(StyledConv(in_channel, out_channel, 3, style_dim, upsample=True, blur_kernel=blur_kernel))
+            self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim, blur_kernel=blur_kernel))
+            self.to_rgbs.append(ToRGB(out_channel, style_dim, blur_kernel=blur_kernel))
+            in_channel = out_channel
+        self.n_latent = self.log_size * 2 - 2
+
+    def mapping(self, z: Tensor) -> Tensor:
+        """z (B, 512) -> w (B, 512) through the mapping network."""
+        return self.style(z)
+
+    def mean_latent(self, n_latent: int) -> Tensor:
+        z = torch.randn(n_latent, self.style_dim, device=self.input.input.device)
+        return self.style(z).mean(0, keepdim=True)
+
+    def fixed_noise(self) -> list[Tensor]:
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
+    def forward(
+        self, styles: list[Tensor], return_latents: bool = False, inject_index: int | None = None,
+        truncation: float = 1.0, truncation_latent: Tensor | None = None, input_is_latent: bool = False,
+        noise: list[Tensor | None] | None = None, randomize_noise: bool = True, stop_at: int | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """rosinality's signature; `stop_at` ends synthesis at that resolution (a preview)."""
+        if not input_is_latent:
+            styles = [self.style(s) for s in styles]
+        if noise is None:
+            noise = [None] * self.num_layers if randomize_noise else self.fixed_noise()
+        if truncation < 1:
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        latent = self._broadcast_latent(styles, inject_index)
+        image = self.synthesis(latent, noise, stop_at)
+        return image, (latent if return_latents else None)
+
+    def _broadcast_latent(self, styles: list[Tensor], inject_index: int | None) -> Tensor:
+        if len(styles) < 2:
+            s = styles[0]
+            return s.unsqueeze(1).repeat(1, self.n_latent, 1) if s.ndim < 3 else s
+        if inject_index is None:
+            inject_index = int(torch.randint(1, self.n_latent - 1, ()).item())
+        latent = styles[0].unsqueeze(1).repeat(1, inject_index, 1)
+        latent2 = styles[1].unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)
+        return torch.cat([latent, latent2], 1)
+
+    def synthesis(self, latent: Tensor, noise: list[Tensor | None], stop_at: int | None = None) -> Tensor:
+        out = self.input(latent.shape[0])
+        out = self.conv1(out, latent[:, 0], noise=noise[0])
+        skip = self.to_rgb1(out, latent[:, 1])
+        i = 1
+        for level, (conv_up, conv, to_rgb) in enumerate(zip(self.convs[::2], self.convs[1::2], self.to_rgbs)):
+            if stop_at is not None and 2 ** (level + 2) >= stop_at:
+                break
+            out = conv_up(out, latent[:, i], noise=noise[2 * level + 1])
+            out = conv(out, latent[:, i + 1], noise=noise[2 * level + 2])
+            skip = to_rgb(out, latent[:, i + 2], skip)
+            i += 2
+        return skip

@@ -1,0 +1,36 @@
+"""Model profiles: the real FFHQ models, or `tiny` — the same architectures at small widths,
+seeded and randomly initialised, for tests and smoke runs. `tiny` is never a real model: every
+status and output that comes from it says `untrained`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    size: int  # generator resolution
+    style_dim: int  # W and CLIP embedding width
+    n_mlp: int = 8
+    channel_multiplier: int = 2
+    channel_base: int = 512
+    e4e_stages: tuple[tuple[int, int], ...] | None = None  # None: IR-SE-50
+    e4e_input_width: int = 64
+    preview_size: int = 128  # synthesis stops here for previews
+    untrained: bool = False
+
+    @property
+    def n_latent(self) -> int:
+        return 2 * (self.size.bit_length() - 1) - 2
+
+
+REAL = Profile(name="real", size=1024, style_dim=512)
+
+TINY = Profile(
+    name="tiny", size=256, style_dim=64, n_mlp=2, channel_multiplier=1, channel_base=64,
+    e4e_stages=((16, 1), (32, 1), (64, 1), (64, 1)), e4e_input_width=16, preview_size=64, untrained=True,
+)
+
+PROFILES = {p.name: p for p in (REAL, TINY)}
+TINY_SEED = 20221014  # FFCLIP's arXiv date; any fixed seed does
