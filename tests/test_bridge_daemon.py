@@ -1,0 +1,173 @@
+"""`ffclip-engine serve` and `service` as processes: binding rules, single instance, signals, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffclip.plugin.client import EngineClient
+from ffclip.plugin.protocol import EngineError
+from ffclip.plugin.websocket import ConnectionClosed, WebSocket
+
+PHOTO = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+
+
+class Daemon:
+    def __init__(self, *args: str, env: dict | None = None):
+        command = [sys.executable, "-m", "ffclip.engine", "serve", *args]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
+        )
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on ws://[^:]+:(\d+)/", line)
+        if not match:
+            self.proc.kill()
+            raise AssertionError(f"no listening line: {line!r} {self.proc.stderr.read()}")
+        self.port = int(match.group(1))
+        self.url = f"ws://127.0.0.1:{self.port}/"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def _env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ffclip.engine", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or _env())
+
+
+def test_non_loopback_bind_needs_a_token():
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--fake-engine")
+    assert result.returncode == 2
+    assert "--token" in result.stderr and "refusing" in result.stderr
+
+
+def test_token_on_all_interfaces_refuses_clients_without_it(tmp_path):
+    daemon = Daemon(
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--token",
+        "tok",
+        "--fake-engine",
+        "--log-file",
+        str(tmp_path / "e.log"),
+    )
+    try:
+        with pytest.raises(EngineError) as info:
+            EngineClient(daemon.url, timeout=5).connect()
+        assert info.value.code == "unauthorized"
+        with pytest.raises(EngineError):
+            EngineClient(daemon.url, token="wrong", timeout=5).connect()
+        with EngineClient(daemon.url, token="tok", timeout=10) as client:
+            result = client.edit(PHOTO.tobytes(), 64, 64, "smiling")
+            assert result.region[2] > 0
+    finally:
+        assert daemon.stop() == 0
+    log = (tmp_path / "e.log").read_text()
+    assert "tok" not in log.replace("token", "")  # the token is never logged
+
+
+def test_second_serve_on_the_same_port_says_already_running(tmp_path):
+    state = tmp_path / "state"
+    daemon = Daemon("--port", "0", "--fake-engine", env=_env(XDG_STATE_HOME=str(state)))
+    try:
+        second = run_cli(
+            "serve", "--port", str(daemon.port), "--fake-engine", env=_env(XDG_STATE_HOME=str(state))
+        )
+        assert second.returncode == 3
+        assert "already running" in second.stderr
+        status = run_cli("service", "status", "--port", str(daemon.port), "--no-systemctl")
+        assert status.returncode == 0 and "engine: running" in status.stdout
+    finally:
+        assert daemon.stop(signal.SIGINT) == 0
+    assert (state / "ffclip-edit" / "engine.log").is_file()  # the XDG state folder by default
+    stopped = run_cli("service", "status", "--port", str(daemon.port), "--no-systemctl")
+    assert stopped.returncode == 3 and "not running" in stopped.stdout
+
+
+def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
+    daemon = Daemon(
+        "--port", "0", "--fake-engine", "--fake-stage-seconds", "0.2", "--log-file", str(tmp_path / "l")
+    )
+    ws = WebSocket.connect(daemon.url)
+    assert json.loads(ws.recv(5))["type"] == "status"
+    jobs = []
+    for _ in range(3):
+        job = uuid.uuid4().hex
+        jobs.append(job)
+        message = {
+            "type": "edit",
+            "id": job,
+            "prompt": "x",
+            "image": {"width": 64, "height": 64, "format": "rgba8"},
+        }
+        ws.send_text(json.dumps(message))
+        ws.send_binary(PHOTO.tobytes())
+    time.sleep(0.5)
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    ends = {}
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            message = ws.recv(10)
+            if isinstance(message, str):
+                message = json.loads(message)
+                if message["type"] in ("result", "error", "cancelled"):
+                    assert message["id"] not in ends
+                    ends[message["id"]] = message.get("code", message["type"])
+    assert closed.value.code == 1001
+    assert ends == {job: "cancelled" for job in jobs}
+    assert daemon.proc.wait(10) == 0 and time.monotonic() - started < 5
+    assert "stopped" in daemon.proc.stdout.read()
+
+
+def test_a_200mb_frame_does_not_grow_the_daemon(tmp_path):
+    daemon = Daemon("--port", "0", "--fake-engine", "--log-file", str(tmp_path / "l"))
+    try:
+        ws = WebSocket.connect(daemon.url)
+        before = json.loads(ws.recv(5))["memory"]["rss_bytes"]
+        ws.send_binary(bytes(200_000_000))
+        error = json.loads(ws.recv(30))
+        assert error["code"] == "too_large"
+        ws.send_text('{"type":"status"}')
+        after = json.loads(ws.recv(5))["memory"]["rss_bytes"]
+        assert after - before < 20 << 20, (before, after)
+        ws.close()
+    finally:
+        daemon.stop()
+
+
+def test_service_install_and_uninstall_write_a_user_unit(tmp_path):
+    unit_dir = tmp_path / "units"
+    common = ("--unit-dir", str(unit_dir), "--no-systemctl")
+    installed = run_cli("service", "install", "--profile", "tiny", "--port", "8777", *common)
+    assert installed.returncode == 0, installed.stderr
+    unit = (unit_dir / "ffclip-engine.service").read_text()
+    assert "ExecStart=" in unit and "serve --host 127.0.0.1 --port 8777 --profile tiny" in unit
+    assert "WantedBy=default.target" in unit
+    exposed = run_cli("service", "install", "--host", "0.0.0.0", *common)
+    assert exposed.returncode == 2  # a network-wide service needs a token file
+    removed = run_cli("service", "uninstall", *common)
+    assert removed.returncode == 0 and not Path(unit_dir / "ffclip-engine.service").exists()
