@@ -83,7 +83,7 @@ class TextEncoder:
                 tokens = self.tokenizer(missing).to(self.device)
                 feats = self.model.encode_text(tokens).float()
             with self._lock:
-                for p, f in zip(missing, feats):
+                for p, f in zip(missing, feats, strict=True):
                     self._cache[p] = f[None].clone()
                     self._cache.move_to_end(p)
                 while len(self._cache) > self.cache_size:

@@ -323,7 +323,8 @@ class Generator(nn.Module):
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
-        for level, (conv_up, conv, to_rgb) in enumerate(zip(self.convs[::2], self.convs[1::2], self.to_rgbs)):
+        levels = zip(self.convs[::2], self.convs[1::2], self.to_rgbs, strict=True)
+        for level, (conv_up, conv, to_rgb) in enumerate(levels):
             if stop_at is not None and 2 ** (level + 2) >= stop_at:
                 break
             out = conv_up(out, latent[:, i], noise=noise[2 * level + 1])
