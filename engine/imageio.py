@@ -46,9 +46,7 @@ def _open(source: str | os.PathLike | bytes) -> tuple[Image.Image, bytes]:
         raise PipelineError("bad_image", "not an image (unrecognised file format)") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
-        raise PipelineError(
-            "too_large", f"image has more than {limit:.0f} MP; Pillow refuses to open it"
-        ) from None
+        raise PipelineError("too_large", f"image has more than {limit:.0f} MP; Pillow refuses to open it") from None
     except Exception as exc:  # PIL raises many types for malformed headers
         raise PipelineError("bad_image", f"unreadable image header: {exc}") from None
     return img, bytes(data)

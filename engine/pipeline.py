@@ -179,9 +179,7 @@ def _to_uint8(work: np.ndarray) -> np.ndarray:
 class _Stages:
     """Progress, cancellation and timing bookkeeping for one edit."""
 
-    def __init__(
-        self, progress: Callable[[str, float], None] | None, should_cancel: Callable[[], bool] | None
-    ):
+    def __init__(self, progress: Callable[[str, float], None] | None, should_cancel: Callable[[], bool] | None):
         self.progress = progress
         self.should_cancel = should_cancel
         self.run: list[str] = []
@@ -444,7 +442,9 @@ class Pipeline:
         height, width = work.shape[:2]
         pastes = []
         for face, entry, content, change in zip(chosen, entries, contents, changes, strict=True):
-            paste = warp_to_photo(entry.transform, content, change, (width, height), self.blend_config)
+            recon = entry.recon.get(content.shape[0])
+            recon = None if recon is None else recon.astype(np.float32)
+            paste = warp_to_photo(entry.transform, content, change, (width, height), self.blend_config, recon)
             if paste is not None:
                 match_colours(paste, work, face.qsize, self.blend_config)
             pastes.append(paste)

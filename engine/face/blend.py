@@ -72,6 +72,7 @@ class FacePaste:
     region: tuple[int, int, int, int]
     alpha: np.ndarray  # (h, w) float32 in [0, 1]
     content: np.ndarray  # (h, w, 3) float32 in 0..255
+    reference: np.ndarray | None = None  # the warped reconstruction G(w), for colour matching
 
 
 def _prefilter(img: np.ndarray, size: int) -> np.ndarray:
@@ -87,11 +88,13 @@ def warp_to_photo(
     change: np.ndarray | None,
     photo_size: tuple[int, int],
     config: BlendConfig | None = None,
+    recon: np.ndarray | None = None,
 ) -> FacePaste | None:
     """Resample an S x S crop (any S) back into the photo with the exact inverse warp.
 
-    content: (S, S, 3) float32 0..255; change: (S, S) float32 0..1 or None (all changed);
-    photo_size: (width, height). None when the crop does not reach into the photo.
+    content, recon: (S, S, 3) float32 0..255 (the edit and the reconstruction G(w));
+    change: (S, S) float32 0..1 or None (all changed); photo_size: (width, height).
+    None when the crop does not reach into the photo.
     """
     config = config or BlendConfig()
     width, height = photo_size
@@ -106,35 +109,37 @@ def warp_to_photo(
     mapx, mapy = transform.crop_maps(region, size)
     u, v = (mapx + 0.5) / size, (mapy + 0.5) / size
     alpha = crop_alpha(u, v, config)
-    src = np.ascontiguousarray(_prefilter(content.astype(np.float32), size))
-    warped = cv2.remap(src, mapx, mapy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+    def warp(img: np.ndarray, interp: int) -> np.ndarray:
+        src = np.ascontiguousarray(_prefilter(img.astype(np.float32), size))
+        return cv2.remap(src, mapx, mapy, interp, borderMode=cv2.BORDER_REPLICATE)
+
+    warped = warp(content, cv2.INTER_CUBIC).reshape(alpha.shape + (3,))
     if change is not None:
-        chg = np.ascontiguousarray(_prefilter(change.astype(np.float32), size))
-        alpha *= np.clip(cv2.remap(chg, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), 0, 1)
-    return FacePaste(region, alpha, warped.reshape(alpha.shape + (3,)))
+        alpha *= np.clip(warp(change, cv2.INTER_LINEAR), 0.0, 1.0)
+    reference = None if recon is None else warp(recon, cv2.INTER_CUBIC).reshape(alpha.shape + (3,))
+    return FacePaste(region, alpha, warped, reference)
 
 
-def match_colours(
-    paste: FacePaste, photo: np.ndarray, qsize: float, config: BlendConfig | None = None
-) -> None:
+def match_colours(paste: FacePaste, photo: np.ndarray, qsize: float, config: BlendConfig | None = None) -> None:
     """Shift the pasted face's low frequencies to the photo's on the seam ring (in place).
 
-    The offset photo - face is averaged with weight 4a(1 - a) (the seam) by normalised
-    convolution at a reduced resolution; far from the seam it falls back to the ring's mean.
-    photo: the full (H, W, 3) float32 0..255 image.
+    The offset photo - reconstruction (the GAN's colour error, not the edit: an edit that
+    reaches the crop edge must survive) is averaged with weight 4a(1 - a) (the seam) by
+    normalised convolution at a reduced resolution; far from the seam it falls back to the
+    ring's mean. photo: the full (H, W, 3) float32 0..255 image.
     """
     config = config or BlendConfig()
     x, y, w, h = paste.region
     ring = 4.0 * paste.alpha * (1.0 - paste.alpha)
-    if float(ring.sum()) < 1.0:
+    if float(ring.sum()) < 1.0 or config.colour_limit <= 0:
         return
-    diff = photo[y : y + h, x : x + w] - paste.content
+    reference = paste.content if paste.reference is None else paste.reference
+    diff = photo[y : y + h, x : x + w] - reference
     step = max(qsize / 96.0, 1.0)  # work at ~96 px per face side
     small = (max(int(round(w / step)), 1), max(int(round(h / step)), 1))
     ring_s = cv2.resize(ring, small, interpolation=cv2.INTER_AREA)
-    wd_s = cv2.resize(diff * ring[..., None], small, interpolation=cv2.INTER_AREA).reshape(
-        small[1], small[0], 3
-    )
+    wd_s = cv2.resize(diff * ring[..., None], small, interpolation=cv2.INTER_AREA).reshape(small[1], small[0], 3)
     sigma = config.colour_sigma * qsize / step
     ring_b = _gaussian(ring_s, sigma)
     wd_b = _gaussian(wd_s, sigma).reshape(small[1], small[0], 3)
