@@ -1,0 +1,323 @@
+"""The model store: one folder holding the official checkpoint files under their official names.
+
+Default location `$XDG_DATA_HOME/ffclip-edit/models` (`~/.local/share/...`), or `--models DIR`.
+`index.json` beside the files records, per model, the sha256 of the file the first time it passed
+the strict structural check (no checksums are published, so this pins what was verified), its size,
+its kind and where it came from. `verify` re-checks structure and compares with the pinned hash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .checkpoints.errors import CheckpointError
+from .checkpoints.layouts import Inspection, inspect_file
+
+INDEX_NAME = "index.json"
+APP_DIR = "ffclip-edit"
+
+STYLEGAN2_LICENCE = (
+    "Licence: the StyleGAN2 FFHQ weights (also inside the e4e and FFCLIP files) are NVIDIA's, under the\n"
+    "NVIDIA Source Code License-NC: non-commercial use only (research and evaluation). See\n"
+    "https://nvlabs.github.io/stylegan2/license.html. Fetching them means you accept those terms."
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # store name used on the command line
+    filename: str  # the official file name
+    kind: str  # checkpoint layout (see checkpoints.layouts.KINDS)
+    description: str
+    drive_id: str | None = None  # Google Drive id from the projects' READMEs
+    source: str = ""
+    expect: dict[str, Any] = field(default_factory=dict)  # what inspect_file must report
+    licence: str | None = None
+    default: bool = True  # fetched by a plain `models fetch`
+    required: bool = True  # needed by `serve` / `edit` with the real models
+
+
+SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec("stylegan2", "stylegan2-ffhq-config-f.pt", "stylegan2", "StyleGAN2 FFHQ 1024 generator",
+              "1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT", "rosinality conversion (FFCLIP/e4e READMEs)",
+              {"size": 1024}, STYLEGAN2_LICENCE),
+    ModelSpec("e4e", "e4e_ffhq_encode.pt", "e4e", "e4e FFHQ encoder (photo -> W+)",
+              "1cUv_reLE6k3604or78EranS7XzuVMWeO", "encoder4editing README", {"stylegan_size": 1024},
+              STYLEGAN2_LICENCE),
+    ModelSpec("ffclip", "ffclip_ffhq.pt", "ffclip", "FFCLIP FFHQ mapper (text -> W+ edit)",
+              "1oYMi5jsrUI_WyQ-xGf-F2T6myVGBx3od", "FFCLIP README", {"n_latent": 18}, STYLEGAN2_LICENCE),
+    ModelSpec("clip", "clip_vit_b_32_openai.safetensors", "clip", "CLIP ViT-B/32, OpenAI weights",
+              None, "open_clip ('ViT-B-32', pretrained='openai', QuickGELU)"),
+    ModelSpec("arcface", "model_ir_se50.pth", "arcface", "ArcFace IR-SE-50 (training identity loss)",
+              "1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn", "FFCLIP/e4e READMEs (TreB1eN)", {"input_size": 112},
+              default=False, required=False),
+    ModelSpec("e4e-cars", "e4e_cars_encode.pt", "e4e", "e4e cars encoder (512, 16 W+ layers)",
+              "17faPqBce2m1AQeLCLHUVXaDfxMRU2QcV", "encoder4editing README", {"stylegan_size": 512},
+              STYLEGAN2_LICENCE, default=False, required=False),
+    ModelSpec("e4e-church", "e4e_church_encode.pt", "e4e", "e4e church encoder (256, 14 W+ layers)",
+              "1-L0ZdnQLwtdy6-A_Ccgq5uNJGTqE7qBa", "encoder4editing README", {"stylegan_size": 256},
+              STYLEGAN2_LICENCE, default=False, required=False),
+    ModelSpec("ffclip-car", "ffclip_car.pt", "ffclip", "FFCLIP car mapper",
+              "11Zsx_bjMbIzzTjLxWDhOEgoXmnbNwH7t", "FFCLIP README", {"n_latent": 16}, STYLEGAN2_LICENCE,
+              default=False, required=False),
+    ModelSpec("ffclip-church", "ffclip_church.pt", "ffclip", "FFCLIP church mapper",
+              "1ihmvppjLXh71ARx4NLnIMzJRAFLdQnmn", "FFCLIP README", {"n_latent": 14}, STYLEGAN2_LICENCE,
+              default=False, required=False),
+)
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+
+
+def default_root() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"  # XDG: relative is invalid
+    return base / APP_DIR / "models"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    status: str  # ok | recorded | missing | invalid | changed
+    message: str = ""
+    sha256: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "recorded")
+
+
+class ModelStore:
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.custom_root = root is not None
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    # --- names and paths ---
+
+    @staticmethod
+    def spec(name: str) -> ModelSpec:
+        """A spec by store name or official file name."""
+        if name in SPEC_BY_NAME:
+            return SPEC_BY_NAME[name]
+        for spec in SPECS:
+            if spec.filename == name:
+                return spec
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(SPEC_BY_NAME)}")
+
+    def path(self, name: str) -> Path:
+        return self.root / self.spec(name).filename
+
+    def part_path(self, name: str) -> Path:
+        path = self.path(name)
+        return path.with_name(path.name + ".part")
+
+    def present(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def missing(self, names: Iterable[str] | None = None) -> list[str]:
+        """Store names of the models `serve`/`edit` need (or of `names`) whose file is absent."""
+        wanted = list(names) if names is not None else [s.name for s in SPECS if s.required]
+        return [n for n in wanted if not self.present(n)]
+
+    @property
+    def fetch_hint(self) -> str:
+        where = f" --models {self.root}" if self.custom_root else ""
+        return f"ffclip-engine models fetch{where}"
+
+    # --- index ---
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX_NAME
+
+    def index(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.index_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"the store index {self.index_path} is unreadable ({exc})") from None
+        return data.get("models", {}) if isinstance(data, dict) else {}
+
+    def record(self, name: str, entry: dict[str, Any]) -> None:
+        models = self.index()
+        models[name] = entry
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.index_path.with_name(INDEX_NAME + ".tmp")
+        tmp.write_text(json.dumps({"version": 1, "models": models}, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.index_path)  # readers (a running daemon) never see half a file
+
+    # --- checks ---
+
+    def check_file(self, name: str, path: str | os.PathLike[str]) -> Inspection:
+        """Strict structural check of `path` as the store's `name` (kind and domain included)."""
+        spec = self.spec(name)
+        found = inspect_file(path, spec.kind)
+        wrong = {k: found.info.get(k) for k, v in spec.expect.items() if found.info.get(k) != v}
+        if wrong:
+            got = ", ".join(f"{k}={v}" for k, v in wrong.items())
+            want = ", ".join(f"{k}={spec.expect[k]}" for k in wrong)
+            raise CheckpointError(f"{Path(path).name} is a {spec.kind} checkpoint with {got}; "
+                                  f"{spec.name} needs {want}")
+        return found
+
+    @staticmethod
+    def _entry(spec: ModelSpec, path: Path, sha: str, info: dict[str, Any], source: str) -> dict[str, Any]:
+        return {"file": spec.filename, "kind": spec.kind, "sha256": sha, "size": path.stat().st_size,
+                "verified_at": _now(), "source": source, "info": info}
+
+    def verify(self, name: str, *, accept: bool = False, path: Path | None = None) -> VerifyResult:
+        """Check the file's structure, then its sha256 against the record (recording it the first time)."""
+        spec = self.spec(name)
+        path = path or self.path(name)
+        if not path.is_file():
+            hint = f"fetch it with `{self.fetch_hint} {name}`"
+            return VerifyResult(name, "missing", f"{path} is missing; {hint}")
+        try:
+            found = self.check_file(name, path)
+        except CheckpointError as exc:
+            return VerifyResult(name, "invalid", str(exc))
+        sha = sha256_file(path)
+        old = self.index().get(name, {})
+        if old.get("sha256") and old["sha256"] != sha and not accept:
+            return VerifyResult(
+                name, "changed",
+                f"{path.name} passes the structural check, but its sha256 {sha[:16]}… differs from "
+                f"{old['sha256'][:16]}… recorded at {old.get('verified_at', '?')}; if you replaced it on "
+                f"purpose, run `ffclip-engine models verify --accept {name}`", sha, found.info)
+        if old.get("sha256") == sha:
+            entry = {**old, "verified_at": _now(), "info": found.info, "size": path.stat().st_size}
+            self.record(name, entry)
+            return VerifyResult(name, "ok", "", sha, found.info)
+        source = old.get("source", "found in the store") if not accept else "accepted by verify --accept"
+        self.record(name, self._entry(spec, path, sha, found.info, source))
+        return VerifyResult(name, "recorded", "", sha, found.info)
+
+    # --- import ---
+
+    def match_spec(self, found: Inspection) -> ModelSpec:
+        for spec in SPECS:
+            if spec.kind == found.kind and all(found.info.get(k) == v for k, v in spec.expect.items()):
+                return spec
+        raise CheckpointError(f"no store entry takes a {found.kind} checkpoint with {found.info}")
+
+    def import_file(self, src: str | os.PathLike[str], kind: str | None = None,
+                    name: str | None = None) -> tuple[str, VerifyResult]:
+        """Check `src` strictly, copy it in under its official name and record its sha256."""
+        src = Path(src)
+        if name is not None:
+            spec = self.spec(name)
+            if kind is not None and kind != spec.kind:
+                raise CheckpointError(f"{name} holds a {spec.kind} checkpoint, not {kind}")
+            self.check_file(spec.name, src)
+        else:
+            spec = self.match_spec(inspect_file(src, kind))
+        dest = self.path(spec.name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if src.resolve() != dest.resolve():
+            part = self.part_path(spec.name)
+            shutil.copyfile(src, part)
+            os.replace(part, dest)
+        # an explicit import is the user vouching for the file: it replaces any earlier record
+        found = self.check_file(spec.name, dest)
+        sha = sha256_file(dest)
+        self.record(spec.name, self._entry(spec, dest, sha, found.info, f"import: {src.resolve()}"))
+        return spec.name, VerifyResult(spec.name, "recorded", "", sha, found.info)
+
+    # --- fetch ---
+
+    def fetch(self, name: str, *, out: IO[str] | None = None, fetcher: Callable[..., Path] | None = None,
+              **download_options: Any) -> VerifyResult:
+        """Download (resuming a .part file), check structure, move into place and record the sha256."""
+        from .download import DownloadError, download, drive_url, drive_view_url
+
+        out = out or sys.stderr
+        spec = self.spec(name)
+        if self.present(name):
+            result = self.verify(name)
+            if result.ok:
+                return VerifyResult(name, "ok", "already in the store", result.sha256, result.info)
+            return result  # a bad file in place is reported, not silently replaced
+        part = self.part_path(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            if spec.kind == "clip":
+                (fetcher or fetch_clip)(self, part, out=out)
+            elif spec.drive_id:
+                download(drive_url(spec.drive_id), part, label=spec.filename, stream=out, **download_options)
+            else:  # pragma: no cover - every spec has a source
+                raise DownloadError(f"no download source for {name}")
+        except DownloadError as exc:
+            hint = f" (manual download: {drive_view_url(spec.drive_id)})" if spec.drive_id else ""
+            return VerifyResult(name, "invalid", f"{exc}{hint}")
+        return self._adopt_download(spec, part)
+
+    def _adopt_download(self, spec: ModelSpec, part: Path) -> VerifyResult:
+        try:
+            found = self.check_file(spec.name, part)
+        except CheckpointError as exc:
+            part.unlink(missing_ok=True)  # a wrong file must not be resumed next time
+            return VerifyResult(spec.name, "invalid", f"the downloaded file was rejected: {exc}")
+        sha = sha256_file(part)
+        old = self.index().get(spec.name, {})
+        if old.get("sha256") and old["sha256"] != sha:
+            return VerifyResult(
+                spec.name, "changed",
+                f"the download's sha256 {sha[:16]}… differs from {old['sha256'][:16]}… recorded at "
+                f"{old.get('verified_at', '?')}; it was left at {part}. If the source changed on purpose, "
+                f"run `ffclip-engine models import {part}`", sha, found.info)
+        os.replace(part, self.path(spec.name))
+        source = f"fetch: {spec.source}" + (f" (drive id {spec.drive_id})" if spec.drive_id else "")
+        self.record(spec.name, self._entry(spec, self.path(spec.name), sha, found.info, source))
+        return VerifyResult(spec.name, "recorded", "", sha, found.info)
+
+
+def fetch_clip(store: ModelStore, part: Path, *, out: IO[str] | None = None) -> Path:
+    """CLIP ViT-B/32 (OpenAI) through open_clip's own download, kept as safetensors at `part`."""
+    from open_clip import pretrained
+
+    from .download import DownloadError
+
+    cache = store.root / ".cache" / "open_clip"
+    cfg = pretrained.get_pretrained_cfg("ViT-B-32", "openai")
+    try:
+        downloaded = Path(pretrained.download_pretrained(cfg, cache_dir=str(cache)))
+    except Exception as exc:  # open_clip / huggingface_hub raise many types
+        raise DownloadError(f"open_clip could not download ViT-B-32 (openai): {exc}") from None
+    if not downloaded.is_file():
+        raise DownloadError("open_clip's download produced no file")
+    _as_safetensors(downloaded.resolve(), part)
+    shutil.rmtree(cache, ignore_errors=True)  # the store keeps its own copy
+    return part
+
+
+def _as_safetensors(src: Path, dest: Path) -> None:
+    from .checkpoints.safe_load import load_checkpoint, sniff
+
+    if sniff(src) == "safetensors":
+        shutil.copyfile(src, dest)
+        return
+    from safetensors.torch import save_file
+
+    state_dict = load_checkpoint(src)  # a pickled state_dict, read safely (TorchScript is refused)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(dest))
