@@ -468,9 +468,10 @@ class Pipeline:
 
 
 def _touches(selection: np.ndarray, face: FaceInfo, width: int, height: int) -> bool:
-    x, y, w, h = face.box
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + w, width), min(y + h, height)
+    """Whether the selection reaches into the face's crop (hair edits go beyond the face box)."""
+    x0, y0 = np.floor(face.quad.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(face.quad.max(axis=0)).astype(int) + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     return x1 > x0 and y1 > y0 and bool(selection[y0:y1, x0:x1].any())
 
 
