@@ -440,6 +440,8 @@ class EngineServer:
             job.cancel_event.set()
 
     def _positions(self, jobs: list[Job]) -> None:
+        if self.closing:  # every waiting job is about to end anyway
+            return
         for job in jobs:
             job.owner.deliver(msg.queued(job.id, job.position or 0))
 

@@ -7,6 +7,7 @@ send a photo to a running (warm) daemon instead of loading the models itself.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -291,10 +292,12 @@ def edit_file(
 ) -> dict:
     """Edit a photo file with a running daemon; writes `out_path` (and the blend mask to `mask_out`).
 
-    PNG files travel as PNG, anything else is decoded here (Pillow) and sent as RGBA8. Returns a
+    PNG files travel as PNG, anything else is decoded here (Pillow) and sent as RGBA8. The token
+    defaults to $FFCLIP_TOKEN. Returns a
     summary: job id, region, faces, stages run and skipped, seconds.
     """
     in_path, out_path = Path(in_path), Path(out_path)
+    token = token or os.environ.get("FFCLIP_TOKEN") or None
     data = in_path.read_bytes()
     width, height, base = imageops.decode_file(data)
     is_png = data[:8] == png.SIGNATURE
