@@ -107,38 +107,32 @@ class GimpConsole:
             base.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix="ffclip-batch-", dir=str(base) if base else None))
 
-    def argv(self, *gimp_args: str, display: str | None = None) -> tuple[list[str], dict]:
-        """(argv, env) to run gimp-console with `gimp_args`."""
-        if self.root is None:
-            env = dict(os.environ)
-            if self.home:
-                env["HOME"] = self.home
-            if display is None:
-                env.pop("DISPLAY", None)
-            else:
-                env["DISPLAY"] = display
-            env.update(self.extra_env)
-            return [*self.command, *gimp_args], env
-        inner = {
-            "HOME": self.home or CHROOT_HOME,
-            "PATH": "/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            **self.extra_env,
-        }
+    def wrap(self, argv: list[str], display: str | None = None) -> tuple[list[str], dict]:
+        """(argv, env) to run a program of GIMP's system (gimp-console, xvfb-run, its python3)."""
+        inner = {"HOME": self.home or (CHROOT_HOME if self.root is not None else str(self.home_dir()))}
         if display is not None:
             inner["DISPLAY"] = display
+        inner.update(self.extra_env)
+        if self.root is None:
+            # The host's Python settings (virtualenvs, PYTHONPATH) must not reach GIMP's Python.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "DISPLAY"}
+            env.pop("VIRTUAL_ENV", None)
+            env.update(inner)
+            return list(argv), env
+        inner = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **inner}
         env_args = [f"{k}={v}" for k, v in inner.items()]
-        return ["chroot", str(self.root), "env", "-i", *env_args, *self.command, *gimp_args], {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        }
+        host_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+        return ["chroot", str(self.root), "env", "-i", *env_args, *argv], host_env
+
+    def argv(self, *gimp_args: str, display: str | None = None) -> tuple[list[str], dict]:
+        """(argv, env) to run gimp-console with `gimp_args`."""
+        return self.wrap([*self.command, *gimp_args], display)
 
     def run_python(self, code: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
         """Run Python `code` inside GIMP (python-fu-eval), without a display."""
         self.home_dir().mkdir(parents=True, exist_ok=True)
         argv, env = self.argv("-i", "-n", "-d", "--batch-interpreter", "python-fu-eval", "-b", "-", "--quit")
-        return subprocess.run(
-            argv, input=code, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        return subprocess.run(argv, input=code, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def clean_log(text: str) -> str:
@@ -169,11 +163,13 @@ def edit_one(proc, src, dst):
     except Exception as exc:
         return "error", "GIMP cannot open this file (%s)" % (str(exc).strip() or "not an image")
     if image is None:
-        return "error", "GIMP cannot open this file"
+        detail = Gimp.get_pdb().get_last_error() or ""
+        return "error", "GIMP cannot open this file" + (" (%s)" % detail.strip() if detail.strip() else "")
     try:
         layers = image.get_selected_layers() or image.get_layers()
         if not layers:
             return "error", "the image has no layer"
+        had_alpha = layers[0].has_alpha()
         cfg = proc.create_config()
         cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
         cfg.set_property("image", image)
@@ -188,6 +184,8 @@ def edit_one(proc, src, dst):
                 message = str(result.index(1) or "")
             message = message or Gimp.get_pdb().get_last_error() or str(status)
             return ("cancelled" if status == Gimp.PDBStatusType.CANCEL else "error"), message
+        if JOB["flatten"] and not had_alpha:
+            image.flatten()
         if not Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(dst), None):
             return "error", "export to %s failed: %s" % (dst, Gimp.get_pdb().get_last_error())
         return "ok", ""
@@ -274,6 +272,7 @@ def run_batch(
             "status": console.inside(status_file),
             "files": items,
             "args": {"prompt": prompt, **args},
+            "flatten": fmt != "xcf",
         }
         started = time.monotonic()
         try:
@@ -365,9 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gimp", help="gimp-console-3.0 command (native)")
     parser.add_argument("--gimp-root", help="trixie chroot holding GIMP 3 (e.g. /opt/gimp3-root)")
     parser.add_argument("--gimp-home", help="HOME for GIMP (inside the chroot for --gimp-root)")
-    parser.add_argument(
-        "--install-plugin", action="store_true", help="install the plug-in into that GIMP first"
-    )
+    parser.add_argument("--install-plugin", action="store_true", help="install the plug-in into that GIMP first")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole folder")
     args = parser.parse_args(argv)
 

@@ -83,9 +83,7 @@ class EditRequest:
     def validate(self) -> EditRequest:
         prompt = " ".join((self.prompt or "").split())
         if not prompt:
-            raise PluginError(
-                "Type a prompt describing the edit, for example \u201csmiling, blond hair\u201d."
-            )
+            raise PluginError("Type a prompt describing the edit, for example \u201csmiling, blond hair\u201d.")
         try:
             strength = float(self.strength)
         except (TypeError, ValueError):
@@ -243,9 +241,7 @@ def error_message(exc: BaseException, url: str | None = None, settings_path: str
     if name == "ConnectionFailed" or isinstance(exc, ConnectionRefusedError):
         return not_running_message(url)
     if code in ERROR_TEXT:
-        text = ERROR_TEXT[code].format(
-            message=message, where="", settings=settings_path or gimp_settings.SETTINGS_NAME
-        )
+        text = ERROR_TEXT[code].format(message=message, where="", settings=settings_path or gimp_settings.SETTINGS_NAME)
         return text.strip()
     if code:
         return f"The FFCLIP engine reported an error ({code}): {message or 'no details'}"
@@ -421,8 +417,7 @@ def run_edit(
             raise Cancelled(ERROR_TEXT["cancelled"]) from exc
         if _is_unreachable(exc) or isinstance(exc, OSError):
             raise PluginError(
-                f"Lost contact with the FFCLIP engine at {url} during the edit: "
-                f"{getattr(exc, 'message', '') or exc}"
+                f"Lost contact with the FFCLIP engine at {url} during the edit: {getattr(exc, 'message', '') or exc}"
             ) from exc
         raise PluginError(error_message(exc, url)) from exc
     finally:

@@ -115,9 +115,7 @@ def job_state_path(environ: dict | None = None) -> Path:
 
 def write_job_state(url: str, job_id: str, token: str | None = None, environ: dict | None = None) -> Path:
     path = job_state_path(environ)
-    _write_json_atomic(
-        path, {"url": url, "id": job_id, "token": token, "pid": os.getpid(), "started": time.time()}
-    )
+    _write_json_atomic(path, {"url": url, "id": job_id, "token": token, "pid": os.getpid(), "started": time.time()})
     return path
 
 

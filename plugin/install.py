@@ -49,9 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--start-command",
         help="command that starts the engine (default: this Python's `ffclip-engine serve --port PORT`)",
     )
-    parser.add_argument(
-        "--start-timeout", type=float, help="seconds to wait for a started engine (default 120)"
-    )
+    parser.add_argument("--start-timeout", type=float, help="seconds to wait for a started engine (default 120)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be done")
 
 

@@ -104,9 +104,7 @@ class FakeEngine:
         try:
             async for message in ws:
                 if isinstance(message, bytes):
-                    await ws.send(
-                        json.dumps({"type": "error", "code": "bad_request", "message": "stray binary"})
-                    )
+                    await ws.send(json.dumps({"type": "error", "code": "bad_request", "message": "stray binary"}))
                     continue
                 msg = json.loads(message)
                 kind = msg.get("type")
@@ -141,9 +139,7 @@ class FakeEngine:
         await ws.send(json.dumps({"type": "queued", "id": job, "position": 0}))
         if "noface" in msg.get("prompt", ""):
             await ws.send(
-                json.dumps(
-                    {"type": "error", "id": job, "code": "no_face", "message": "no face found in the image"}
-                )
+                json.dumps({"type": "error", "id": job, "code": "no_face", "message": "no face found in the image"})
             )
             return
         slow = "slow" in msg.get("prompt", "")

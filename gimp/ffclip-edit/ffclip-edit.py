@@ -121,7 +121,18 @@ def _dialog(procedure, config, settings):
     if not config.get_property("engine-url"):
         config.set_property("engine-url", gimp_settings.resolve_url(None, settings))
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="FFCLIP Edit")
-    dialog.fill(["prompt", "strength", "faces", "face-index", "output", "engine-url"])
+    dialog.get_spin_scale("strength", 1.0)
+    hint = dialog.get_label(
+        "hint",
+        "Describe the change, e.g. <i>smiling, blond hair</i>. The edited faces go into a new layer "
+        "above this one; a selection limits the edit. <b>Filters → FFCLIP Cancel</b> stops it.",
+        True,
+        False,
+    )
+    hint.set_line_wrap(True)
+    hint.set_max_width_chars(52)
+    hint.set_xalign(0.0)
+    dialog.fill(["hint", "prompt", "strength", "faces", "face-index", "output", "engine-url"])
     only_index = Gimp.ValueArray.new_from_values([GObject.Value(GObject.TYPE_STRING, "index")])
     dialog.set_sensitive_if_in("face-index", None, "faces", only_index, True)
     ok = dialog.run()
@@ -228,9 +239,7 @@ class FfclipEdit(Gimp.PlugIn):
         )
         procedure.set_attribution("FFCLIP Edit contributors", "FFCLIP Edit contributors", "2025")
         flags = GObject.ParamFlags.READWRITE
-        procedure.add_string_argument(
-            "prompt", "_Prompt", "What to change, e.g. 'smiling, blond hair'", "", flags
-        )
+        procedure.add_string_argument("prompt", "_Prompt", "What to change, e.g. 'smiling, blond hair'", "", flags)
         procedure.add_double_argument(
             "strength",
             "_Strength",

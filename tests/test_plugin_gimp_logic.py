@@ -1,0 +1,463 @@
+"""The GIMP plug-in's logic without GIMP: request, progress, pixels, errors, job, cancel, installer, batch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ffclip.plugin import gimp_edit, gimp_settings, install
+from ffclip.plugin.protocol import ConnectionFailed, EngineError
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gimp_fake_engine import FakeEngine, fake_mask, fake_region  # noqa: E402
+
+
+def _load_batch():
+    spec = importlib.util.spec_from_file_location("ffclip_batch_edit", REPO / "gimp" / "batch_edit.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+batch_edit = _load_batch()
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("FFCLIP_ENGINE_URL", raising=False)
+
+
+@pytest.fixture(scope="module")
+def fake_engine():
+    with FakeEngine() as engine:
+        yield engine
+
+
+class Recorder(gimp_edit.Progress):
+    def __init__(self):
+        self.texts, self.fractions, self.pulses = [], [], 0
+
+    def text(self, message):
+        self.texts.append(message)
+
+    def fraction(self, value):
+        self.fractions.append(value)
+
+    def pulse(self):
+        self.pulses += 1
+
+
+def image(width, height, alpha=255):
+    return bytes(
+        (x * 7 + y * 3 + c * 50) % 256 if c < 3 else alpha
+        for y in range(height)
+        for x in range(width)
+        for c in range(4)
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- arguments, progress
+
+
+def test_request_validation_and_faces():
+    r = gimp_edit.EditRequest("  smiling,   blond hair ", 1.5, "INDEX", 2, "layer").validate()
+    assert r.prompt == "smiling, blond hair"
+    assert r.faces_value() == [2]
+    assert gimp_edit.EditRequest("x", face_mode="largest").validate().faces_value() == "largest"
+    assert gimp_edit.EditRequest("x").validate().faces_value() == "all"
+    for bad in (
+        gimp_edit.EditRequest(""),
+        gimp_edit.EditRequest("x", strength=2.5),
+        gimp_edit.EditRequest("x", strength=-0.1),
+        gimp_edit.EditRequest("x", face_mode="some"),
+        gimp_edit.EditRequest("x", output="png"),
+        gimp_edit.EditRequest("x", face_index=-1),
+    ):
+        with pytest.raises(gimp_edit.PluginError):
+            bad.validate()
+
+
+def test_layer_name():
+    assert gimp_edit.layer_name("smiling") == "FFCLIP: smiling"
+    assert gimp_edit.layer_name(" a\n b ") == "FFCLIP: a b"
+    assert len(gimp_edit.layer_name("x" * 500)) <= len("FFCLIP: ") + 120
+
+
+def test_progress_is_monotone_and_named():
+    rec = Recorder()
+    relay = gimp_edit.ProgressRelay(rec)
+    relay("queued", 2)
+    for stage in gimp_edit.STAGES:
+        for v in (0.0, 0.5, 1.0):
+            relay(stage, v)
+    relay("detect", 0.0)  # late or repeated messages never move the bar back
+    assert rec.fractions == sorted(rec.fractions)
+    assert rec.fractions[-1] == pytest.approx(1.0)
+    assert rec.pulses == 1
+    assert "position 2" in rec.texts[0]
+    assert any("Finding faces" in t for t in rec.texts)
+    assert gimp_edit.overall_progress("blend", 1.0) == pytest.approx(1.0)
+    assert gimp_edit.overall_progress("nope", 0.3) is None
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def test_crop_rows():
+    w, h = 5, 4
+    data = bytes(range(w * h))
+    assert gimp_edit.crop(data, w, h, (1, 1, 2, 2), 1) == bytes([6, 7, 11, 12])
+    with pytest.raises(ValueError):
+        gimp_edit.crop(data, w, h, (4, 0, 2, 1), 1)
+
+
+def test_compose_with_mask_keeps_source_alpha_and_limits_to_selection():
+    n = 4
+    result = bytes([10, 20, 30, 255, 11, 21, 31, 128, 12, 22, 32, 0, 13, 23, 33, 200])
+    source = bytes([1, 2, 3, 255, 1, 2, 3, 100, 1, 2, 3, 255, 1, 2, 3, 0])
+    layer, mask = gimp_edit.compose_result(result, source, None, "layer-mask")
+    assert layer[0::4] == result[0::4] and layer[1::4] == result[1::4]
+    assert layer[3::4] == bytes([255, 100, 255, 0])
+    assert mask == bytes([255, 128, 0, 200])
+    _, mask = gimp_edit.compose_result(result, source, bytes([0, 255, 255, 100]), "layer-mask")
+    assert mask == bytes([0, 128, 0, 100])
+    assert len(layer) == 4 * n
+
+
+def test_compose_without_mask_puts_blend_in_alpha():
+    result = bytes([10, 20, 30, 255, 11, 21, 31, 128])
+    layer, mask = gimp_edit.compose_result(result, bytes([0, 0, 0, 255] * 2), bytes([255, 64]), "layer")
+    assert mask is None
+    assert layer[3::4] == bytes([255, 64])
+    layer, _ = gimp_edit.compose_result(result, bytes([0, 0, 0, 255, 0, 0, 0, 0]), None, "layer")
+    assert layer[3::4] == bytes([255, 0])  # transparent source stays transparent
+
+
+def test_result_size_and_region_are_checked():
+    with pytest.raises(gimp_edit.PluginError):
+        gimp_edit.compose_result(b"\0" * 8, b"\0" * 12, None, "layer")
+    assert gimp_edit.check_region([1, 2, 3, 4], 10, 10) == (1, 2, 3, 4)
+    for bad in ([8, 0, 5, 5], [0, 0, 0, 3], "x", [1, 2, 3]):
+        with pytest.raises(gimp_edit.PluginError):
+            gimp_edit.check_region(bad, 10, 10)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("code", ["no_face", "models_missing", "too_large", "busy", "internal", "bad_image"])
+def test_engine_errors_read_as_sentences(code):
+    text = gimp_edit.error_message(EngineError(code, "details here"))
+    assert "Traceback" not in text and code not in text.split()[0]
+    assert len(text) > 20
+
+
+def test_unreachable_message_says_how_to_start():
+    text = gimp_edit.error_message(ConnectionFailed("refused"), "ws://127.0.0.1:9999/")
+    assert "not running at ws://127.0.0.1:9999/" in text
+    assert "ffclip-engine serve --port 9999" in text
+    assert "--autostart" in text
+
+
+# --------------------------------------------------------------------------- a job against a fake engine
+
+
+def test_run_edit_against_fake_engine(fake_engine):
+    w, h = 40, 30
+    rgba = image(w, h)
+    rec = Recorder()
+    out = gimp_edit.run_edit(
+        gimp_edit.EditRequest("smiling", url=fake_engine.url), rgba, w, h, None, dict(gimp_settings.DEFAULTS), rec
+    )
+    region = fake_region(w, h)
+    assert out.region == region
+    assert out.mask == fake_mask(region[2], region[3])
+    assert len(out.layer_rgba) == region[2] * region[3] * 4
+    assert rec.fractions[-1] == pytest.approx(1.0)
+    assert gimp_settings.read_job_state() is None  # cleaned up
+    sent = fake_engine.requests[-1]
+    assert sent["prompt"] == "smiling" and sent["faces"] == "all" and sent["selection_bytes"] is None
+
+
+def test_run_edit_sends_selection_and_limits_mask(fake_engine):
+    w, h = 20, 20
+    selection = bytes(255 if x < 10 else 0 for y in range(h) for x in range(w))
+    out = gimp_edit.run_edit(
+        gimp_edit.EditRequest("x", url=fake_engine.url, output="layer"),
+        image(w, h),
+        w,
+        h,
+        selection,
+        dict(gimp_settings.DEFAULTS),
+        Recorder(),
+    )
+    assert fake_engine.requests[-1]["selection_bytes"] == selection
+    x0, y0, rw, rh = out.region
+    alphas = out.layer_rgba[3::4]
+    for j in range(rh):
+        for i in range(rw):
+            if x0 + i >= 10:
+                assert alphas[j * rw + i] == 0
+
+
+def test_full_selection_is_not_sent(fake_engine):
+    w, h = 8, 8
+    gimp_edit.run_edit(
+        gimp_edit.EditRequest("x", url=fake_engine.url),
+        image(w, h),
+        w,
+        h,
+        b"\xff" * 64,
+        dict(gimp_settings.DEFAULTS),
+        Recorder(),
+    )
+    assert fake_engine.requests[-1]["selection_bytes"] is None
+
+
+def test_engine_error_becomes_plugin_error(fake_engine):
+    with pytest.raises(gimp_edit.PluginError, match="No face was found"):
+        gimp_edit.run_edit(
+            gimp_edit.EditRequest("noface", url=fake_engine.url),
+            image(8, 8),
+            8,
+            8,
+            None,
+            dict(gimp_settings.DEFAULTS),
+            Recorder(),
+        )
+
+
+def test_unreachable_engine_is_a_clean_error():
+    url = f"ws://127.0.0.1:{free_port()}"
+    with pytest.raises(gimp_edit.PluginError) as info:
+        gimp_edit.run_edit(
+            gimp_edit.EditRequest("x", url=url), image(8, 8), 8, 8, None, dict(gimp_settings.DEFAULTS), Recorder()
+        )
+    assert "not running" in str(info.value) and "ffclip-engine serve" in str(info.value)
+
+
+def test_autostart_starts_the_engine_and_waits():
+    port = free_port()
+    settings = dict(
+        gimp_settings.DEFAULTS,
+        autostart=True,
+        start_timeout=30,
+        start_command=[sys.executable, str(REPO / "tests" / "gimp_fake_engine.py"), str(port)],
+    )
+    rec = Recorder()
+    started = []
+
+    def starter(s, progress):
+        started.append(gimp_edit.start_engine(s, progress))
+
+    try:
+        out = gimp_edit.run_edit(
+            gimp_edit.EditRequest("x", url=f"ws://127.0.0.1:{port}"),
+            image(16, 16),
+            16,
+            16,
+            None,
+            settings,
+            rec,
+            starter=starter,
+        )
+        assert out.region == fake_region(16, 16)
+        assert any("Starting" in t for t in rec.texts) and rec.pulses > 0
+    finally:
+        for p in started:
+            p.terminate()
+            p.wait(10)
+
+
+def test_autostart_timeout_and_bad_command_are_clean_errors():
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    settings = dict(
+        gimp_settings.DEFAULTS,
+        autostart=True,
+        start_timeout=1,
+        start_command=[sys.executable, "-c", "import time; time.sleep(5)"],
+    )
+    with pytest.raises(gimp_edit.PluginError, match="did not answer within 1 s"):
+        gimp_edit.run_edit(gimp_edit.EditRequest("x", url=url), image(8, 8), 8, 8, None, settings, Recorder())
+    settings["start_command"] = ["/nonexistent/ffclip-engine", "serve"]
+    with pytest.raises(gimp_edit.PluginError, match="failed"):
+        gimp_edit.run_edit(gimp_edit.EditRequest("x", url=url), image(8, 8), 8, 8, None, settings, Recorder())
+    # never for a remote URL
+    settings["start_command"] = [sys.executable, "-c", "raise SystemExit(3)"]
+    with pytest.raises(gimp_edit.PluginError, match="not running"):
+        gimp_edit.run_edit(
+            gimp_edit.EditRequest("x", url="ws://192.0.2.1:9"),
+            image(8, 8),
+            8,
+            8,
+            None,
+            dict(settings, timeout=1),
+            Recorder(),
+            client_factory=lambda u: _Unreachable(),
+        )
+
+
+class _Unreachable:
+    def connect(self):
+        raise ConnectionFailed("no route")
+
+    def close(self):
+        pass
+
+
+def test_cancel_reaches_the_running_job_from_another_connection(fake_engine):
+    errors = []
+
+    def work():
+        try:
+            gimp_edit.run_edit(
+                gimp_edit.EditRequest("slow", url=fake_engine.url),
+                image(16, 16),
+                16,
+                16,
+                None,
+                dict(gimp_settings.DEFAULTS),
+                Recorder(),
+            )
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while gimp_settings.read_job_state() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = gimp_settings.read_job_state()
+    assert state is not None and state["url"] == gimp_settings.normalize_url(fake_engine.url)
+    assert "Asked" in gimp_edit.cancel_running()
+    thread.join(20)
+    assert len(errors) == 1 and isinstance(errors[0], gimp_edit.Cancelled)
+    assert state["id"] in fake_engine.cancelled
+    assert gimp_settings.read_job_state() is None
+    assert gimp_edit.cancel_running() == "No FFCLIP edit is running."
+
+
+def test_stale_job_state_is_ignored():
+    gimp_settings.write_job_state("ws://127.0.0.1:1/", "abc")
+    path = gimp_settings.job_state_path()
+    data = json.loads(path.read_text())
+    data["pid"] = 2**22 + 12345  # no such process
+    path.write_text(json.dumps(data))
+    assert "ended without cleaning up" in gimp_edit.cancel_running()
+    assert gimp_settings.read_job_state() is None
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_roundtrip_and_url_resolution(tmp_path):
+    assert gimp_settings.load_settings(tmp_path)["url"] == gimp_settings.DEFAULT_URL
+    gimp_settings.save_settings(tmp_path, {"url": "ws://h:1", "autostart": True, "junk": 1})
+    s = gimp_settings.load_settings(tmp_path)
+    assert s["url"] == "ws://h:1" and s["autostart"] is True and "junk" not in s
+    (tmp_path / gimp_settings.SETTINGS_NAME).write_text("{broken")
+    assert gimp_settings.load_settings(tmp_path)["url"] == gimp_settings.DEFAULT_URL
+    assert gimp_settings.resolve_url("", {"url": "ws://a:2"}, {}) == "ws://a:2"
+    assert gimp_settings.resolve_url(None, {"url": "ws://a:2"}, {"FFCLIP_ENGINE_URL": "b:3"}) == "ws://b:3"
+    assert gimp_settings.resolve_url("http://c:4/", {}, {}) == "ws://c:4/"
+    with pytest.raises(ValueError):
+        gimp_settings.normalize_url("ftp://x")
+
+
+# --------------------------------------------------------------------------- installer
+
+
+def test_install_layout(tmp_path):
+    dest = tmp_path / "plug-ins"
+    target = install.install(dest, {"url": "ws://127.0.0.1:9000"})
+    entry = target / "ffclip-edit.py"
+    assert target == dest / "ffclip-edit"
+    text = entry.read_bytes()
+    assert text.startswith(b"#!/usr/bin/env python3\n") and b"\r\n" not in text
+    assert entry.stat().st_mode & stat.S_IXUSR
+    assert (target / "ffclip_plugin" / "gimp_edit.py").is_file()
+    assert (target / "ffclip_plugin" / "client.py").is_file()
+    assert not list(target.rglob("__pycache__"))
+    settings = json.loads((target / "ffclip-edit.json").read_text())
+    assert settings["url"] == "ws://127.0.0.1:9000"
+    assert settings["start_command"][-2:] == ["--port", "9000"]
+    # The copied package imports on its own, without the project (as GIMP's Python will).
+    code = "import ffclip_plugin.gimp_edit as g, ffclip_plugin.client as c; print(g.PROCEDURE)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=target, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "python-fu-ffclip-edit", out.stderr
+    # reinstall keeps the saved URL; uninstall removes everything
+    install.install(dest, {})
+    assert json.loads((target / "ffclip-edit.json").read_text())["url"] == "ws://127.0.0.1:9000"
+    assert install.uninstall(dest) == target and not target.exists()
+    assert install.uninstall(dest) is None
+
+
+def test_install_command_line(tmp_path):
+    dest = tmp_path / "p"
+    run = [sys.executable, "-m", "ffclip.engine", "install-gimp-plugin", "--dest", str(dest)]
+    out = subprocess.run([*run, "--url", "localhost:8766", "--autostart"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    settings = json.loads((dest / "ffclip-edit" / "ffclip-edit.json").read_text())
+    assert settings["url"] == "ws://localhost:8766" and settings["autostart"] is True
+    out = subprocess.run([*run, "--uninstall"], capture_output=True, text=True)
+    assert out.returncode == 0 and not (dest / "ffclip-edit").exists()
+
+
+def test_plugin_folders_found(tmp_path):
+    home = tmp_path / "home"
+    env = {"HOME": str(home)}
+    assert install.find_plugin_dirs(env, home) == [home / ".config/GIMP/3.0/plug-ins"]
+    flatpak = home / ".var/app/org.gimp.GIMP/config/GIMP/3.0"
+    flatpak.mkdir(parents=True)
+    assert install.find_plugin_dirs(env, home) == [flatpak / "plug-ins"]
+    (home / ".config/GIMP/3.0").mkdir(parents=True)
+    assert install.find_plugin_dirs(env, home) == [home / ".config/GIMP/3.0/plug-ins", flatpak / "plug-ins"]
+    assert install.find_plugin_dirs({**env, "GIMP3_DIRECTORY": "/x"}, home) == [Path("/x/plug-ins")]
+
+
+# --------------------------------------------------------------------------- batch script (no GIMP)
+
+
+def test_batch_helpers(tmp_path):
+    files = [tmp_path / n for n in ("a.jpg", "a.png", "b.tif")]
+    assert batch_edit.output_names(files, "png") == {files[0]: "a.jpg.png", files[1]: "a.png.png", files[2]: "b.png"}
+    code = batch_edit.driver_code(
+        {"procedure": "p", "status": "/s", "files": [], "args": {"prompt": 'it\'s "x"'}, "flatten": True}
+    )
+    compile(code, "driver", "exec")
+    console = batch_edit.GimpConsole(["/usr/bin/gimp-console-3.0"], tmp_path, "/tmp/h")
+    assert console.host("/tmp/h") == tmp_path / "tmp/h"
+    assert console.inside(tmp_path / "tmp" / "x") == "/tmp/x"
+    argv, _ = console.argv("-i")
+    assert argv[:3] == ["chroot", str(tmp_path), "env"] and "HOME=/tmp/h" in argv
+
+
+def test_batch_without_gimp_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FFCLIP_GIMP_ROOT", str(tmp_path / "nothing"))
+    (tmp_path / "in").mkdir()
+    out = subprocess.run(
+        [sys.executable, str(REPO / "gimp" / "batch_edit.py"), str(tmp_path / "in"), "x", "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "setup-gimp.sh" in out.stderr
