@@ -8,13 +8,14 @@ its kind and where it came from. `verify` re-checks structure and compares with 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -110,7 +111,7 @@ class VerifyResult:
 class ModelStore:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.custom_root = root is not None
-        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.root = Path(root).expanduser().absolute() if root is not None else default_root()
 
     # --- names and paths ---
 
@@ -163,7 +164,7 @@ class ModelStore:
         models = self.index()
         models[name] = entry
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.index_path.with_name(INDEX_NAME + ".tmp")
+        tmp = self.index_path.with_name(f"{INDEX_NAME}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"version": 1, "models": models}, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.index_path)  # readers (a running daemon) never see half a file
 
@@ -257,20 +258,25 @@ class ModelStore:
             result = self.verify(name)
             if result.ok:
                 return VerifyResult(name, "ok", "already in the store", result.sha256, result.info)
-            return result  # a bad file in place is reported, not silently replaced
+            # a bad file in place is reported, never silently replaced
+            result.message += f"\n  (delete {self.path(name)} to fetch it again, or import a good copy)"
+            return result
         part = self.part_path(name)
         self.root.mkdir(parents=True, exist_ok=True)
+        hint = f" (manual download: {drive_view_url(spec.drive_id)})" if spec.drive_id else ""
         try:
-            if spec.kind == "clip":
-                (fetcher or fetch_clip)(self, part, out=out)
-            elif spec.drive_id:
-                download(drive_url(spec.drive_id), part, label=spec.filename, stream=out, **download_options)
-            else:  # pragma: no cover - every spec has a source
-                raise DownloadError(f"no download source for {name}")
+            with _exclusive(part):
+                if spec.kind == "clip":
+                    (fetcher or fetch_clip)(self, part, out=out)
+                elif spec.drive_id:
+                    download(drive_url(spec.drive_id), part, label=spec.filename, stream=out, **download_options)
+                else:  # pragma: no cover - every spec names a source
+                    raise DownloadError(f"no download source for {name}")
+                return self._adopt_download(spec, part)
         except DownloadError as exc:
-            hint = f" (manual download: {drive_view_url(spec.drive_id)})" if spec.drive_id else ""
             return VerifyResult(name, "invalid", f"{exc}{hint}")
-        return self._adopt_download(spec, part)
+        except OSError as exc:  # disk full, permissions: keep the .part for a later resume
+            return VerifyResult(name, "invalid", f"cannot write {part}: {exc}")
 
     def _adopt_download(self, spec: ModelSpec, part: Path) -> VerifyResult:
         try:
@@ -290,6 +296,28 @@ class ModelStore:
         source = f"fetch: {spec.source}" + (f" (drive id {spec.drive_id})" if spec.drive_id else "")
         self.record(spec.name, self._entry(spec, self.path(spec.name), sha, found.info, source))
         return VerifyResult(spec.name, "recorded", "", sha, found.info)
+
+
+@contextlib.contextmanager
+def _exclusive(part: Path) -> Iterator[None]:
+    """One downloader per .part file: a second `models fetch` of the same model stops at once."""
+    from .download import DownloadError
+
+    lock_path = part.with_name(part.name + ".lock")
+    with open(lock_path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no locking, as before
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DownloadError(f"another process is downloading {part.name} right now") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
 
 
 def fetch_clip(store: ModelStore, part: Path, *, out: IO[str] | None = None) -> Path:

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ver.add_argument("names", nargs="*", metavar="NAME")
     ver.add_argument("--accept", action="store_true", help="record the current sha256 of changed files")
     fet = sub.add_parser("fetch", parents=[common], help="download the official files (resumable)")
-    fet.add_argument("names", nargs="*", metavar="NAME", help="default: the models serve/edit need")
+    fet.add_argument("names", nargs="*", metavar="NAME",
+                     help=f"any of {', '.join(s.name for s in SPECS)} (default: what serve/edit need)")
     fet.add_argument("--all", action="store_true", help="every known model (training, other domains)")
     fet.add_argument("--retries", type=int, default=5, help="attempts without progress before giving up")
     fet.add_argument("--stall-timeout", type=float, default=60.0, metavar="S",

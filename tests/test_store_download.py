@@ -341,3 +341,15 @@ def test_fetch_cli_shows_the_licence_and_fetches_clip_through_open_clip(
     assert store.missing() == [] and not (root / ".cache" / "open_clip").exists()
     assert main(["models", "verify", "--models", str(root)]) == 0
     assert capsys.readouterr().out.count("matches the recorded sha256") == 4
+
+
+def test_a_second_fetch_of_the_same_file_stops_at_once(drive: Server, tmp_path: Path) -> None:
+    from ffclip.engine.store import _exclusive
+
+    store = ModelStore(tmp_path / "models")
+    store.root.mkdir(parents=True)
+    with _exclusive(store.part_path("ffclip")):
+        result = store.fetch("ffclip", **FAST)
+    assert result.status == "invalid" and "another process is downloading ffclip_ffhq.pt" in result.message
+    assert drive.log == []
+    assert store.fetch("ffclip", **FAST).ok and not (store.root / "ffclip_ffhq.pt.part.lock").exists()

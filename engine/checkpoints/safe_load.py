@@ -230,8 +230,8 @@ def resolve_global(module: str, name: str) -> Any:
         return getattr(__import__("builtins"), name)
     if (module, name) in _TORCH_REBUILD:
         return _torch_attr(module, name)
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-        return getattr(torch, name)
+    if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):  # vars: no lazy imports
+        return vars(torch)[name]
     if module.partition(".")[0] in INERT_PACKAGES:
         return inert_class(module, name)
     raise UnsafeCheckpointError(
