@@ -204,9 +204,7 @@ class UnavailableBackend:
         raise JobError(self.code, self.message)
 
 
-def load_engine_backend(
-    profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int
-) -> Backend:
+def load_engine_backend(profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int) -> Backend:
     """Load the models once; missing real checkpoints give an UnavailableBackend, not a crash."""
     from ffclip.engine.imageio import load_image
     from ffclip.engine.inference import Engine, ModelsMissing

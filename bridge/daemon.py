@@ -49,9 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=32, metavar="N", help="jobs allowed to wait")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--editor", choices=("model", "passthrough"), default="model", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--log-file", metavar="F", help="log file (default: the XDG state folder's engine.log)"
-    )
+    parser.add_argument("--log-file", metavar="F", help="log file (default: the XDG state folder's engine.log)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--fake-stage-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -144,14 +142,10 @@ def make_loader(args: argparse.Namespace):
         return functools.partial(FakeBackend, args.fake_stage_seconds, max_pixels=args.max_pixels)
     from .backend import load_engine_backend
 
-    return functools.partial(
-        load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels
-    )
+    return functools.partial(load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels)
 
 
-async def serve_until_signal(
-    config: ServerConfig, loader, sock: socket.socket, log_path: Path | None
-) -> None:
+async def serve_until_signal(config: ServerConfig, loader, sock: socket.socket, log_path: Path | None) -> None:
     from ffclip.engine import __version__
 
     server = EngineServer(config, loader, __version__)
@@ -189,9 +183,7 @@ def setup_logging(log_file: str | None, level: str) -> Path | None:
     path = Path(log_file) if log_file else state_dir() / "engine.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=5 << 20, backupCount=3, encoding="utf-8"
-        )
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write the log file %s: %s", path, exc)
         return None

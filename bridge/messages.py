@@ -145,9 +145,7 @@ def _faces(value: Any) -> str | tuple[int, ...]:
         indices = tuple(_int(v, "faces[]") for v in value)
         if all(i >= 0 for i in indices):
             return indices
-    raise RequestError(
-        "bad_request", '\'faces\' must be "all", "largest" or a non-empty list of face indices'
-    )
+    raise RequestError("bad_request", '\'faces\' must be "all", "largest" or a non-empty list of face indices')
 
 
 def _image(value: Any, max_pixels: int) -> tuple[int, int, str]:
@@ -166,9 +164,7 @@ def _image(value: Any, max_pixels: int) -> tuple[int, int, str]:
             f"{max_pixels} pixels (ffclip-engine serve --max-pixels)",
         )
     if min(width, height) < MIN_SIDE:
-        raise RequestError(
-            "bad_image", f"image of {width}x{height} is too small (at least {MIN_SIDE} px a side)"
-        )
+        raise RequestError("bad_image", f"image of {width}x{height} is too small (at least {MIN_SIDE} px a side)")
     return width, height, image_format
 
 

@@ -107,9 +107,7 @@ class Session:
         text = msg.encode(message)
         size = len(text) + len(binary or b"")
         if self._backlog + size > self.server.config.max_backlog:
-            log.warning(
-                "client %s reads too slowly (%d bytes waiting): dropping it", self.peer, self._backlog
-            )
+            log.warning("client %s reads too slowly (%d bytes waiting): dropping it", self.peer, self._backlog)
             self.closed = True
             asyncio.get_running_loop().create_task(self.ws.close(1008, "client too slow"))
             return
@@ -127,6 +125,10 @@ class Session:
         return f"{address[0]}:{address[1]}" if address else "?"
 
     async def _send_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the receive loop notices the close too
+            await self._send_forever()
+
+    async def _send_forever(self) -> None:
         while True:
             while not self._outbox:
                 self._wake.clear()
@@ -212,21 +214,15 @@ class Session:
         limit = self.server.config.max_frame
         if pending is None:
             if oversize is not None:
-                text = (
-                    f"a binary frame of {oversize} bytes exceeds the limit of {limit} bytes; it was discarded"
-                )
+                text = f"a binary frame of {oversize} bytes exceeds the limit of {limit} bytes; it was discarded"
                 self.reply(RequestError("too_large", text))
             else:
-                self.reply(
-                    RequestError("bad_request", "a binary frame without an edit announcement was discarded")
-                )
+                self.reply(RequestError("bad_request", "a binary frame without an edit announcement was discarded"))
             return
         pending.remaining -= 1
         if pending.spec is not None and not pending.refused:
             if oversize is not None:
-                text = (
-                    f"a binary frame of {oversize} bytes exceeds the limit of {limit} bytes; it was discarded"
-                )
+                text = f"a binary frame of {oversize} bytes exceeds the limit of {limit} bytes; it was discarded"
                 self._refuse(pending, RequestError("too_large", text, pending.spec.id))
             else:
                 pending.frames.append(data)
@@ -321,9 +317,7 @@ class EngineServer:
             deadline = time.monotonic() + self.config.shutdown_grace
             while not running.done and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            self._finish(
-                running, msg.error("cancelled", "the engine is shutting down", running.id), "cancelled"
-            )
+            self._finish(running, msg.error("cancelled", "the engine is shutting down", running.id), "cancelled")
         if self._worker is not None:
             self._worker.cancel()
         deadline = time.monotonic() + 2.0
@@ -353,9 +347,7 @@ class EngineServer:
             # Browsers always send Origin; native clients (the plug-in, scripts) do not. Refusing it
             # keeps any web page the user visits from driving the engine.
             log.warning("refused a connection from a web page (Origin: %s)", origin[:100])
-            return connection.respond(
-                HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n"
-            )
+            return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
         connection.authorized = self._token_ok(request.headers.get("Authorization"))
         return None
 
@@ -371,8 +363,9 @@ class EngineServer:
         if not ws.authorized:
             log.warning("refused a client without a valid token (%s)", ws.remote_address)
             hint = "this engine needs a token: send the header 'Authorization: Bearer <token>'"
-            await ws.send(msg.encode(msg.error("unauthorized", hint)))
-            await ws.close(1008, "unauthorized")
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(msg.encode(msg.error("unauthorized", hint)))
+                await ws.close(1008, "unauthorized")
             return
         if self.closing:
             await ws.close(1001, "the engine is shutting down")
@@ -460,7 +453,7 @@ class EngineServer:
                 "internal", f"the engine failed to load its models ({detail}); see its log", {"error": detail}
             )
         self.loaded.set()
-        log.info("engine ready: %s", msg.scrub_paths(self.backend.describe()))
+        log.info("engine state: %s", self.backend.describe())
         while True:
             job = await self.queue.next()
             try:
@@ -492,9 +485,7 @@ class EngineServer:
             raise
         except Exception:  # noqa: BLE001
             log.exception("job %s failed", job.id)
-            self._finish(
-                job, msg.error("internal", "the engine failed while editing; see its log", job.id), "failed"
-            )
+            self._finish(job, msg.error("internal", "the engine failed while editing; see its log", job.id), "failed")
         else:
             if job.cancel_requested:  # asked after the last stage: the client no longer wants it
                 self._finish(job, msg.cancelled(job.id), "cancelled")
@@ -585,8 +576,7 @@ def _check_frames(spec: EditSpec, frames: list[bytes]) -> None:
     if spec.has_selection and len(frames[1]) != spec.pixels:
         raise RequestError(
             "bad_image",
-            f"the selection frame has {len(frames[1])} bytes; a {spec.width}x{spec.height} A8 mask "
-            f"needs {spec.pixels}",
+            f"the selection frame has {len(frames[1])} bytes; a {spec.width}x{spec.height} A8 mask needs {spec.pixels}",
             spec.id,
         )
 

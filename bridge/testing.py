@@ -1,7 +1,7 @@
 """Run an engine server in-process on its own event-loop thread (tests, embedding, client development).
 
-    with running_server(lambda: FakeBackend(0.05), token="t") as server:
-        EngineClient(server.url, token="t").connect()
+Example: `with running_server(lambda: FakeBackend(0.05), token="t") as server:` then
+`EngineClient(server.url, token="t").connect()`.
 """
 
 from __future__ import annotations

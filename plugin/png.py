@@ -59,12 +59,7 @@ def write_png(width: int, height: int, pixels: bytes, channels: int = 4, level: 
     view = memoryview(pixels)
     raw = b"".join(b"\x00" + view[y * stride : (y + 1) * stride] for y in range(height))
     header = struct.pack("!IIBBBBB", width, height, 8, ctype, 0, 0, 0)
-    return (
-        SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw, level))
-        + _chunk(b"IEND", b"")
-    )
+    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b"")
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

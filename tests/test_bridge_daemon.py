@@ -93,9 +93,7 @@ def test_second_serve_on_the_same_port_says_already_running(tmp_path):
     state = tmp_path / "state"
     daemon = Daemon("--port", "0", "--fake-engine", env=_env(XDG_STATE_HOME=str(state)))
     try:
-        second = run_cli(
-            "serve", "--port", str(daemon.port), "--fake-engine", env=_env(XDG_STATE_HOME=str(state))
-        )
+        second = run_cli("serve", "--port", str(daemon.port), "--fake-engine", env=_env(XDG_STATE_HOME=str(state)))
         assert second.returncode == 3
         assert "already running" in second.stderr
         status = run_cli("service", "status", "--port", str(daemon.port), "--no-systemctl")
@@ -108,9 +106,7 @@ def test_second_serve_on_the_same_port_says_already_running(tmp_path):
 
 
 def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
-    daemon = Daemon(
-        "--port", "0", "--fake-engine", "--fake-stage-seconds", "0.2", "--log-file", str(tmp_path / "l")
-    )
+    daemon = Daemon("--port", "0", "--fake-engine", "--fake-stage-seconds", "0.2", "--log-file", str(tmp_path / "l"))
     ws = WebSocket.connect(daemon.url)
     assert json.loads(ws.recv(5))["type"] == "status"
     jobs = []

@@ -32,9 +32,7 @@ def parse(stream: bytes) -> list[tuple[bool, int, bytes]]:
     return frames
 
 
-def run(
-    stream: bytes, chunk: int, binary_limit: int = 1000, text_limit: int = 100
-) -> tuple[FrameFilter, bytes]:
+def run(stream: bytes, chunk: int, binary_limit: int = 1000, text_limit: int = 100) -> tuple[FrameFilter, bytes]:
     filt = FrameFilter(binary_limit, text_limit)
     out = b"".join(filt.feed(stream[i : i + chunk]) for i in range(0, len(stream), chunk))
     assert out.startswith(HANDSHAKE)

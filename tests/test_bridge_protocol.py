@@ -45,9 +45,7 @@ class Raw:
         assert isinstance(message, str), f"expected a text message, got {len(message)} bytes"
         return json.loads(message)
 
-    def announce(
-        self, width: int, height: int, fmt: str = "rgba8", job_id: str | None = None, **fields
-    ) -> str:
+    def announce(self, width: int, height: int, fmt: str = "rgba8", job_id: str | None = None, **fields) -> str:
         """Send an `edit` message (the caller sends the frames)."""
         job_id = job_id or uuid.uuid4().hex
         message = {
@@ -172,9 +170,7 @@ def test_bad_inputs_each_get_their_code_and_the_connection_stays_usable(server):
         job = raw.edit(**fields)  # the announced frame follows and is discarded
         error = raw.error()
         assert (error["code"], error["id"]) == ("bad_request", job), fields
-    raw.send(
-        {"type": "edit", "id": "w", "prompt": "x", "image": {"width": "64", "height": 64, "format": "rgba8"}}
-    )
+    raw.send({"type": "edit", "id": "w", "prompt": "x", "image": {"width": "64", "height": 64, "format": "rgba8"}})
     raw.binary(bytes(64 * 64 * 4))
     assert raw.error()["code"] == "bad_request"
 
@@ -183,9 +179,7 @@ def test_bad_inputs_each_get_their_code_and_the_connection_stays_usable(server):
     assert error["code"] == "bad_request" and "id" not in error
 
     job = uuid.uuid4().hex
-    raw.send(
-        {"type": "edit", "id": job, "prompt": "x", "image": {"width": 64, "height": 64, "format": "rgba8"}}
-    )
+    raw.send({"type": "edit", "id": job, "prompt": "x", "image": {"width": 64, "height": 64, "format": "rgba8"}})
     raw.binary(b"\x00" * (64 * 64 * 4 - 1))  # one byte short
     error = raw.error()
     assert (error["code"], error["id"]) == ("bad_image", job)
@@ -193,9 +187,7 @@ def test_bad_inputs_each_get_their_code_and_the_connection_stays_usable(server):
     for data in (b"GIF89a not a png at all", _png(PHOTO)[:300]):
         h, w = PHOTO.shape[:2]
         job = uuid.uuid4().hex
-        raw.send(
-            {"type": "edit", "id": job, "prompt": "x", "image": {"width": w, "height": h, "format": "png"}}
-        )
+        raw.send({"type": "edit", "id": job, "prompt": "x", "image": {"width": w, "height": h, "format": "png"}})
         raw.binary(data)
         _, end, _ = raw.until_end(job)
         assert (end["type"], end["code"]) == ("error", "bad_image"), end
@@ -222,9 +214,7 @@ def test_bad_inputs_each_get_their_code_and_the_connection_stays_usable(server):
 
     huge = bytes(200_000_000)
     job = uuid.uuid4().hex  # a 200 MB frame after a plausible announcement
-    raw.send(
-        {"type": "edit", "id": job, "prompt": "x", "image": {"width": 7000, "height": 7000, "format": "png"}}
-    )
+    raw.send({"type": "edit", "id": job, "prompt": "x", "image": {"width": 7000, "height": 7000, "format": "png"}})
     raw.binary(huge)
     error = raw.error()
     assert (error["code"], error["id"]) == ("too_large", job)
@@ -245,9 +235,7 @@ def test_oversized_text_and_fragmented_frames(server):
     assert raw.error()["code"] == "too_large"
     job = uuid.uuid4().hex
     h, w = PHOTO.shape[:2]
-    raw.send(
-        {"type": "edit", "id": job, "prompt": "x", "image": {"width": w, "height": h, "format": "rgba8"}}
-    )
+    raw.send({"type": "edit", "id": job, "prompt": "x", "image": {"width": w, "height": h, "format": "rgba8"}})
     raw.binary(PHOTO.tobytes(), fragment_size=4096)  # a fragmented image is fine
     _, end, _ = raw.until_end(job)
     assert end["type"] == "result"
@@ -261,9 +249,7 @@ def test_oversized_text_and_fragmented_frames(server):
 def test_text_instead_of_announced_binary_drops_that_edit_only(server):
     raw = Raw(server.url)
     job = uuid.uuid4().hex
-    raw.send(
-        {"type": "edit", "id": job, "prompt": "x", "image": {"width": 64, "height": 64, "format": "rgba8"}}
-    )
+    raw.send({"type": "edit", "id": job, "prompt": "x", "image": {"width": 64, "height": 64, "format": "rgba8"}})
     raw.send({"type": "status"})
     error = raw.error()
     assert (error["code"], error["id"]) == ("bad_request", job)
@@ -390,10 +376,7 @@ def test_client_helper_edit_status_and_cancel(slow_server):
     assert greeting["protocol"] == 1 and client.status()["type"] == "status"
     stages = []
     result = client.edit(PHOTO.tobytes(), 128, 96, "smiling", on_progress=lambda s, v: stages.append(s))
-    assert (
-        list(dict.fromkeys(stages)) == list(STAGES)
-        and len(result.rgba) == result.region[2] * result.region[3] * 4
-    )
+    assert list(dict.fromkeys(stages)) == list(STAGES) and len(result.rgba) == result.region[2] * result.region[3] * 4
 
     def cancel_soon(job_id: str) -> None:
         time.sleep(0.25)
@@ -426,9 +409,7 @@ def test_token_origin_and_unauthorized():
         _, end, _ = good.until_end(good.edit())
         assert end["type"] == "result"
         with pytest.raises(HandshakeError) as refused:  # a web page, even with the token
-            WebSocket.connect(
-                thread.url, headers={"Origin": "https://evil.example", "Authorization": "Bearer s3cret"}
-            )
+            WebSocket.connect(thread.url, headers={"Origin": "https://evil.example", "Authorization": "Bearer s3cret"})
         assert refused.value.status == 403
         good.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -30,7 +31,7 @@ def daemon(tmp_path_factory):
     client = EngineClient(process.url, timeout=120)
     client.connect()
     while client.status()["state"] == "loading":
-        pass
+        time.sleep(0.2)
     client.close()
     yield process
     assert process.stop() == 0

@@ -138,9 +138,7 @@ def test_edit_file_composites_the_region_and_writes_the_mask(tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(photo).save(source)
     with running_server(lambda: FakeBackend(0.0)) as thread:
-        summary = edit_file(
-            thread.url, source, "smiling", tmp_path / "out.png", mask_out=tmp_path / "mask.png"
-        )
+        summary = edit_file(thread.url, source, "smiling", tmp_path / "out.png", mask_out=tmp_path / "mask.png")
         jpeg = tmp_path / "in.jpg"
         Image.fromarray(photo).save(jpeg)
         again = edit_file(thread.url, jpeg, "smiling", tmp_path / "out2.png")
