@@ -272,6 +272,7 @@ class EngineServer:
         self._server = None
         self._worker: asyncio.Task | None = None
         self._device: DeviceThread | None = None
+        self._trim: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.loaded = asyncio.Event()
 
@@ -318,8 +319,9 @@ class EngineServer:
             while not running.done and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             self._finish(running, msg.error("cancelled", "the engine is shutting down", running.id), "cancelled")
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in (self._worker, self._trim):
+            if task is not None:
+                task.cancel()
         deadline = time.monotonic() + 2.0
         while not all(s.idle for s in self.sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -494,7 +496,15 @@ class EngineServer:
                 self._finish(job, _result_message(job, outcome, seconds), "done", outcome.rgba)
                 log.info("job %s done in %.2f s (ran %s)", job.id, seconds, ",".join(outcome.stages))
             del outcome
-        await self._device.submit(release_memory)
+        if not self.queue.waiting and (self._trim is None or self._trim.done()):
+            self._trim = asyncio.create_task(self._release_when_idle())
+
+    async def _release_when_idle(self) -> None:
+        """Give freed memory back to the OS once the engine has been idle a moment (it costs about a
+        second with torch loaded, so never between two queued jobs)."""
+        await asyncio.sleep(1.0)
+        if not self.queue.waiting and self.queue.running is None and self._device is not None:
+            await self._device.submit(release_memory)
 
     def _relay(self, job: Job) -> Callable[[str, float], None]:
         """The pipeline's progress callback (device thread) → progress messages (event loop)."""

@@ -137,7 +137,7 @@ def soak(url: str, images: list[np.ndarray], tmp_path: Path, clients: int = 5, j
     warm.start()
     warm.join(300)
     assert warm.error is None, warm.error
-    time.sleep(1.0)
+    time.sleep(3.0)  # the engine returns freed memory to the OS after 1 s of idleness
     idle = status(url)["memory"]["rss_bytes"]
 
     np.save(tmp_path / "victim.npy", images[0])
@@ -159,7 +159,7 @@ def soak(url: str, images: list[np.ndarray], tmp_path: Path, clients: int = 5, j
         assert worker.error is None, worker.error
         assert len(worker.ends) == jobs
         assert all(len(ends) == 1 for ends in worker.ends.values()), worker.ends
-    time.sleep(1.0)
+    time.sleep(3.0)
     after = status(url)
     return {
         "idle_rss": idle,
