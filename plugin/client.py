@@ -135,8 +135,7 @@ class EngineClient:
     # ------------------------------------------------------------------ requests
 
     def status(self) -> dict:
-        ws = self._live()
-        self._send(ws, status_request())
+        ws = self._send_fresh(status_request())
         deadline = time.monotonic() + self.timeout
         while True:
             message = self._receive_json(ws, deadline)
@@ -148,8 +147,7 @@ class EngineClient:
 
     def cancel(self, job_id: str) -> None:
         """Ask the engine to cancel a job (of any connection); the job's own connection gets the answer."""
-        ws = self._live()
-        self._send(ws, cancel_message(job_id))
+        self._send_fresh(cancel_message(job_id))
 
     def edit(
         self,
@@ -183,9 +181,8 @@ class EngineClient:
             preview=preview,
             selection=selection is not None,
         )
-        ws = self._live()
         frames = [rgba] if selection is None else [rgba, selection]
-        self._send(ws, message, frames)
+        ws = self._send_fresh(message, frames)
         try:
             return self._await_result(ws, job_id, on_progress, on_queued)
         except KeyboardInterrupt:
@@ -194,6 +191,18 @@ class EngineClient:
             raise
 
     # ------------------------------------------------------------------ internals
+
+    def _send_fresh(self, message: dict, frames: list[bytes] | None = None) -> WebSocket:
+        """Send on the live connection; when it broke under us, once more on a new one (the engine
+        drops a half-received announcement with its connection, so nothing runs twice)."""
+        try:
+            ws = self._live()
+            self._send(ws, message, frames)
+        except ConnectionFailed:
+            self.close()
+            ws = self._live()
+            self._send(ws, message, frames)
+        return ws
 
     def _send(self, ws: WebSocket, message: dict, frames: list[bytes] | None = None) -> None:
         # The lock keeps an announcement and its binary frames together (a cancel sent from another
