@@ -1,0 +1,516 @@
+"""FFCLIP Edit inside a real GIMP 3, with the engine daemon on the tiny profile.
+
+GIMP is the system's gimp-console-3.0 (Debian 13: apt) or the trixie chroot that
+`bash .ci/setup-gimp.sh` builds on Debian 12 (/opt/gimp3-root; FFCLIP_GIMP_ROOT overrides). Without
+GIMP these tests skip, or fail when CI is set. Each module run uses a fresh GIMP profile (HOME), installs
+the plug-in with `ffclip-engine install-gimp-plugin` and starts `ffclip-engine serve --profile tiny`.
+FFCLIP_UPDATE_SCREENSHOT=1 also copies the dialog screenshot to docs/gimp-dialog.png.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gimp_fake_engine import FakeEngine  # noqa: E402
+
+pytestmark = pytest.mark.gimp
+
+ASTRONAUT = "astronaut.png"
+OBAMA = "obama.jpg"
+
+
+def _load_batch():
+    spec = importlib.util.spec_from_file_location("ffclip_batch_edit", REPO / "gimp" / "batch_edit.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+batch_edit = _load_batch()
+
+
+def need(ok: bool, why: str) -> None:
+    """GIMP-side prerequisites: fail under CI, skip elsewhere."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI is set, so this is a failure; run `bash .ci/setup-gimp.sh`)")
+    pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def result_lines(proc: subprocess.CompletedProcess, mark: str = "RESULT ") -> list[dict]:
+    return [json.loads(line[len(mark) :]) for line in proc.stdout.splitlines() if line.startswith(mark)]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    try:
+        found = batch_edit.GimpConsole.find()
+    except FileNotFoundError as exc:
+        need(False, str(exc))
+    if found.root is not None:
+        need(os.geteuid() == 0, f"running GIMP in the chroot {found.root} needs root")
+        home = f"/tmp/ffclip-test-{uuid.uuid4().hex[:8]}"
+    else:
+        home = str(tmp_path_factory.mktemp("gimp-home"))
+    gimp = batch_edit.GimpConsole(found.command, found.root, home)
+    gimp.home_dir().mkdir(parents=True, exist_ok=True)
+    yield gimp
+    shutil.rmtree(gimp.home_dir(), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """`ffclip-engine serve --profile tiny` on a free port, ready."""
+    from ffclip.plugin.client import EngineClient
+    from ffclip.plugin.protocol import ConnectionFailed
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("engine") / "engine.log"
+    cmd = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"ws://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the tiny engine exited ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+            try:
+                client = EngineClient(url, timeout=10)
+                status = client.connect()
+                if status.get("state", "ready") == "ready":
+                    status = client.status() if status.get("state") is None else status
+                    client.close()
+                    break
+                client.close()
+            except ConnectionFailed:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the tiny engine did not become ready in 300 s")
+            time.sleep(0.5)
+        assert status.get("untrained") is True or status.get("profile") == "tiny"
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def installed(console, engine):
+    """The plug-in, installed into the test profile by the installer command."""
+    dest = console.plugin_dir()
+    cmd = [sys.executable, "-m", "ffclip.engine", "install-gimp-plugin", "--dest", str(dest)]
+    out = subprocess.run([*cmd, "--url", engine, "--no-autostart"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return dest / "ffclip-edit"
+
+
+@pytest.fixture(scope="module")
+def photos(console, photos_dir):
+    """The shared photos, copied where GIMP can read them; name -> path as GIMP sees it."""
+    scratch = console.scratch()
+    out = {}
+    for name in (ASTRONAUT, OBAMA):
+        shutil.copyfile(photos_dir / name, scratch / name)
+        out[name] = console.inside(scratch / name)
+    yield out
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- GIMP-side code
+
+SESSION = r"""
+import json, traceback
+import gi
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gimp, Gio, Gegl
+
+JOB = json.loads(__JOB__)
+FMT = "R'G'B'A u8"
+pdb = Gimp.get_pdb()
+
+
+def emit(name, data):
+    print("RESULT " + json.dumps(dict(data, scenario=name)), flush=True)
+
+
+def registration():
+    out = {}
+    for name in ("python-fu-ffclip-edit", "python-fu-ffclip-cancel"):
+        p = pdb.lookup_procedure(name)
+        out[name] = None if p is None else {
+            "label": p.get_menu_label(), "paths": list(p.get_menu_paths()),
+            "args": [a.name for a in p.get_arguments()], "returns": [a.name for a in p.get_return_values()],
+        }
+    return out
+
+
+def pixels(drawable, x, y, w, h, fmt=FMT):
+    return bytes(drawable.get_buffer().get(Gegl.Rectangle.new(x, y, w, h), 1.0, fmt, Gegl.AbyssPolicy.NONE))
+
+
+def scenario(s):
+    image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(s["photo"]))
+    try:
+        src = image.get_layers()[0]
+        ox, oy = s.get("offsets", [0, 0])
+        image.resize(image.get_width() + ox + 16, image.get_height() + oy + 16, 0, 0)
+        src.set_offsets(ox, oy)
+        if s.get("precision"):
+            image.convert_precision(getattr(Gimp.Precision, s["precision"]))
+        if s.get("mode") == "gray":
+            image.convert_grayscale()
+        if s.get("selection"):
+            x, y, w, h = s["selection"]
+            image.select_rectangle(Gimp.ChannelOps.REPLACE, ox + x, oy + y, w, h)
+        lw, lh = src.get_width(), src.get_height()
+        before = pixels(src, 0, 0, lw, lh)
+        n_before = len(image.get_layers())
+        proc = pdb.lookup_procedure("python-fu-ffclip-edit")
+        cfg = proc.create_config()
+        cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+        cfg.set_property("image", image)
+        cfg.set_core_object_array("drawables", [src])
+        for k, v in s["args"].items():
+            cfg.set_property(k, v)
+        result = proc.run(cfg)
+        status = result.index(0)
+        out = {"status": status.value_nick}
+        if status != Gimp.PDBStatusType.SUCCESS:
+            out["error"] = str(result.index(1)) if result.length() > 1 else ""
+            out["n_layers"] = [n_before, len(image.get_layers())]
+            return out
+        new = result.index(1)
+        layers = image.get_layers()
+        _, nx, ny = new.get_offsets()
+        rw, rh = new.get_width(), new.get_height()
+        mask = new.get_mask()
+        out.update(
+            n_layers=[n_before, len(layers)],
+            returned_is_new=new.get_id() == layers[image.get_item_position(src) - 1].get_id(),
+            above_source=image.get_item_position(new) + 1 == image.get_item_position(src),
+            name=new.get_name(), offsets=[nx, ny], source_offsets=[ox, oy], size=[rw, rh],
+            has_mask=mask is not None, layer_w_h=[lw, lh],
+        )
+        m = pixels(mask, 0, 0, rw, rh, "Y u8") if mask is not None else pixels(new, 0, 0, rw, rh)[3::4]
+        dup = image.duplicate()
+        merged = dup.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
+        _, mx, my = merged.get_offsets()
+        comp = pixels(merged, ox - mx, oy - my, lw, lh)
+        dup.delete()
+        rx, ry, stride = nx - ox, ny - oy, lw * 4
+        outside_diff = inside_changed = full = 0
+        for y in range(lh):
+            row_c, row_b = comp[y * stride:(y + 1) * stride], before[y * stride:(y + 1) * stride]
+            if not ry <= y < ry + rh:
+                outside_diff += row_c != row_b
+                continue
+            if row_c[:rx * 4] != row_b[:rx * 4] or row_c[(rx + rw) * 4:] != row_b[(rx + rw) * 4:]:
+                outside_diff += 1
+            mrow = m[(y - ry) * rw:(y - ry + 1) * rw]
+            for i, mv in enumerate(mrow):
+                a = (rx + i) * 4
+                if mv == 0 and row_c[a:a + 4] != row_b[a:a + 4]:
+                    outside_diff += 1
+                elif mv == 255:
+                    full += 1
+                    inside_changed += row_c[a:a + 3] != row_b[a:a + 3]
+        if s.get("selection"):
+            x, y, w, h = s["selection"]
+            out["mask_outside_selection"] = sum(
+                1 for j in range(rh) for i in range(rw)
+                if m[j * rw + i] and not (x <= rx + i < x + w and y <= ry + j < y + h))
+        out.update(outside_diff=outside_diff, mask_zero=m.count(0), mask_full=full, changed_in_full_mask=inside_changed)
+        return out
+    finally:
+        image.delete()
+
+
+if JOB.get("registration"):
+    emit("registration", registration())
+for s in JOB.get("scenarios", []):
+    try:
+        emit(s["name"], scenario(s))
+    except Exception:
+        emit(s["name"], {"exception": traceback.format_exc()})
+"""
+
+
+def run_session(console, job: dict, timeout: float = 600) -> tuple[dict, subprocess.CompletedProcess]:
+    code = SESSION.replace("__JOB__", repr(json.dumps(job)))
+    proc = console.run_python(code, timeout=timeout)
+    results = {r.pop("scenario"): r for r in result_lines(proc)}
+    return results, proc
+
+
+@pytest.fixture(scope="module")
+def session(console, installed, engine, photos):
+    """One GIMP run: registration and every non-interactive scenario."""
+    dead = f"ws://127.0.0.1:{free_port()}/"
+    job = {
+        "registration": True,
+        "scenarios": [
+            {"name": "photo", "photo": photos[ASTRONAUT], "offsets": [23, 11], "args": {"prompt": "smiling"}},
+            {
+                "name": "selection",
+                "photo": photos[ASTRONAUT],
+                "offsets": [5, 7],
+                "selection": [180, 60, 90, 110],
+                "precision": "FLOAT_LINEAR",
+                "args": {"prompt": "blond hair", "output": "layer", "strength": 1.5, "faces": "largest"},
+            },
+            {"name": "unreachable", "photo": photos[ASTRONAUT], "args": {"prompt": "smiling", "engine-url": dead}},
+            {"name": "no-prompt", "photo": photos[ASTRONAUT], "args": {"prompt": "  "}},
+        ],
+    }
+    started = time.monotonic()
+    results, proc = run_session(console, job)
+    results["_log"] = batch_edit.clean_log(proc.stdout + proc.stderr)
+    results["_seconds"] = time.monotonic() - started
+    results["_dead_url"] = dead
+    return results
+
+
+def scenario(session, name):
+    assert name in session, f"GIMP gave no result for {name}:\n{session['_log'][-4000:]}"
+    result = session[name]
+    assert "exception" not in result, result["exception"]
+    return result
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_installer_registers_menu_entries(session, installed):
+    entry = installed / "ffclip-edit.py"
+    assert entry.is_file() and os.access(entry, os.X_OK)
+    reg = scenario(session, "registration")
+    edit, cancel = reg["python-fu-ffclip-edit"], reg["python-fu-ffclip-cancel"]
+    assert edit is not None, "python-fu-ffclip-edit is not registered:\n" + session["_log"][-3000:]
+    assert edit["paths"] == ["<Image>/Filters"] and edit["label"] == "FFCLIP Edit\u2026"
+    assert edit["args"][3:] == ["prompt", "strength", "faces", "face-index", "output", "engine-url"]
+    assert edit["returns"] == ["layer"]
+    assert cancel is not None and cancel["paths"] == ["<Image>/Filters"] and cancel["label"] == "FFCLIP Cancel"
+
+
+def test_edit_makes_masked_layer_above_source(session):
+    r = scenario(session, "photo")
+    assert r["status"] == "success", r
+    assert r["n_layers"] == [1, 2] and r["returned_is_new"] and r["above_source"]
+    assert r["name"] == "FFCLIP: smiling"
+    assert r["has_mask"]
+    ox, oy = r["source_offsets"]
+    x, y = r["offsets"][0] - ox, r["offsets"][1] - oy
+    w, h = r["size"]
+    lw, lh = r["layer_w_h"]
+    # the region: inside the source layer, smaller than it, placed at the source's offsets + region
+    assert x >= 0 and y >= 0 and x + w <= lw and y + h <= lh and w * h < lw * lh
+    assert r["outside_diff"] == 0, "pixels outside the blend mask changed"
+    assert r["mask_zero"] > 0 and r["mask_full"] > 0
+    assert r["changed_in_full_mask"] > 0.5 * r["mask_full"], "the edit changed nothing inside the mask"
+
+
+def test_selection_limits_the_edit_and_layer_without_mask(session):
+    r = scenario(session, "selection")
+    assert r["status"] == "success", r
+    assert not r["has_mask"] and r["name"] == "FFCLIP: blond hair"
+    assert r["mask_outside_selection"] == 0
+    assert r["outside_diff"] == 0
+
+
+def test_unreachable_engine_is_a_clean_error(session):
+    r = scenario(session, "unreachable")
+    assert r["status"] == "execution-error"
+    assert f"not running at {session['_dead_url']}" in r["error"] and "ffclip-engine serve" in r["error"]
+    assert r["n_layers"] == [1, 1]
+    assert "Traceback" not in session["_log"]
+
+
+def test_empty_prompt_is_refused(session):
+    r = scenario(session, "no-prompt")
+    assert r["status"] == "execution-error" and "prompt" in r["error"]
+
+
+CANCELLER = r"""
+import json, os, sys, time
+import gi
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp
+sys.path.insert(0, __PLUGIN_DIR__)
+from ffclip_plugin import gimp_settings
+deadline = time.time() + 120
+while gimp_settings.read_job_state() is None and time.time() < deadline:
+    time.sleep(0.1)
+state = gimp_settings.read_job_state()
+proc = Gimp.get_pdb().lookup_procedure("python-fu-ffclip-cancel")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+r = proc.run(cfg)
+print("CANCEL " + json.dumps({"state": state, "status": r.index(0).value_nick}), flush=True)
+"""
+
+
+def test_cancel_procedure_stops_running_edit(console, installed, photos, tmp_path):
+    """Edit in one GIMP, Filters > FFCLIP Cancel in another: the edit ends as cancelled, with no layer."""
+    with FakeEngine() as fake:
+        job = {
+            "scenarios": [
+                {"name": "slow", "photo": photos[ASTRONAUT], "args": {"prompt": "slow", "engine-url": fake.url}}
+            ]
+        }
+        code = SESSION.replace("__JOB__", repr(json.dumps(job)))
+        argv, env = console.argv("-i", "-n", "-d", "--batch-interpreter", "python-fu-eval", "-b", "-", "--quit")
+        driver = tmp_path / "slow.py"
+        driver.write_text(code)
+        with open(driver) as stdin:
+            editor = subprocess.Popen(
+                argv, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            canceller = console.run_python(
+                CANCELLER.replace("__PLUGIN_DIR__", repr(console.inside(installed))), timeout=180
+            )
+            out, _ = editor.communicate(timeout=180)
+    cancel = result_lines(canceller, "CANCEL ")
+    assert cancel, canceller.stdout + canceller.stderr
+    assert cancel[0]["state"] is not None and cancel[0]["status"] == "success"
+    assert cancel[0]["state"]["id"] in fake.cancelled
+    result = {r["scenario"]: r for r in (json.loads(x[7:]) for x in out.splitlines() if x.startswith("RESULT "))}
+    assert result["slow"]["status"] == "cancel", result
+    assert result["slow"]["n_layers"] == [1, 1]
+
+
+def test_batch_script_edits_folder_and_reports_failures(console, installed, engine, photos_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(photos_dir / ASTRONAUT, folder / ASTRONAUT)
+    shutil.copyfile(photos_dir / OBAMA, folder / OBAMA)
+    (folder / "notes.txt").write_text("not a photo\n")
+    out_dir = tmp_path / "edited"
+    env = dict(os.environ, FFCLIP_GIMP_HOME=console.home or "")
+    if console.root is not None:
+        env["FFCLIP_GIMP_ROOT"] = str(console.root)
+    else:
+        env["FFCLIP_GIMP_CONSOLE"] = " ".join(console.command)
+    cmd = [
+        sys.executable,
+        str(REPO / "gimp" / "batch_edit.py"),
+        str(folder),
+        "smiling",
+        "-o",
+        str(out_dir),
+        "--url",
+        engine,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = [line.split("\t") for line in (out_dir / "status.tsv").read_text().splitlines()[1:]]
+    status = {r[0]: r for r in rows}
+    assert status[ASTRONAUT][1] == "ok" and status[OBAMA][1] == "ok", proc.stdout
+    assert status["notes.txt"][1] == "error" and "cannot open" in status["notes.txt"][3]
+    from PIL import Image
+
+    for name, out in ((ASTRONAUT, "astronaut.png"), (OBAMA, "obama.png")):
+        with Image.open(out_dir / out) as edited, Image.open(folder / name) as source:
+            assert edited.size == source.size
+    assert json.loads((out_dir / "status.json").read_text())[0]["file"] == ASTRONAUT
+    assert "2 edited, 1 failed" in proc.stdout
+
+
+SHOT = r"""
+import subprocess, sys, time
+import gi
+gi.require_version("Gdk", "3.0")
+from gi.repository import Gdk
+out, title = sys.argv[1], sys.argv[2]
+deadline, wid = time.time() + 90, None
+while time.time() < deadline and wid is None:
+    ids = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", title], capture_output=True,
+                         text=True).stdout.split()
+    wid = ids[-1] if ids else None
+    time.sleep(0.3)
+if wid is None:
+    sys.exit("no dialog window")
+time.sleep(1.5)
+geo = subprocess.run(["xdotool", "getwindowgeometry", "--shell", wid], capture_output=True, text=True).stdout
+g = dict(line.split("=", 1) for line in geo.split())
+x, y, w, h = (int(g[k]) for k in ("X", "Y", "WIDTH", "HEIGHT"))
+Gdk.pixbuf_get_from_window(Gdk.get_default_root_window(), x, y, w, h).savev(out, "png", [], [])
+print("SHOT", w, h, flush=True)
+subprocess.run(["xdotool", "windowfocus", "--sync", wid])
+subprocess.run(["xdotool", "key", "Escape"])
+"""
+
+DIALOG = r"""
+import gi
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp, Gio
+image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(__PHOTO__))
+proc = Gimp.get_pdb().lookup_procedure("python-fu-ffclip-edit")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [image.get_layers()[0]])
+cfg.set_property("prompt", "smiling, blond hair")
+cfg.set_property("engine-url", "ws://127.0.0.1:8765/")
+r = proc.run(cfg)
+print("DIALOG " + r.index(0).value_nick, flush=True)
+image.delete()
+"""
+
+
+def test_dialog_under_xvfb(console, installed, photos, tmp_path):
+    have = (lambda p: (console.host(p)).exists()) if console.root is not None else shutil.which
+    need(bool(have("/usr/bin/xvfb-run") and have("/usr/bin/xdotool")), "xvfb-run and xdotool are needed")
+    scratch = console.scratch()
+    try:
+        (scratch / "shot.py").write_text(SHOT)
+        (scratch / "dialog.py").write_text(DIALOG.replace("__PHOTO__", repr(photos[ASTRONAUT])))
+        shot = console.inside(scratch / "dialog.png")
+        gimp = " ".join(console.command)
+        (scratch / "run.sh").write_text(
+            f"/usr/bin/python3 {console.inside(scratch / 'shot.py')} {shot} 'FFCLIP Edit' &\n"
+            f"{gimp} -i -n -d --batch-interpreter python-fu-eval -b - --quit"
+            f" < {console.inside(scratch / 'dialog.py')}\n"
+            "wait\n"
+        )
+        argv, env = console.wrap(
+            ["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", "sh", console.inside(scratch / "run.sh")]
+        )
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+        log = proc.stdout + proc.stderr
+        assert "SHOT" in proc.stdout, log
+        assert "DIALOG cancel" in proc.stdout, log
+        png = scratch / "dialog.png"
+        assert png.stat().st_size > 5000
+        shutil.copyfile(png, tmp_path / "gimp-dialog.png")
+        if os.environ.get("FFCLIP_UPDATE_SCREENSHOT"):
+            shutil.copyfile(png, REPO / "docs" / "gimp-dialog.png")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
