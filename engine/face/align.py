@@ -220,9 +220,7 @@ def align_face(
         pad = (0, 0, 0, 0)
 
     # Warp.
-    img = img.transform(
-        (transform_size, transform_size), Image.QUAD, (quad + 0.5).flatten().tolist(), Image.BILINEAR
-    )
+    img = img.transform((transform_size, transform_size), Image.QUAD, (quad + 0.5).flatten().tolist(), Image.BILINEAR)
     if output_size < transform_size:
         img = img.resize((output_size, output_size), Image.LANCZOS)
 
