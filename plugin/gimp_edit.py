@@ -336,6 +336,16 @@ def engine_log_path() -> str:
     return str(gimp_settings.state_dir() / "engine.log")
 
 
+def command_for_url(command: list[str], url: str | None) -> list[str]:
+    """The start command with its `--port` following the URL (the user may have changed the URL)."""
+    if not url or "--port" not in command:
+        return command
+    i = command.index("--port")
+    if i + 1 < len(command):
+        command = [*command[: i + 1], str(gimp_settings.url_port(url)), *command[i + 2 :]]
+    return command
+
+
 def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
     """Start the daemon from `start_command`, detached, its output in the state folder's engine.log."""
     command = settings.get("start_command")
@@ -343,6 +353,7 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
         command = command.split()
     if not command:
         raise PluginError(not_running_message(settings.get("url")))
+    command = command_for_url([str(c) for c in command], settings.get("url"))
     progress.text(stage_text("start"))
     log_path = engine_log_path()
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -388,7 +399,7 @@ def run_edit(
     job_id = uuid.uuid4().hex
     client = None
     try:
-        client = connect(url, settings, progress, client_factory, starter)
+        client = connect(url, dict(settings, url=url), progress, client_factory, starter)
     except PluginError:
         raise
     except Exception as exc:  # noqa: BLE001 - every engine failure becomes a message

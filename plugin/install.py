@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="autostart",
         action="store_true",
         default=None,
-        help="let the plug-in start the engine when it is not running (local URL only)",
+        help="let the plug-in start the engine when it is not running (local URL only; the default, "
+        "except for the Flatpak GIMP, whose sandbox cannot run it)",
     )
     auto.add_argument("--no-autostart", dest="autostart", action="store_false", help="never start it")
     parser.add_argument(
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                 removed = uninstall(dest, dry_run=args.dry_run)
                 print(f"removed {removed}" if removed else f"nothing to remove in {dest}")
             else:
-                target = install(dest, _settings_from_args(args), dry_run=args.dry_run)
+                flatpak = FLATPAK_APP in dest.parts
+                target = install(dest, _settings_from_args(args), dry_run=args.dry_run, default_autostart=not flatpak)
                 print(f"installed {target / ENTRY}")
         except (OSError, ValueError) as exc:
             print(f"install-gimp-plugin: {dest}: {exc}", file=sys.stderr)
@@ -160,16 +162,20 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
     return given
 
 
-def install(dest: Path, given: dict | None = None, dry_run: bool = False) -> Path:
+def install(dest: Path, given: dict | None = None, dry_run: bool = False, default_autostart: bool = True) -> Path:
     """Install into the plug-ins folder `dest`; returns `dest/ffclip-edit`.
 
-    Settings already there are kept unless given again (a reinstall keeps the user's URL).
+    Settings already there are kept unless given again (a reinstall keeps the user's URL); a first
+    install starts with autostart = `default_autostart`.
     """
     given = dict(given or {})
     target = Path(dest) / NAME
     entry = entry_source()
     package = package_source()
+    had_settings = (target / gimp_settings.SETTINGS_NAME).is_file()
     settings = gimp_settings.load_settings(target if target.is_dir() else None)
+    if not had_settings:
+        settings["autostart"] = bool(default_autostart)
     settings.update(given)
     if not settings.get("start_command"):
         settings["start_command"] = default_start_command(settings["url"])

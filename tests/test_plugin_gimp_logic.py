@@ -287,6 +287,12 @@ def test_autostart_starts_the_engine_and_waits():
             p.wait(10)
 
 
+def test_start_command_follows_the_url_port():
+    cmd = ["py", "-m", "ffclip.engine", "serve", "--port", "8765"]
+    assert gimp_edit.command_for_url(cmd, "ws://127.0.0.1:9001/")[-2:] == ["--port", "9001"]
+    assert gimp_edit.command_for_url(["x"], "ws://h:1") == ["x"]
+
+
 def test_autostart_timeout_and_bad_command_are_clean_errors():
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
@@ -400,6 +406,7 @@ def test_install_layout(tmp_path):
     settings = json.loads((target / "ffclip-edit.json").read_text())
     assert settings["url"] == "ws://127.0.0.1:9000"
     assert settings["start_command"][-2:] == ["--port", "9000"]
+    assert settings["autostart"] is True
     # The copied package imports on its own, without the project (as GIMP's Python will).
     code = "import ffclip_plugin.gimp_edit as g, ffclip_plugin.client as c; print(g.PROCEDURE)"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -419,6 +426,9 @@ def test_install_command_line(tmp_path):
     assert out.returncode == 0, out.stderr
     settings = json.loads((dest / "ffclip-edit" / "ffclip-edit.json").read_text())
     assert settings["url"] == "ws://localhost:8766" and settings["autostart"] is True
+    out = subprocess.run([*run, "--no-autostart"], capture_output=True, text=True)
+    settings = json.loads((dest / "ffclip-edit" / "ffclip-edit.json").read_text())
+    assert settings["url"] == "ws://localhost:8766" and settings["autostart"] is False
     out = subprocess.run([*run, "--uninstall"], capture_output=True, text=True)
     assert out.returncode == 0 and not (dest / "ffclip-edit").exists()
 
@@ -461,3 +471,33 @@ def test_batch_without_gimp_says_how_to_get_it(tmp_path, monkeypatch):
         text=True,
     )
     assert out.returncode == 2 and "setup-gimp.sh" in out.stderr
+
+
+@pytest.mark.slow
+def test_autostart_real_tiny_engine(photos_dir):
+    """The plug-in's autostart runs `ffclip-engine serve --profile tiny` and edits a real photo with it."""
+    from PIL import Image
+
+    with Image.open(photos_dir / "astronaut.png") as im:
+        im = im.convert("RGBA")
+        w, h, rgba = im.width, im.height, im.tobytes()
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/"
+    command = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", "1"]
+    settings = dict(gimp_settings.DEFAULTS, autostart=True, start_timeout=240, start_command=command)
+    started = []
+
+    def starter(s, progress):
+        started.append(gimp_edit.start_engine(s, progress))
+
+    try:
+        out = gimp_edit.run_edit(
+            gimp_edit.EditRequest("smiling", url=url), rgba, w, h, None, settings, Recorder(), starter=starter
+        )
+        assert started and started[0].args[-1] == str(port)
+        x, y, rw, rh = out.region
+        assert 0 < rw < w and 0 < rh < h and out.mask is not None and max(out.mask) == 255
+    finally:
+        for p in started:
+            p.terminate()
+            p.wait(30)
