@@ -88,13 +88,16 @@ if [ ! -x "$ROOT/usr/bin/apt-get" ] || [ ! -f "$ROOT/etc/debian_version" ] \
         || [ -d "$ROOT/debootstrap" ]; then
     # Absent or an interrupted debootstrap: start over.
     log "debootstrap trixie into $ROOT (a few minutes)"
-    rm -rf "$ROOT"
+    if mountpoint -q "$ROOT/proc" 2>/dev/null; then umount "$ROOT/proc" || umount -l "$ROOT/proc"; fi
+    rm -rf --one-file-system "$ROOT"
     debootstrap --variant=minbase trixie "$ROOT" "$MIRROR" >&2
 fi
 
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
 if ! mountpoint -q "$ROOT/proc"; then mount -t proc proc "$ROOT/proc"; MOUNTED=1; fi
 log "installing ${PACKAGES[*]} in the chroot"
+chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+    dpkg --configure -a >&2 || true   # an interrupted earlier run
 chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
     apt-get update -qq >&2
 chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
