@@ -62,9 +62,23 @@ def build_tiny(profile: Profile, seed: int = TINY_SEED) -> Networks:
             for block in enc.styles:
                 block.linear.weight.mul_(0.1)
             latent_avg = g.mean_latent(4096)[0]
+            _normalise_rgb(g, latent_avg)
         mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
     clip = build_tiny_clip(seed, embed_dim=profile.style_dim)
     return Networks(g, enc, latent_avg, mapper, clip, sources={"all": "tiny (seeded, untrained)"})
+
+
+def _normalise_rgb(g: Generator, latent_avg: Tensor) -> None:
+    """Scale an untrained generator's RGB outputs to about [-1, 1] around the mean latent (an
+    untrained ToRGB sum reaches ±30, which would clip every image to a flat colour)."""
+    w = latent_avg + 0.5 * torch.randn(8, g.n_latent, latent_avg.shape[-1])
+    image = g.synthesis(w, g.fixed_noise())
+    scale = 0.5 / float(image.std())
+    for to_rgb in [g.to_rgb1, *g.to_rgbs]:
+        to_rgb.conv.weight.mul_(scale)
+        to_rgb.bias.mul_(scale)
+    # the skip up-sampling preserves constants, so the first ToRGB's bias shifts the whole image
+    g.to_rgb1.bias.sub_(image.mean(dim=(0, 2, 3)).view(1, 3, 1, 1) * scale)
 
 
 def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Networks:
