@@ -389,7 +389,10 @@ def run_edit(
     Raises PluginError (readable message) or Cancelled; never anything else for engine trouble.
     """
     request = request.validate()
-    url = gimp_settings.resolve_url(request.url, settings)
+    try:
+        url = gimp_settings.resolve_url(request.url, settings)
+    except ValueError as exc:
+        raise PluginError(f"The engine URL is not usable: {exc}.") from None
     if len(rgba) != width * height * 4:
         raise PluginError(f"Internal error: {len(rgba)} bytes for a {width}x{height} RGBA layer.")
     if selection is not None and selection_is_full(selection):

@@ -245,6 +245,19 @@ def test_engine_error_becomes_plugin_error(fake_engine):
         )
 
 
+def test_bad_url_is_a_clean_error():
+    with pytest.raises(gimp_edit.PluginError, match="engine URL"):
+        gimp_edit.run_edit(
+            gimp_edit.EditRequest("x", url="ftp://h:1"),
+            image(8, 8),
+            8,
+            8,
+            None,
+            dict(gimp_settings.DEFAULTS),
+            Recorder(),
+        )
+
+
 def test_unreachable_engine_is_a_clean_error():
     url = f"ws://127.0.0.1:{free_port()}"
     with pytest.raises(gimp_edit.PluginError) as info:
