@@ -10,6 +10,14 @@ The arithmetic is the reference's, arranged for speed where it is provably ident
 * the up-sampling convolution folds its 4×4 blur into the transposed-convolution weight
   (a 6×6 kernel computed once per weight), instead of a separate up-fir-down pass;
 * the `ToRGB` skip up-sampling is a depthwise transposed convolution with the 4×4 kernel.
+
+Without autograd (inference), `Generator.synthesis` takes a faster route with the same arithmetic
+(`_synthesis_inference`): channels-last activations, the style folded into the *weight* per sample
+(rosinality's `fused=True` formulation: one small weight product instead of two passes over the
+activations), the reference's 3×3 stride-2 transposed convolution followed by the 4×4 blur as a
+depthwise convolution (fewer FLOPs than the 6×6 fold, and no slow NCHW `conv_transpose2d`), the
+activation's bias fused into the convolution, noise and leaky ReLU applied in place, and the
+leaky ReLU's √2 gain carried into the next layer's weights instead of a pass over the activations.
 """
 
 from __future__ import annotations
@@ -139,6 +147,7 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
         self.demodulate = demodulate
         self._folded: tuple[int, torch.dtype, torch.device, Tensor] | None = None
+        self._inference: tuple[tuple, dict[str, Tensor]] | None = None
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
         batch = x.shape[0]
@@ -182,6 +191,54 @@ class ModulatedConv2d(nn.Module):
         return folded
 
 
+    # -- inference (no autograd): the style folded into the weight, one sample at a time ----------
+
+    def _inference_cache(self) -> dict[str, Tensor]:
+        """Per-weight constants: Σ_k W² for the demodulation, the transposed-conv weight layout and
+        the per-channel blur kernel. Rebuilt when the parameter changes (version, dtype, device)."""
+        w = self.weight
+        key = (w._version, w.dtype, w.device, w.data_ptr())
+        if self._inference is not None and self._inference[0] == key:
+            return self._inference[1]
+        base = w[0].detach()
+        cache = {"w2": base.square().sum((2, 3))}  # (out, in)
+        if self.upsample:
+            cache["wt"] = base.transpose(0, 1).contiguous()  # (in, out, k, k)
+            k = torch.flip(self.blur.kernel, [0, 1]).to(w.dtype)
+            cache["blur"] = k[None, None].expand(self.out_channel, 1, *k.shape).contiguous()
+        self._inference = (key, cache)
+        return cache
+
+    def modulated_weights(self, style: Tensor, gain: float = 1.0) -> list[Tensor]:
+        """One weight per sample: scale·W·s, demodulated, times `gain` (the input's pending scale).
+
+        conv(gain·x, W·s·d) == conv(x, gain·W·s·d); d comes from W·s alone, as in the reference.
+        Layout (out, in, k, k), or (in, out, k, k) for the up-sampling (transposed) convolution.
+        """
+        cache = self._inference_cache()
+        coef = self.modulation(style) * self.scale  # (B, in)
+        if self.demodulate:
+            out_coef = torch.rsqrt(coef.square() @ cache["w2"].t() + self.eps) * gain
+        else:
+            out_coef = coef.new_full((coef.shape[0], self.out_channel), gain)
+        outer = out_coef[:, :, None] * coef[:, None, :]  # (B, out, in)
+        if self.upsample:
+            return [cache["wt"] * outer[b].t()[:, :, None, None] for b in range(coef.shape[0])]
+        return [self.weight[0] * outer[b][:, :, None, None] for b in range(coef.shape[0])]
+
+    def conv_inference(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """One sample (1, in, H, W) with its modulated weight; `bias` is added after the blur."""
+        if not self.upsample:
+            return F.conv2d(x, weight, bias, padding=self.padding)
+        out = F.conv_transpose2d(x, weight, stride=2)
+        p0, p1 = self.blur.pad
+        if p0 != p1:
+            out = F.pad(out, [p0, p1, p0, p1])
+            p0 = 0
+        blur = self._inference_cache()["blur"]
+        return F.conv2d(out, blur, bias, padding=p0, groups=self.out_channel)
+
+
 class NoiseInjection(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -219,6 +276,23 @@ class StyledConv(nn.Module):
     def forward(self, x: Tensor, style: Tensor, noise: Tensor | None = None) -> Tensor:
         return self.activate(self.noise(self.conv(x, style), noise=noise))
 
+    def forward_inference(self, x: Tensor, style: Tensor, gain: float, noise: Tensor | None) -> Tensor:
+        """leaky_relu(conv + noise + bias) *without* the final √2: the caller carries that gain into
+        the consumers' weights. x is the true activation divided by `gain`."""
+        weights = self.conv.modulated_weights(style, gain)
+        if noise is None:  # the reference draws (B, 1, H, W) per layer at this point
+            b = x.shape[0]
+            h, w = (x.shape[2] * 2, x.shape[3] * 2) if self.conv.upsample else x.shape[2:]
+            noise = x.new_empty(b, 1, h, w).normal_()
+        nw = float(self.noise.weight)
+        outs = []
+        for b, weight in enumerate(weights):
+            out = self.conv.conv_inference(x[b : b + 1], weight, self.activate.bias)
+            if nw != 0.0:
+                out.add_(noise[b : b + 1] if noise.shape[0] > 1 else noise, alpha=nw)
+            outs.append(F.leaky_relu_(out, 0.2))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
 
 class ToRGB(nn.Module):
     def __init__(
@@ -234,6 +308,15 @@ class ToRGB(nn.Module):
         out = self.conv(x, style) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)
+        return out
+
+    def forward_inference(self, x: Tensor, style: Tensor, gain: float, skip: Tensor | None) -> Tensor:
+        weights = self.conv.modulated_weights(style, gain)
+        bias = self.bias.view(-1)
+        outs = [self.conv.conv_inference(x[b : b + 1], w, bias) for b, w in enumerate(weights)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if skip is not None:
+            out = out.add_(self.upsample(skip))
         return out
 
 
@@ -319,6 +402,8 @@ class Generator(nn.Module):
         return torch.cat([latent, latent2], 1)
 
     def synthesis(self, latent: Tensor, noise: list[Tensor | None], stop_at: int | None = None) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self._synthesis_inference(latent, noise, stop_at)
         out = self.input(latent.shape[0])
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
@@ -332,3 +417,19 @@ class Generator(nn.Module):
             skip = to_rgb(out, latent[:, i + 2], skip)
             i += 2
         return skip
+
+    def _synthesis_inference(self, latent: Tensor, noise: list[Tensor | None], stop_at: int | None) -> Tensor:
+        """`synthesis` without autograd: same arithmetic, channels-last, style folded into weights."""
+        out = self.input(latent.shape[0]).contiguous(memory_format=torch.channels_last)
+        out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0])
+        skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None)
+        i = 1
+        levels = zip(self.convs[::2], self.convs[1::2], self.to_rgbs, strict=True)
+        for level, (conv_up, conv, to_rgb) in enumerate(levels):
+            if stop_at is not None and 2 ** (level + 2) >= stop_at:
+                break
+            out = conv_up.forward_inference(out, latent[:, i], SQRT2, noise[2 * level + 1])
+            out = conv.forward_inference(out, latent[:, i + 1], SQRT2, noise[2 * level + 2])
+            skip = to_rgb.forward_inference(out, latent[:, i + 2], SQRT2, skip)
+            i += 2
+        return skip.contiguous()
