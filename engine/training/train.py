@@ -193,16 +193,11 @@ class TargetCache:
     store: dict[str, Tensor] = field(default_factory=dict)
     filled: Tensor | None = None
 
-    def lookup(self, idx: np.ndarray) -> tuple[dict[str, Tensor] | None, np.ndarray]:
-        """(cached targets when all present, the positions of the missing ones)."""
-        if not self.enabled or self.filled is None:
-            return None, np.arange(len(idx))
-        have = self.filled[torch.from_numpy(idx)].numpy()
-        missing = np.nonzero(~have)[0]
-        if len(missing):
-            return None, missing
-        t = torch.from_numpy(idx).to(next(iter(self.store.values())).device)
-        return {k: v[t] for k, v in self.store.items()}, missing
+    def lookup(self, idx: np.ndarray) -> dict[str, Tensor] | None:
+        """The cached targets of these samples, or None unless all are there."""
+        if not self.enabled or self.filled is None or not bool(self.filled[torch.from_numpy(idx)].all()):
+            return None
+        return {k: v[torch.from_numpy(idx).to(v.device)] for k, v in self.store.items()}
 
     def put(self, idx: np.ndarray, targets: dict[str, Tensor]) -> None:
         if not self.enabled:
@@ -210,9 +205,8 @@ class TargetCache:
         if self.filled is None:
             self.filled = torch.zeros(self.n, dtype=torch.bool)
             self.store = {k: v.new_zeros((self.n, *v.shape[1:]), dtype=torch.float32) for k, v in targets.items()}
-        t = torch.from_numpy(idx).to(next(iter(self.store.values())).device)
         for k, v in targets.items():
-            self.store[k][t] = v.float()
+            self.store[k][torch.from_numpy(idx).to(v.device)] = v.float()
         self.filled[torch.from_numpy(idx)] = True
 
 
@@ -327,7 +321,7 @@ class Trainer:
 
     def _targets(self, cache: TargetCache, idx: np.ndarray, w: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """G(w)'s features (from the cache when possible) and G(w) itself when the losses need it."""
-        cached, missing = cache.lookup(idx)
+        cached = cache.lookup(idx)
         if cached is not None and not self.objective.use_background:
             return cached, None
         with torch.no_grad(), self.autocast():
