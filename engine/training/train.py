@@ -599,6 +599,9 @@ class Trainer:
             "loss_last_step": self.history[-1]["loss"] if self.history else None,
             "best_val_loss": finite_or_none(self.best_val),
             "steps_per_s": (len(self.history) / self.train_time) if self.train_time else None,
+            # steady state: the median step, without the first (warm-up, G(w) features computed)
+            "seconds_per_step_median": (float(np.median([r["seconds"] for r in self.history[1:]]))
+                                        if len(self.history) > 1 else None),
             "samples_per_s": (self.train_samples / self.train_time) if self.train_time else None,
             "weights": self.weights.to_dict(),
             "background_loss": self.objective.use_background,
@@ -606,6 +609,8 @@ class Trainer:
             "checkpoints": sorted(self.checkpoints),
             "ddp_weight_max_abs_diff": self.agreement,
         }
+        if self.device.type == "cuda":
+            summary["max_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         return summary
 
 
