@@ -42,7 +42,7 @@ def _check_layout(ckpt_path: Path, parity_dir: Path, with_generator: bool = True
     assert len(mapper) + len(generator) == len(sd)
     assert mapper == _manifest(parity_dir, "ffclip_mapper.manifest.json")  # keys, shapes and order
     if with_generator:
-        assert sorted(generator) == sorted(_manifest(parity_dir, "stylegan2_1024.manifest.json"))
+        assert generator == _manifest(parity_dir, "stylegan2_1024.manifest.json")
     else:
         assert generator == []
     return ckpt

@@ -95,10 +95,3 @@ def weight_agreement(info: DistInfo, module: torch.nn.Module) -> float:
     dist.all_gather(gathered, mine)
     return float(max((g - gathered[0]).abs().max().item() for g in gathered))
 
-
-def broadcast_object(info: DistInfo, obj: object) -> object:
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=info.device if info.backend == "nccl" else None)
-    return box[0]
