@@ -282,9 +282,11 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
     detector = FaceDetector()
 
     bar = None
-    if not args.no_progress:
+    try:
         from tqdm import tqdm
-
+    except ImportError:  # open_clip brings it; without it, no bar
+        tqdm = None
+    if not args.no_progress and tqdm is not None:
         bar = tqdm(total=len(photos), initial=len(photos) - len(todo), desc="invert", unit="photo",
                    dynamic_ncols=True)
     crops: list[np.ndarray] = []

@@ -115,6 +115,14 @@ class Objective(nn.Module):
     def use_background(self) -> bool:
         return self.parsenet is not None and self.weights.background > 0
 
+    def active_terms(self) -> list[str]:
+        """The terms `forward` reports, in TERMS order (the same on every rank)."""
+        wt = self.weights
+        on = {"loss_id": wt.id > 0, "loss_clip": bool(wt.clip > 0 or wt.age or wt.emotion),
+              "loss_latent": wt.latent > 0, "loss_embd": wt.embd > 0, "loss_background": self.use_background,
+              "loss": True}
+        return [k for k in TERMS if on[k]]
+
     def _clip_embed(self, x: Tensor) -> Tensor:
         return self.clip_model.encode_image(clip_input(x, self.weights.clip_input)).float()
 

@@ -366,11 +366,10 @@ class Trainer:
 
     def _reduce(self, terms: dict[str, Tensor], n: int) -> dict[str, float]:
         """Sample-weighted means of the terms over all ranks."""
-        vec = torch.tensor([float(terms.get(k, torch.tensor(float("nan")))) * n for k in TERMS] + [n],
-                           dtype=torch.float64)
+        vec = torch.tensor([float(terms[k]) * n if k in terms else 0.0 for k in TERMS] + [n], dtype=torch.float64)
         vec = ddp.all_reduce_sum(self.info, vec)
         count = float(vec[-1])
-        return {k: float(vec[i]) / count for i, k in enumerate(TERMS) if k in terms}
+        return {k: float(vec[i]) / count for i, k in enumerate(TERMS) if k in self.objective.active_terms()}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
@@ -380,7 +379,7 @@ class Trainer:
         n = len(self.val_data) if self.args.val_limit is None else min(len(self.val_data), self.args.val_limit)
         mine = np.arange(self.info.rank, n, self.info.world_size)
         sums = torch.zeros(len(TERMS) + 1, dtype=torch.float64)
-        present: set[str] = set()
+        present = self.objective.active_terms()
         for idx in batches(mine, self.args.batch_size):
             w = self.val_data.batch(idx, self.device)
             entries = torch.from_numpy(idx % len(self.prompts)).to(self.device)  # every prompt in turn
@@ -390,7 +389,6 @@ class Trainer:
                 w_hat = w + self.mapper(w, e)
                 x_hat = self.synthesize(w_hat)
                 _, terms = self.objective(w, w_hat, x_hat, entries, targets, x)
-            present.update(terms)
             for i, k in enumerate(TERMS):
                 if k in terms:
                     sums[i] += float(terms[k]) * len(idx)
@@ -571,8 +569,10 @@ class Trainer:
     def _progress(self, total: int) -> Any:
         if not self.info.is_main or self.args.no_progress:
             return None
-        from tqdm import tqdm
-
+        try:
+            from tqdm import tqdm
+        except ImportError:  # open_clip brings it; without it, no bar
+            return None
         return tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
 
     def _summary(self) -> dict[str, Any]:
