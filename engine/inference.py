@@ -7,7 +7,9 @@ under `torch.inference_mode()` on the engine's device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,10 +119,34 @@ def _generator_from(state_dict: dict[str, Tensor]) -> Generator:
     return g
 
 
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask; os.cpu_count() where that is unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 class Engine:
-    def __init__(self, nets: Networks, profile: Profile, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, nets: Networks, profile: Profile, device: str | torch.device = "cpu", *, autocast: bool = False,
+        threads: int | None = None, cuda_graphs: bool = False,
+    ) -> None:
+        """`autocast`: run the networks in float16 autocast (CUDA only; parity tolerance in
+        docs/performance.md). `cuda_graphs`: replay synthesis from a CUDA graph captured once per
+        (batch, preview) shape (CUDA only; the weights must not change afterwards). `threads`: torch
+        intra-op threads, process-wide (default: every CPU this process may use; 0 or a negative
+        number leaves torch's setting alone)."""
         self.profile = profile
         self.device = torch.device(device)
+        if (autocast or cuda_graphs) and self.device.type != "cuda":
+            raise ValueError("autocast and CUDA graphs are for CUDA devices; on the CPU the engine runs in float32")
+        self.autocast = autocast
+        self._graphs: dict[tuple, tuple[Any, Tensor, Tensor]] | None = {} if cuda_graphs else None
+        if threads is None:
+            threads = default_threads()
+        if threads > 0 and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         self.generator = nets.generator.eval().to(self.device)
         self.encoder = nets.encoder.eval().to(self.device)
         self.mapper = nets.mapper.eval().to(self.device)
@@ -132,11 +158,17 @@ class Engine:
 
     @classmethod
     def load(
-        cls, profile: str = "real", models_dir: str | Path | None = None, device: str | torch.device = "cpu"
+        cls, profile: str = "real", models_dir: str | Path | None = None, device: str | torch.device = "cpu",
+        *, autocast: bool = False, threads: int | None = None, cuda_graphs: bool = False,
     ) -> Engine:
         prof = PROFILES[profile]
         nets = build_tiny(prof) if prof.untrained else load_real(models_dir)
-        return cls(nets, prof, device)
+        return cls(nets, prof, device, autocast=autocast, threads=threads, cuda_graphs=cuda_graphs)
+
+    def _amp(self) -> contextlib.AbstractContextManager:
+        if self.autocast:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -160,6 +192,8 @@ class Engine:
             "profile": self.profile.name,
             "untrained": self.untrained,
             "device": str(self.device),
+            "autocast": self.autocast,
+            "cuda_graphs": self._graphs is not None,
             "size": self.size,
             "n_latent": self.n_latent,
             "sources": dict(self.sources),
@@ -171,9 +205,10 @@ class Engine:
     # -- the four steps --------------------------------------------------------------------
     def invert(self, x: Tensor) -> Tensor:
         """Aligned faces (B, 3, 256, 256) in [-1, 1] -> W+ (B, n_latent, D)."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._amp():
             codes = self.encoder(x.to(self.device, torch.float32))
-            return codes + self.latent_avg
+        with torch.inference_mode():
+            return codes.float() + self.latent_avg
 
     def encode_text(self, prompts: list[str]) -> Tensor:
         return self.text.encode(prompts)
@@ -187,9 +222,40 @@ class Engine:
 
     def synthesize(self, w: Tensor, preview: bool = False) -> Tensor:
         """W+ -> images (B, 3, S, S), about [-1, 1]; fixed noise so that edits are repeatable."""
+        stop = self.preview_size if preview else None
+        w = w.to(self.device, torch.float32)
+        if self._graphs is not None:
+            return self._synthesize_graphed(w, stop)
+        with torch.inference_mode(), self._amp():
+            image, _ = self.generator([w], input_is_latent=True, randomize_noise=False, stop_at=stop)
+        return image.float()
+
+    def _synthesize_graphed(self, w: Tensor, stop: int | None) -> Tensor:
+        """Synthesis replayed from a CUDA graph: one launch instead of ~200 kernels and their Python."""
+        key = (tuple(w.shape), stop)
+        entry = self._graphs.get(key)
         with torch.inference_mode():
-            stop = self.preview_size if preview else None
-            image, _ = self.generator(
-                [w.to(self.device)], input_is_latent=True, randomize_noise=False, stop_at=stop
-            )
-            return image
+            if entry is None:
+                static_w = w.clone()
+
+                def run() -> Tensor:
+                    with self._amp():
+                        image, _ = self.generator(
+                            [static_w], input_is_latent=True, randomize_noise=False, stop_at=stop
+                        )
+                    return image.float()
+
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):  # warm-up: caches, cuDNN algorithms, allocator
+                    for _ in range(2):
+                        run()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_out = run()
+                entry = self._graphs[key] = (graph, static_w, static_out)
+            graph, static_w, static_out = entry
+            static_w.copy_(w)
+            graph.replay()
+            return static_out.clone()

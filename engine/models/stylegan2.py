@@ -243,6 +243,16 @@ class NoiseInjection(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
+        self._value: tuple[tuple, float] | None = None
+
+    def strength(self) -> float:
+        """The weight as a Python number, read once per parameter version (no device sync per call,
+        which also keeps the inference path capturable in a CUDA graph)."""
+        w = self.weight
+        key = (w._version, w.dtype, w.device, w.data_ptr())
+        if self._value is None or self._value[0] != key:
+            self._value = (key, float(w.detach()))
+        return self._value[1]
 
     def forward(self, image: Tensor, noise: Tensor | None = None) -> Tensor:
         if noise is None:
@@ -284,7 +294,7 @@ class StyledConv(nn.Module):
             b = x.shape[0]
             h, w = (x.shape[2] * 2, x.shape[3] * 2) if self.conv.upsample else x.shape[2:]
             noise = x.new_empty(b, 1, h, w).normal_()
-        nw = float(self.noise.weight)
+        nw = self.noise.strength()
         outs = []
         for b, weight in enumerate(weights):
             out = self.conv.conv_inference(x[b : b + 1], weight, self.activate.bias)

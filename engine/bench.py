@@ -1,0 +1,422 @@
+"""`ffclip-engine bench`: time every stage of an edit at real model sizes, on synthetic weights.
+
+The networks have the real architectures and sizes (StyleGAN2 1024², e4e IR-SE-50, the FFCLIP
+mapper, CLIP ViT-B/32's text tower) but random weights, so the numbers are speeds, never outputs.
+In one run it measures:
+
+* the *dense limit* of the generator and of e4e: the sum, over the network's convolutions, of the
+  median time of one plain `conv2d` / `conv_transpose2d` with that layer's exact shapes at batch 1
+  (the faster of the two memory formats, contiguous and channels-last). For the generator these are
+  the reference's layers: a 3×3 stride-2 `conv_transpose2d` for each up-sampling layer, 3×3 convs,
+  the 1×1 ToRGB convs; its FIR filters (the blur after each up-sampling layer, the skip up-sampling)
+  are not counted, so the limit is a strict one;
+* median times of the stages (`stages.*`) and of two photo edits through `Pipeline`: a cold one
+  (new photo, new prompt: detect → blend) and a re-edit of the same photo with a new prompt;
+* `ratios.*_vs_conv` = limit ÷ measured time, and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .inference import Engine, Networks, build_tiny, default_threads
+from .profiles import PROFILES, Profile
+
+WEIGHTS_NOTE = "synthetic weights (random init, real architectures): speeds only, outputs are meaningless"
+STAGES = ("g1024", "preview", "e4e", "text_cold", "text_cached", "mapper", "edit_photo", "reedit_cached")
+PHOTO = "obama.jpg"
+
+
+# -- networks -----------------------------------------------------------------------------------
+
+
+def build_networks(profile: Profile, seed: int = 0) -> Networks:
+    """The profile's architectures with random weights: `tiny` as the engine builds it; `real` at
+    full size with the real CLIP ViT-B/32 text tower, randomly initialised."""
+    if profile.untrained:
+        return build_tiny(profile)
+    from .models.clip import build_clip
+    from .models.e4e import Encoder4Editing
+    from .models.mapper import DynamicMapper
+    from .models.stylegan2 import Generator
+
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        g = Generator(profile.size, profile.style_dim, n_mlp=profile.n_mlp,
+                      channel_multiplier=profile.channel_multiplier, channel_base=profile.channel_base)
+        for name, p in g.named_parameters():
+            if name.endswith("noise.weight"):  # zero at init: a trained generator adds its noise
+                p.fill_(0.05)
+        enc = Encoder4Editing(stylegan_size=profile.size, style_dim=profile.style_dim)
+        for block in enc.styles:  # small codes: W+ stays near the mean latent
+            block.linear.weight.mul_(0.1)
+        latent_avg = g.mean_latent(1024)[0]
+        _normalise_rgb(g, latent_avg)
+        mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
+        for p in mapper.parameters():  # a small Δw, as a trained mapper's
+            p.mul_(0.1)
+        clip = build_clip(None, text_only=True)
+    return Networks(g, enc, latent_avg, mapper, clip, sources={"all": WEIGHTS_NOTE})
+
+
+def _normalise_rgb(g: nn.Module, latent_avg: Tensor) -> None:
+    """Scale the random ToRGB layers so that images come out in about [-1, 1] (one sample)."""
+    w = latent_avg.expand(1, g.n_latent, -1)
+    image = g.synthesis(w, g.fixed_noise())
+    scale = 0.5 / max(float(image.std()), 1e-6)
+    for to_rgb in [g.to_rgb1, *g.to_rgbs]:
+        to_rgb.conv.weight.mul_(scale)
+        to_rgb.bias.mul_(scale)
+    g.to_rgb1.bias.sub_(image.mean(dim=(0, 2, 3)).view(1, 3, 1, 1) * scale)
+
+
+# -- dense limits -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One convolution as a plain call: input (1, C, H, W), weight, stride, padding, groups."""
+
+    kind: str  # "conv2d" or "conv_transpose2d"
+    x: tuple[int, ...]
+    w: tuple[int, ...]
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    bias: bool = False
+
+    @property
+    def flops(self) -> float:
+        if self.kind == "conv2d":
+            h = (self.x[2] + 2 * self.padding - self.w[2]) // self.stride + 1
+            wd = (self.x[3] + 2 * self.padding - self.w[3]) // self.stride + 1
+            return 2.0 * self.w[0] * self.w[1] * self.w[2] * self.w[3] * h * wd
+        return 2.0 * self.w[0] * self.w[1] * self.w[2] * self.w[3] * self.x[2] * self.x[3]
+
+
+def generator_convs(g: nn.Module) -> list[ConvShape]:
+    """The reference generator's dense convolutions at batch 1 (rosinality's layers): 3×3 convs,
+    3×3 stride-2 transposed convs for the up-sampling layers, 1×1 ToRGB convs. FIR filters excluded."""
+    convs: list[ConvShape] = []
+
+    def add(mod: nn.Module, res: int) -> None:
+        k, cin, cout = mod.kernel_size, mod.in_channel, mod.out_channel
+        if mod.upsample:
+            convs.append(ConvShape("conv_transpose2d", (1, cin, res, res), (cin, cout, k, k), stride=2))
+        else:
+            convs.append(ConvShape("conv2d", (1, cin, res, res), (cout, cin, k, k), padding=k // 2))
+
+    add(g.conv1.conv, 4)
+    add(g.to_rgb1.conv, 4)
+    res = 4
+    for conv_up, conv, to_rgb in zip(g.convs[::2], g.convs[1::2], g.to_rgbs, strict=True):
+        add(conv_up.conv, res)
+        res *= 2
+        add(conv.conv, res)
+        add(to_rgb.conv, res)
+    return convs
+
+
+def module_convs(module: nn.Module, *inputs: Tensor) -> list[ConvShape]:
+    """Every nn.Conv2d that one forward pass of `module` runs, with the shapes it ran at (batch 1)."""
+    found: list[ConvShape] = []
+
+    def hook(mod: nn.Conv2d, args: tuple, _out: Tensor) -> None:
+        x = args[0]
+        assert mod.padding_mode == "zeros" and isinstance(mod.padding, tuple)
+        assert len(set(mod.stride)) == 1 and len(set(mod.padding)) == 1 and mod.dilation == (1, 1)
+        found.append(ConvShape(
+            "conv2d", (1, *x.shape[1:]), tuple(mod.weight.shape), mod.stride[0], mod.padding[0], mod.groups,
+            mod.bias is not None,
+        ))
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
+    """Wall times of `repeats` calls after `warmup` calls (synchronised on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_conv(shape: ConvShape, device: torch.device, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """Median seconds of the plain call, in the faster of the two memory formats."""
+    x = torch.randn(shape.x, device=device, dtype=dtype)
+    w = torch.randn(shape.w, device=device, dtype=dtype)
+    cout = shape.w[1] * shape.groups if shape.kind == "conv_transpose2d" else shape.w[0]
+    b = torch.randn(cout, device=device, dtype=dtype) if shape.bias else None
+    fn = F.conv2d if shape.kind == "conv2d" else F.conv_transpose2d
+    best = float("inf")
+    with torch.inference_mode():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            wf = w.contiguous(memory_format=fmt)
+            times = median_time(
+                lambda xf=xf, wf=wf: fn(xf, wf, b, stride=shape.stride, padding=shape.padding, groups=shape.groups),
+                repeats, device,
+            )
+            best = min(best, statistics.median(times))
+    return best
+
+
+def dense_limit(shapes: list[ConvShape], device: torch.device, repeats: int) -> dict[str, Any]:
+    """Σ over the layers of the plain convolution's median time (identical shapes timed once)."""
+    counts = Counter(shapes)
+    total = 0.0
+    for shape, n in counts.items():
+        total += n * time_conv(shape, device, repeats)
+    return {
+        "seconds": total,
+        "convs": len(shapes),
+        "distinct_shapes": len(counts),
+        "gflop": sum(s.flops for s in shapes) / 1e9,
+    }
+
+
+# -- the bench ----------------------------------------------------------------------------------
+
+
+def default_photo() -> Path | None:
+    """../shared/photos/obama.jpg next to the repository (or under $FFCLIP_SHARED)."""
+    env = os.environ.get("FFCLIP_SHARED")
+    candidates = [Path(env) / "photos" / PHOTO] if env else []
+    for parent in Path(__file__).resolve().parents:
+        candidates.append(parent / "shared" / "photos" / PHOTO)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _photo(path: Path | None, min_pixels: int) -> np.ndarray | None:
+    if path is None:
+        return None
+    import cv2
+
+    from .imageio import load_image
+
+    image = load_image(path)
+    h, w = image.shape[:2]
+    if h * w < min_pixels:  # upscale to about min_pixels, the size the targets are quoted for
+        f = (min_pixels / (h * w)) ** 0.5
+        image = cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC)
+    return image
+
+
+def _stat(times: list[float]) -> dict[str, Any]:
+    return {"seconds": statistics.median(times), "min": min(times), "all": [round(t, 4) for t in times]}
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_name()}, {os.cpu_count()} logical CPUs"
+
+
+def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    profile = PROFILES[args.profile]
+    repeats = args.repeats or (3 if profile.untrained else 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+
+    log(f"building {profile.name} networks ({WEIGHTS_NOTE})")
+    t0 = time.perf_counter()
+    nets = build_networks(profile)
+    engine = Engine(nets, profile, device, autocast=args.autocast, threads=args.threads or None,
+                    cuda_graphs=args.cuda_graphs)
+    build_s = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "profile": profile.name,
+        "size": engine.size,
+        "preview_size": engine.preview_size,
+        "autocast": bool(args.autocast),
+        "cuda_graphs": bool(args.cuda_graphs),
+        "weights": WEIGHTS_NOTE,
+        "repeats": repeats,
+        "build_seconds": build_s,
+        "stages": {},
+        "limits": {},
+        "ratios": {},
+    }
+
+    # dense limits
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    log("dense limit: generator convolutions")
+    result["limits"]["g1024"] = dense_limit(generator_convs(engine.generator), device, repeats)
+    log("dense limit: e4e convolutions")
+    result["limits"]["e4e"] = dense_limit(module_convs(engine.encoder, x.to(device)), device, repeats)
+
+    # network stages
+    stages = result["stages"]
+    w = engine.invert(x)
+    log("g1024")
+    stages["g1024"] = _stat(median_time(lambda: engine.synthesize(w), repeats, device))
+    log("preview")
+    stages["preview"] = _stat(median_time(lambda: engine.synthesize(w, preview=True), repeats, device))
+    log("e4e")
+    stages["e4e"] = _stat(median_time(lambda: engine.invert(x), repeats, device))
+    log("text")
+    counter = iter(range(10**9))
+    stages["text_cold"] = _stat(median_time(lambda: engine.encode_text([f"a face, take {next(counter)}"]),
+                                            repeats, device))
+    e = engine.encode_text(["a smiling face"])
+    stages["text_cached"] = _stat(median_time(lambda: engine.encode_text(["a smiling face"]), repeats, device))
+    log("mapper")
+    stages["mapper"] = _stat(median_time(lambda: engine.map(w, e), repeats, device))
+
+    # photo edits through the pipeline
+    photo_path = Path(args.photo) if args.photo else default_photo()
+    image = _photo(photo_path, args.min_pixels)
+    if image is None:
+        log("no photo: edit_photo and reedit_cached not measured (give --photo)")
+        stages["edit_photo"] = stages["reedit_cached"] = {"seconds": None, "note": "no photo"}
+    else:
+        result["photo"] = {"path": str(photo_path), "width": image.shape[1], "height": image.shape[0]}
+        result["pipeline"] = _bench_pipeline(engine, image, repeats, stages, rng, log)
+
+    for name, key in (("g1024", "g1024_vs_conv"), ("e4e", "e4e_vs_conv")):
+        result["ratios"][key] = result["limits"][name]["seconds"] / stages[name]["seconds"]
+    result["peak_rss_mb"] = _peak_rss_mb()
+    if device.type == "cuda":
+        result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / (1 << 20)
+    return result
+
+
+def _bench_pipeline(
+    engine: Engine, image: np.ndarray, repeats: int, stages: dict, rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from .pipeline import EditRequest, Pipeline
+
+    prompts = iter(f"a face with a {c} beard, take {i}" for i, c in enumerate(rng.permutation(10**6)))
+    breakdown: dict[str, dict[str, list[float]]] = {"edit_photo": {}, "reedit_cached": {}}
+    pipeline: Pipeline | None = None
+
+    def edit(name: str) -> None:
+        result = pipeline.edit(EditRequest(image=image, prompt=next(prompts), faces="largest"))
+        for stage, seconds in result.timings.items():
+            breakdown[name].setdefault(stage, []).append(seconds)
+
+    log("edit_photo (cold: new pipeline cache, new prompt)")
+    Pipeline(engine).detect(image)  # load the dlib models once, outside the timings
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        pipeline = Pipeline(engine)
+        t0 = time.perf_counter()
+        edit("edit_photo")
+        _sync(engine.device)
+        times.append(time.perf_counter() - t0)
+    stages["edit_photo"] = _stat(times[1:])
+    log("reedit_cached (same photo, new prompt)")
+    breakdown["reedit_cached"].clear()
+    stages["reedit_cached"] = _stat(median_time(lambda: edit("reedit_cached"), repeats, engine.device))
+    breakdown["edit_photo"] = {k: v[1:] for k, v in breakdown["edit_photo"].items()}
+    return {name: {k: statistics.median(v) for k, v in d.items() if v} for name, d in breakdown.items()}
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--profile", default="real", choices=sorted(PROFILES), help="model sizes (default real)")
+    parser.add_argument("--repeats", type=int, default=0, help="timed repeats per stage (default 5; tiny 3)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help=f"intra-op threads (default: the engine's, {default_threads()} here)")
+    parser.add_argument("--autocast", action="store_true", help="half-precision autocast (CUDA)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay synthesis from CUDA graphs (CUDA)")
+    parser.add_argument("--photo", help=f"photo for the edit stages (default ../shared/photos/{PHOTO})")
+    parser.add_argument("--min-pixels", type=int, default=900_000,
+                        help="upscale smaller photos to about this many pixels (default 0.9 MP)")
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = [
+        f"device {result['device']} ({result['device_name']}), {result['threads']} threads, "
+        f"torch {result['torch']}, profile {result['profile']} ({result['size']}²)",
+        f"NOTE: {result['weights']}",
+        f"median of {result['repeats']} runs:",
+    ]
+    for name in STAGES:
+        s = result["stages"][name]["seconds"]
+        lines.append(f"  {name:<14} {'-' if s is None else f'{s:8.3f} s'}")
+    for name, lim in result["limits"].items():
+        lines.append(f"  limit {name:<8} {lim['seconds']:8.3f} s  ({lim['convs']} convs, {lim['gflop']:.0f} GFLOP)")
+    for key, value in result["ratios"].items():
+        lines.append(f"  {key:<14} {value:8.2f}")
+    for name, stages in result.get("pipeline", {}).items():
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+        lines.append(f"  {name} stages: {parts}")
+    lines.append(f"  peak RSS {result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        result = measure(args, log)
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else _table(result))
+    return 0
