@@ -94,19 +94,21 @@ def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Net
     if missing:
         raise ModelsMissing(missing, store.fetch_hint)
 
-    mapper_sd, generator_sd = read_ffclip(store.path("ffclip"))
-    if generator_sd:
-        generator = _generator_from(generator_sd)
-    else:  # an exported mapper-only file: the generator comes from the rosinality file
-        generator_sd, _, _ = read_generator(store.path("stylegan2"))
-        generator = _generator_from(generator_sd)
-    enc_sd, latent_avg, size = read_e4e(store.path("e4e"))
-    encoder = Encoder4Editing(stylegan_size=size)
-    encoder.load_state_dict(enc_sd, strict=True)
-    n_latent = int(mapper_sd["att_mapper.0.attention_layer.k_matrix.weight"].shape[0])
-    mapper = DynamicMapper(n_latent=n_latent)
-    mapper.load_state_dict(mapper_sd, strict=True)
+    # Peak memory: CLIP first (its full state_dict and model are transient), then each network
+    # built without initialisation (meta device) and given the checkpoint's own tensors
+    # (assign=True), every state_dict released as soon as it is used: no network is held twice.
     clip = build_clip(load_clip_weights(store.path("clip")), text_only=text_only_clip)
+    mapper_sd, generator_sd = read_ffclip(store.path("ffclip"))
+    if not generator_sd:  # an exported mapper-only file: the generator comes from the rosinality file
+        generator_sd, _, _ = read_generator(store.path("stylegan2"))
+    generator = _generator_from(generator_sd)
+    del generator_sd
+    n_latent = int(mapper_sd["att_mapper.0.attention_layer.k_matrix.weight"].shape[0])
+    mapper = _assigned(lambda: DynamicMapper(n_latent=n_latent), mapper_sd)
+    del mapper_sd
+    enc_sd, latent_avg, size = read_e4e(store.path("e4e"))
+    encoder = _assigned(lambda: Encoder4Editing(stylegan_size=size), enc_sd)
+    del enc_sd
     sources = {name: store.path(name).name for name in needed}
     return Networks(generator, encoder, latent_avg, mapper, clip, sources)
 
@@ -114,9 +116,20 @@ def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Net
 def _generator_from(state_dict: dict[str, Tensor]) -> Generator:
     from .checkpoints.layouts import generator_config
 
-    g = Generator(**generator_config(state_dict))
-    g.load_state_dict(state_dict, strict=True)
-    return g
+    config = generator_config(state_dict)
+    return _assigned(lambda: Generator(**config), state_dict)
+
+
+def _assigned(factory: Any, state_dict: dict[str, Tensor]) -> Any:
+    """factory() built on the meta device (no random initialisation, no memory), then loaded
+    strictly with the state_dict's own tensors (as contiguous float32 where floating)."""
+    with torch.device("meta"):
+        module = factory()
+    tensors = {
+        k: (v.to(torch.float32) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()
+    }
+    module.load_state_dict(tensors, strict=True, assign=True)
+    return module
 
 
 def default_threads() -> int:
