@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from .inference import Engine, Networks, build_tiny, default_threads
 from .profiles import PROFILES, Profile
 
-WEIGHTS_NOTE = "synthetic weights (random init, real architectures): speeds only, outputs are meaningless"
+WEIGHTS_NOTE = "synthetic weights (random init, real architectures and sizes): speeds only, outputs are meaningless"
+TINY_NOTE = "synthetic weights (tiny profile: narrow widths, seeded random init): speeds only, outputs are meaningless"
 STAGES = ("g1024", "preview", "e4e", "text_cold", "text_cached", "mapper", "edit_photo", "reedit_cached")
 PHOTO = "obama.jpg"
 
@@ -135,7 +136,8 @@ def generator_convs(g: nn.Module) -> list[ConvShape]:
 
 
 def module_convs(module: nn.Module, *inputs: Tensor) -> list[ConvShape]:
-    """Every nn.Conv2d that one forward pass of `module` runs, with the shapes it ran at (batch 1)."""
+    """Every nn.Conv2d that one forward pass of `module` runs, with the shapes it ran at (batch 1).
+    The module's parameters must not require grad."""
     found: list[ConvShape] = []
 
     def hook(mod: nn.Conv2d, args: tuple, _out: Tensor) -> None:
@@ -149,7 +151,9 @@ def module_convs(module: nn.Module, *inputs: Tensor) -> list[ConvShape]:
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
     try:
-        with torch.inference_mode():
+        # autograd on: the reference formulation, which calls every Conv2d module (the inference
+        # paths call F.conv2d with folded weights); nothing requires grad, so no graph is kept
+        with torch.enable_grad():
             module(*inputs)
     finally:
         for h in handles:
@@ -176,38 +180,64 @@ def median_time(fn: Callable[[], Any], repeats: int, device: torch.device, warmu
     return times
 
 
-def time_conv(shape: ConvShape, device: torch.device, repeats: int, dtype: torch.dtype = torch.float32) -> float:
-    """Median seconds of the plain call, in the faster of the two memory formats."""
-    x = torch.randn(shape.x, device=device, dtype=dtype)
-    w = torch.randn(shape.w, device=device, dtype=dtype)
+def _conv_call(shape: ConvShape, fmt: torch.memory_format, device: torch.device, dtype: torch.dtype) -> Callable:
+    x = torch.randn(shape.x, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.randn(shape.w, device=device, dtype=dtype).contiguous(memory_format=fmt)
     cout = shape.w[1] * shape.groups if shape.kind == "conv_transpose2d" else shape.w[0]
     b = torch.randn(cout, device=device, dtype=dtype) if shape.bias else None
     fn = F.conv2d if shape.kind == "conv2d" else F.conv_transpose2d
-    best = float("inf")
+    return lambda: fn(x, w, b, stride=shape.stride, padding=shape.padding, groups=shape.groups)
+
+
+def _limit_pass(shapes: list[ConvShape], device: torch.device, dtype: torch.dtype, times: dict) -> None:
+    """One timed call of every distinct shape in both memory formats (inputs made outside the timing)."""
     with torch.inference_mode():
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            xf = x.contiguous(memory_format=fmt)
-            wf = w.contiguous(memory_format=fmt)
-            times = median_time(
-                lambda xf=xf, wf=wf: fn(xf, wf, b, stride=shape.stride, padding=shape.padding, groups=shape.groups),
-                repeats, device,
-            )
-            best = min(best, statistics.median(times))
-    return best
+        for shape in shapes:
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                call = _conv_call(shape, fmt, device, dtype)
+                times.setdefault((shape, fmt), []).extend(median_time(call, 1, device, warmup=0))
+                del call
 
 
-def dense_limit(shapes: list[ConvShape], device: torch.device, repeats: int) -> dict[str, Any]:
-    """Σ over the layers of the plain convolution's median time (identical shapes timed once)."""
+def _limit_result(shapes: list[ConvShape], times: dict) -> dict[str, Any]:
+    """Σ over the layers of the plain convolution's median time, the faster memory format per shape."""
     counts = Counter(shapes)
-    total = 0.0
-    for shape, n in counts.items():
-        total += n * time_conv(shape, device, repeats)
+    fmts = (torch.contiguous_format, torch.channels_last)
+    best = {s: min(statistics.median(times[(s, f)]) for f in fmts) for s in counts}
     return {
-        "seconds": total,
+        "seconds": sum(n * best[s] for s, n in counts.items()),
         "convs": len(shapes),
         "distinct_shapes": len(counts),
         "gflop": sum(s.flops for s in shapes) / 1e9,
     }
+
+
+def dense_limit(
+    shapes: list[ConvShape], device: torch.device, repeats: int, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """The dense limit alone (identical shapes timed once, after one warm-up pass)."""
+    distinct = list(Counter(shapes))
+    times: dict = {}
+    _limit_pass(distinct, device, dtype, {})
+    for _ in range(repeats):
+        _limit_pass(distinct, device, dtype, times)
+    return _limit_result(shapes, times)
+
+
+def limit_and_stage(
+    shapes: list[ConvShape], stage: Callable[[], Any], device: torch.device, repeats: int,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[dict[str, Any], list[float]]:
+    """The dense limit and the network's own time, measured in alternation (one pass of each per
+    repeat) so that a change of load on a shared machine affects both sides of the ratio alike."""
+    distinct = list(Counter(shapes))
+    times: dict = {}
+    _limit_pass(distinct, device, dtype, {})
+    stage_times = median_time(stage, 0, device, warmup=1)
+    for _ in range(repeats):
+        _limit_pass(distinct, device, dtype, times)
+        stage_times += median_time(stage, 1, device, warmup=0)
+    return _limit_result(shapes, times), stage_times
 
 
 # -- the bench ----------------------------------------------------------------------------------
@@ -238,7 +268,7 @@ def _photo(path: Path | None, min_pixels: int) -> np.ndarray | None:
 
 
 def _stat(times: list[float]) -> dict[str, Any]:
-    return {"seconds": statistics.median(times), "min": min(times), "all": [round(t, 4) for t in times]}
+    return {"seconds": statistics.median(times), "min": min(times), "all": [float(f"{t:.4g}") for t in times]}
 
 
 def _peak_rss_mb() -> float:
@@ -272,7 +302,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
 
-    log(f"building {profile.name} networks ({WEIGHTS_NOTE})")
+    log(f"building {profile.name} networks ({TINY_NOTE if profile.untrained else WEIGHTS_NOTE})")
     t0 = time.perf_counter()
     nets = build_networks(profile)
     engine = Engine(nets, profile, device, autocast=args.autocast, threads=args.threads or None,
@@ -288,7 +318,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         "preview_size": engine.preview_size,
         "autocast": bool(args.autocast),
         "cuda_graphs": bool(args.cuda_graphs),
-        "weights": WEIGHTS_NOTE,
+        "weights": TINY_NOTE if profile.untrained else WEIGHTS_NOTE,
         "repeats": repeats,
         "build_seconds": build_s,
         "stages": {},
@@ -296,22 +326,20 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         "ratios": {},
     }
 
-    # dense limits
-    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    log("dense limit: generator convolutions")
-    result["limits"]["g1024"] = dense_limit(generator_convs(engine.generator), device, repeats)
-    log("dense limit: e4e convolutions")
-    result["limits"]["e4e"] = dense_limit(module_convs(engine.encoder, x.to(device)), device, repeats)
-
-    # network stages
+    # the two big networks, each in alternation with its dense limit
     stages = result["stages"]
+    dtype = torch.float16 if args.autocast else torch.float32  # the limit in the precision the network runs
+    x = (torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     w = engine.invert(x)
-    log("g1024")
-    stages["g1024"] = _stat(median_time(lambda: engine.synthesize(w), repeats, device))
+    log("g1024 and its dense limit")
+    limit, times = limit_and_stage(generator_convs(engine.generator), lambda: engine.synthesize(w), device,
+                                   repeats, dtype)
+    result["limits"]["g1024"], stages["g1024"] = limit, _stat(times)
+    log("e4e and its dense limit")
+    limit, times = limit_and_stage(module_convs(engine.encoder, x), lambda: engine.invert(x), device, repeats, dtype)
+    result["limits"]["e4e"], stages["e4e"] = limit, _stat(times)
     log("preview")
     stages["preview"] = _stat(median_time(lambda: engine.synthesize(w, preview=True), repeats, device))
-    log("e4e")
-    stages["e4e"] = _stat(median_time(lambda: engine.invert(x), repeats, device))
     log("text")
     counter = iter(range(10**9))
     stages["text_cold"] = _stat(median_time(lambda: engine.encode_text([f"a face, take {next(counter)}"]),

@@ -233,9 +233,14 @@ class Engine:
             e = e.to(self.device).expand(w.shape[0], -1, -1)
             return self.mapper.edit(w, e, strength)
 
-    def synthesize(self, w: Tensor, preview: bool = False) -> Tensor:
-        """W+ -> images (B, 3, S, S), about [-1, 1]; fixed noise so that edits are repeatable."""
-        stop = self.preview_size if preview else None
+    def synthesize(self, w: Tensor, preview: bool = False, size: int | None = None) -> Tensor:
+        """W+ -> images (B, 3, S, S), about [-1, 1]; fixed noise so that edits are repeatable.
+
+        `size` (a power of two <= engine.size) stops synthesis at that resolution, as `preview` does
+        at preview_size: e.g. a reconstruction for the change mask at 256² costs ~40 % of 1024²."""
+        if size is not None and (size < 8 or size > self.size or size & (size - 1)):
+            raise ValueError(f"size must be a power of two in [8, {self.size}], not {size}")
+        stop = size if size is not None and size < self.size else self.preview_size if preview else None
         w = w.to(self.device, torch.float32)
         if self._graphs is not None:
             return self._synthesize_graphed(w, stop)
