@@ -81,13 +81,9 @@ class BottleneckIRSE(nn.Module):
     # -- inference (eval, no autograd): the same arithmetic with fewer passes ---------------------
 
     def _forward_inference(self, x: Tensor) -> Tensor:
-        """BatchNorms that follow a convolution folded into its weights, the 1×1 max-pool shortcut as
-        a strided view (max over one element), the squeeze-excitation as two small matrix products,
-        in-place products and sums."""
-        bn1, conv1, prelu, conv2 = self.res_layer[:4]
-        folded = self._folded()
-        r = F.conv2d(bn1(x), conv1.weight, None, conv1.stride, conv1.padding)
-        r = F.conv2d(prelu(r), folded["w2"], folded["b2"], conv2.stride, conv2.padding)
+        """The 1×1 max-pool shortcut as a strided view (a max over one element), the
+        squeeze-excitation as two small matrix products, products and sums in place."""
+        r = self.res_layer[:5](x)
         if len(self.res_layer) > 5:
             se = self.res_layer[5]
             s = r.mean((2, 3))
@@ -97,31 +93,7 @@ class BottleneckIRSE(nn.Module):
         if isinstance(self.shortcut_layer, nn.MaxPool2d):
             stride = self.shortcut_layer.stride
             return r.add_(x if stride == 1 else x[:, :, ::stride, ::stride])
-        conv = self.shortcut_layer[0]
-        return r.add_(F.conv2d(x, folded["ws"], folded["bs"], conv.stride, conv.padding))
-
-    def _folded(self) -> dict[str, Tensor]:
-        """conv followed by eval BatchNorm == one conv with w·γ/σ and bias β − μ·γ/σ (cached per
-        parameter version)."""
-        pairs = {"2": (self.res_layer[3], self.res_layer[4])}
-        if not isinstance(self.shortcut_layer, nn.MaxPool2d):
-            pairs["s"] = (self.shortcut_layer[0], self.shortcut_layer[1])
-        tensors = [t for conv, bn in pairs.values() for t in (conv.weight, *_bn_tensors(bn))]
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
-        cache = self.__dict__.get("_fold_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        folded = {}
-        for name, (conv, bn) in pairs.items():
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            folded["w" + name] = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous()
-            folded["b" + name] = bn.bias - bn.running_mean * scale
-        self.__dict__["_fold_cache"] = (key, folded)
-        return folded
-
-
-def _bn_tensors(bn: nn.BatchNorm2d) -> tuple[Tensor, ...]:
-    return bn.weight, bn.bias, bn.running_mean, bn.running_var
+        return r.add_(self.shortcut_layer(x))
 
 
 def make_input_layer(width: int = 64) -> nn.Sequential:

@@ -194,16 +194,14 @@ class ModulatedConv2d(nn.Module):
     # -- inference (no autograd): the style folded into the weight, one sample at a time ----------
 
     def _inference_cache(self) -> dict[str, Tensor]:
-        """Per-weight constants: Σ_k W² for the demodulation, the transposed-conv weight layout and
-        the per-channel blur kernel. Rebuilt when the parameter changes (version, dtype, device)."""
+        """Per-weight constants: Σ_k W² for the demodulation and the per-channel blur kernel.
+        Rebuilt when the parameter changes (version, dtype, device)."""
         w = self.weight
         key = (w._version, w.dtype, w.device, w.data_ptr())
         if self._inference is not None and self._inference[0] == key:
             return self._inference[1]
-        base = w[0].detach()
-        cache = {"w2": base.square().sum((2, 3))}  # (out, in)
+        cache = {"w2": w[0].detach().square().sum((2, 3))}  # (out, in)
         if self.upsample:
-            cache["wt"] = base.transpose(0, 1).contiguous()  # (in, out, k, k)
             k = torch.flip(self.blur.kernel, [0, 1]).to(w.dtype)
             cache["blur"] = k[None, None].expand(self.out_channel, 1, *k.shape).contiguous()
         self._inference = (key, cache)
@@ -222,9 +220,14 @@ class ModulatedConv2d(nn.Module):
         else:
             out_coef = coef.new_full((coef.shape[0], self.out_channel), gain)
         outer = out_coef[:, :, None] * coef[:, None, :]  # (B, out, in)
-        if self.upsample:
-            return [cache["wt"] * outer[b].t()[:, :, None, None] for b in range(coef.shape[0])]
-        return [self.weight[0] * outer[b][:, :, None, None] for b in range(coef.shape[0])]
+        if not self.upsample:
+            return [self.weight[0] * outer[b][:, :, None, None] for b in range(coef.shape[0])]
+        # the transposed conv's (in, out, k, k) layout, written contiguously from a transposed view
+        base = self.weight[0].detach().transpose(0, 1)
+        return [
+            torch.mul(base, outer[b].t()[:, :, None, None], out=base.new_empty(base.shape))
+            for b in range(coef.shape[0])
+        ]
 
     def conv_inference(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """One sample (1, in, H, W) with its modulated weight; `bias` is added after the blur."""
