@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
 from ffclip.plugin.protocol import STAGES
 
 from .messages import EditSpec

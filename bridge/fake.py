@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 
 import numpy as np
+
 from ffclip.plugin.protocol import CACHEABLE_STAGES, STAGES
 
 from .backend import CancelFn, JobError, Outcome, ProgressFn, image_array, selection_array

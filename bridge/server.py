@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from ffclip.plugin.png import PNGError, png_size
-from ffclip.plugin.protocol import STAGES
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from ffclip.plugin.png import PNGError, png_size
+from ffclip.plugin.protocol import STAGES
 
 from . import messages as msg
 from .backend import Backend, JobError, Outcome, UnavailableBackend

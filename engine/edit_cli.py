@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from ffclip.engine.imageio import DEFAULT_MAX_PIXELS, load_image, save_image
 from ffclip.engine.pipeline import EditRequest, EditResult, Pipeline, PipelineError, parse_faces
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from ffclip.engine.pipeline import PipelineError
 from PIL import Image, UnidentifiedImageError
+
+from ffclip.engine.pipeline import PipelineError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from ffclip.engine.face.align import AlignTransform, align_face
 from ffclip.engine.face.blend import BlendConfig, Compositor, change_mask, match_colours, warp_to_photo
 from ffclip.engine.face.detect import DetectorConfig, FaceDetector, FaceInfo

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+
 from ffclip.engine import bench
 from ffclip.engine.inference import Engine, build_tiny
 from ffclip.engine.models.e4e import Encoder4Editing

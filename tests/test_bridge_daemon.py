@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ffclip.plugin.client import EngineClient
 from ffclip.plugin.protocol import EngineError
 from ffclip.plugin.websocket import ConnectionClosed, WebSocket

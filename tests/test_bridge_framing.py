@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from ffclip.bridge.framing import FrameFilter
 from ffclip.plugin.websocket import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, frame_header, mask_payload
 

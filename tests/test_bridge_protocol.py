@@ -14,6 +14,7 @@ import uuid
 
 import numpy as np
 import pytest
+
 from ffclip.bridge.backend import JobError, UnavailableBackend
 from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.testing import ServerThread, running_server

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ffclip.plugin.websocket import WebSocket
 from test_bridge_daemon import Daemon  # noqa: E402 - sibling test module (tests/ is on sys.path)
+
+from ffclip.plugin.websocket import WebSocket
 
 TERMINAL = ("result", "error", "cancelled")
 KILLED_CLIENT = """

@@ -15,10 +15,11 @@ import uuid
 
 import numpy as np
 import pytest
+from test_bridge_daemon import Daemon  # noqa: E402 - sibling test module
+
 from ffclip.plugin.client import EngineClient
 from ffclip.plugin.protocol import STAGES
 from ffclip.plugin.websocket import WebSocket
-from test_bridge_daemon import Daemon  # noqa: E402 - sibling test module
 
 pytest.importorskip("ffclip.engine.pipeline")
 pytestmark = pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ffclip.engine.checkpoints import (
     CheckpointError,
     check_state_dict,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ffclip.engine.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint, to_plain
 from ffclip.engine.checkpoints.safe_load import Inert, load_any, safe_pickle_loads, sniff
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ffclip.engine.cli import main
 from ffclip.engine.face.align import align_face, ffhq_quad
 from ffclip.engine.imageio import load_image
 from ffclip.engine.pipeline import _rgb_float, _to_uint8
-from PIL import Image
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 # Real faces per photo where the README says so.

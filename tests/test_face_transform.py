@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ffclip.engine.face.align import AlignTransform, align_face, ffhq_quad
 from PIL import Image
+
+from ffclip.engine.face.align import AlignTransform, align_face, ffhq_quad
 
 
 def _coordinate_images(width: int, height: int) -> tuple[Image.Image, Image.Image]:

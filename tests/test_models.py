@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from ffclip.engine import conformance
 from ffclip.engine.inference import Engine
 from ffclip.engine.models.arcface import Backbone

@@ -10,10 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
+
 from ffclip.engine.cli import main
 from ffclip.engine.imageio import load_image, save_image
 from ffclip.engine.pipeline import EditRequest, Pipeline, PipelineError, parse_faces
-from PIL import Image, ImageOps
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from ffclip.engine.cli import main
 from ffclip.engine.face.align import AlignTransform
 from ffclip.engine.face.blend import BlendConfig

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from ffclip.engine.cli import main
 from ffclip.engine.imageio import load_image
 from ffclip.engine.pipeline import EditRequest, Pipeline

@@ -8,9 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
+
 from ffclip.engine.imageio import load_image
 from ffclip.engine.pipeline import EditRequest, EditResult, Pipeline, PipelineError
-from PIL import Image
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:

@@ -10,13 +10,14 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.testing import running_server
 from ffclip.plugin import imageops, png
 from ffclip.plugin.client import ConnectionFailed, EngineClient, edit_file
 from ffclip.plugin.protocol import edit_message, normalize_faces
 from ffclip.plugin.websocket import ConnectionClosed, WebSocket, frame_header, mask_payload, parse_url
-from PIL import Image
 
 RNG = np.random.default_rng(7)
 

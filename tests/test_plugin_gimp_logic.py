@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ffclip.plugin import gimp_edit, gimp_settings, install
 from ffclip.plugin.protocol import ConnectionFailed, EngineError
 

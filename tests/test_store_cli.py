@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ffclip.engine.checkpoints import layouts as L
 from ffclip.engine.checkpoints import synthetic as S
 from ffclip.engine.cli import main

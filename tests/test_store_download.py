@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from ffclip.engine.checkpoints import synthetic as S
 from ffclip.engine.download import DownloadError, confirm_url, download, drive_url
 from ffclip.engine.store import ModelStore, sha256_file
@@ -315,9 +316,10 @@ def test_fetch_cli_shows_the_licence_and_fetches_clip_through_open_clip(
 ) -> None:
     import open_clip.pretrained
     import torch
+    from safetensors.torch import save_file
+
     from ffclip.engine.checkpoints import layouts
     from ffclip.engine.cli import main
-    from safetensors.torch import save_file
 
     small = {"token_embedding.weight": (10, 4), "positional_embedding": (7, 4), "visual.conv1.weight": (4, 3, 2, 2)}
     monkeypatch.setattr(layouts, "clip_shapes", lambda: small)

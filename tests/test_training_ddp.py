@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ffclip.engine.checkpoints.layouts import read_ffclip
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ffclip.engine.cli import main
 from ffclip.engine.face.detect import FaceDetector
-from PIL import Image
 
 
 @pytest.fixture()

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from ffclip.engine.cli import main
 from ffclip.engine.inference import build_tiny
 from ffclip.engine.profiles import TINY
-from PIL import Image
 
 EPOCHS = 7  # 32 samples, batch 1: 224 steps
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from ffclip.engine.cli import main
 from ffclip.engine.training import losses
 from ffclip.engine.training.data import epoch_indices, load_latents, steps_per_epoch

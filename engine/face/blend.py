@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from ffclip.engine.face.align import AlignTransform
 
 

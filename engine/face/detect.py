@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
 from ffclip.engine.face.align import ffhq_quad
 
 

@@ -92,6 +92,7 @@ def _mean(values: list[float | None]) -> float | None:
 @torch.no_grad()
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import open_clip
+
     from ffclip.engine.face.blend import change_mask
     from ffclip.engine.models.clip import MODEL_NAME
 

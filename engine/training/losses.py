@@ -24,8 +24,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from ffclip.engine.models.clip import OPENAI_MEAN, OPENAI_STD
 from torch import Tensor, nn
+
+from ffclip.engine.models.clip import OPENAI_MEAN, OPENAI_STD
 
 CLIP_SIZE = 224
 ID_CROP = (35, 223, 32, 220)  # rows, then columns, of the 256² image

@@ -6,8 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from ffclip.engine.models.clip import OPENAI_MEAN, OPENAI_STD
 from torch import Tensor
+
+from ffclip.engine.models.clip import OPENAI_MEAN, OPENAI_STD
 
 PSNR_CAP = 100.0  # dB, for (numerically) identical regions
 

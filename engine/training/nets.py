@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from ffclip.engine.models.arcface import Backbone
 from ffclip.engine.models.irse import l2_norm, make_body, make_input_layer, stage_specs
 from ffclip.engine.models.stylegan2 import Generator
 from ffclip.engine.profiles import TINY, TINY_SEED
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 

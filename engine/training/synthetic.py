@@ -43,9 +43,10 @@ def synthetic_clip_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 def write_real_size_files(
     folder: str | os.PathLike[str], parity_dir: str | os.PathLike[str], seed: int = 1, n_latents: int = 4
 ) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
     from ffclip.engine.checkpoints.synthetic import rosinality_checkpoint
     from ffclip.engine.synth import load_manifest, synth_state_dict
-    from safetensors.torch import save_file
 
     folder, parity_dir = Path(folder), Path(parity_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -301,6 +301,7 @@ class Trainer:
 
     def _encode_prompts(self) -> Tensor:
         import open_clip
+
         from ffclip.engine.models.clip import MODEL_NAME
 
         tokenizer = open_clip.get_tokenizer(MODEL_NAME)
