@@ -427,7 +427,7 @@ def _table(result: dict[str, Any]) -> str:
         s = result["stages"][name]["seconds"]
         lines.append(f"  {name:<14} {'-' if s is None else f'{s:8.3f} s'}")
     for name, lim in result["limits"].items():
-        lines.append(f"  limit {name:<8} {lim['seconds']:8.3f} s  ({lim['convs']} convs, {lim['gflop']:.0f} GFLOP)")
+        lines.append(f"  limit {name:<8} {lim['seconds']:8.3f} s  ({lim['convs']} convs, {lim['gflop']:.1f} GFLOP)")
     for key, value in result["ratios"].items():
         lines.append(f"  {key:<14} {value:8.2f}")
     for name, stages in result.get("pipeline", {}).items():
