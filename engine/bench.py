@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inference import Engine, Networks, build_tiny, default_threads
+from .inference import Engine, Networks, build_tiny, default_threads, normalise_untrained_rgb
 from .profiles import PROFILES, Profile
 
 WEIGHTS_NOTE = "synthetic weights (random init, real architectures and sizes): speeds only, outputs are meaningless"
@@ -69,23 +69,12 @@ def build_networks(profile: Profile, seed: int = 0) -> Networks:
         for block in enc.styles:  # small codes: W+ stays near the mean latent
             block.linear.weight.mul_(0.1)
         latent_avg = g.mean_latent(1024)[0]
-        _normalise_rgb(g, latent_avg)
+        normalise_untrained_rgb(g, latent_avg)
         mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
         for p in mapper.parameters():  # a small Δw, as a trained mapper's
             p.mul_(0.1)
         clip = build_clip(None, text_only=True)
     return Networks(g, enc, latent_avg, mapper, clip, sources={"all": WEIGHTS_NOTE})
-
-
-def _normalise_rgb(g: nn.Module, latent_avg: Tensor) -> None:
-    """Scale the random ToRGB layers so that images come out in about [-1, 1] (one sample)."""
-    w = latent_avg.expand(1, g.n_latent, -1)
-    image = g.synthesis(w, g.fixed_noise())
-    scale = 0.5 / max(float(image.std()), 1e-6)
-    for to_rgb in [g.to_rgb1, *g.to_rgbs]:
-        to_rgb.conv.weight.mul_(scale)
-        to_rgb.bias.mul_(scale)
-    g.to_rgb1.bias.sub_(image.mean(dim=(0, 2, 3)).view(1, 3, 1, 1) * scale)
 
 
 # -- dense limits -------------------------------------------------------------------------------

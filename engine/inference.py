@@ -64,13 +64,13 @@ def build_tiny(profile: Profile, seed: int = TINY_SEED) -> Networks:
             for block in enc.styles:
                 block.linear.weight.mul_(0.1)
             latent_avg = g.mean_latent(4096)[0]
-            _normalise_rgb(g, latent_avg)
+            normalise_untrained_rgb(g, latent_avg)
         mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
     clip = build_tiny_clip(seed, embed_dim=profile.style_dim)
     return Networks(g, enc, latent_avg, mapper, clip, sources={"all": "tiny (seeded, untrained)"})
 
 
-def _normalise_rgb(g: Generator, latent_avg: Tensor) -> None:
+def normalise_untrained_rgb(g: Generator, latent_avg: Tensor) -> None:
     """Scale an untrained generator's RGB outputs to about [-1, 1] around the mean latent (an
     untrained ToRGB sum reaches ±30, which would clip every image to a flat colour)."""
     w = latent_avg + 0.5 * torch.randn(8, g.n_latent, latent_avg.shape[-1])
