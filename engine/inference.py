@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Net
     mapper_sd, generator_sd = read_ffclip(store.path("ffclip"))
     if not generator_sd:  # an exported mapper-only file: the generator comes from the rosinality file
         generator_sd, _, _ = read_generator(store.path("stylegan2"))
-    generator = _generator_from(generator_sd)
+    generator = generator_from_state_dict(generator_sd)
     del generator_sd
     n_latent = int(mapper_sd["att_mapper.0.attention_layer.k_matrix.weight"].shape[0])
     mapper = _assigned(lambda: DynamicMapper(n_latent=n_latent), mapper_sd)
@@ -113,7 +114,8 @@ def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Net
     return Networks(generator, encoder, latent_avg, mapper, clip, sources)
 
 
-def _generator_from(state_dict: dict[str, Tensor]) -> Generator:
+def generator_from_state_dict(state_dict: dict[str, Tensor]) -> Generator:
+    """A rosinality g_ema state_dict -> its Generator, configured from the keys, loaded strictly."""
     from .checkpoints.layouts import generator_config
 
     config = generator_config(state_dict)
@@ -130,6 +132,18 @@ def _assigned(factory: Any, state_dict: dict[str, Tensor]) -> Any:
     }
     module.load_state_dict(tensors, strict=True, assign=True)
     return module
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a command with n torch intra-op threads (None or 0: unchanged), restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def default_threads() -> int:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..inference import torch_threads
 from .data import load_latents
 from .losses import id_crop
 from .metrics import clip_image_features, masked_psnr_ssim
@@ -215,16 +216,12 @@ def run(args: argparse.Namespace) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        report = evaluate(args)
+        with torch_threads(args.threads):
+            report = evaluate(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        torch.set_num_threads(threads)
     mean = report["mean"]
     print(f"{len(report['prompts'])} prompts x {report['samples']} samples: clip_score {_f(mean['clip_score'])} "
           f"(original {_f(mean['clip_score_original'])}), identity {_f(mean['identity'])}, PSNR outside "

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..inference import torch_threads
 from .report import write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -365,16 +366,12 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        report = invert_folder(args)
+        with torch_threads(args.threads):
+            report = invert_folder(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        torch.set_num_threads(threads)
     print(f"{report['faces']} face(s) from {report['photos_with_faces']} of {report['photos']} photo(s) -> "
           f"{report['output']} {tuple(report['shape'])}; index {report['index']}")
     for rel in report["no_face"]:

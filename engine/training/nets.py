@@ -84,8 +84,9 @@ class TrainingNets:
 
 def _generator_from_file(path: Path) -> tuple[Generator, str]:
     from ffclip.engine.checkpoints.errors import CheckpointError
-    from ffclip.engine.checkpoints.layouts import detect_kind, generator_config, parse_ffclip, parse_generator
+    from ffclip.engine.checkpoints.layouts import detect_kind, parse_ffclip, parse_generator
     from ffclip.engine.checkpoints.safe_load import load_checkpoint
+    from ffclip.engine.inference import generator_from_state_dict
 
     ckpt = load_checkpoint(path)
     kind = detect_kind(ckpt)
@@ -97,9 +98,7 @@ def _generator_from_file(path: Path) -> tuple[Generator, str]:
             raise CheckpointError(f"{path.name} is a mapper-only FFCLIP file: give the StyleGAN2 file instead")
     else:
         raise CheckpointError(f"{path.name} is a {kind} checkpoint, not a StyleGAN2 generator (rosinality/FFCLIP)")
-    g = Generator(**generator_config(sd))
-    g.load_state_dict(sd, strict=True)
-    return g, f"{path.name} ({kind} layout)"
+    return generator_from_state_dict(sd), f"{path.name} ({kind} layout)"
 
 
 def load_arcface(path: str | os.PathLike[str]) -> Backbone:
