@@ -75,7 +75,8 @@ def normalise_untrained_rgb(g: Generator, latent_avg: Tensor) -> None:
     """Scale an untrained generator's RGB outputs to about [-1, 1] around the mean latent (an
     untrained ToRGB sum reaches ±30, which would clip every image to a flat colour)."""
     w = latent_avg + 0.5 * torch.randn(8, g.n_latent, latent_avg.shape[-1])
-    image = g.synthesis(w, g.fixed_noise())
+    # one sample at a time: a batch of 8 at 1024² would hold gigabytes of activations
+    image = torch.cat([g.synthesis(w[i : i + 1], g.fixed_noise()) for i in range(len(w))])
     scale = 0.5 / float(image.std())
     for to_rgb in [g.to_rgb1, *g.to_rgbs]:
         to_rgb.conv.weight.mul_(scale)
