@@ -170,7 +170,7 @@ class Engine:
         if (autocast or cuda_graphs) and self.device.type != "cuda":
             raise ValueError("autocast and CUDA graphs are for CUDA devices; on the CPU the engine runs in float32")
         self.autocast = autocast
-        self._graphs: dict[tuple, tuple[Any, Tensor, Tensor]] | None = {} if cuda_graphs else None
+        self._graphs: dict[tuple, tuple[Any, Tensor, dict[int, Tensor]]] | None = {} if cuda_graphs else None
         if threads is None:
             threads = default_threads()
         if threads > 0 and torch.get_num_threads() != threads:
@@ -253,42 +253,47 @@ class Engine:
 
         `size` (a power of two <= engine.size) stops synthesis at that resolution, as `preview` does
         at preview_size: e.g. a reconstruction for the change mask at 256² costs ~40 % of 1024²."""
-        if size is not None and (size < 8 or size > self.size or size & (size - 1)):
-            raise ValueError(f"size must be a power of two in [8, {self.size}], not {size}")
-        stop = size if size is not None and size < self.size else self.preview_size if preview else None
+        size = size or (self.preview_size if preview else self.size)
+        return self.synthesize_levels(w, (size,))[size]
+
+    def synthesize_levels(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
+        """W+ -> {size: images (B, 3, size, size)} from one pass that stops at the largest size; the
+        image at a smaller size is what `synthesize(w, size=...)` returns (the generator's RGB skip
+        there), so an edit can be compared with a reconstruction made only up to that size."""
+        sizes = tuple(sorted(set(sizes)))
+        if not sizes or any(s < 8 or s > self.size or s & (s - 1) for s in sizes):
+            raise ValueError(f"sizes must be powers of two in [8, {self.size}], not {list(sizes)}")
         w = w.to(self.device, torch.float32)
         if self._graphs is not None:
-            return self._synthesize_graphed(w, stop)
-        with torch.inference_mode(), self._amp():
-            image, _ = self.generator([w], input_is_latent=True, randomize_noise=False, stop_at=stop)
-        return image.float()
+            return self._synthesize_graphed(w, sizes)
+        return self._synthesis(w, sizes)
 
-    def _synthesize_graphed(self, w: Tensor, stop: int | None) -> Tensor:
+    def _synthesis(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
+        with torch.inference_mode(), self._amp():
+            g = self.generator
+            if w.ndim == 2:  # one W for every layer
+                w = w.unsqueeze(1).expand(-1, g.n_latent, -1)
+            images = g.synthesis_levels(w, g.fixed_noise(), sizes)
+            return {s: image.float() for s, image in images.items()}
+
+    def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
         """Synthesis replayed from a CUDA graph: one launch instead of ~200 kernels and their Python."""
-        key = (tuple(w.shape), stop)
+        key = (tuple(w.shape), sizes)
         entry = self._graphs.get(key)
         with torch.inference_mode():
             if entry is None:
                 static_w = w.clone()
-
-                def run() -> Tensor:
-                    with self._amp():
-                        image, _ = self.generator(
-                            [static_w], input_is_latent=True, randomize_noise=False, stop_at=stop
-                        )
-                    return image.float()
-
                 side = torch.cuda.Stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):  # warm-up: caches, cuDNN algorithms, allocator
                     for _ in range(2):
-                        run()
+                        self._synthesis(static_w, sizes)
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    static_out = run()
+                    static_out = self._synthesis(static_w, sizes)
                 entry = self._graphs[key] = (graph, static_w, static_out)
             graph, static_w, static_out = entry
             static_w.copy_(w)
             graph.replay()
-            return static_out.clone()
+            return {s: image.clone() for s, image in static_out.items()}

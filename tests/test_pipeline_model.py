@@ -33,6 +33,7 @@ class FakeEngine:
         self.size = size
         self.bias = torch.tensor(bias).view(1, 3, 1, 1) / 127.5
         self.calls: Counter[str] = Counter()
+        self.levels: list[tuple[int, ...]] = []
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         self.calls["invert"] += x.shape[0]
@@ -48,10 +49,16 @@ class FakeEngine:
         delta[:, :, : int(0.3 * w.shape[2]), :] = -0.6
         return w + strength * delta
 
-    def synthesize(self, w: torch.Tensor, preview: bool = False) -> torch.Tensor:
+    preview_size = 128
+
+    def synthesize(self, w: torch.Tensor, preview: bool = False, size: int | None = None) -> torch.Tensor:
+        size = size or (self.preview_size if preview else self.size)
+        return self.synthesize_levels(w, (size,))[size]
+
+    def synthesize_levels(self, w: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, torch.Tensor]:
         self.calls["synthesize"] += w.shape[0]
-        size = 128 if preview else self.size
-        return F.interpolate(w, size=(size, size), mode="bicubic", align_corners=False) + self.bias
+        self.levels.append(tuple(sorted(sizes)))
+        return {s: F.interpolate(w, size=(s, s), mode="bicubic", align_corners=False) + self.bias for s in sizes}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +89,8 @@ def test_cache_skips_detect_align_invert(photo: np.ndarray) -> None:
     first = pipeline.edit(EditRequest(photo, "blond hair"))
     assert first.stages == list(STAGES)
     assert engine.calls["invert"] == 1 and engine.calls["synthesize"] == 2  # edit + reconstruction
+    # one pass gives the edit and its 256² copy; the reconstruction stops at 256²
+    assert engine.levels == [(256, 512), (256,)]
 
     second = pipeline.edit(EditRequest(photo.copy(), "curly hair", strength=0.5))
     assert second.stages == ["encode_text", "map", "synthesize", "blend"]

@@ -12,7 +12,7 @@ The arithmetic is the reference's, arranged for speed where it is provably ident
 * the `ToRGB` skip up-sampling is a depthwise transposed convolution with the 4×4 kernel.
 
 Without autograd (inference), `Generator.synthesis` takes a faster route with the same arithmetic
-(`_synthesis_inference`): channels-last activations, the style folded into the *weight* per sample
+(the `forward_inference` methods): channels-last activations, the style folded into the *weight* per sample
 (rosinality's `fused=True` formulation: one small weight product instead of two passes over the
 activations), the reference's 3×3 stride-2 transposed convolution followed by the 4×4 blur as a
 depthwise convolution (fewer FLOPs than the 6×6 fold, and no slow NCHW `conv_transpose2d`), the
@@ -415,34 +415,45 @@ class Generator(nn.Module):
         return torch.cat([latent, latent2], 1)
 
     def synthesis(self, latent: Tensor, noise: list[Tensor | None], stop_at: int | None = None) -> Tensor:
-        if not torch.is_grad_enabled():
-            return self._synthesis_inference(latent, noise, stop_at)
-        out = self.input(latent.shape[0])
-        out = self.conv1(out, latent[:, 0], noise=noise[0])
-        skip = self.to_rgb1(out, latent[:, 1])
-        i = 1
-        levels = zip(self.convs[::2], self.convs[1::2], self.to_rgbs, strict=True)
-        for level, (conv_up, conv, to_rgb) in enumerate(levels):
-            if stop_at is not None and 2 ** (level + 2) >= stop_at:
-                break
-            out = conv_up(out, latent[:, i], noise=noise[2 * level + 1])
-            out = conv(out, latent[:, i + 1], noise=noise[2 * level + 2])
-            skip = to_rgb(out, latent[:, i + 2], skip)
-            i += 2
-        return skip
+        """W+ -> the RGB image at `stop_at` (default: full size)."""
+        size = stop_at or self.size
+        return self.synthesis_levels(latent, noise, (size,))[size]
 
-    def _synthesis_inference(self, latent: Tensor, noise: list[Tensor | None], stop_at: int | None) -> Tensor:
-        """`synthesis` without autograd: same arithmetic, channels-last, style folded into weights."""
-        out = self.input(latent.shape[0]).contiguous(memory_format=torch.channels_last)
-        out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0])
-        skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None)
-        i = 1
+    def synthesis_levels(
+        self, latent: Tensor, noise: list[Tensor | None], sizes: Sequence[int]
+    ) -> dict[int, Tensor]:
+        """The RGB skip image at each of `sizes` (powers of two, 4..size) from one pass that stops at
+        the largest. The image at a smaller size is exactly what synthesis stopped there returns
+        (the later ToRGBs only add to the skip), e.g. a 256² copy of a 1024² edit for comparisons
+        with a reconstruction synthesized only up to 256²."""
+        wanted = set(sizes)
+        if not wanted or any(s < 4 or s > self.size or s & (s - 1) for s in wanted):
+            raise ValueError(f"sizes must be powers of two in [4, {self.size}], not {sorted(wanted)}")
+        inference = not torch.is_grad_enabled()
+        out = self.input(latent.shape[0])
+        if inference:
+            out = out.contiguous(memory_format=torch.channels_last)
+            out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0])
+            skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None)
+        else:
+            out = self.conv1(out, latent[:, 0], noise=noise[0])
+            skip = self.to_rgb1(out, latent[:, 1])
+        images = {4: skip} if 4 in wanted else {}
+        i, res = 1, 4
         levels = zip(self.convs[::2], self.convs[1::2], self.to_rgbs, strict=True)
         for level, (conv_up, conv, to_rgb) in enumerate(levels):
-            if stop_at is not None and 2 ** (level + 2) >= stop_at:
+            if res >= max(wanted):
                 break
-            out = conv_up.forward_inference(out, latent[:, i], SQRT2, noise[2 * level + 1])
-            out = conv.forward_inference(out, latent[:, i + 1], SQRT2, noise[2 * level + 2])
-            skip = to_rgb.forward_inference(out, latent[:, i + 2], SQRT2, skip)
-            i += 2
-        return skip.contiguous()
+            n1, n2 = noise[2 * level + 1], noise[2 * level + 2]
+            if inference:  # same arithmetic, channels-last, style folded into the weights
+                out = conv_up.forward_inference(out, latent[:, i], SQRT2, n1)
+                out = conv.forward_inference(out, latent[:, i + 1], SQRT2, n2)
+                skip = to_rgb.forward_inference(out, latent[:, i + 2], SQRT2, skip)
+            else:
+                out = conv_up(out, latent[:, i], noise=n1)
+                out = conv(out, latent[:, i + 1], noise=n2)
+                skip = to_rgb(out, latent[:, i + 2], skip)
+            i, res = i + 2, res * 2
+            if res in wanted:
+                images[res] = skip.contiguous() if inference else skip
+        return images
