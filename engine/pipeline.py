@@ -187,6 +187,22 @@ def _to_uint8(work: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(work), 0, 255).astype(np.uint8)
 
 
+class _Rgb8:
+    """The photo as (H, W, 3) uint8 RGB, what dlib and the alignment read; made on first use
+    (8-bit RGB photos are used as they are)."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.value: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self.value is None:
+            img = self.image
+            plain = img.dtype == np.uint8 and img.shape[2] == 3
+            self.value = np.ascontiguousarray(img) if plain else _to_uint8(_rgb_float(img))
+        return self.value
+
+
 class _Stages:
     """Progress, cancellation and timing bookkeeping for one edit."""
 
@@ -270,16 +286,15 @@ class Pipeline:
         wanted = parse_faces(req.faces)
         stages = _Stages(progress, should_cancel)
         key = image_key(image)
-        work = _rgb_float(image)
-        rgb8 = _to_uint8(work)
+        rgb8 = _Rgb8(image)  # made only if detection or alignment runs (not on a re-edit)
 
         faces = self._detect(key, rgb8, stages)
-        chosen = self._choose(faces, wanted, selection, work.shape[1], work.shape[0])
+        chosen = self._choose(faces, wanted, selection, image.shape[1], image.shape[0])
         entries = self._align(key, rgb8, chosen, stages)
-        generated = self._generate(req, key, work, chosen, entries, stages)
+        generated = self._generate(req, key, image, chosen, entries, stages)
 
         stages.begin("blend")
-        result = self._blend(image, work, chosen, entries, generated, selection, req.debug)
+        result = self._blend(image, chosen, entries, generated, selection, req.debug)
         stages.end()
         result.stages, result.timings, result.untrained = stages.run, stages.timings, self.untrained
         return result
@@ -320,13 +335,13 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------
 
-    def _detect(self, key: str, rgb8: np.ndarray, stages: _Stages) -> list[FaceInfo]:
+    def _detect(self, key: str, rgb8: _Rgb8, stages: _Stages) -> list[FaceInfo]:
         faces = self._cache.get(("faces", key))
         if faces is not None:
             stages.skip("detect")
             return faces
         stages.begin("detect")
-        faces = self.detector.detect(rgb8)
+        faces = self.detector.detect(rgb8.get())
         self._cache.put(("faces", key), faces, sum(f.landmarks.nbytes + 512 for f in faces))
         stages.end()
         return faces
@@ -355,7 +370,7 @@ class Pipeline:
             )
         return [faces[i] for i in dict.fromkeys(wanted)]
 
-    def _align(self, key: str, rgb8: np.ndarray, chosen: list[FaceInfo], stages: _Stages) -> list[_FaceEntry]:
+    def _align(self, key: str, rgb8: _Rgb8, chosen: list[FaceInfo], stages: _Stages) -> list[_FaceEntry]:
         entries = [self._cache.get(("face", key, f.index)) for f in chosen]
         if all(e is not None for e in entries):
             stages.skip("align")
@@ -363,7 +378,7 @@ class Pipeline:
         stages.begin("align")
         for n, face in enumerate(chosen):
             if entries[n] is None:
-                aligned, transform = align_face(rgb8, face.quad, face.qsize, output_size=ENCODER_SIZE)
+                aligned, transform = align_face(rgb8.get(), face.quad, face.qsize, output_size=ENCODER_SIZE)
                 entries[n] = _FaceEntry(transform, aligned)
                 self._store(key, face.index, entries[n])
             stages.report((n + 1) / len(chosen))
@@ -377,7 +392,7 @@ class Pipeline:
         self,
         req: EditRequest,
         key: str,
-        work: np.ndarray,
+        image: np.ndarray,
         chosen: list[FaceInfo],
         entries: list[_FaceEntry],
         stages: _Stages,
@@ -387,6 +402,7 @@ class Pipeline:
                 stages.skip(name)
             stages.begin("synthesize")
             size = PREVIEW_SIZE if req.preview else int(getattr(self.engine, "size", PASSTHROUGH_SIZE))
+            work = _rgb_float(image)
             generated = [_Generated(_render_crop(work, e.transform, size)) for e in entries]
             stages.end()
             return generated
@@ -446,21 +462,21 @@ class Pipeline:
     def _blend(
         self,
         image: np.ndarray,
-        work: np.ndarray,
         chosen: list[FaceInfo],
         entries: list[_FaceEntry],
         generated: list[_Generated],
         selection: np.ndarray | None,
         debug: bool,
     ) -> EditResult:
-        height, width = work.shape[:2]
+        height, width = image.shape[:2]
         pastes = []
         for face, entry, gen in zip(chosen, entries, generated, strict=True):
             paste = warp_to_photo(
                 entry.transform, gen.content, gen.change, (width, height), self.blend_config, gen.reference
             )
             if paste is not None:
-                match_colours(paste, work, face.qsize, self.blend_config)
+                x, y, w, h = paste.region
+                match_colours(paste, _rgb_float(image[y : y + h, x : x + w]), face.qsize, self.blend_config)
             pastes.append(paste)
         comp = Compositor([p.region for p in pastes if p is not None])
         for paste in pastes:
@@ -502,9 +518,10 @@ def _render_crop(work: np.ndarray, transform: AlignTransform, size: int) -> np.n
 
 
 def _to_image(t: Any) -> np.ndarray:
-    """(1, 3, S, S) tensor in about [-1, 1] -> (S, S, 3) float32 in 0..255."""
-    arr = t.detach().float().cpu().numpy()[0].transpose(1, 2, 0)
-    return np.clip((arr + 1.0) * 127.5, 0.0, 255.0).astype(np.float32)
+    """(1, 3, S, S) tensor in about [-1, 1] -> (S, S, 3) float32 in 0..255 (scaled where the
+    tensor is, e.g. on the GPU, and copied once)."""
+    x = (t.detach()[0].float() + 1.0).mul_(127.5).clamp_(0.0, 255.0)
+    return x.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
@@ -518,25 +535,27 @@ def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
     ys, xs = np.nonzero(box_mask)
     if len(ys) == 0:
         return EditResult(out, mask, (0, 0, 0, 0), np.zeros((0, 0, 4), np.uint8), [], [])
-    layer = np.clip(comp.layer(), 0.0, 255.0)  # so that the RGBA layer re-composites to the image
+    # everything below works on the tight box of mask > 0 only
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    region = (int(x0 + bx), int(y0 + by), int(x1 - x0), int(y1 - y0))
+    rows, cols = slice(region[1], region[1] + region[3]), slice(region[0], region[0] + region[2])
+    sub_mask = box_mask[y0:y1, x0:x1]
+    keep = sub_mask == 0
+    layer = np.clip(comp.layer((slice(y0, y1), slice(x0, x1))), 0.0, 255.0)  # the RGBA layer re-composites
     colour = image.shape[2] if image.shape[2] != 4 else 3
     if colour == 1:
         layer = (layer @ _LUMA)[..., None]
     scale = 257.0 if image.dtype == np.uint16 else 1.0
-    top = np.iinfo(image.dtype).max
-    m = (box_mask.astype(np.float32) / 255.0)[..., None]
-    orig = image[by : by + bh, bx : bx + bw, :colour].astype(np.float32)
-    blended = np.clip(np.rint(orig * (1.0 - m) + layer * scale * m), 0, top).astype(image.dtype)
-    keep = box_mask == 0
-    blended[keep] = image[by : by + bh, bx : bx + bw, :colour][keep]
-    out[by : by + bh, bx : bx + bw, :colour] = blended
+    m = (sub_mask.astype(np.float32) / 255.0)[..., None]
+    orig = image[rows, cols, :colour]
+    blended = orig.astype(np.float32) * (1.0 - m)
+    blended += layer * scale * m
+    blended = np.clip(np.rint(blended, out=blended), 0, np.iinfo(image.dtype).max, out=blended).astype(image.dtype)
+    blended[keep] = orig[keep]
+    out[rows, cols, :colour] = blended
 
-    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    region = (int(x0 + bx), int(y0 + by), int(x1 - x0), int(y1 - y0))
-    rgb = _to_uint8(np.repeat(layer, 3, axis=2) if colour == 1 else layer)[y0:y1, x0:x1]
-    sub_mask = box_mask[y0:y1, x0:x1]
-    orig8 = _to_uint8(_rgb_float(image[region[1] : region[1] + region[3], region[0] : region[0] + region[2]]))
-    rgb[sub_mask == 0] = orig8[sub_mask == 0]
+    rgb = _to_uint8(np.repeat(layer, 3, axis=2) if colour == 1 else layer)
+    rgb[keep] = _Rgb8(image[rows, cols]).get()[keep]
     rgba = np.concatenate([rgb, sub_mask[..., None]], axis=2)
     return EditResult(out, mask, region, np.ascontiguousarray(rgba), [], [])
 

@@ -112,13 +112,20 @@ def warp_to_photo(
     alpha = crop_alpha(u, v, config)
 
     def warp(img: np.ndarray, interp: int) -> np.ndarray:
-        src = np.ascontiguousarray(_prefilter(img.astype(np.float32), size))
-        return cv2.remap(src, mapx, mapy, interp, borderMode=cv2.BORDER_REPLICATE)
+        src = img.astype(np.float32)
+        if src.shape[0] > size:  # minified: area-filter first
+            src = _prefilter(src, size)
+        if src.shape[0] == size:
+            return cv2.remap(np.ascontiguousarray(src), mapx, mapy, interp, borderMode=cv2.BORDER_REPLICATE)
+        # a smaller image (the 256² change mask and reference) is sampled where it is, not enlarged first
+        f = src.shape[0] / size
+        mx, my = (mapx + 0.5) * f - 0.5, (mapy + 0.5) * f - 0.5
+        return cv2.remap(np.ascontiguousarray(src), mx, my, interp, borderMode=cv2.BORDER_REPLICATE)
 
     warped = warp(content, cv2.INTER_CUBIC).reshape(alpha.shape + (3,))
     if change is not None:
         alpha *= np.clip(warp(change, cv2.INTER_LINEAR), 0.0, 1.0)
-    reference = None if recon is None else warp(recon, cv2.INTER_CUBIC).reshape(alpha.shape + (3,))
+    reference = None if recon is None else warp(recon, cv2.INTER_LINEAR).reshape(alpha.shape + (3,))
     return FacePaste(region, alpha, warped, reference)
 
 
@@ -128,15 +135,15 @@ def match_colours(paste: FacePaste, photo: np.ndarray, qsize: float, config: Ble
     The offset photo - reconstruction (the GAN's colour error, not the edit: an edit that
     reaches the crop edge must survive) is averaged with weight 4a(1 - a) (the seam) by
     normalised convolution at a reduced resolution; far from the seam it falls back to the
-    ring's mean. photo: the full (H, W, 3) float32 0..255 image.
+    ring's mean. photo: the photo's (h, w, 3) float32 0..255 pixels under paste.region.
     """
     config = config or BlendConfig()
-    x, y, w, h = paste.region
+    _, _, w, h = paste.region
     ring = 4.0 * paste.alpha * (1.0 - paste.alpha)
     if float(ring.sum()) < 1.0 or config.colour_limit <= 0:
         return
     reference = paste.content if paste.reference is None else paste.reference
-    diff = photo[y : y + h, x : x + w] - reference
+    diff = photo - reference
     step = max(qsize / 96.0, 1.0)  # work at ~96 px per face side
     small = (max(int(round(w / step)), 1), max(int(round(h / step)), 1))
     ring_s = cv2.resize(ring, small, interpolation=cv2.INTER_AREA)
@@ -180,6 +187,7 @@ class Compositor:
         acc *= 1.0 - a
         acc += a
 
-    def layer(self) -> np.ndarray:
-        """Un-premultiplied content: what compositing over the photo with `alpha` must show."""
-        return self.premul / np.maximum(self.alpha, 1e-6)[..., None]
+    def layer(self, window: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+        """Un-premultiplied content (of a window of the box): what compositing over the photo with
+        `alpha` must show."""
+        return self.premul[window] / np.maximum(self.alpha[window], 1e-6)[..., None]
