@@ -8,6 +8,7 @@ under `torch.inference_mode()` on the engine's device.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 from collections.abc import Iterator
@@ -147,6 +148,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def release_freed_memory() -> None:
+    """Return the C heap's freed pages to the OS (glibc only; elsewhere nothing). Building or loading
+    the networks leaves ~0.3 GB of freed small blocks in the heap, which would stay resident for
+    the daemon's lifetime and add to every later peak."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def default_threads() -> int:
     """The CPUs this process may run on (its affinity mask; os.cpu_count() where that is unknown)."""
     try:
@@ -183,6 +192,7 @@ class Engine:
         self.sources = nets.sources
         for module in (self.generator, self.encoder, self.mapper, self.text.model):
             module.requires_grad_(False)
+        release_freed_memory()
 
     @classmethod
     def load(
