@@ -291,23 +291,28 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
 
-    log(f"building {profile.name} networks ({TINY_NOTE if profile.untrained else WEIGHTS_NOTE})")
+    options = {"autocast": args.autocast, "threads": args.threads or None, "cuda_graphs": args.cuda_graphs}
     t0 = time.perf_counter()
-    nets = build_networks(profile)
-    engine = Engine(nets, profile, device, autocast=args.autocast, threads=args.threads or None,
-                    cuda_graphs=args.cuda_graphs)
+    if args.models:  # the daemon's path: official files from a model store
+        weights = f"checkpoints from the model store {args.models}"
+        log(f"loading {weights}")
+        engine = Engine.load("real", args.models, device, **options)
+    else:
+        weights = TINY_NOTE if profile.untrained else WEIGHTS_NOTE
+        log(f"building {profile.name} networks ({weights})")
+        engine = Engine(build_networks(profile), profile, device, **options)
     build_s = time.perf_counter() - t0
     result: dict[str, Any] = {
         "device": str(device),
         "device_name": _device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "profile": profile.name,
+        "profile": engine.profile.name,
         "size": engine.size,
         "preview_size": engine.preview_size,
         "autocast": bool(args.autocast),
         "cuda_graphs": bool(args.cuda_graphs),
-        "weights": TINY_NOTE if profile.untrained else WEIGHTS_NOTE,
+        "weights": weights,
         "repeats": repeats,
         "build_seconds": build_s,
         "stages": {},
@@ -400,6 +405,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"intra-op threads (default: the engine's, {default_threads()} here)")
     parser.add_argument("--autocast", action="store_true", help="half-precision autocast (CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay synthesis from CUDA graphs (CUDA)")
+    parser.add_argument("--models", help="time the engine loaded from this model store (the daemon's path) "
+                        "instead of synthetic weights; peak RSS is then the daemon's")
     parser.add_argument("--photo", help=f"photo for the edit stages (default ../shared/photos/{PHOTO})")
     parser.add_argument("--min-pixels", type=int, default=900_000,
                         help="upscale smaller photos to about this many pixels (default 0.9 MP)")

@@ -57,6 +57,12 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     assert {"detect", "invert"} <= set(result["pipeline"]["edit_photo"])
 
 
+def test_bench_on_an_empty_model_store_names_the_missing_files(tmp_path, capsys) -> None:
+    code, out = _bench("--models", str(tmp_path), "--repeats", "1")
+    assert code == 1 and out == ""
+    assert "model files missing" in capsys.readouterr().err
+
+
 def test_bench_refuses_cuda_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
