@@ -7,6 +7,7 @@ from the event loop for status messages and must be cheap and never raise.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -223,6 +224,13 @@ def load_engine_backend(profile: str, models_dir: str | None, device: str, edito
             models = {"profile": profile, "device": device, "missing": names, "fetch": exc.hint}
             return UnavailableBackend("models_missing", message, models)
     pipeline = Pipeline(engine, editor=editor, max_pixels=max_pixels)
+    started = time.monotonic()
+    try:
+        pipeline.warm_up()
+    except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first edit
+        log.warning("warm-up failed; the first edit will be slower", exc_info=True)
+    else:
+        log.info("warm-up done in %.1f s", time.monotonic() - started)
     return EngineBackend(engine, pipeline, load_image)
 
 

@@ -33,6 +33,7 @@ ENCODER_SIZE = 256  # e4e's input resolution
 PASSTHROUGH_SIZE = 1024  # crop size of the passthrough editor when no engine tells its size
 PREVIEW_SIZE = 256
 CHANGE_SIZE = 256  # edit and reconstruction are compared (change mask, colour reference) at this size
+WARM_UP_PROMPT = "a face"
 MIN_SIDE = 16
 DEFAULT_MAX_PIXELS = 64_000_000
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -258,6 +259,22 @@ class Pipeline:
         self._cache = _LRU(cache_bytes)
 
     # -- public -------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Pay the one-time costs before the first edit: dlib's models (~1 s), and one pass of every
+        network on a blank face with the shapes an edit uses (oneDNN's kernel selection, first
+        touches of the weights, CUDA graphs). The daemon runs this while its status is "loading"."""
+        self.detector.load_models()
+        if self.editor != "model":
+            return
+        import torch
+
+        engine = self.engine
+        w = engine.invert(torch.zeros(1, 3, ENCODER_SIZE, ENCODER_SIZE))
+        w_hat = engine.map(w, engine.encode_text([WARM_UP_PROMPT]))
+        low = min(CHANGE_SIZE, engine.size)
+        engine.synthesize_levels(w_hat, (engine.size, low))
+        engine.synthesize(w, size=low)
 
     @property
     def untrained(self) -> bool:

@@ -188,3 +188,13 @@ def test_cli_tiny_profile(tmp_path: Path, photos_dir: Path, capsys: pytest.Captu
     assert "untrained" in captured.err.lower() and "UNTRAINED" in captured.out
     edited, original, m = load_image(out), load_image(photos_dir / "astronaut.png"), load_image(mask)[..., 0]
     assert np.array_equal(edited[m == 0], original[m == 0])
+
+
+def test_warm_up_runs_each_network_once_with_the_edit_shapes(photo: np.ndarray) -> None:
+    engine = FakeEngine()
+    pipeline = Pipeline(engine, editor="model")
+    pipeline.warm_up()
+    assert engine.calls["invert"] == 1 and engine.calls["map"] == 1 and engine.calls["encode_text"] == 1
+    assert engine.levels == [(256, 512), (256,)]
+    assert pipeline.cache_stats()["entries"] == 0  # nothing of the blank face is kept
+    assert pipeline.edit(EditRequest(photo, "blond hair")).stages == list(STAGES)

@@ -85,6 +85,10 @@ class FaceDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
 
+    def load_models(self) -> None:
+        """Load dlib's models now (~1 s, once per process) instead of on the first detection."""
+        _Models.get()
+
     def detect(self, rgb: np.ndarray) -> list[FaceInfo]:
         """All faces of an (H, W, 3) uint8 RGB image, most confident first."""
         models = _Models.get()
