@@ -351,7 +351,10 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         stages["edit_photo"] = stages["reedit_cached"] = {"seconds": None, "note": "no photo"}
     else:
         result["photo"] = {"path": str(photo_path), "width": image.shape[1], "height": image.shape[0]}
-        result["pipeline"] = _bench_pipeline(engine, image, repeats, stages, rng, log)
+        faces = _known_faces(Path(args.faces), image) if args.faces else None
+        if faces is not None:
+            result["photo"]["faces_from"] = str(args.faces)
+        result["pipeline"] = _bench_pipeline(engine, image, repeats, stages, rng, log, faces)
 
     for name, key in (("g1024", "g1024_vs_conv"), ("e4e", "e4e_vs_conv")):
         result["ratios"][key] = result["limits"][name]["seconds"] / stages[name]["seconds"]
@@ -361,11 +364,33 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     return result
 
 
+def _known_faces(path: Path, image: np.ndarray) -> list:
+    """Faces from `ffclip-engine faces --json` of the bench photo (scaled if the bench enlarged it)."""
+    from .face.detect import FaceInfo
+
+    try:
+        doc = json.loads(path.read_text())
+        scale = image.shape[1] / float(doc["width"])
+        faces = [FaceInfo.from_json(f, scale) for f in doc["faces"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"--faces {path}: not the JSON of `ffclip-engine faces --json` ({exc})") from exc
+    if abs(image.shape[0] / float(doc["height"]) - scale) > 0.01 or not faces:
+        raise RuntimeError(f"--faces {path}: no faces of a {image.shape[1]}x{image.shape[0]} photo")
+    return faces
+
+
 def _bench_pipeline(
     engine: Engine, image: np.ndarray, repeats: int, stages: dict, rng: np.random.Generator,
-    log: Callable[[str], None],
+    log: Callable[[str], None], faces: list | None = None,
 ) -> dict[str, Any]:
+    from .face.detect import KnownFaces
     from .pipeline import EditRequest, Pipeline
+
+    def new_pipeline() -> Pipeline:
+        pipe = Pipeline(engine)
+        if faces is not None:  # detections given: dlib is not run (its `detect` stage is then ~0)
+            pipe.detector = KnownFaces(faces)
+        return pipe
 
     prompts = iter(f"a face with a {c} beard, take {i}" for i, c in enumerate(rng.permutation(10**6)))
     breakdown: dict[str, dict[str, list[float]]] = {"edit_photo": {}, "reedit_cached": {}}
@@ -377,10 +402,10 @@ def _bench_pipeline(
             breakdown[name].setdefault(stage, []).append(seconds)
 
     log("edit_photo (cold: new pipeline cache, new prompt)")
-    Pipeline(engine).detect(image)  # load the dlib models once, outside the timings
+    new_pipeline().detect(image)  # load the dlib models once, outside the timings
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
-        pipeline = Pipeline(engine)
+        pipeline = new_pipeline()
         t0 = time.perf_counter()
         edit("edit_photo")
         _sync(engine.device)
@@ -408,6 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="time the engine loaded from this model store (the daemon's path) "
                         "instead of synthetic weights; peak RSS is then the daemon's")
     parser.add_argument("--photo", help=f"photo for the edit stages (default ../shared/photos/{PHOTO})")
+    parser.add_argument("--faces", help="detections of the photo from `ffclip-engine faces --json` instead of "
+                        "running dlib (for a machine without dlib's models; `detect` is then ~0)")
     parser.add_argument("--min-pixels", type=int, default=900_000,
                         help="upscale smaller photos to about this many pixels (default 0.9 MP)")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,35 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     # the re-edit skipped detection, alignment and inversion: the pipeline cached them
     assert set(result["pipeline"]["reedit_cached"]) == {"encode_text", "map", "synthesize", "blend"}
     assert {"detect", "invert"} <= set(result["pipeline"]["edit_photo"])
+
+
+def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir) -> None:
+    """--faces replaces dlib (for a GPU machine without its models); coordinates follow the bench's
+    enlargement of the photo, and the detections are those `faces --json` printed."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from ffclip.engine.cli import main
+    from ffclip.engine.face.detect import FaceInfo
+
+    faces_json = tmp_path / "faces.json"
+    out = StringIO()
+    with redirect_stdout(out):
+        assert main(["faces", str(photos_dir / "obama.jpg"), "--json"]) == 0
+    faces_json.write_text(out.getvalue())
+    doc = json.loads(out.getvalue())
+    face = FaceInfo.from_json(doc["faces"][0], 2.0)
+    assert face.qsize > 0 and np.allclose(face.quad / 2.0, doc["faces"][0]["quad"], atol=1e-6)
+
+    code, out = _bench("--profile", "tiny", "--json", "--repeats", "1", "--photo", str(photos_dir / "obama.jpg"),
+                       "--min-pixels", "2000000", "--faces", str(faces_json))
+    assert code == 0
+    result = json.loads(out)
+    assert result["photo"]["faces_from"] == str(faces_json) and result["photo"]["width"] > doc["width"]
+    assert result["stages"]["edit_photo"]["seconds"] > 0 and result["pipeline"]["edit_photo"]["detect"] < 0.05
+
+    faces_json.write_text("<html>not json</html>")
+    assert _bench("--profile", "tiny", "--repeats", "1", "--faces", str(faces_json))[0] == 1
 
 
 def test_bench_on_an_empty_model_store_names_the_missing_files(tmp_path, capsys) -> None:

@@ -39,6 +39,15 @@ class FaceInfo:
             "quad": [[float(x), float(y)] for x, y in self.quad],
         }
 
+    @classmethod
+    def from_json(cls, doc: dict, scale: float = 1.0) -> FaceInfo:
+        """The inverse of `to_json` (quad and qsize recomputed from the landmarks), with every
+        coordinate multiplied by `scale` (detections of a resized copy of the photo)."""
+        landmarks = np.asarray(doc["landmarks"], dtype=np.float64).reshape(68, 2) * scale
+        quad, qsize = ffhq_quad(landmarks)
+        box = tuple(int(round(v * scale)) for v in doc["box"])
+        return cls(int(doc["index"]), box, float(doc["score"]), landmarks, quad, qsize)
+
     @property
     def area(self) -> int:
         return int(self.box[2]) * int(self.box[3])
@@ -149,6 +158,20 @@ class FaceDetector:
             if inside and 0.5 <= dw / side <= 2.0:
                 return True
         return False
+
+
+class KnownFaces:
+    """A detector that returns given faces (e.g. `ffclip-engine faces --json` of the same photo,
+    made on another machine): for benchmarks where dlib or its models are not installed."""
+
+    def __init__(self, faces: list[FaceInfo]) -> None:
+        self.faces = faces
+
+    def load_models(self) -> None:
+        pass
+
+    def detect(self, rgb: np.ndarray) -> list[FaceInfo]:
+        return list(self.faces)
 
 
 def detect_faces(rgb: np.ndarray, config: DetectorConfig | None = None) -> list[FaceInfo]:
