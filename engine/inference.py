@@ -281,9 +281,7 @@ class Engine:
     def _synthesis(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
         with torch.inference_mode(), self._amp():
             g = self.generator
-            if w.ndim == 2:  # one W for every layer
-                w = w.unsqueeze(1).expand(-1, g.n_latent, -1)
-            images = g.synthesis_levels(w, g.fixed_noise(), sizes)
+            images = g.synthesis_levels(g.broadcast_latent([w]), g.fixed_noise(), sizes)
             return {s: image.float() for s, image in images.items()}
 
     def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:

@@ -188,9 +188,15 @@ def _to_uint8(work: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(work), 0, 255).astype(np.uint8)
 
 
+def _as_rgb8(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, what dlib and the alignment read (8-bit RGB photos as they are)."""
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return np.ascontiguousarray(image)
+    return _to_uint8(_rgb_float(image))
+
+
 class _Rgb8:
-    """The photo as (H, W, 3) uint8 RGB, what dlib and the alignment read; made on first use
-    (8-bit RGB photos are used as they are)."""
+    """`_as_rgb8` of the photo, made on first use (a re-edit never needs it)."""
 
     def __init__(self, image: np.ndarray) -> None:
         self.image = image
@@ -198,9 +204,7 @@ class _Rgb8:
 
     def get(self) -> np.ndarray:
         if self.value is None:
-            img = self.image
-            plain = img.dtype == np.uint8 and img.shape[2] == 3
-            self.value = np.ascontiguousarray(img) if plain else _to_uint8(_rgb_float(img))
+            self.value = _as_rgb8(self.image)
         return self.value
 
 
@@ -286,11 +290,7 @@ class Pipeline:
     def detect(self, image: np.ndarray) -> list[FaceInfo]:
         """All faces of a photo, most confident first (cached like edits)."""
         image = self._validate_image(image)
-        faces = self._cache.get(("faces", image_key(image)))
-        if faces is None:
-            faces = self.detector.detect(_to_uint8(_rgb_float(image)))
-            self._cache.put(("faces", image_key(image)), faces, sum(f.landmarks.nbytes + 512 for f in faces))
-        return faces
+        return self._detect(image_key(image), _Rgb8(image), _Stages(None, None))
 
     def edit(
         self,
@@ -572,7 +572,7 @@ def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
     out[rows, cols, :colour] = blended
 
     rgb = _to_uint8(np.repeat(layer, 3, axis=2) if colour == 1 else layer)
-    rgb[keep] = _Rgb8(image[rows, cols]).get()[keep]
+    rgb[keep] = _as_rgb8(image[rows, cols])[keep]
     rgba = np.concatenate([rgb, sub_mask[..., None]], axis=2)
     return EditResult(out, mask, region, np.ascontiguousarray(rgba), [], [])
 

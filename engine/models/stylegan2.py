@@ -400,11 +400,12 @@ class Generator(nn.Module):
             noise = [None] * self.num_layers if randomize_noise else self.fixed_noise()
         if truncation < 1:
             styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
-        latent = self._broadcast_latent(styles, inject_index)
+        latent = self.broadcast_latent(styles, inject_index)
         image = self.synthesis(latent, noise, stop_at)
         return image, (latent if return_latents else None)
 
-    def _broadcast_latent(self, styles: list[Tensor], inject_index: int | None) -> Tensor:
+    def broadcast_latent(self, styles: list[Tensor], inject_index: int | None = None) -> Tensor:
+        """W (B, D) or W+ (B, n_latent, D), or two W mixed at `inject_index` -> W+ (B, n_latent, D)."""
         if len(styles) < 2:
             s = styles[0]
             return s.unsqueeze(1).repeat(1, self.n_latent, 1) if s.ndim < 3 else s
