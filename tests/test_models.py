@@ -185,3 +185,19 @@ def test_text_embeddings_are_cached_per_prompt(tiny: Engine) -> None:
     after = tiny.text_cache_stats()
     assert torch.equal(a, b)
     assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"] + 1
+
+
+def test_text_encoding_runs_only_up_to_the_end_of_text_token() -> None:
+    import open_clip
+
+    from ffclip.engine.models.clip import build_tiny_clip, encode_text
+
+    model = build_tiny_clip()
+    tokens = open_clip.get_tokenizer("ViT-B-32")(["smiling", "", "a person with long curly red hair and round glasses"])
+    with torch.inference_mode():
+        full = model.encode_text(tokens)  # all 77 positions
+        prefix = encode_text(model, tokens)
+        alone = encode_text(model, tokens[:1])  # a shorter prefix than in the batch
+    assert prefix.shape == full.shape == (3, 64)
+    torch.testing.assert_close(prefix, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone, full[:1], rtol=1e-5, atol=1e-5)

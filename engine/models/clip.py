@@ -3,7 +3,8 @@ stand-in for the `tiny` profile.
 
 FFCLIP conditions its mapper on the *raw* `encode_text` output (not l2-normalised), shape
 (B, 1, 512); `TextEncoder` returns exactly that and keeps an LRU cache per prompt, so a re-edit
-with a known prompt costs nothing.
+with a known prompt costs nothing. `encode_text` runs the transformer only on the tokens up to the
+end-of-text token (the rest of the 77-token context cannot reach it through the causal mask).
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ def load_clip_weights(path: str | Path) -> dict[str, Tensor]:
     return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 
+def encode_text(model: CLIP, tokens: Tensor) -> Tensor:
+    """`model.encode_text(tokens)` (raw, not normalised) on the shortest prefix that holds every
+    prompt's end-of-text token: the causal mask keeps later (padding) positions from reaching the
+    pooled one, so the result is the same while a short prompt costs ~8 positions instead of 77."""
+    if model.text_pool_type != "argmax" or model.attn_mask is None:
+        return model.encode_text(tokens)
+    n = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the highest id
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens[:, :n]).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), tokens[:, :n].argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
 class TextEncoder:
     """Prompt -> raw CLIP text embedding (1, 1, D), LRU-cached per prompt."""
 
@@ -81,7 +99,7 @@ class TextEncoder:
         if missing:
             with torch.inference_mode():
                 tokens = self.tokenizer(missing).to(self.device)
-                feats = self.model.encode_text(tokens).float()
+                feats = encode_text(self.model, tokens).float()
             with self._lock:
                 for p, f in zip(missing, feats, strict=True):
                     self._cache[p] = f[None].clone()
