@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ffclip.engine import bench
 from ffclip.engine.inference import Engine, build_tiny
+from ffclip.engine.models import stylegan2
 from ffclip.engine.models.e4e import Encoder4Editing
 from ffclip.engine.models.irse import BottleneckIRSE
 from ffclip.engine.models.stylegan2 import Generator, ModulatedConv2d, upfirdn2d
@@ -161,6 +162,30 @@ def test_inference_synthesis_draws_random_noise_as_the_reference() -> None:
     with torch.no_grad():
         got = g.synthesis(latent, [None] * g.num_layers)
     _assert_rel(got, expected)
+
+
+@pytest.mark.parametrize("batch, band_rows, stop_at", [(1, 8, None), (2, 5, None), (1, 3, 32)])
+def test_banded_levels_equal_the_reference(monkeypatch, batch: int, band_rows: int, stop_at: int | None) -> None:
+    """The CPU runs its large levels in bands of rows (halos at the band edges, zero padding at the
+    image edges, a last band shorter than the others): the same images as the full-size path."""
+    g = _lively_generator()
+    latent = torch.randn(batch, g.n_latent, 32)
+    with torch.no_grad():
+        whole = g.synthesis(latent, g.fixed_noise(), stop_at)
+    with torch.enable_grad():
+        expected = g.synthesis(latent, g.fixed_noise(), stop_at).detach()
+        torch.manual_seed(3)
+        expected_random = g.synthesis(latent, [None] * g.num_layers).detach()
+    monkeypatch.setattr(stylegan2, "BANDED_FROM", 16)  # levels 16², 32², 64² in bands
+    monkeypatch.setattr(stylegan2, "BAND_ROWS", band_rows)
+    with torch.inference_mode():
+        got = g.synthesis(latent, g.fixed_noise(), stop_at)
+        torch.manual_seed(3)  # random noise is drawn at full size, in the reference's order
+        got_random = g.synthesis(latent, [None] * g.num_layers)
+    assert got.shape == expected.shape and got.is_contiguous()
+    _assert_rel(got, expected)
+    _assert_rel(got_random, expected_random)
+    torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
 
 
 def _rosinality_conv(conv: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
