@@ -18,6 +18,8 @@ activations), the reference's 3×3 stride-2 transposed convolution followed by t
 depthwise convolution (fewer FLOPs than the 6×6 fold, and no slow NCHW `conv_transpose2d`), the
 activation's bias fused into the convolution, noise and leaky ReLU applied in place, and the
 leaky ReLU's √2 gain carried into the next layer's weights instead of a pass over the activations.
+On the CPU the 512² and 1024² levels run in bands of rows (`banded_level`): less memory, and the
+band stays in cache from one operation to the next.
 """
 
 from __future__ import annotations
