@@ -276,8 +276,8 @@ class Pipeline:
         engine = self.engine
         w = engine.invert(torch.zeros(1, 3, ENCODER_SIZE, ENCODER_SIZE))
         w_hat = engine.map(w, engine.encode_text([WARM_UP_PROMPT]))
-        low = min(CHANGE_SIZE, engine.size)
-        engine.synthesize_levels(w_hat, (engine.size, low))
+        size, low = _synthesis_sizes(engine, preview=False)
+        engine.synthesize_levels(w_hat, (size, low))
         engine.synthesize(w, size=low)
 
     @property
@@ -459,8 +459,7 @@ class Pipeline:
         # the reconstruction G(w), needed only for the change mask and the colour reference, is
         # synthesized once per face and only up to 256² (~40 % of a 1024² synthesis).
         stages.begin("synthesize")
-        size = engine.preview_size if req.preview else engine.size
-        low = min(CHANGE_SIZE, size)
+        size, low = _synthesis_sizes(engine, req.preview)
         generated = []
         for n, entry in enumerate(entries):
             levels = engine.synthesize_levels(w_hat[n : n + 1], (size, low))
@@ -532,6 +531,12 @@ def _render_crop(work: np.ndarray, transform: AlignTransform, size: int) -> np.n
         mapx, mapy = (mapx + 0.5) * sx - 0.5, (mapy + 0.5) * sy - 0.5
         work = small
     return cv2.remap(work, mapx, mapy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def _synthesis_sizes(engine: Any, preview: bool) -> tuple[int, int]:
+    """The edit's size, and the size at which it is compared with the reconstruction."""
+    size = engine.preview_size if preview else engine.size
+    return size, min(CHANGE_SIZE, size)
 
 
 def _to_image(t: Any) -> np.ndarray:

@@ -115,11 +115,10 @@ def warp_to_photo(
         src = img.astype(np.float32)
         if src.shape[0] > size:  # minified: area-filter first
             src = _prefilter(src, size)
-        if src.shape[0] == size:
-            return cv2.remap(np.ascontiguousarray(src), mapx, mapy, interp, borderMode=cv2.BORDER_REPLICATE)
-        # a smaller image (the 256² change mask and reference) is sampled where it is, not enlarged first
-        f = src.shape[0] / size
-        mx, my = (mapx + 0.5) * f - 0.5, (mapy + 0.5) * f - 0.5
+        mx, my = mapx, mapy
+        if src.shape[0] != size:  # a smaller image (the 256² change mask, the reference): sampled in place
+            f = src.shape[0] / size
+            mx, my = (mapx + 0.5) * f - 0.5, (mapy + 0.5) * f - 0.5
         return cv2.remap(np.ascontiguousarray(src), mx, my, interp, borderMode=cv2.BORDER_REPLICATE)
 
     warped = warp(content, cv2.INTER_CUBIC).reshape(alpha.shape + (3,))

@@ -376,6 +376,7 @@ def banded_level(
     n_up, n_mid = _noise(noises[0], x, height), _noise(noises[1], x, height)
     s_up, s_mid = conv_up.noise.strength(), conv.noise.strength()
     blur = up._inference_cache()["blur"]
+    col_pad = p0 if p0 == p1 else 0  # the blur's column padding, in the conv when symmetric
     rgb = to_rgb.upsample(skip).contiguous(memory_format=torch.channels_last)
     features = None
     if keep_features:
@@ -396,9 +397,9 @@ def banded_level(
             i0, i1 = max(0, -((k - 1 - t0) // 2)), min(size, (t1 - 1) // 2 + 1)
             t = F.conv_transpose2d(x[b : b + 1, :, i0:i1], w_up[b], stride=2)
             t = _rows(t, t0 - 2 * i0, t1 - 2 * i0, height + k - 2 - 2 * i0)
-            if p0 != p1:
+            if p0 != p1:  # columns padded here, rows by `_rows`
                 t = F.pad(t, [p0, p1])
-            a = F.conv2d(t, blur, conv_up.activate.bias, padding=(0, p0 if p0 == p1 else 0), groups=up.out_channel)
+            a = F.conv2d(t, blur, conv_up.activate.bias, padding=(0, col_pad), groups=up.out_channel)
             if s_up != 0.0:
                 a.add_(nb_up[:, :, a0:a1], alpha=s_up)
             a = _rows(F.leaky_relu_(a, 0.2), r0 - mid.padding - a0, r1 + mid.padding - a0, a1 - a0)
