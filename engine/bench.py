@@ -236,12 +236,12 @@ def limit_and_stage(
 
 
 def default_photo() -> Path | None:
-    """../shared/photos/obama.jpg next to the repository (or under $FFCLIP_SHARED)."""
-    env = os.environ.get("FFCLIP_SHARED")
-    candidates = [Path(env) / "photos" / PHOTO] if env else []
+    """The repository's tests/data/photos/obama.jpg (a source checkout or an editable install)."""
     for parent in Path(__file__).resolve().parents:
-        candidates.append(parent / "shared" / "photos" / PHOTO)
-    return next((p for p in candidates if p.is_file()), None)
+        candidate = parent / "tests" / "data" / "photos" / PHOTO
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _photo(path: Path | None, min_pixels: int) -> np.ndarray | None:
@@ -480,7 +480,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="replay synthesis from CUDA graphs (CUDA)")
     parser.add_argument("--models", help="time the engine loaded from this model store (the daemon's path) "
                         "instead of synthetic weights; peak RSS is then the daemon's")
-    parser.add_argument("--photo", help=f"photo for the edit stages (default ../shared/photos/{PHOTO})")
+    parser.add_argument("--photo", help=f"photo for the edit stages (default tests/data/photos/{PHOTO} of the checkout)")
     parser.add_argument("--faces", help="detections of the photo from `ffclip-engine faces --json` instead of "
                         "running dlib (for a machine without dlib's models; `detect` is then ~0)")
     parser.add_argument("--min-pixels", type=int, default=900_000,

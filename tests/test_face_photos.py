@@ -1,7 +1,7 @@
-"""Must-show checks of issue 3 on every photo of ../shared/photos: detection, quads, aligned crops.
+"""Must-show checks of issue 3 on every photo of tests/data/photos: detection, quads, aligned crops.
 
 `faces --json` must find one face per photo (the astronaut's mission patch is a false positive),
-match the reference detections of ../shared/parity/align/faces.json (quads within 1 px) and give
+match the reference detections of tests/data/parity/align/faces.json (quads within 1 px) and give
 aligned 256^2 crops within a mean absolute difference of 2 of the reference PNGs.
 """
 
