@@ -480,7 +480,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="replay synthesis from CUDA graphs (CUDA)")
     parser.add_argument("--models", help="time the engine loaded from this model store (the daemon's path) "
                         "instead of synthetic weights; peak RSS is then the daemon's")
-    parser.add_argument("--photo", help=f"photo for the edit stages (default tests/data/photos/{PHOTO} of the checkout)")
+    parser.add_argument("--photo", help=f"photo for the edit stages (default: tests/data/photos/{PHOTO})")
     parser.add_argument("--faces", help="detections of the photo from `ffclip-engine faces --json` instead of "
                         "running dlib (for a machine without dlib's models; `detect` is then ~0)")
     parser.add_argument("--min-pixels", type=int, default=900_000,
