@@ -1,4 +1,4 @@
-"""`ffclip-engine service install | uninstall | status`: the daemon as a per-user desktop service.
+"""The daemon as a per-user desktop service (the command `ffclip-engine service` is cli/service.py).
 
 Linux: a systemd user unit (`~/.config/systemd/user/ffclip-engine.service`), enabled and started with
 `systemctl --user`. Other systems: the equivalent (a launchd agent, a scheduled task) is printed for
@@ -15,40 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .daemon import is_loopback, state_dir
+from .daemon import state_dir
 
 UNIT_NAME = "ffclip-engine.service"
 LAUNCHD_LABEL = "org.ffclip.engine"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("install", "uninstall", "status"))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    models = parser.add_mutually_exclusive_group()
-    models.add_argument("--models", metavar="DIR", help="model store folder for the service")
-    models.add_argument("--profile", choices=("real", "tiny"), default="real")
-    parser.add_argument("--token-file", metavar="F", help="token file for the service to read")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--unit-dir", metavar="DIR", help="unit folder (default: systemd user dir)")
-    parser.add_argument("--no-systemctl", action="store_true", help="write/remove the unit file only")
-    parser.add_argument("--print", dest="print_only", action="store_true", help="print, change nothing")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "status":
-        return status(args)
-    if not is_loopback(args.host) and not args.token_file:
-        print("ffclip-engine service: a non-loopback --host needs --token-file", file=sys.stderr)
-        return 2
-    command = serve_command(args)
-    if not sys.platform.startswith("linux"):
-        print(other_system_instructions(command, args.action))
-        return 0
-    unit_path = unit_dir(args) / UNIT_NAME
-    if args.action == "install":
-        return install(unit_path, unit_text(command), args)
-    return uninstall(unit_path, args)
 
 
 def serve_command(args: argparse.Namespace) -> list[str]:

@@ -1,4 +1,4 @@
-"""`ffclip-engine conformance DIR`: run every parity fixture pair in DIR against our models.
+"""Parity fixtures run against our models (the `ffclip-engine conformance DIR` command is cli/conformance.py).
 
 A fixture is `NAME.manifest.json` (the reference state_dict: keys, shapes, fill rules) plus
 `NAME.expected.npz` (seed, inputs, reference outputs). The kind comes from the manifest's `name`.
@@ -8,8 +8,6 @@ compare every stored output: worst relative error max|ours − ref| / max|ref| m
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +104,7 @@ def run_generator(sd: dict, data, device: torch.device, dtype: torch.dtype) -> d
             t_lat = None
             if "truncation_latent" in data.files:
                 t_lat = _tensor(data["truncation_latent"], device, dtype)
-            img, latents = g(
-                [z], truncation=trunc, truncation_latent=t_lat, randomize_noise=False, return_latents=True
-            )
+            img, latents = g([z], truncation=trunc, truncation_latent=t_lat, randomize_noise=False, return_latents=True)
             out["latents_z"] = latents.cpu().numpy()
             out.update(_image_outputs("img_z", img, data))
     return out
@@ -192,12 +188,13 @@ def _error(ours: dict[str, np.ndarray], key: str, ref: np.ndarray) -> float:
 
 def fixtures_in(directory: Path) -> list[Path]:
     return sorted(
-        p for p in directory.glob("*.manifest.json")
+        p
+        for p in directory.glob("*.manifest.json")
         if p.with_name(p.name.replace(".manifest.json", ".expected.npz")).exists()
     )
 
 
-def _report_line(result: FixtureResult, tolerance: float) -> str:
+def report_line(result: FixtureResult, tolerance: float) -> str:
     worst = result.worst
     verdict = "ok  " if result.passed(tolerance) else "FAIL"
     line = f"{verdict} {result.name:<28} {result.kind:<15} worst {worst.error:.2e} ({worst.key}, {worst.precision})"
@@ -206,32 +203,3 @@ def _report_line(result: FixtureResult, tolerance: float) -> str:
         top = max(info, key=lambda c: c.error)
         line += f"; float32 {top.error:.2e} ({top.key}, for information: judged in float64)"
     return line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", type=Path, help="folder of NAME.manifest.json + NAME.expected.npz pairs")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error (1e-4)")
-
-
-def run(args: argparse.Namespace) -> int:
-    paths = fixtures_in(args.dir)
-    if not paths:
-        print(f"no fixtures (NAME.manifest.json + NAME.expected.npz) in {args.dir}", file=sys.stderr)
-        return 1
-    device = torch.device(args.device)
-    if device.type == "cuda":  # parity is defined in true float32: no TF32 tensor-core rounding
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    failed = 0
-    for path in paths:
-        try:
-            result = run_fixture(path, device)
-        except Exception as exc:  # a broken fixture or model is a failure, reported, not a traceback
-            print(f"FAIL {path.name}: {type(exc).__name__}: {exc}")
-            failed += 1
-            continue
-        print(_report_line(result, args.tolerance))
-        failed += not result.passed(args.tolerance)
-    print(f"{len(paths) - failed} passed, {failed} failed")
-    return 1 if failed else 0

@@ -105,8 +105,10 @@ def html_refusal(page: str, url: str) -> DownloadError:
     else:
         titled = f" titled {title!r}" if title else ""
         why = f"the server answered with an HTML page{titled} instead of the file"
-    return DownloadError(f"{why} ({url}); nothing was saved. Try again later, or download the file in "
-                         "a browser and run `ffclip-engine models import FILE`")
+    return DownloadError(
+        f"{why} ({url}); nothing was saved. Try again later, or download the file in "
+        "a browser and run `ffclip-engine models import FILE`"
+    )
 
 
 # --- progress -----------------------------------------------------------------------------------

@@ -54,11 +54,16 @@ def build_tiny(profile: Profile, seed: int = TINY_SEED) -> Networks:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         g = Generator(
-            profile.size, profile.style_dim, n_mlp=profile.n_mlp, channel_multiplier=profile.channel_multiplier,
+            profile.size,
+            profile.style_dim,
+            n_mlp=profile.n_mlp,
+            channel_multiplier=profile.channel_multiplier,
             channel_base=profile.channel_base,
         )
         enc = Encoder4Editing(
-            stylegan_size=profile.size, style_dim=profile.style_dim, stages=profile.e4e_stages,
+            stylegan_size=profile.size,
+            style_dim=profile.style_dim,
+            stages=profile.e4e_stages,
             input_width=profile.e4e_input_width,
         )
         # keep the untrained encoder's codes small so that W+ stays near the generator's mean
@@ -129,9 +134,7 @@ def _assigned(factory: Any, state_dict: dict[str, Tensor]) -> Any:
     strictly with the state_dict's own tensors (as contiguous float32 where floating)."""
     with torch.device("meta"):
         module = factory()
-    tensors = {
-        k: (v.to(torch.float32) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()
-    }
+    tensors = {k: (v.to(torch.float32) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
     module.load_state_dict(tensors, strict=True, assign=True)
     return module
 
@@ -166,8 +169,14 @@ def default_threads() -> int:
 
 class Engine:
     def __init__(
-        self, nets: Networks, profile: Profile, device: str | torch.device = "cpu", *, autocast: bool = False,
-        threads: int | None = None, cuda_graphs: bool = False,
+        self,
+        nets: Networks,
+        profile: Profile,
+        device: str | torch.device = "cpu",
+        *,
+        autocast: bool = False,
+        threads: int | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         """`autocast`: run the networks in float16 autocast (CUDA only; parity tolerance in
         docs/performance.md). `cuda_graphs`: replay synthesis from a CUDA graph captured once per
@@ -196,8 +205,14 @@ class Engine:
 
     @classmethod
     def load(
-        cls, profile: str = "real", models_dir: str | Path | None = None, device: str | torch.device = "cpu",
-        *, autocast: bool = False, threads: int | None = None, cuda_graphs: bool = False,
+        cls,
+        profile: str = "real",
+        models_dir: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        autocast: bool = False,
+        threads: int | None = None,
+        cuda_graphs: bool = False,
     ) -> Engine:
         prof = PROFILES[profile]
         nets = build_tiny(prof) if prof.untrained else load_real(models_dir)

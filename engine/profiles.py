@@ -28,8 +28,16 @@ class Profile:
 REAL = Profile(name="real", size=1024, style_dim=512)
 
 TINY = Profile(
-    name="tiny", size=256, style_dim=64, n_mlp=2, channel_multiplier=1, channel_base=64,
-    e4e_stages=((16, 1), (32, 1), (64, 1), (64, 1)), e4e_input_width=16, preview_size=64, untrained=True,
+    name="tiny",
+    size=256,
+    style_dim=64,
+    n_mlp=2,
+    channel_multiplier=1,
+    channel_base=64,
+    e4e_stages=((16, 1), (32, 1), (64, 1), (64, 1)),
+    e4e_input_width=16,
+    preview_size=64,
+    untrained=True,
 )
 
 PROFILES = {p.name: p for p in (REAL, TINY)}

@@ -48,31 +48,103 @@ class ModelSpec:
 
 
 SPECS: tuple[ModelSpec, ...] = (
-    ModelSpec("stylegan2", "stylegan2-ffhq-config-f.pt", "stylegan2", "StyleGAN2 FFHQ 1024 generator",
-              "1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT", "rosinality conversion (FFCLIP/e4e READMEs)",
-              {"size": 1024}, STYLEGAN2_LICENCE),
-    ModelSpec("e4e", "e4e_ffhq_encode.pt", "e4e", "e4e FFHQ encoder (photo -> W+)",
-              "1cUv_reLE6k3604or78EranS7XzuVMWeO", "encoder4editing README", {"stylegan_size": 1024},
-              STYLEGAN2_LICENCE),
-    ModelSpec("ffclip", "ffclip_ffhq.pt", "ffclip", "FFCLIP FFHQ mapper (text -> W+ edit)",
-              "1oYMi5jsrUI_WyQ-xGf-F2T6myVGBx3od", "FFCLIP README", {"n_latent": 18}, STYLEGAN2_LICENCE),
-    ModelSpec("clip", "clip_vit_b_32_openai.safetensors", "clip", "CLIP ViT-B/32, OpenAI weights",
-              None, "open_clip ('ViT-B-32', pretrained='openai', QuickGELU)"),
-    ModelSpec("arcface", "model_ir_se50.pth", "arcface", "ArcFace IR-SE-50 (training identity loss)",
-              "1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn", "FFCLIP/e4e READMEs (TreB1eN)", {"input_size": 112},
-              default=False, required=False),
-    ModelSpec("e4e-cars", "e4e_cars_encode.pt", "e4e", "e4e cars encoder (512, 16 W+ layers)",
-              "17faPqBce2m1AQeLCLHUVXaDfxMRU2QcV", "encoder4editing README", {"stylegan_size": 512},
-              STYLEGAN2_LICENCE, default=False, required=False),
-    ModelSpec("e4e-church", "e4e_church_encode.pt", "e4e", "e4e church encoder (256, 14 W+ layers)",
-              "1-L0ZdnQLwtdy6-A_Ccgq5uNJGTqE7qBa", "encoder4editing README", {"stylegan_size": 256},
-              STYLEGAN2_LICENCE, default=False, required=False),
-    ModelSpec("ffclip-car", "ffclip_car.pt", "ffclip", "FFCLIP car mapper",
-              "11Zsx_bjMbIzzTjLxWDhOEgoXmnbNwH7t", "FFCLIP README", {"n_latent": 16}, STYLEGAN2_LICENCE,
-              default=False, required=False),
-    ModelSpec("ffclip-church", "ffclip_church.pt", "ffclip", "FFCLIP church mapper",
-              "1ihmvppjLXh71ARx4NLnIMzJRAFLdQnmn", "FFCLIP README", {"n_latent": 14}, STYLEGAN2_LICENCE,
-              default=False, required=False),
+    ModelSpec(
+        "stylegan2",
+        "stylegan2-ffhq-config-f.pt",
+        "stylegan2",
+        "StyleGAN2 FFHQ 1024 generator",
+        "1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT",
+        "rosinality conversion (FFCLIP/e4e READMEs)",
+        {"size": 1024},
+        STYLEGAN2_LICENCE,
+    ),
+    ModelSpec(
+        "e4e",
+        "e4e_ffhq_encode.pt",
+        "e4e",
+        "e4e FFHQ encoder (photo -> W+)",
+        "1cUv_reLE6k3604or78EranS7XzuVMWeO",
+        "encoder4editing README",
+        {"stylegan_size": 1024},
+        STYLEGAN2_LICENCE,
+    ),
+    ModelSpec(
+        "ffclip",
+        "ffclip_ffhq.pt",
+        "ffclip",
+        "FFCLIP FFHQ mapper (text -> W+ edit)",
+        "1oYMi5jsrUI_WyQ-xGf-F2T6myVGBx3od",
+        "FFCLIP README",
+        {"n_latent": 18},
+        STYLEGAN2_LICENCE,
+    ),
+    ModelSpec(
+        "clip",
+        "clip_vit_b_32_openai.safetensors",
+        "clip",
+        "CLIP ViT-B/32, OpenAI weights",
+        None,
+        "open_clip ('ViT-B-32', pretrained='openai', QuickGELU)",
+    ),
+    ModelSpec(
+        "arcface",
+        "model_ir_se50.pth",
+        "arcface",
+        "ArcFace IR-SE-50 (training identity loss)",
+        "1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn",
+        "FFCLIP/e4e READMEs (TreB1eN)",
+        {"input_size": 112},
+        default=False,
+        required=False,
+    ),
+    ModelSpec(
+        "e4e-cars",
+        "e4e_cars_encode.pt",
+        "e4e",
+        "e4e cars encoder (512, 16 W+ layers)",
+        "17faPqBce2m1AQeLCLHUVXaDfxMRU2QcV",
+        "encoder4editing README",
+        {"stylegan_size": 512},
+        STYLEGAN2_LICENCE,
+        default=False,
+        required=False,
+    ),
+    ModelSpec(
+        "e4e-church",
+        "e4e_church_encode.pt",
+        "e4e",
+        "e4e church encoder (256, 14 W+ layers)",
+        "1-L0ZdnQLwtdy6-A_Ccgq5uNJGTqE7qBa",
+        "encoder4editing README",
+        {"stylegan_size": 256},
+        STYLEGAN2_LICENCE,
+        default=False,
+        required=False,
+    ),
+    ModelSpec(
+        "ffclip-car",
+        "ffclip_car.pt",
+        "ffclip",
+        "FFCLIP car mapper",
+        "11Zsx_bjMbIzzTjLxWDhOEgoXmnbNwH7t",
+        "FFCLIP README",
+        {"n_latent": 16},
+        STYLEGAN2_LICENCE,
+        default=False,
+        required=False,
+    ),
+    ModelSpec(
+        "ffclip-church",
+        "ffclip_church.pt",
+        "ffclip",
+        "FFCLIP church mapper",
+        "1ihmvppjLXh71ARx4NLnIMzJRAFLdQnmn",
+        "FFCLIP README",
+        {"n_latent": 14},
+        STYLEGAN2_LICENCE,
+        default=False,
+        required=False,
+    ),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
@@ -178,14 +250,20 @@ class ModelStore:
         if wrong:
             got = ", ".join(f"{k}={v}" for k, v in wrong.items())
             want = ", ".join(f"{k}={spec.expect[k]}" for k in wrong)
-            raise CheckpointError(f"{Path(path).name} is a {spec.kind} checkpoint with {got}; "
-                                  f"{spec.name} needs {want}")
+            raise CheckpointError(f"{Path(path).name} is a {spec.kind} checkpoint with {got}; {spec.name} needs {want}")
         return found
 
     @staticmethod
     def _entry(spec: ModelSpec, path: Path, sha: str, info: dict[str, Any], source: str) -> dict[str, Any]:
-        return {"file": spec.filename, "kind": spec.kind, "sha256": sha, "size": path.stat().st_size,
-                "verified_at": _now(), "source": source, "info": info}
+        return {
+            "file": spec.filename,
+            "kind": spec.kind,
+            "sha256": sha,
+            "size": path.stat().st_size,
+            "verified_at": _now(),
+            "source": source,
+            "info": info,
+        }
 
     def verify(self, name: str, *, accept: bool = False, path: Path | None = None) -> VerifyResult:
         """Check the file's structure, then its sha256 against the record (recording it the first time)."""
@@ -202,10 +280,14 @@ class ModelStore:
         old = self.index().get(name, {})
         if old.get("sha256") and old["sha256"] != sha and not accept:
             return VerifyResult(
-                name, "changed",
+                name,
+                "changed",
                 f"{path.name} passes the structural check, but its sha256 {sha[:16]}… differs from "
                 f"{old['sha256'][:16]}… recorded at {old.get('verified_at', '?')}; if you replaced it on "
-                f"purpose, run `ffclip-engine models verify --accept {name}`", sha, found.info)
+                f"purpose, run `ffclip-engine models verify --accept {name}`",
+                sha,
+                found.info,
+            )
         if old.get("sha256") == sha:
             entry = {**old, "verified_at": _now(), "info": found.info, "size": path.stat().st_size}
             self.record(name, entry)
@@ -222,8 +304,9 @@ class ModelStore:
                 return spec
         raise CheckpointError(f"no store entry takes a {found.kind} checkpoint with {found.info}")
 
-    def import_file(self, src: str | os.PathLike[str], kind: str | None = None,
-                    name: str | None = None) -> tuple[str, VerifyResult]:
+    def import_file(
+        self, src: str | os.PathLike[str], kind: str | None = None, name: str | None = None
+    ) -> tuple[str, VerifyResult]:
         """Check `src` strictly, copy it in under its official name and record its sha256."""
         src = Path(src)
         if name is not None:
@@ -247,8 +330,14 @@ class ModelStore:
 
     # --- fetch ---
 
-    def fetch(self, name: str, *, out: IO[str] | None = None, fetcher: Callable[..., Path] | None = None,
-              **download_options: Any) -> VerifyResult:
+    def fetch(
+        self,
+        name: str,
+        *,
+        out: IO[str] | None = None,
+        fetcher: Callable[..., Path] | None = None,
+        **download_options: Any,
+    ) -> VerifyResult:
         """Download (resuming a .part file), check structure, move into place and record the sha256."""
         from .download import DownloadError, download, drive_url, drive_view_url
 
@@ -288,10 +377,14 @@ class ModelStore:
         old = self.index().get(spec.name, {})
         if old.get("sha256") and old["sha256"] != sha:
             return VerifyResult(
-                spec.name, "changed",
+                spec.name,
+                "changed",
                 f"the download's sha256 {sha[:16]}… differs from {old['sha256'][:16]}… recorded at "
                 f"{old.get('verified_at', '?')}; it was left at {part}. If the source changed on purpose, "
-                f"run `ffclip-engine models import {part}`", sha, found.info)
+                f"run `ffclip-engine models import {part}`",
+                sha,
+                found.info,
+            )
         os.replace(part, self.path(spec.name))
         source = f"fetch: {spec.source}" + (f" (drive id {spec.drive_id})" if spec.drive_id else "")
         self.record(spec.name, self._entry(spec, self.path(spec.name), sha, found.info, source))

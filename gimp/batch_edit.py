@@ -339,12 +339,9 @@ def _write_status(out_dir: Path, results: list[dict]) -> None:
 
 def install_plugin(console: GimpConsole, url: str | None) -> None:
     try:
-        from ffclip.plugin import install
-    except ImportError:  # a checkout without the project installed
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        import importlib
-
-        install = importlib.import_module("plugin.install")
+        from ffclip.gimp import install
+    except ImportError:
+        raise SystemExit("--install-plugin needs the project installed: pip install '.[dev]'") from None
     given = {"url": url} if url else {}
     print(f"installed {install.install(console.plugin_dir(), given)}")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffclip.engine import bench
+from ffclip.engine.cli import bench
 from ffclip.engine.inference import Engine, build_tiny
 from ffclip.engine.models import stylegan2
 from ffclip.engine.models.e4e import Encoder4Editing
@@ -78,8 +78,19 @@ def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir) -> None:
     face = FaceInfo.from_json(doc["faces"][0], 2.0)
     assert face.qsize > 0 and np.allclose(face.quad / 2.0, doc["faces"][0]["quad"], atol=1e-6)
 
-    code, out = _bench("--profile", "tiny", "--json", "--repeats", "1", "--photo", str(photos_dir / "obama.jpg"),
-                       "--min-pixels", "2000000", "--faces", str(faces_json))
+    code, out = _bench(
+        "--profile",
+        "tiny",
+        "--json",
+        "--repeats",
+        "1",
+        "--photo",
+        str(photos_dir / "obama.jpg"),
+        "--min-pixels",
+        "2000000",
+        "--faces",
+        str(faces_json),
+    )
     assert code == 0
     result = json.loads(out)
     assert result["photo"]["faces_from"] == str(faces_json) and result["photo"]["width"] > doc["width"]
@@ -212,8 +223,9 @@ def _rosinality_conv(conv: ModulatedConv2d, x: torch.Tensor, style: torch.Tensor
     if conv.demodulate:
         weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8).view(b, conv.out_channel, 1, 1, 1)
     if not conv.upsample:
-        out = F.conv2d(x.view(1, b * cin, h, w), weight.view(b * conv.out_channel, cin, k, k),
-                       padding=conv.padding, groups=b)
+        out = F.conv2d(
+            x.view(1, b * cin, h, w), weight.view(b * conv.out_channel, cin, k, k), padding=conv.padding, groups=b
+        )
         return out.view(b, conv.out_channel, *out.shape[-2:])
     weight = weight.transpose(1, 2).reshape(b * cin, conv.out_channel, k, k)
     out = F.conv_transpose2d(x.view(1, b * cin, h, w), weight, padding=0, stride=2, groups=b)

@@ -31,13 +31,16 @@ def _manifest_shapes(parity_dir: Path, name: str) -> dict[str, tuple[int, ...]]:
     return {t["key"]: tuple(t["shape"]) for t in manifest["tensors"]}
 
 
-@pytest.mark.parametrize(("name", "shapes"), [
-    ("stylegan2_1024", lambda: L.generator_shapes(1024)),
-    ("stylegan2_256", lambda: L.generator_shapes(256)),
-    ("e4e_1024", lambda: L.e4e_shapes(1024)),
-    ("ffclip_mapper", lambda: L.mapper_shapes(18)),
-    ("training/arcface_ir_se50", lambda: L.arcface_shapes()),
-])
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [
+        ("stylegan2_1024", lambda: L.generator_shapes(1024)),
+        ("stylegan2_256", lambda: L.generator_shapes(256)),
+        ("e4e_1024", lambda: L.e4e_shapes(1024)),
+        ("ffclip_mapper", lambda: L.mapper_shapes(18)),
+        ("training/arcface_ir_se50", lambda: L.arcface_shapes()),
+    ],
+)
 def test_expected_shapes_are_the_official_state_dicts(parity_dir: Path, name: str, shapes) -> None:
     """What the loader demands (from our classes) is key for key, in order, the reference layout."""
     expected = _manifest_shapes(parity_dir, name)
@@ -118,12 +121,15 @@ def _one_wrong(state_dict: OrderedDict, key: str) -> OrderedDict:
     return bad
 
 
-@pytest.mark.parametrize(("kind", "where", "key"), [
-    ("stylegan2", "g_ema", "convs.3.conv.weight"),
-    ("e4e", "state_dict", "encoder.styles.5.linear.weight"),
-    ("ffclip", "state_dict", "module.att_mapper.att_mapper.1.gamma_.3.weight"),
-    ("ffclip", "state_dict", "module.generator.to_rgbs.2.bias"),
-])
+@pytest.mark.parametrize(
+    ("kind", "where", "key"),
+    [
+        ("stylegan2", "g_ema", "convs.3.conv.weight"),
+        ("e4e", "state_dict", "encoder.styles.5.linear.weight"),
+        ("ffclip", "state_dict", "module.att_mapper.att_mapper.1.gamma_.3.weight"),
+        ("ffclip", "state_dict", "module.generator.to_rgbs.2.bias"),
+    ],
+)
 def test_one_mis_shaped_tensor_is_refused_naming_it(tmp_path: Path, kind: str, where: str, key: str) -> None:
     ckpt = S.official_size_files(1024)[kind]
     ckpt[where] = _one_wrong(ckpt[where], key)
@@ -142,12 +148,17 @@ def test_report_lists_missing_unexpected_and_mis_shaped() -> None:
         check_state_dict(sd, expected, "test model")
     assert str(err.value).splitlines() == [
         "test model: the weights do not match the model (4 tensors in the file, 3 expected)",
-        "  1 missing key:", "    c.bias [1]",
-        "  2 unexpected keys:", "    d [1]", "    e (not a tensor)",
-        "  1 mis-shaped key:", "    b.weight: file [5], expected [4]",
+        "  1 missing key:",
+        "    c.bias [1]",
+        "  2 unexpected keys:",
+        "    d [1]",
+        "    e (not a tensor)",
+        "  1 mis-shaped key:",
+        "    b.weight: file [5], expected [4]",
     ]
-    check_state_dict({"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4), "c.bias": torch.zeros(1)},
-                     expected, "test model")
+    check_state_dict(
+        {"a.weight": torch.zeros(2, 3), "b.weight": torch.zeros(4), "c.bias": torch.zeros(1)}, expected, "test model"
+    )
 
 
 def test_prefixed_keys_get_a_hint() -> None:
@@ -175,8 +186,9 @@ def test_wrong_layouts_are_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="18 W. layers but its generator"):
         read_ffclip(tmp_path / "mixed.pt")
     # a pSp checkpoint (GradualStyleEncoder) is not e4e
-    psp = S.e4e_checkpoint(S.cheap_state_dict(L.e4e_shapes(256)), None, 14,
-                           opts={"encoder_type": "GradualStyleEncoder"})
+    psp = S.e4e_checkpoint(
+        S.cheap_state_dict(L.e4e_shapes(256)), None, 14, opts={"encoder_type": "GradualStyleEncoder"}
+    )
     S.save(psp, tmp_path / "psp.pt")
     with pytest.raises(CheckpointError, match="not e4e's Encoder4Editing"):
         read_e4e(tmp_path / "psp.pt")
@@ -184,13 +196,14 @@ def test_wrong_layouts_are_named(tmp_path: Path) -> None:
 
 def test_arcface_plain_state_dict(tmp_path: Path) -> None:
     S.save(S.cheap_state_dict(L.arcface_shapes()), tmp_path / "model_ir_se50.pth", legacy=True)
-    assert inspect_file(tmp_path / "model_ir_se50.pth").info == {"input_size": 112, "num_layers": 50,
-                                                                   "mode": "ir_se"}
+    assert inspect_file(tmp_path / "model_ir_se50.pth").info == {"input_size": 112, "num_layers": 50, "mode": "ir_se"}
     assert len(read_arcface(tmp_path / "model_ir_se50.pth")) == 397
 
 
 def test_mapper_only_ffclip_file(tmp_path: Path) -> None:
-    S.save({"state_dict": {f"att_mapper.{k}": v for k, v in S.cheap_state_dict(L.mapper_shapes(16)).items()}},
-           tmp_path / "m.pt")
+    S.save(
+        {"state_dict": {f"att_mapper.{k}": v for k, v in S.cheap_state_dict(L.mapper_shapes(16)).items()}},
+        tmp_path / "m.pt",
+    )
     mapper, generator = read_ffclip(tmp_path / "m.pt")
     assert generator == {} and mapper["att_mapper.0.attention_layer.k_matrix.weight"].shape == (16, 1)

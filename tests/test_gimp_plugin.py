@@ -364,7 +364,7 @@ import gi
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp
 sys.path.insert(0, __PLUGIN_DIR__)
-from ffclip_plugin import gimp_settings
+from ffclip.gimp import settings as gimp_settings
 deadline = time.time() + 120
 while gimp_settings.read_job_state() is None and time.time() < deadline:
     time.sleep(0.1)

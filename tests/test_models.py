@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ffclip.engine import conformance
+from ffclip.engine.cli import conformance as conformance_cli
 from ffclip.engine.inference import Engine
 from ffclip.engine.models.arcface import Backbone
 from ffclip.engine.models.e4e import Encoder4Editing
@@ -48,8 +49,8 @@ def test_state_dict_keys_are_the_official_layout(parity_dir: Path, manifest: str
 
 def _conformance(directory: Path, *extra: str) -> int:
     parser = argparse.ArgumentParser()
-    conformance.add_arguments(parser)
-    return conformance.run(parser.parse_args([str(directory), *extra]))
+    conformance_cli.add_arguments(parser)
+    return conformance_cli.run(parser.parse_args([str(directory), *extra]))
 
 
 def test_conformance_passes_on_the_shared_fixtures(parity_dir: Path, capsys) -> None:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ffclip.plugin import gimp_edit, gimp_settings, install
+from ffclip.gimp import edit as gimp_edit
+from ffclip.gimp import install
+from ffclip.gimp import settings as gimp_settings
 from ffclip.plugin.protocol import ConnectionFailed, EngineError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -414,15 +416,16 @@ def test_install_layout(tmp_path):
     text = entry.read_bytes()
     assert text.startswith(b"#!/usr/bin/env python3\n") and b"\r\n" not in text
     assert entry.stat().st_mode & stat.S_IXUSR
-    assert (target / "ffclip_plugin" / "gimp_edit.py").is_file()
-    assert (target / "ffclip_plugin" / "client.py").is_file()
+    assert (target / "ffclip" / "gimp" / "edit.py").is_file()
+    assert (target / "ffclip" / "plugin" / "client.py").is_file()
+    assert not (target / "ffclip" / "gimp" / "batch_edit.py").exists()  # not needed inside GIMP
     assert not list(target.rglob("__pycache__"))
     settings = json.loads((target / "ffclip-edit.json").read_text())
     assert settings["url"] == "ws://127.0.0.1:9000"
     assert settings["start_command"][-2:] == ["--port", "9000"]
     assert settings["autostart"] is True
     # The copied package imports on its own, without the project (as GIMP's Python will).
-    code = "import ffclip_plugin.gimp_edit as g, ffclip_plugin.client as c; print(g.PROCEDURE)"
+    code = "import ffclip.gimp.edit as g, ffclip.plugin.client as c; print(g.PROCEDURE)"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-S", "-c", code], cwd=target, env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "python-fu-ffclip-edit", out.stderr

@@ -23,8 +23,7 @@ from ffclip.engine.store import ModelStore, default_root
 @contextmanager
 def omegaconf_stand_in() -> Iterator[dict[str, type]]:
     """Classes pickled under OmegaConf's module names, present only while saving."""
-    names = {"omegaconf.dictconfig": "DictConfig", "omegaconf.base": "ContainerMetadata",
-             "omegaconf.nodes": "AnyNode"}
+    names = {"omegaconf.dictconfig": "DictConfig", "omegaconf.base": "ContainerMetadata", "omegaconf.nodes": "AnyNode"}
     saved = {m: sys.modules.get(m) for m in ["omegaconf", *names]}
     classes = {}
     sys.modules["omegaconf"] = types.ModuleType("omegaconf")
@@ -60,8 +59,11 @@ def ffclip_opts(classes: dict[str, type]) -> dict:
         content = {k: node(v) for k, v in items.items()}
         return _obj(classes["DictConfig"], _metadata=meta, _parent=None, _content=content)
 
-    content = {"generator": section(size=1024, channel_multiplier=2), "train": section(max_epoch=20),
-               "pretrain_path": node("pretrained_models/stylegan2-ffhq-config-f.pt")}
+    content = {
+        "generator": section(size=1024, channel_multiplier=2),
+        "train": section(max_epoch=20),
+        "pretrain_path": node("pretrained_models/stylegan2-ffhq-config-f.pt"),
+    }
     return {"_metadata": meta, "_parent": None, "_flags_cache": None, "_content": content}
 
 
@@ -72,8 +74,9 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files = S.official_size_files(1024)
     paths = {k: folder / f"{k}.pt" for k in ("stylegan2", "e4e", "ffclip", "arcface")}
     S.save(files["stylegan2"], paths["stylegan2"], legacy=True)  # rosinality's conversion predates zip
-    files["e4e"]["opts"] = vars(argparse.Namespace(exp_dir="x", encoder_type="Encoder4Editing",
-                                                   stylegan_size=1024, lpips_lambda=0.8))
+    files["e4e"]["opts"] = vars(
+        argparse.Namespace(exp_dir="x", encoder_type="Encoder4Editing", stylegan_size=1024, lpips_lambda=0.8)
+    )
     S.save(files["e4e"], paths["e4e"])
     with omegaconf_stand_in() as classes:
         files["ffclip"]["opts"] = ffclip_opts(classes)
@@ -86,8 +89,9 @@ def run(*args: str) -> int:
     return main(["models", *args])
 
 
-def test_import_and_verify_accept_every_official_layout(official: dict[str, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_and_verify_accept_every_official_layout(
+    official: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "store"
     imported_before = "omegaconf" in sys.modules
     for kind, path in official.items():
@@ -143,16 +147,32 @@ def test_html_page_is_refused_by_import_and_verify(tmp_path: Path, capsys: pytes
     assert "INVALID  e4e: " in out and "is an HTML page" in out and "not a checkpoint" in out
 
 
-@pytest.mark.parametrize(("kind", "where", "key", "shown"), [
-    ("stylegan2", "g_ema", "to_rgbs.4.conv.weight",
-     "to_rgbs.4.conv.weight: file [2, 4, 257, 2, 2], expected [1, 3, 256, 1, 1]"),
-    ("e4e", "state_dict", "encoder.body.7.res_layer.1.weight",
-     "body.7.res_layer.1.weight: file [257, 129, 4, 4], expected [256, 128, 3, 3]"),
-    ("ffclip", "state_dict", "module.att_mapper.att_mapper.2.attention_layer.k_matrix.weight",
-     "att_mapper.2.attention_layer.k_matrix.weight: file [19, 2], expected [18, 1]"),
-])
-def test_one_wrong_shape_is_refused_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                   kind: str, where: str, key: str, shown: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "where", "key", "shown"),
+    [
+        (
+            "stylegan2",
+            "g_ema",
+            "to_rgbs.4.conv.weight",
+            "to_rgbs.4.conv.weight: file [2, 4, 257, 2, 2], expected [1, 3, 256, 1, 1]",
+        ),
+        (
+            "e4e",
+            "state_dict",
+            "encoder.body.7.res_layer.1.weight",
+            "body.7.res_layer.1.weight: file [257, 129, 4, 4], expected [256, 128, 3, 3]",
+        ),
+        (
+            "ffclip",
+            "state_dict",
+            "module.att_mapper.att_mapper.2.attention_layer.k_matrix.weight",
+            "att_mapper.2.attention_layer.k_matrix.weight: file [19, 2], expected [18, 1]",
+        ),
+    ],
+)
+def test_one_wrong_shape_is_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, where: str, key: str, shown: str
+) -> None:
     ckpt = S.official_size_files(1024)[kind]
     ckpt[where][key] = torch.zeros(tuple(d + 1 for d in ckpt[where][key].shape))
     S.save(ckpt, tmp_path / "bad.pt")
@@ -162,8 +182,9 @@ def test_one_wrong_shape_is_refused_naming_the_key(tmp_path: Path, capsys: pytes
     assert "missing key" not in err and "unexpected key" not in err
 
 
-def test_verify_notices_a_changed_file_and_accept_re_records(official: dict[str, Path], tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_notices_a_changed_file_and_accept_re_records(
+    official: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "store"
     assert run("import", str(official["stylegan2"]), "--models", str(root)) == 0
     ckpt = S.official_size_files(1024)["stylegan2"]
@@ -178,8 +199,9 @@ def test_verify_notices_a_changed_file_and_accept_re_records(official: dict[str,
     assert run("verify", "stylegan2", "--models", str(root)) == 0
 
 
-def test_import_routes_other_domains_and_checks_named_entries(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_routes_other_domains_and_checks_named_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "store"
     cars = S.official_size_files(512)
     S.save(cars["e4e"], tmp_path / "e4e_cars_encode.pt")
@@ -194,8 +216,9 @@ def test_import_routes_other_domains_and_checks_named_entries(tmp_path: Path,
     assert "its layout is ffclip, not e4e" in capsys.readouterr().err
 
 
-def test_store_location_and_hints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_store_location_and_hints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_root() == tmp_path / "xdg" / "ffclip-edit" / "models"
     assert ModelStore().fetch_hint == "ffclip-engine models fetch"

@@ -26,10 +26,32 @@ def test_torchrun_two_processes_agree_on_the_weights(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
-        torchrun, "--standalone", "--nproc_per_node", "2", "-m", "ffclip.engine", "train", "--profile", "tiny",
-        "--latents", str(tmp_path / "train.npy"), "--val-latents", str(tmp_path / "val.npy"), "--out", str(out),
-        "--epochs", "1", "--batch-size", "1", "--max-steps", "2", "--no-progress", "--image-interval", "0",
-        "--device", "cpu",
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ffclip.engine",
+        "train",
+        "--profile",
+        "tiny",
+        "--latents",
+        str(tmp_path / "train.npy"),
+        "--val-latents",
+        str(tmp_path / "val.npy"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "1",
+        "--max-steps",
+        "2",
+        "--no-progress",
+        "--image-interval",
+        "0",
+        "--device",
+        "cpu",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -29,8 +29,9 @@ def photos(photos_dir: Path, tmp_path: Path) -> Path:
 
 
 def _invert(folder: Path, out: Path, *extra: str) -> int:
-    return main(["invert-folder", str(folder), "-o", str(out), "--profile", "tiny", "--threads", "1",
-                 "--no-progress", *extra])
+    return main(
+        ["invert-folder", str(folder), "-o", str(out), "--profile", "tiny", "--threads", "1", "--no-progress", *extra]
+    )
 
 
 def test_every_face_inverted_and_bad_files_reported(photos: Path, tmp_path: Path) -> None:

@@ -21,11 +21,29 @@ def files(parity_dir: Path, tmp_path_factory) -> dict[str, Path]:
 
 
 def _train(files: dict[str, Path], out: Path, *extra: str) -> int:
-    return main([
-        "train", "--latents", str(files["latents"]), "--generator", str(files["generator"]),
-        "--arcface", str(files["arcface"]), "--clip", str(files["clip"]), "--out", str(out),
-        "--batch-size", "1", "--threads", "1", "--no-progress", "--image-interval", "0", *extra,
-    ])
+    return main(
+        [
+            "train",
+            "--latents",
+            str(files["latents"]),
+            "--generator",
+            str(files["generator"]),
+            "--arcface",
+            str(files["arcface"]),
+            "--clip",
+            str(files["clip"]),
+            "--out",
+            str(out),
+            "--batch-size",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--image-interval",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def _manifest(parity_dir: Path, name: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -36,10 +54,16 @@ def _manifest(parity_dir: Path, name: str) -> list[tuple[str, tuple[int, ...]]]:
 def _check_layout(ckpt_path: Path, parity_dir: Path, with_generator: bool = True) -> dict:
     ckpt = load_checkpoint(ckpt_path)
     sd = ckpt["state_dict"]
-    mapper = [(k.removeprefix("module.att_mapper."), tuple(v.shape)) for k, v in sd.items()
-              if k.startswith("module.att_mapper.")]
-    generator = [(k.removeprefix("module.generator."), tuple(v.shape)) for k, v in sd.items()
-                 if k.startswith("module.generator.")]
+    mapper = [
+        (k.removeprefix("module.att_mapper."), tuple(v.shape))
+        for k, v in sd.items()
+        if k.startswith("module.att_mapper.")
+    ]
+    generator = [
+        (k.removeprefix("module.generator."), tuple(v.shape))
+        for k, v in sd.items()
+        if k.startswith("module.generator.")
+    ]
     assert len(mapper) + len(generator) == len(sd)
     assert mapper == _manifest(parity_dir, "ffclip_mapper.manifest.json")  # keys, shapes and order
     if with_generator:
@@ -55,8 +79,21 @@ def test_real_size_training_writes_the_official_layout_and_the_engine_edits_with
     out = tmp_path / "run"
     # one step; the losses see the image at 64 px (--render-size) to keep CPU time down; the full
     # resolution runs in the slow test below
-    assert _train(files, out, "--epochs", "1", "--max-steps", "1", "--render-size", "64",
-                  "--export-mapper", str(tmp_path / "mapper_only.pt")) == 0
+    assert (
+        _train(
+            files,
+            out,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--render-size",
+            "64",
+            "--export-mapper",
+            str(tmp_path / "mapper_only.pt"),
+        )
+        == 0
+    )
     ckpt = _check_layout(out / "checkpoints" / "epoch_1.pt", parity_dir)
     assert ckpt["opts"]["generator"] == {"size": 1024, "n_latent": 18}
     _check_layout(tmp_path / "mapper_only.pt", parity_dir, with_generator=False)
@@ -75,8 +112,11 @@ def test_real_size_training_writes_the_official_layout_and_the_engine_edits_with
     os.link(files["clip"], store.root / CLIP_NAME)
     assert store.path("clip").name == CLIP_NAME
     engine = Engine.load("real", models_dir=store.root)
-    trained = {k.removeprefix("module.att_mapper."): v for k, v in ckpt["state_dict"].items()
-               if k.startswith("module.att_mapper.")}
+    trained = {
+        k.removeprefix("module.att_mapper."): v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith("module.att_mapper.")
+    }
     for k, v in engine.mapper.state_dict().items():
         assert torch.equal(v.cpu(), trained[k]), k
     w = 0.3 * torch.randn(1, 18, 512, generator=torch.Generator().manual_seed(0))
@@ -89,8 +129,12 @@ def test_real_size_training_writes_the_official_layout_and_the_engine_edits_with
 @pytest.mark.slow
 def test_full_resolution_steps_with_validation(files: dict[str, Path], parity_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "full"
-    assert _train(files, out, "--val-latents", str(files["latents"]), "--val-limit", "1", "--epochs", "1",
-                  "--max-steps", "2") == 0
+    assert (
+        _train(
+            files, out, "--val-latents", str(files["latents"]), "--val-limit", "1", "--epochs", "1", "--max-steps", "2"
+        )
+        == 0
+    )
     _check_layout(out / "checkpoints" / "best_model.pt", parity_dir)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2]

@@ -38,18 +38,47 @@ def data(tmp_path_factory) -> Path:
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:
-    return main([
-        "train", "--profile", "tiny", "--latents", str(data / "train.npy"), "--val-latents", str(data / "val.npy"),
-        "--out", str(out), "--batch-size", "1", "--threads", "1", "--no-progress", "--val-limit", "4",
-        "--log-every", "1000", *extra,
-    ])
+    return main(
+        [
+            "train",
+            "--profile",
+            "tiny",
+            "--latents",
+            str(data / "train.npy"),
+            "--val-latents",
+            str(data / "val.npy"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--val-limit",
+            "4",
+            "--log-every",
+            "1000",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def run_dir(data: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
-    assert _train(data, out, "--epochs", str(EPOCHS), "--image-interval", str(EPOCHS),
-                  "--export-mapper", str(out / "mapper_only.pt")) == 0
+    assert (
+        _train(
+            data,
+            out,
+            "--epochs",
+            str(EPOCHS),
+            "--image-interval",
+            str(EPOCHS),
+            "--export-mapper",
+            str(out / "mapper_only.pt"),
+        )
+        == 0
+    )
     return out
 
 
@@ -151,11 +180,27 @@ def test_evaluate_writes_json_and_an_html_page(run_dir: Path, data: Path, tmp_pa
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# three prompts\nsmiling\nblond hair\nBald\n")
     report_dir = tmp_path / "report"
-    code = main([
-        "evaluate", "--profile", "tiny", "--latents", str(data / "val.npy"), "--checkpoint",
-        str(run_dir / "checkpoints" / "best_model.pt"), "--prompts", str(prompts), "-o", str(report_dir),
-        "--limit", "3", "--grid-rows", "2", "--threads", "1",
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--profile",
+            "tiny",
+            "--latents",
+            str(data / "val.npy"),
+            "--checkpoint",
+            str(run_dir / "checkpoints" / "best_model.pt"),
+            "--prompts",
+            str(prompts),
+            "-o",
+            str(report_dir),
+            "--limit",
+            "3",
+            "--grid-rows",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     report = json.loads((report_dir / "report.json").read_text())
     assert [p["prompt"] for p in report["prompts"]] == ["smiling", "blond hair", "Bald"]
@@ -176,10 +221,26 @@ def test_evaluate_writes_json_and_an_html_page(run_dir: Path, data: Path, tmp_pa
 
 
 def test_evaluate_a_mapper_only_export_with_its_generator(run_dir: Path, data: Path, tmp_path: Path) -> None:
-    code = main([
-        "evaluate", "--profile", "tiny", "--latents", str(data / "val.npy"), "--checkpoint",
-        str(run_dir / "mapper_only.pt"), "-o", str(tmp_path / "r"), "--limit", "1", "--max-prompts", "2",
-        "--grid-rows", "1", "--threads", "1",
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--profile",
+            "tiny",
+            "--latents",
+            str(data / "val.npy"),
+            "--checkpoint",
+            str(run_dir / "mapper_only.pt"),
+            "-o",
+            str(tmp_path / "r"),
+            "--limit",
+            "1",
+            "--max-prompts",
+            "2",
+            "--grid-rows",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0  # tiny profile: the generator comes from the profile
     assert len(json.loads((tmp_path / "r" / "report.json").read_text())["prompts"]) == 2

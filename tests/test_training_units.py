@@ -49,8 +49,17 @@ def test_default_prompts_are_the_official_list() -> None:
     p = load_prompts()
     assert len(p) == 51 and len(p.unique) == 43
     assert p.prompts[:4] == ["Sad", "Surprise", "Fear", "Contempt"] and p.prompts.count("Sad") == 2
-    assert {"Woman Aged 80", "Man Aged 10", "Blond hair", "Beard", "bowl cut hairstyle", "Blue eyes",
-            "wearing glasses", "make up", "Bald"} <= set(p.unique)
+    assert {
+        "Woman Aged 80",
+        "Man Aged 10",
+        "Blond hair",
+        "Beard",
+        "bowl cut hairstyle",
+        "Blue eyes",
+        "wearing glasses",
+        "make up",
+        "Bald",
+    } <= set(p.unique)
     assert set(p.categories) == {"emotion", "age", "face", "eyes", "hair_colour", "hair_style"}
     custom = parse_prompts("# c\n\n[age]\nold\n young \nsmiling\n")
     assert custom.prompts == ["old", "young", "smiling"] and custom.categories == ["age"] * 3
@@ -156,9 +165,14 @@ def test_face_parser_has_the_official_unet_layout(tmp_path: Path) -> None:
     from ffclip.engine.training.parsenet import FaceParser, load_parsenet
 
     sd = FaceParser().state_dict()
-    for key, shape in {"conv1.conv1.0.weight": (16, 3, 3, 3), "conv1.conv1.1.running_var": (16,),
-                       "center.conv2.0.weight": (256, 256, 3, 3), "up_concat4.up.weight": (256, 128, 2, 2),
-                       "up_concat1.conv.conv1.0.weight": (16, 32, 3, 3), "final.weight": (19, 16, 1, 1)}.items():
+    for key, shape in {
+        "conv1.conv1.0.weight": (16, 3, 3, 3),
+        "conv1.conv1.1.running_var": (16,),
+        "center.conv2.0.weight": (256, 256, 3, 3),
+        "up_concat4.up.weight": (256, 128, 2, 2),
+        "up_concat1.conv.conv1.0.weight": (16, 32, 3, 3),
+        "final.weight": (19, 16, 1, 1),
+    }.items():
         assert tuple(sd[key].shape) == shape
     torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "parsenet.pth")  # saved from DDP
     assert isinstance(load_parsenet(tmp_path / "parsenet.pth"), FaceParser)
@@ -177,11 +191,41 @@ def test_the_text_loss_alone_is_optimised(tmp_path: Path) -> None:
     """Only the CLIP term, one prompt: the mapper learns to raise the image-text similarity."""
     (tmp_path / "p.txt").write_text("smiling\n")
     out = tmp_path / "clip_only"
-    assert main(["train", "--profile", "tiny", "--latents", str(_tiny_latents(tmp_path / "t.npy", 2)),
-                 "--out", str(out), "--prompts", str(tmp_path / "p.txt"), "--id-lambda", "0",
-                 "--latent-lambda", "0", "--embd-lambda", "0", "--batch-size", "2", "--epochs", "12",
-                 "--lr", "2e-3", "--threads", "1", "--no-progress", "--image-interval", "0",
-                 "--save-interval", "1000"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--profile",
+                "tiny",
+                "--latents",
+                str(_tiny_latents(tmp_path / "t.npy", 2)),
+                "--out",
+                str(out),
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--id-lambda",
+                "0",
+                "--latent-lambda",
+                "0",
+                "--embd-lambda",
+                "0",
+                "--batch-size",
+                "2",
+                "--epochs",
+                "12",
+                "--lr",
+                "2e-3",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--image-interval",
+                "0",
+                "--save-interval",
+                "1000",
+            ]
+        )
+        == 0
+    )
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     clip = [r["loss_clip"] for r in steps]
     assert set(steps[0]) >= {"loss_clip", "loss"} and "loss_id" not in steps[0]
@@ -194,10 +238,35 @@ def test_the_background_loss_runs_with_a_face_parser(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(FaceParser().state_dict(), tmp_path / "parsenet.pth")
     out = tmp_path / "bg"
-    assert main(["train", "--profile", "tiny", "--latents", str(_tiny_latents(tmp_path / "t.npy", 2)),
-                 "--out", str(out), "--parsenet", str(tmp_path / "parsenet.pth"), "--batch-size", "1",
-                 "--epochs", "1", "--max-steps", "1", "--threads", "1", "--no-progress", "--image-interval",
-                 "0", "--render-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--profile",
+                "tiny",
+                "--latents",
+                str(_tiny_latents(tmp_path / "t.npy", 2)),
+                "--out",
+                str(out),
+                "--parsenet",
+                str(tmp_path / "parsenet.pth"),
+                "--batch-size",
+                "1",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--image-interval",
+                "0",
+                "--render-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert np.isfinite(record["loss_background"])
     assert "background loss on: 2" in (out / "train.log").read_text()
@@ -212,8 +281,9 @@ def test_official_checkpoints_load_and_export(tmp_path: Path) -> None:
 
     official = official_size_files(1024)["ffclip"]
     save(official, tmp_path / "ffclip_ffhq.pt")
-    assert main(["train", "--init", str(tmp_path / "ffclip_ffhq.pt"), "--export-mapper",
-                 str(tmp_path / "mapper.pt")]) == 0
+    assert (
+        main(["train", "--init", str(tmp_path / "ffclip_ffhq.pt"), "--export-mapper", str(tmp_path / "mapper.pt")]) == 0
+    )
     mapper, generator = read_ffclip(tmp_path / "mapper.pt")
     assert generator == {} and len(mapper) == 80
 
@@ -221,12 +291,44 @@ def test_official_checkpoints_load_and_export(tmp_path: Path) -> None:
 def test_invalid_settings_are_errors_not_tracebacks(tmp_path: Path, capsys) -> None:
     lat = _tiny_latents(tmp_path / "t.npy", 2)
     assert main(["train", "--profile", "tiny", "--out", str(tmp_path / "o")]) == 2
-    assert main(["train", "--profile", "tiny", "--latents", str(lat), "--out", str(tmp_path / "o"),
-                 "--render-size", "100", "--threads", "1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--profile",
+                "tiny",
+                "--latents",
+                str(lat),
+                "--out",
+                str(tmp_path / "o"),
+                "--render-size",
+                "100",
+                "--threads",
+                "1",
+            ]
+        )
+        == 2
+    )
     np.save(tmp_path / "wrong.npy", np.zeros((2, 18, 512), np.float32))
-    assert main(["train", "--profile", "tiny", "--latents", str(tmp_path / "wrong.npy"), "--out",
-                 str(tmp_path / "o"), "--threads", "1"]) == 2
-    assert main(["train", "--latents", str(lat), "--out", str(tmp_path / "o"), "--models",
-                 str(tmp_path / "empty_store")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--profile",
+                "tiny",
+                "--latents",
+                str(tmp_path / "wrong.npy"),
+                "--out",
+                str(tmp_path / "o"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["train", "--latents", str(lat), "--out", str(tmp_path / "o"), "--models", str(tmp_path / "empty_store")])
+        == 2
+    )
     err = capsys.readouterr()
     assert "models fetch" in err.out + err.err

@@ -21,7 +21,21 @@ from .report import check_state_dict, mismatch_report
 from .safe_load import load_any, load_checkpoint, to_plain
 
 __all__ = [
-    "KINDS", "CheckpointError", "UnsafeCheckpointError", "check_state_dict", "detect_kind", "inspect_file",
-    "load_any", "load_checkpoint", "mismatch_report", "parse_e4e", "parse_ffclip", "parse_generator",
-    "read_arcface", "read_e4e", "read_ffclip", "read_generator", "to_plain",
+    "KINDS",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "check_state_dict",
+    "detect_kind",
+    "inspect_file",
+    "load_any",
+    "load_checkpoint",
+    "mismatch_report",
+    "parse_e4e",
+    "parse_ffclip",
+    "parse_generator",
+    "read_arcface",
+    "read_e4e",
+    "read_ffclip",
+    "read_generator",
+    "to_plain",
 ]

@@ -126,7 +126,7 @@ def _split_prefixes(
     for key, value in state_dict.items():
         for prefix in prefixes:
             if key.startswith(prefix):
-                parts[prefix][key[len(prefix):]] = value
+                parts[prefix][key[len(prefix) :]] = value
                 break
         else:
             other.append(key)
@@ -157,9 +157,7 @@ def generator_config(state_dict: Mapping[str, Any], what: str = "StyleGAN2 gener
     mlp = _indices(state_dict, r"style\.(\d+)\.weight$")
     convs = _indices(state_dict, r"convs\.(\d+)\.conv\.weight$")
     if not mlp or not convs or len(convs) % 2:
-        raise CheckpointError(
-            f"{what}: no rosinality StyleGAN2 generator keys (style.N.weight, convs.N.conv.weight)"
-        )
+        raise CheckpointError(f"{what}: no rosinality StyleGAN2 generator keys (style.N.weight, convs.N.conv.weight)")
     style_dim = _shape(state_dict, "style.1.weight", what)[-1]
     base = _shape(state_dict, "input.input", what)[1]
     log_size = len(convs) // 2 + 2
@@ -259,8 +257,7 @@ def parse_e4e(ckpt: Mapping[str, Any], what: str = "e4e checkpoint") -> E4EParts
         decoder_config = check_generator(decoder, f"{what} (decoder)")
         if decoder_config["size"] != size:
             raise CheckpointError(f"{what}: decoder size {decoder_config['size']} != encoder size {size}")
-    return E4EParts(encoder, latent_avg.reshape(n_styles, 512), size, num_layers, mode, decoder,
-                    decoder_config, opts)
+    return E4EParts(encoder, latent_avg.reshape(n_styles, 512), size, num_layers, mode, decoder, decoder_config, opts)
 
 
 # --- FFCLIP mapper ------------------------------------------------------------------------------
@@ -293,7 +290,7 @@ def parse_ffclip(ckpt: Mapping[str, Any], what: str = "FFCLIP checkpoint") -> FF
     state_dict = _dict_entry(ckpt, "state_dict", what)
     # saved from DistributedDataParallel: 'module.' + EditModel keys
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     parts, other = _split_prefixes(state_dict, ("att_mapper.", "generator."))
     _no_other_keys(other, what, "'module.att_mapper.' and 'module.generator.'")
     mapper, generator = parts["att_mapper."], parts["generator."]
@@ -315,18 +312,14 @@ def parse_ffclip(ckpt: Mapping[str, Any], what: str = "FFCLIP checkpoint") -> FF
 # --- ArcFace IR-SE-50 and CLIP ------------------------------------------------------------------
 
 
-def parse_arcface(
-    ckpt: Mapping[str, Any], what: str = "ArcFace checkpoint"
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def parse_arcface(ckpt: Mapping[str, Any], what: str = "ArcFace checkpoint") -> tuple[dict[str, Any], dict[str, Any]]:
     """The backbone state_dict and Backbone(**config) arguments."""
     num_layers, mode = irse_config(ckpt, what)
     features = _shape(ckpt, "output_layer.3.weight", what)[1]
     spatial = math.isqrt(features // 512)
     input_size = {7: 112, 14: 224}.get(spatial)
     if input_size is None:
-        raise CheckpointError(
-            f"{what}: output_layer.3.weight takes {features} features, not 512×7×7 or 512×14×14"
-        )
+        raise CheckpointError(f"{what}: output_layer.3.weight takes {features} features, not 512×7×7 or 512×14×14")
     check_state_dict(ckpt, arcface_shapes(input_size, num_layers, mode), what)
     return dict(ckpt), {"input_size": input_size, "num_layers": num_layers, "mode": mode}
 
@@ -368,11 +361,17 @@ class Inspection:
 
 def _summary(kind: str, parts: Any) -> dict[str, Any]:
     if kind == "stylegan2":
-        return {**parts.config, "n_latent": n_latent_for(parts.config["size"]),
-                "latent_avg": parts.latent_avg is not None}
+        return {
+            **parts.config,
+            "n_latent": n_latent_for(parts.config["size"]),
+            "latent_avg": parts.latent_avg is not None,
+        }
     if kind == "e4e":
-        return {"stylegan_size": parts.stylegan_size, "n_latent": n_latent_for(parts.stylegan_size),
-                "decoder": parts.decoder is not None}
+        return {
+            "stylegan_size": parts.stylegan_size,
+            "n_latent": n_latent_for(parts.stylegan_size),
+            "decoder": parts.decoder is not None,
+        }
     if kind == "ffclip":
         gen = parts.generator_config
         return {"n_latent": parts.n_latent, "generator_size": gen["size"] if gen else None}
@@ -392,8 +391,13 @@ def inspect_file(path: str | os.PathLike[str], kind: str | None = None) -> Inspe
     found = detect_kind(obj)
     if kind is not None and kind != found:
         raise CheckpointError(f"{what}: its layout is {found}, not {kind}")
-    parser = {"stylegan2": parse_generator, "e4e": parse_e4e, "ffclip": parse_ffclip,
-              "arcface": parse_arcface, "clip": _parse_clip_dict}[found]
+    parser = {
+        "stylegan2": parse_generator,
+        "e4e": parse_e4e,
+        "ffclip": parse_ffclip,
+        "arcface": parse_arcface,
+        "clip": _parse_clip_dict,
+    }[found]
     parts = parser(obj, what)
     return Inspection(found, _summary(found, parts), parts)
 

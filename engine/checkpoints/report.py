@@ -71,13 +71,12 @@ def mismatch_report(state_dict: Mapping[str, Any], expected: Mapping[str, Shape]
     missing, unexpected, misshaped = compare(state_dict, expected)
     if not (missing or unexpected or misshaped):
         return None
-    lines = [f"{what}: the weights do not match the model ({len(state_dict)} tensors in the file, "
-             f"{len(expected)} expected)"]
+    lines = [
+        f"{what}: the weights do not match the model ({len(state_dict)} tensors in the file, {len(expected)} expected)"
+    ]
     lines += _listing("missing", [f"{k} {_fmt(tuple(expected[k]))}" for k in missing])
     lines += _listing("unexpected", [f"{k} {_fmt(shape_of(state_dict[k]))}" for k in unexpected])
-    lines += _listing(
-        "mis-shaped", [f"{k}: file {_fmt(got)}, expected {_fmt(want)}" for k, got, want in misshaped]
-    )
+    lines += _listing("mis-shaped", [f"{k}: file {_fmt(got)}, expected {_fmt(want)}" for k, got, want in misshaped])
     hint = _common_prefix_hint(missing, unexpected)
     if hint:
         lines.append(f"  hint: {hint}")

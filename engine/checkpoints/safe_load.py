@@ -129,8 +129,7 @@ class Inert:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Inert:
         obj = object.__new__(cls)
-        obj.__dict__.update(_inert_args=args, _inert_kwargs=kwargs, _inert_state=None, _inert_items={},
-                            _inert_list=[])
+        obj.__dict__.update(_inert_args=args, _inert_kwargs=kwargs, _inert_state=None, _inert_items={}, _inert_list=[])
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -174,20 +173,53 @@ def inert_class(module: str, name: str) -> type[Inert]:
 
 
 # Packages whose objects only carry configuration: they become placeholders, never imported.
-INERT_PACKAGES = frozenset({
-    "argparse", "omegaconf", "typing", "typing_extensions", "pathlib", "enum", "numpy", "datetime",
-    "yacs", "easydict",
-})
-_SAFE_BUILTINS = frozenset({
-    "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes",
-    "bytearray", "slice", "range", "object",
-})
-_TORCH_REBUILD = frozenset({
-    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"), ("torch.nn.parameter", "Parameter"),
-})
+INERT_PACKAGES = frozenset(
+    {
+        "argparse",
+        "omegaconf",
+        "typing",
+        "typing_extensions",
+        "pathlib",
+        "enum",
+        "numpy",
+        "datetime",
+        "yacs",
+        "easydict",
+    }
+)
+_SAFE_BUILTINS = frozenset(
+    {
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "int",
+        "float",
+        "complex",
+        "bool",
+        "str",
+        "bytes",
+        "bytearray",
+        "slice",
+        "range",
+        "object",
+    }
+)
+_TORCH_REBUILD = frozenset(
+    {
+        ("torch._utils", "_rebuild_tensor"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_tensor_v3"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("torch._utils", "_rebuild_parameter_with_state"),
+        ("torch._tensor", "_rebuild_from_type_v2"),
+        ("torch", "Size"),
+        ("torch", "Tensor"),
+        ("torch", "device"),
+        ("torch.nn.parameter", "Parameter"),
+    }
+)
 
 
 def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
@@ -278,8 +310,7 @@ def _check_zip(path: Path) -> None:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(
-            f"{path} is a truncated or corrupt torch archive ({exc}); an interrupted download? "
-            "Fetch or copy it again"
+            f"{path} is a truncated or corrupt torch archive ({exc}); an interrupted download? Fetch or copy it again"
         ) from None
     if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
         raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint (no data.pkl inside)")
@@ -292,14 +323,23 @@ def _check_zip(path: Path) -> None:
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", pickle_module=SAFE_PICKLE_MODULE, weights_only=False,
-                          mmap=False)
+        return torch.load(path, map_location="cpu", pickle_module=SAFE_PICKLE_MODULE, weights_only=False, mmap=False)
     except UnsafeCheckpointError as exc:
         raise UnsafeCheckpointError(f"{path}: {exc}") from None
     except CheckpointError:
         raise
-    except (EOFError, pickle.UnpicklingError, RuntimeError, OSError, ValueError, struct.error,
-            KeyError, AttributeError, TypeError, IndexError) as exc:
+    except (
+        EOFError,
+        pickle.UnpicklingError,
+        RuntimeError,
+        OSError,
+        ValueError,
+        struct.error,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+    ) as exc:
         raise CheckpointError(
             f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
             "it is probably truncated or corrupt"

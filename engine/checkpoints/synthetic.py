@@ -35,7 +35,9 @@ def rosinality_checkpoint(g_ema: Mapping[str, torch.Tensor], style_dim: int = 51
 
 
 def e4e_checkpoint(
-    encoder: Mapping[str, torch.Tensor], decoder: Mapping[str, torch.Tensor] | None, n_latent: int,
+    encoder: Mapping[str, torch.Tensor],
+    decoder: Mapping[str, torch.Tensor] | None,
+    n_latent: int,
     opts: Any = None,
 ) -> dict[str, Any]:
     """{'state_dict': encoder.* + decoder.*, 'latent_avg': [n_latent, 512], 'opts'} as e4e's coach saves."""

@@ -10,7 +10,11 @@ from .irse import STAGES, l2_norm, make_body, make_input_layer, stage_specs
 
 class Backbone(nn.Module):
     def __init__(
-        self, input_size: int = 112, num_layers: int = 50, mode: str = "ir_se", drop_ratio: float = 0.6,
+        self,
+        input_size: int = 112,
+        num_layers: int = 50,
+        mode: str = "ir_se",
+        drop_ratio: float = 0.6,
         affine: bool = True,
     ) -> None:
         super().__init__()
@@ -19,8 +23,11 @@ class Backbone(nn.Module):
         self.input_layer = make_input_layer(64)
         spatial = 7 if input_size == 112 else 14
         self.output_layer = nn.Sequential(
-            nn.BatchNorm2d(512), nn.Dropout(drop_ratio), nn.Flatten(),
-            nn.Linear(512 * spatial * spatial, 512), nn.BatchNorm1d(512, affine=affine),
+            nn.BatchNorm2d(512),
+            nn.Dropout(drop_ratio),
+            nn.Flatten(),
+            nn.Linear(512 * spatial * spatial, 512),
+            nn.BatchNorm1d(512, affine=affine),
         )
         self.body = make_body(stage_specs(STAGES[num_layers], 64), mode)
 

@@ -45,8 +45,13 @@ class Encoder4Editing(nn.Module):
     middle_ind = 7
 
     def __init__(
-        self, num_layers: int = 50, mode: str = "ir_se", stylegan_size: int = 1024, style_dim: int = 512,
-        stages: Sequence[tuple[int, int]] | None = None, input_width: int = 64,
+        self,
+        num_layers: int = 50,
+        mode: str = "ir_se",
+        stylegan_size: int = 1024,
+        style_dim: int = 512,
+        stages: Sequence[tuple[int, int]] | None = None,
+        input_width: int = 64,
     ) -> None:
         """`stages` ((depth, units) × 4) overrides the IR-SE depth table (the `tiny` profile)."""
         super().__init__()

@@ -68,7 +68,12 @@ class PixelNorm(nn.Module):
 
 class EqualLinear(nn.Module):
     def __init__(
-        self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0,
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
         activation: str | None = None,
     ) -> None:
         super().__init__()
@@ -130,8 +135,14 @@ class Upsample(nn.Module):
 
 class ModulatedConv2d(nn.Module):
     def __init__(
-        self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, demodulate: bool = True,
-        upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
     ) -> None:
         super().__init__()
         self.eps = 1e-8
@@ -185,13 +196,12 @@ class ModulatedConv2d(nn.Module):
         w = weight.transpose(0, 1)  # (in, out, k, k): conv_transpose2d layout
         i, o, ks, _ = w.shape
         # full 2-D convolution of every (in, out) slice with the blur kernel
-        folded = F.conv2d(
-            F.pad(w.reshape(i * o, 1, ks, ks), [kh - 1] * 4), torch.flip(k, [0, 1])[None, None]
-        ).reshape(i, o, ks + kh - 1, ks + kh - 1)
+        folded = F.conv2d(F.pad(w.reshape(i * o, 1, ks, ks), [kh - 1] * 4), torch.flip(k, [0, 1])[None, None]).reshape(
+            i, o, ks + kh - 1, ks + kh - 1
+        )
         if not torch.is_grad_enabled():
             self._folded = (*key, folded)
         return folded
-
 
     # -- inference (no autograd): the style folded into the weight, one sample at a time ----------
 
@@ -277,12 +287,23 @@ class ConstantInput(nn.Module):
 
 class StyledConv(nn.Module):
     def __init__(
-        self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int, upsample: bool = False,
-        blur_kernel: Sequence[float] = (1, 3, 3, 1), demodulate: bool = True,
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        demodulate: bool = True,
     ) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(
-            in_channel, out_channel, kernel_size, style_dim, upsample=upsample, blur_kernel=blur_kernel,
+            in_channel,
+            out_channel,
+            kernel_size,
+            style_dim,
+            upsample=upsample,
+            blur_kernel=blur_kernel,
             demodulate=demodulate,
         )
         self.noise = NoiseInjection()
@@ -356,8 +377,14 @@ def _noise(noise: Tensor | None, like: Tensor, height: int) -> Tensor:
 
 
 def banded_level(
-    conv_up: StyledConv, conv: StyledConv, to_rgb: ToRGB, x: Tensor, styles: tuple[Tensor, Tensor, Tensor],
-    noises: tuple[Tensor | None, Tensor | None], skip: Tensor, keep_features: bool,
+    conv_up: StyledConv,
+    conv: StyledConv,
+    to_rgb: ToRGB,
+    x: Tensor,
+    styles: tuple[Tensor, Tensor, Tensor],
+    noises: tuple[Tensor | None, Tensor | None],
+    skip: Tensor,
+    keep_features: bool,
 ) -> tuple[Tensor | None, Tensor]:
     """One level (up-sampling StyledConv, StyledConv, ToRGB) of the inference path, computed in bands
     of output rows with the halo each band needs: the same arithmetic as `forward_inference`, but the
@@ -416,17 +443,28 @@ def banded_level(
 def default_channels(channel_multiplier: int = 2, base: int = 512) -> dict[int, int]:
     """rosinality's channel table; `base` < 512 gives the narrow `tiny` profile."""
     return {
-        4: base, 8: base, 16: base, 32: base,
-        64: base // 2 * channel_multiplier, 128: base // 4 * channel_multiplier,
-        256: base // 8 * channel_multiplier, 512: base // 16 * channel_multiplier,
+        4: base,
+        8: base,
+        16: base,
+        32: base,
+        64: base // 2 * channel_multiplier,
+        128: base // 4 * channel_multiplier,
+        256: base // 8 * channel_multiplier,
+        512: base // 16 * channel_multiplier,
         1024: base // 32 * channel_multiplier,
     }
 
 
 class Generator(nn.Module):
     def __init__(
-        self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
-        blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, channel_base: int = 512,
+        self,
+        size: int,
+        style_dim: int = 512,
+        n_mlp: int = 8,
+        channel_multiplier: int = 2,
+        blur_kernel: Sequence[float] = (1, 3, 3, 1),
+        lr_mlp: float = 0.01,
+        channel_base: int = 512,
     ) -> None:
         super().__init__()
         self.size = size
@@ -469,9 +507,16 @@ class Generator(nn.Module):
         return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
 
     def forward(
-        self, styles: list[Tensor], return_latents: bool = False, inject_index: int | None = None,
-        truncation: float = 1.0, truncation_latent: Tensor | None = None, input_is_latent: bool = False,
-        noise: list[Tensor | None] | None = None, randomize_noise: bool = True, stop_at: int | None = None,
+        self,
+        styles: list[Tensor],
+        return_latents: bool = False,
+        inject_index: int | None = None,
+        truncation: float = 1.0,
+        truncation_latent: Tensor | None = None,
+        input_is_latent: bool = False,
+        noise: list[Tensor | None] | None = None,
+        randomize_noise: bool = True,
+        stop_at: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """rosinality's signature; `stop_at` ends synthesis at that resolution (a preview)."""
         if not input_is_latent:
@@ -500,9 +545,7 @@ class Generator(nn.Module):
         size = stop_at or self.size
         return self.synthesis_levels(latent, noise, (size,))[size]
 
-    def synthesis_levels(
-        self, latent: Tensor, noise: list[Tensor | None], sizes: Sequence[int]
-    ) -> dict[int, Tensor]:
+    def synthesis_levels(self, latent: Tensor, noise: list[Tensor | None], sizes: Sequence[int]) -> dict[int, Tensor]:
         """The RGB skip image at each of `sizes` (powers of two, 4..size) from one pass that stops at
         the largest. The image at a smaller size is exactly what synthesis stopped there returns
         (the later ToRGBs only add to the skip), e.g. a 256² copy of a 1024² edit for comparisons

@@ -41,7 +41,10 @@ def official_state_dict(mapper: nn.Module, generator: nn.Module | None) -> Order
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], mapper: nn.Module, generator: nn.Module | None, opts: dict[str, Any],
+    path: str | os.PathLike[str],
+    mapper: nn.Module,
+    generator: nn.Module | None,
+    opts: dict[str, Any],
     train_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write atomically (a reader never sees half a file)."""

@@ -94,4 +94,3 @@ def weight_agreement(info: DistInfo, module: torch.nn.Module) -> float:
     gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
     dist.all_gather(gathered, mine)
     return float(max((g - gathered[0]).abs().max().item() for g in gathered))
-

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import torch_threads
 from .data import load_latents
 from .losses import id_crop
 from .metrics import clip_image_features, masked_psnr_ssim
@@ -34,29 +32,16 @@ from .prompts import eval_prompts
 from .report import html_image_grid, html_page, html_table, save_png, to_uint8_image, write_json
 
 log = logging.getLogger("ffclip.evaluate")
-METRICS = ("clip_score", "clip_score_original", "clip_score_gain", "identity", "psnr_outside", "ssim_outside",
-           "changed_fraction", "mean_abs_delta_w")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--latents", required=True, help="test W+ codes, .npy (N, n_latent, 512)")
-    parser.add_argument("--checkpoint", required=True, help="FFCLIP checkpoint (official layout, or mapper-only)")
-    parser.add_argument("--prompts", help="prompt file (default: 8 prompts spread over the official list)")
-    parser.add_argument("--max-prompts", type=int, help="evaluate at most N prompts of the file")
-    parser.add_argument("-o", "--out", required=True, help="report folder (report.json, index.html, images/)")
-    parser.add_argument("--profile", default="real", choices=("real", "tiny"))
-    parser.add_argument("--models", help="model store folder")
-    parser.add_argument("--generator", help="StyleGAN2 file (default: the checkpoint's own generator)")
-    parser.add_argument("--arcface", help="ArcFace IR-SE-50 file")
-    parser.add_argument("--clip", help="CLIP ViT-B/32 weights")
-    parser.add_argument("--limit", type=int, help="use the first N latents only")
-    parser.add_argument("--strength", type=float, default=1.0, help="edit strength α (default 1)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--render-size", type=int, help="stop synthesis at this resolution (default: full)")
-    parser.add_argument("--grid-rows", type=int, default=6, help="samples shown in the image grid")
-    parser.add_argument("--thumb", type=int, default=160, help="side of the grid images in pixels")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+METRICS = (
+    "clip_score",
+    "clip_score_original",
+    "clip_score_gain",
+    "identity",
+    "psnr_outside",
+    "ssim_outside",
+    "changed_fraction",
+    "mean_abs_delta_w",
+)
 
 
 def _load(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
@@ -68,8 +53,9 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, dic
 
     parts = parse_ffclip(load_checkpoint(args.checkpoint), Path(args.checkpoint).name)
     generator = args.generator or (args.checkpoint if parts.generator else None)
-    nets = load_training_nets(args.profile, args.models, generator=generator, arcface=args.arcface,
-                              clip=args.clip).freeze(device)
+    nets = load_training_nets(
+        args.profile, args.models, generator=generator, arcface=args.arcface, clip=args.clip
+    ).freeze(device)
     mapper = DynamicMapper(**mapper_config(parts.mapper, "mapper"))
     mapper.load_state_dict(parts.mapper, strict=True)
     mapper.eval().requires_grad_(False).to(device)
@@ -80,8 +66,9 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, dic
 
 def _thumb(img: torch.Tensor, size: int) -> np.ndarray:
     if img.shape[-1] != size:
-        img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)[0]
+        img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[
+            0
+        ]
     return to_uint8_image(img)
 
 
@@ -176,7 +163,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 2),
         "metrics": {
             "clip_score": "cos(CLIP image of G(w_hat), CLIP text of the prompt), both l2-normalised, CLIP "
-                          "pre-processing (antialiased bicubic 224, CLIP mean/std)",
+            "pre-processing (antialiased bicubic 224, CLIP mean/std)",
             "identity": "ArcFace cosine of G(w) and G(w_hat)",
             "psnr_outside/ssim_outside": "G(w_hat) vs G(w) weighted by 1 - change mask (engine blend mask)",
             "changed_fraction": "mean of the change mask",
@@ -193,8 +180,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _write_html(out: Path, report: dict[str, Any], prompts: list[str], grid: list[list[str]]) -> None:
     sections = []
     if report["untrained"]:
-        sections.append("<p class='note'>Tiny profile: random, untrained networks — these numbers and images "
-                        "test the evaluation itself, not a model.</p>")
+        sections.append(
+            "<p class='note'>Tiny profile: random, untrained networks — these numbers and images "
+            "test the evaluation itself, not a model.</p>"
+        )
     sections.append(
         f"<p>checkpoint <code>{report['checkpoint']}</code>; {report['samples']} samples of "
         f"<code>{report['latents']}</code>; strength {report['strength']}; {report['resolution']} px.</p>"
@@ -203,33 +192,8 @@ def _write_html(out: Path, report: dict[str, Any], prompts: list[str], grid: lis
     rows = [[r["prompt"], *[r[k] for k in METRICS]] for r in report["prompts"]]
     rows.append(["mean", *[report["mean"][k] for k in METRICS]])
     sections.append("<h2>Metrics per prompt</h2>\n" + html_table(header, rows))
-    sections.append("<h2>Images</h2>\n" + html_image_grid(
-        ["original", *prompts], [(f"sample {i}", paths) for i, paths in enumerate(grid)]
-    ))
+    sections.append(
+        "<h2>Images</h2>\n"
+        + html_image_grid(["original", *prompts], [(f"sample {i}", paths) for i, paths in enumerate(grid)])
+    )
     (out / "index.html").write_text(html_page("FFCLIP evaluation", sections), encoding="utf-8")
-
-
-def run(args: argparse.Namespace) -> int:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    try:
-        with torch_threads(args.threads):
-            report = evaluate(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    mean = report["mean"]
-    print(f"{len(report['prompts'])} prompts x {report['samples']} samples: clip_score {_f(mean['clip_score'])} "
-          f"(original {_f(mean['clip_score_original'])}), identity {_f(mean['identity'])}, PSNR outside "
-          f"{_f(mean['psnr_outside'])} dB, SSIM outside {_f(mean['ssim_outside'])}, |Δw| "
-          f"{_f(mean['mean_abs_delta_w'])}")
-    print(f"report: {Path(args.out) / 'report.json'}, page: {Path(args.out) / 'index.html'}")
-    return 0
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

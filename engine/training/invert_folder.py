@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,29 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..inference import torch_threads
 from .report import write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 STATE_VERSION = 1
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", type=Path, help="folder of photos (searched recursively)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="W+ codes, .npy (N, n_latent, 512)")
-    parser.add_argument("--report", type=Path, help="also write a JSON report here")
-    parser.add_argument("--profile", default="real", choices=("real", "tiny"),
-                        help="real: e4e from the model store; tiny: the untrained tiny encoder (tests)")
-    parser.add_argument("--models", help="model store folder")
-    parser.add_argument("--e4e", help="e4e checkpoint (default: the store's e4e_ffhq_encode.pt)")
-    parser.add_argument("--faces", default="all", choices=("all", "largest"), help="faces per photo")
-    parser.add_argument("--batch-size", type=int, default=8, help="faces per encoder batch")
-    parser.add_argument("--flush-every", type=int, default=32, help="save progress every N photos")
-    parser.add_argument("--max-pixels", type=int, default=64_000_000, help="skip larger photos")
-    parser.add_argument("--restart", action="store_true", help="ignore earlier progress and results")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 # --- the encoder ----------------------------------------------------------------------------------
@@ -165,8 +145,10 @@ class Progress:
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != STATE_VERSION or data.get("signature") != signature:
-            raise ValueError(f"{self.dir} holds progress made with another encoder ({data.get('signature')}); "
-                             "use --restart to start over")
+            raise ValueError(
+                f"{self.dir} holds progress made with another encoder ({data.get('signature')}); "
+                "use --restart to start over"
+            )
         self.resumed_from = "partial"
         return State(signature, data["entries"], data["chunks"])
 
@@ -246,8 +228,13 @@ class Progress:
         out.flush()
         del out, chunks
         os.replace(tmp, self.output)
-        index = {"version": STATE_VERSION, "signature": self.state.signature, "rows": total,
-                 "faces": faces, "files": files}
+        index = {
+            "version": STATE_VERSION,
+            "signature": self.state.signature,
+            "rows": total,
+            "faces": faces,
+            "files": files,
+        }
         write_json(self.index_path, index)
         shutil.rmtree(self.dir, ignore_errors=True)
         return total, index
@@ -275,8 +262,10 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     inverter = load_inverter(args, resolve_device(args.device))
-    shape_tail = (int(inverter.latent_avg.shape[-2]) if inverter.latent_avg.ndim == 2 else
-                  inverter.encoder.style_count, int(inverter.latent_avg.shape[-1]))
+    shape_tail = (
+        int(inverter.latent_avg.shape[-2]) if inverter.latent_avg.ndim == 2 else inverter.encoder.style_count,
+        int(inverter.latent_avg.shape[-1]),
+    )
     progress = Progress(output, inverter.signature, args.restart)
     photos, other = list_photos(folder, {progress.dir.resolve()})
     todo = [rel for rel in photos if not progress.done(rel, _file_key(folder / rel))]
@@ -288,8 +277,7 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError:  # open_clip brings it; without it, no bar
         tqdm = None
     if not args.no_progress and tqdm is not None:
-        bar = tqdm(total=len(photos), initial=len(photos) - len(todo), desc="invert", unit="photo",
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(photos), initial=len(photos) - len(todo), desc="invert", unit="photo", dynamic_ncols=True)
     crops: list[np.ndarray] = []
     waiting: list[tuple[str, dict[str, Any], int]] = []  # photos whose faces wait in `crops`
 
@@ -320,8 +308,12 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
         if faces:
             if args.faces == "largest":
                 faces = [max(faces, key=lambda f: f.area)]
-            entry.update(status="ok", faces=[{"face": f.index, "box": [int(v) for v in f.box],
-                                              "score": round(float(f.score), 4)} for f in faces])
+            entry.update(
+                status="ok",
+                faces=[
+                    {"face": f.index, "box": [int(v) for v in f.box], "score": round(float(f.score), 4)} for f in faces
+                ],
+            )
             for f in faces:
                 aligned, _ = align_face(rgb, f.quad, f.qsize, output_size=256)
                 crops.append(aligned)
@@ -355,30 +347,12 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
         "reused": len(photos) - len(todo),
         "resumed_from": progress.resumed_from,
         "no_face": sorted(rel for rel, e in files.items() if e.get("status") == "no_face"),
-        "unreadable": [{"file": rel, "reason": e.get("reason")} for rel, e in files.items()
-                       if e.get("status") == "unreadable"],
+        "unreadable": [
+            {"file": rel, "reason": e.get("reason")} for rel, e in files.items() if e.get("status") == "unreadable"
+        ],
         "other_files_ignored": other,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if args.report:
         write_json(args.report, report)
     return report
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        with torch_threads(args.threads):
-            report = invert_folder(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{report['faces']} face(s) from {report['photos_with_faces']} of {report['photos']} photo(s) -> "
-          f"{report['output']} {tuple(report['shape'])}; index {report['index']}")
-    for rel in report["no_face"]:
-        print(f"  no face:    {rel}")
-    for item in report["unreadable"]:
-        print(f"  unreadable: {item['file']} ({item['reason']})")
-    if report["reused"]:
-        print(f"  {report['reused']} photo(s) reused from earlier progress ({report['resumed_from']})")
-    return 0 if report["faces"] else 1
-

@@ -98,8 +98,14 @@ class Objective(nn.Module):
     """The weighted loss; holds the frozen CLIP image tower, ArcFace and (optionally) the parser."""
 
     def __init__(
-        self, clip_model: nn.Module, arcface: nn.Module, text_features: Tensor, entry_to_text: list[int],
-        entry_categories: list[str], weights: LossWeights, parsenet: nn.Module | None = None,
+        self,
+        clip_model: nn.Module,
+        arcface: nn.Module,
+        text_features: Tensor,
+        entry_to_text: list[int],
+        entry_categories: list[str],
+        weights: LossWeights,
+        parsenet: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.clip_model = clip_model
@@ -119,9 +125,14 @@ class Objective(nn.Module):
     def active_terms(self) -> list[str]:
         """The terms `forward` reports, in TERMS order (the same on every rank)."""
         wt = self.weights
-        on = {"loss_id": wt.id > 0, "loss_clip": bool(wt.clip > 0 or wt.age or wt.emotion),
-              "loss_latent": wt.latent > 0, "loss_embd": wt.embd > 0, "loss_background": self.use_background,
-              "loss": True}
+        on = {
+            "loss_id": wt.id > 0,
+            "loss_clip": bool(wt.clip > 0 or wt.age or wt.emotion),
+            "loss_latent": wt.latent > 0,
+            "loss_embd": wt.embd > 0,
+            "loss_background": self.use_background,
+            "loss": True,
+        }
         return [k for k in TERMS if on[k]]
 
     def _clip_embed(self, x: Tensor) -> Tensor:
@@ -154,7 +165,12 @@ class Objective(nn.Module):
             return F.adaptive_avg_pool2d(mask, x.shape[-2:])
 
     def forward(
-        self, w: Tensor, w_hat: Tensor, x_hat: Tensor, entries: Tensor, targets: dict[str, Tensor],
+        self,
+        w: Tensor,
+        w_hat: Tensor,
+        x_hat: Tensor,
+        entries: Tensor,
+        targets: dict[str, Tensor],
         x: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and the detached terms (unweighted; loss_clip is the batch mean of 1 − cos)."""

@@ -33,8 +33,9 @@ TINY_ARCFACE_STAGES = ((16, 1), (32, 1), (64, 1), (64, 1))
 class TinyArcFace(nn.Module):
     """A narrow IR-SE network with ArcFace's interface (112×112 in [-1, 1] -> unit 128-d feature)."""
 
-    def __init__(self, width: int = 16, stages: tuple[tuple[int, int], ...] = TINY_ARCFACE_STAGES,
-                 dim: int = 128) -> None:
+    def __init__(
+        self, width: int = 16, stages: tuple[tuple[int, int], ...] = TINY_ARCFACE_STAGES, dim: int = 128
+    ) -> None:
         super().__init__()
         self.input_layer = make_input_layer(width)
         self.body = make_body(stage_specs(stages, width), "ir_se")
@@ -132,8 +133,14 @@ def _missing(store: Any, name: str, option: str) -> FileNotFoundError:
 
 
 def load_training_nets(
-    profile: str = "real", models_dir: str | os.PathLike[str] | None = None, *, generator: str | None = None,
-    arcface: str | None = None, clip: str | None = None, parsenet: str | None = None, init: str | None = None,
+    profile: str = "real",
+    models_dir: str | os.PathLike[str] | None = None,
+    *,
+    generator: str | None = None,
+    arcface: str | None = None,
+    clip: str | None = None,
+    parsenet: str | None = None,
+    init: str | None = None,
 ) -> TrainingNets:
     notes: dict[str, str] = {}
     g = clip_model = face = None

@@ -73,7 +73,11 @@ def _fmt(v: float) -> str:
 
 
 def line_chart_svg(
-    series: Sequence[Series], title: str = "", xlabel: str = "", ylabel: str = "", width: int = 760,
+    series: Sequence[Series],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    width: int = 760,
     height: int = 420,
 ) -> str:
     """A self-contained SVG line chart (any browser renders it)."""
@@ -131,8 +135,10 @@ def line_chart_svg(
         else:
             out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>' for x, y in coords)
         ly = top + 14 + 18 * i
-        out.append(f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly - 4}" y2="{ly - 4}" '
-                   f'stroke="{color}" stroke-width="3"/>')
+        out.append(
+            f'<line x1="{left + pw + 12}" x2="{left + pw + 32}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'stroke="{color}" stroke-width="3"/>'
+        )
         out.append(f'<text x="{left + pw + 38}" y="{ly}">{html.escape(s.name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

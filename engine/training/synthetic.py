@@ -50,8 +50,12 @@ def write_real_size_files(
 
     folder, parity_dir = Path(folder), Path(parity_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"generator": folder / GENERATOR_NAME, "arcface": folder / ARCFACE_NAME, "clip": folder / CLIP_NAME,
-             "latents": folder / "train.npy"}
+    paths = {
+        "generator": folder / GENERATOR_NAME,
+        "arcface": folder / ARCFACE_NAME,
+        "clip": folder / CLIP_NAME,
+        "latents": folder / "train.npy",
+    }
     g = synth_state_dict(load_manifest(parity_dir / "stylegan2_1024.manifest.json"), seed)
     torch.save(rosinality_checkpoint(g), paths["generator"])
     arc = synth_state_dict(load_manifest(parity_dir / "training" / "arcface_ir_se50.manifest.json"), seed + 1)

@@ -43,7 +43,6 @@ from .report import (
     moving_average,
     save_png,
     to_uint8_image,
-    write_json,
 )
 
 log = logging.getLogger("ffclip.train")
@@ -53,76 +52,20 @@ OFFICIAL_LR_STEPS = (0.5, 0.75, 0.9, 0.95)
 # --- command line ---------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    data.add_argument("--latents", help="training W+ codes, .npy (N, n_latent, 512) float32")
-    data.add_argument("--val-latents", help="validation W+ codes (validation each epoch)")
-    data.add_argument("--prompts", help="prompt file, one a line, '[category]' sections (default: official list)")
-    data.add_argument("--out", help="output folder: checkpoints/, log.jsonl, loss.svg, summary.json")
-
-    models = parser.add_argument_group("models")
-    models.add_argument("--profile", default="real", choices=("real", "tiny"),
-                        help="real: the model store; tiny: small untrained networks for smoke runs")
-    models.add_argument("--models", help="model store folder (default: the engine's store)")
-    models.add_argument("--generator", help="StyleGAN2 file (rosinality g_ema or an FFCLIP checkpoint)")
-    models.add_argument("--arcface", help="ArcFace IR-SE-50 file (model_ir_se50.pth)")
-    models.add_argument("--clip", help="CLIP ViT-B/32 weights (open_clip state_dict, .safetensors/.pt)")
-    models.add_argument("--parsenet", help="face-parsing U-Net (parsenet.pth): turns the background loss on")
-    models.add_argument("--init", help="start the mapper from this FFCLIP checkpoint (official or ours)")
-
-    loss = parser.add_argument_group("objective (defaults: the official train_configs.yaml)")
-    loss.add_argument("--id-lambda", type=float, default=0.9)
-    loss.add_argument("--clip-lambda", type=float, default=1.0)
-    loss.add_argument("--latent-lambda", type=float, default=1.6)
-    loss.add_argument("--embd-lambda", type=float, default=1.0)
-    loss.add_argument("--bg-lambda", type=float, default=2.0, help="background loss (needs --parsenet)")
-    loss.add_argument("--age-lambda", type=float, help="CLIP weight of [age] prompts (default: --clip-lambda)")
-    loss.add_argument("--emotion-lambda", type=float, help="CLIP weight of [emotion] prompts (default: --clip-lambda)")
-    loss.add_argument("--clip-reduction", default="sum", choices=("sum", "mean"),
-                      help="CLIP loss over a batch: summed as the official code (default) or averaged")
-    loss.add_argument("--clip-input", default="official", choices=("official", "normalized"),
-                      help="CLIP image input: the generator's [-1,1] output as the official code, or CLIP-normalised")
-
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=20)
-    opt.add_argument("--batch-size", type=int, default=8, help="per process")
-    opt.add_argument("--lr", type=float, default=5e-4)
-    opt.add_argument("--lr-steps", default=",".join(map(str, OFFICIAL_LR_STEPS)),
-                     help="fractions of the epochs where the learning rate decays")
-    opt.add_argument("--lr-gamma", type=float, default=0.5)
-    opt.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clipping (0: off)")
-    opt.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all")
-    opt.add_argument("--seed", type=int, default=42)
-
-    run_ = parser.add_argument_group("run")
-    run_.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: one GPU per local rank)")
-    run_.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
-                      help="mixed precision on GPUs (auto: bf16 where supported); never on CPU")
-    run_.add_argument("--render-size", type=int,
-                      help="stop synthesis at this resolution for the losses (default: full size; smaller is "
-                           "a fast approximation for smoke runs)")
-    run_.add_argument("--val-interval", type=int, default=1, help="validate every N epochs")
-    run_.add_argument("--val-limit", type=int, help="validate on at most N samples")
-    run_.add_argument("--save-interval", type=int, default=2, help="epoch_N.pt every N epochs")
-    run_.add_argument("--image-interval", type=int, default=1, help="sample images every N epochs (0: off)")
-    run_.add_argument("--log-every", type=int, default=50, help="console line every N steps (log.jsonl: all)")
-    run_.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    run_.add_argument("--no-cache-targets", action="store_true",
-                      help="recompute G(w)'s ArcFace/CLIP features every step instead of once per sample")
-    run_.add_argument("--export-mapper", help="also write a mapper-only checkpoint here (best, else last)")
-    run_.add_argument("--ddp-backend", default="auto", help="torch.distributed backend (auto: nccl/gloo)")
-    run_.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run_.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-
-
 # --- configuration --------------------------------------------------------------------------------
 
 
 def weights_from(args: argparse.Namespace) -> LossWeights:
     return LossWeights(
-        id=args.id_lambda, clip=args.clip_lambda, latent=args.latent_lambda, embd=args.embd_lambda,
-        background=args.bg_lambda, age=args.age_lambda, emotion=args.emotion_lambda,
-        clip_reduction=args.clip_reduction, clip_input=args.clip_input,
+        id=args.id_lambda,
+        clip=args.clip_lambda,
+        latent=args.latent_lambda,
+        embd=args.embd_lambda,
+        background=args.bg_lambda,
+        age=args.age_lambda,
+        emotion=args.emotion_lambda,
+        clip_reduction=args.clip_reduction,
+        clip_input=args.clip_input,
     )
 
 
@@ -140,18 +83,35 @@ def make_opts(args: argparse.Namespace, nets_notes: dict[str, str], n_latent: in
     """`opts` of our checkpoints: primitives, laid out like the official train_configs.yaml."""
     return {
         "train": {
-            "max_epoch": args.epochs, "learning_rate": args.lr, "val_interval": args.val_interval,
-            "save_interval": args.save_interval, "gradient_clipping": args.grad_clip,
+            "max_epoch": args.epochs,
+            "learning_rate": args.lr,
+            "val_interval": args.val_interval,
+            "save_interval": args.save_interval,
+            "gradient_clipping": args.grad_clip,
             "lr_steps_rel": [float(x) for x in args.lr_steps.split(",") if x.strip()],
-            "lr_gamma": args.lr_gamma, "seed": args.seed, "render_size": args.render_size, "amp": args.amp,
+            "lr_gamma": args.lr_gamma,
+            "seed": args.seed,
+            "render_size": args.render_size,
+            "amp": args.amp,
         },
-        "data": {"batch_size": args.batch_size, "train_latents": args.latents, "test_latents": args.val_latents,
-                 "prompts": args.prompts or "official"},
+        "data": {
+            "batch_size": args.batch_size,
+            "train_latents": args.latents,
+            "test_latents": args.val_latents,
+            "prompts": args.prompts or "official",
+        },
         "loss": {
-            "id_lambda": args.id_lambda, "clip_lambda": args.clip_lambda, "latent_lambda": args.latent_lambda,
-            "embd_lambda": args.embd_lambda, "bgloss_lambda": args.bg_lambda if args.parsenet else 0.0,
-            "age_lambda": args.age_lambda, "emotion_lambda": args.emotion_lambda, "x_l2_lambda": 0.0,
-            "discrim_lambda": 0, "clip_reduction": args.clip_reduction, "clip_input": args.clip_input,
+            "id_lambda": args.id_lambda,
+            "clip_lambda": args.clip_lambda,
+            "latent_lambda": args.latent_lambda,
+            "embd_lambda": args.embd_lambda,
+            "bgloss_lambda": args.bg_lambda if args.parsenet else 0.0,
+            "age_lambda": args.age_lambda,
+            "emotion_lambda": args.emotion_lambda,
+            "x_l2_lambda": 0.0,
+            "discrim_lambda": 0,
+            "clip_reduction": args.clip_reduction,
+            "clip_input": args.clip_input,
         },
         "generator": {"size": size, "n_latent": n_latent},
         "profile": args.profile,
@@ -163,7 +123,7 @@ def make_opts(args: argparse.Namespace, nets_notes: dict[str, str], n_latent: in
 # --- logging --------------------------------------------------------------------------------------
 
 
-def _setup_logging(out: Path | None, main: bool) -> list[logging.Handler]:
+def setup_logging(out: Path | None, main: bool) -> list[logging.Handler]:
     handlers: list[logging.Handler] = []
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
@@ -219,8 +179,13 @@ class Trainer:
         self.out = out
         self.device = info.device
         self.nets = load_training_nets(
-            args.profile, args.models, generator=args.generator, arcface=args.arcface, clip=args.clip,
-            parsenet=args.parsenet, init=args.init,
+            args.profile,
+            args.models,
+            generator=args.generator,
+            arcface=args.arcface,
+            clip=args.clip,
+            parsenet=args.parsenet,
+            init=args.init,
         ).freeze(self.device)
         self.generator = self.nets.generator
         self.weights = weights_from(args)
@@ -239,8 +204,13 @@ class Trainer:
         self.text_raw = text  # (U, D): the mapper's conditioning e, raw as the official code
         self.entry_text = torch.tensor(self.prompts.unique_index(), dtype=torch.long)
         self.objective = Objective(
-            self.nets.clip, self.nets.arcface, text, self.prompts.unique_index(), self.prompts.categories,
-            self.weights, self.nets.parsenet,
+            self.nets.clip,
+            self.nets.arcface,
+            text,
+            self.prompts.unique_index(),
+            self.prompts.categories,
+            self.weights,
+            self.nets.parsenet,
         ).to(self.device)
 
         from ffclip.engine.models.mapper import DynamicMapper
@@ -403,9 +373,13 @@ class Trainer:
 
     def train_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
-            "world_size": self.info.world_size, "batch_size": self.args.batch_size,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_val_loss": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "world_size": self.info.world_size,
+            "batch_size": self.args.batch_size,
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
@@ -433,8 +407,13 @@ class Trainer:
     def save(self, name: str, with_state: bool = False) -> Path | None:
         path = None
         if self.info.is_main:
-            path = save_checkpoint(self.out / "checkpoints" / name, self.mapper, self.generator, self.opts,
-                                   self.train_state() if with_state else None)
+            path = save_checkpoint(
+                self.out / "checkpoints" / name,
+                self.mapper,
+                self.generator,
+                self.opts,
+                self.train_state() if with_state else None,
+            )
             if not with_state and name not in self.checkpoints:
                 self.checkpoints.append(name)
         ddp.barrier(self.info)
@@ -446,9 +425,15 @@ class Trainer:
         args, info = self.args, self.info
         per_epoch = steps_per_epoch(len(self.train_data), args.batch_size, info.world_size)
         total = args.epochs * per_epoch if args.max_steps is None else min(args.max_steps, args.epochs * per_epoch)
-        log.info("training: %d samples, %d per step on %d process(es), %d steps an epoch, %d epochs, %d steps",
-                 len(self.train_data), args.batch_size * info.world_size, info.world_size, per_epoch,
-                 args.epochs, total)
+        log.info(
+            "training: %d samples, %d per step on %d process(es), %d steps an epoch, %d epochs, %d steps",
+            len(self.train_data),
+            args.batch_size * info.world_size,
+            info.world_size,
+            per_epoch,
+            args.epochs,
+            total,
+        )
         progress = self._progress(total)
         done = self.global_step >= total
         with contextlib.ExitStack() as stack:
@@ -468,8 +453,14 @@ class Trainer:
                     self.step_in_epoch += 1
                     self.train_time += dt
                     self.train_samples += len(idx) * info.world_size
-                    rec = {"kind": "train", "step": self.global_step, "epoch": self.epoch + 1, "lr": lr,
-                           **terms, "seconds": round(dt, 4)}
+                    rec = {
+                        "kind": "train",
+                        "step": self.global_step,
+                        "epoch": self.epoch + 1,
+                        "lr": lr,
+                        **terms,
+                        "seconds": round(dt, 4),
+                    }
                     self.history.append(rec)
                     if jsonl:
                         jsonl.write(json.dumps(rec) + "\n")
@@ -480,8 +471,14 @@ class Trainer:
                         progress.update(1)
                         progress.set_postfix(loss=f"{terms['loss']:.4f}", epoch=self.epoch + 1)
                     if self.global_step % args.log_every == 0 or self.global_step == 1:
-                        log.info("step %d epoch %d lr %.2e %s (%.2f s/step)", self.global_step, self.epoch + 1,
-                                 lr, _fmt_terms(terms), dt)
+                        log.info(
+                            "step %d epoch %d lr %.2e %s (%.2f s/step)",
+                            self.global_step,
+                            self.epoch + 1,
+                            lr,
+                            _fmt_terms(terms),
+                            dt,
+                        )
                     if self.global_step >= total:
                         done = True
                         break
@@ -554,14 +551,23 @@ class Trainer:
             Series(f"train, mean of {window}", steps, moving_average(losses, window), color="#1f77b4", width=2.5),
         ]
         if self.val_history:
-            series.append(Series("validation", [r["step"] for r in self.val_history],
-                                 [r["loss"] for r in self.val_history], color="#d62728", markers=True))
+            series.append(
+                Series(
+                    "validation",
+                    [r["step"] for r in self.val_history],
+                    [r["loss"] for r in self.val_history],
+                    color="#d62728",
+                    markers=True,
+                )
+            )
         (self.out / "loss.svg").write_text(
             line_chart_svg(series, "FFCLIP mapper training objective", "step", "loss"), encoding="utf-8"
         )
         terms = [k for k in TERMS[:-1] if any(k in r for r in self.history)]
-        term_series = [Series(k.removeprefix("loss_"), steps, moving_average([r.get(k, math.nan) for r in self.history],
-                                                                           window)) for k in terms]
+        term_series = [
+            Series(k.removeprefix("loss_"), steps, moving_average([r.get(k, math.nan) for r in self.history], window))
+            for k in terms
+        ]
         (self.out / "loss_terms.svg").write_text(
             line_chart_svg(term_series, f"loss terms (unweighted, mean of {window})", "step", "value"),
             encoding="utf-8",
@@ -601,8 +607,9 @@ class Trainer:
             "best_val_loss": finite_or_none(self.best_val),
             "steps_per_s": (len(self.history) / self.train_time) if self.train_time else None,
             # steady state: the median step, without the first (warm-up, G(w) features computed)
-            "seconds_per_step_median": (float(np.median([r["seconds"] for r in self.history[1:]]))
-                                        if len(self.history) > 1 else None),
+            "seconds_per_step_median": (
+                float(np.median([r["seconds"] for r in self.history[1:]])) if len(self.history) > 1 else None
+            ),
             "samples_per_s": (self.train_samples / self.train_time) if self.train_time else None,
             "weights": self.weights.to_dict(),
             "background_loss": self.objective.use_background,
@@ -650,93 +657,54 @@ def export_mapper(
     return save_checkpoint(dest, mapper, None, opts if opts is not None else parts.opts)
 
 
-def run(args: argparse.Namespace) -> int:
-    if not args.latents:
-        if args.export_mapper and args.init:  # export only
-            print(f"wrote {export_mapper(args.init, args.export_mapper)}")
-            return 0
-        print("error: --latents is required (or --init C --export-mapper P to export a mapper only)",
-              file=sys.stderr)
-        return 2
-    if not args.out:
-        print("error: --out is required", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    info = ddp.setup(args.device, args.ddp_backend)
-    handlers: list[logging.Handler] = []
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if not args.resume and (out / "log.jsonl").exists():
-                (out / "log.jsonl").unlink()  # a fresh run: a fresh log
-        ddp.barrier(info)
-        handlers = _setup_logging(out, info.is_main)
-        trainer = Trainer(args, info, out)
-        _log_setup(trainer)
-        last = out / "checkpoints" / "last.pt"
-        if args.resume:
-            if last.exists():
-                trainer.resume(last)
-            else:
-                log.info("--resume: no %s yet, starting afresh", last)
-        trainer.global_step_start = trainer.global_step
-        summary = trainer.run()
-        if args.export_mapper and info.is_main:
-            best = out / "checkpoints" / "best_model.pt"
-            src = best if best.exists() else last
-            export_mapper(src, args.export_mapper, trainer.opts)
-            log.info("mapper-only export (%s weights): %s", src.name, args.export_mapper)
-            summary["export_mapper"] = str(args.export_mapper)
-        if info.is_main:
-            write_json(out / "summary.json", summary)
-            log.info("done: %d steps, loss %s -> %s (mean of first/last 10 steps), %.2f steps/s; summary: %s",
-                     summary["steps"], _f(summary["loss_first"]), _f(summary["loss_last"]),
-                     summary["steps_per_s"] or 0.0, out / "summary.json")
-            if info.world_size > 1:
-                log.info("ranks agree on the mapper weights: max |Δθ| %s", summary["ddp_weight_max_abs_diff"])
-        return 0
-    except (FileNotFoundError, ValueError) as exc:
-        if handlers:
-            log.error("error: %s", exc)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        for h in handlers:
-            log.removeHandler(h)
-            h.close()
-        torch.set_num_threads(threads)
-        ddp.cleanup(info)
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _log_setup(t: Trainer) -> None:
+def log_setup(t: Trainer) -> None:
     a = t.args
-    log.info("FFCLIP mapper training: profile %s, device %s, %d process(es)%s, amp %s",
-             a.profile, t.device, t.info.world_size, f" ({t.info.backend})" if t.info.enabled else "",
-             str(t.amp_dtype).replace("torch.", "") if t.amp_dtype else "off")
+    log.info(
+        "FFCLIP mapper training: profile %s, device %s, %d process(es)%s, amp %s",
+        a.profile,
+        t.device,
+        t.info.world_size,
+        f" ({t.info.backend})" if t.info.enabled else "",
+        str(t.amp_dtype).replace("torch.", "") if t.amp_dtype else "off",
+    )
     if a.profile == "tiny":
         log.info("note: the tiny profile trains against random, untrained networks: a smoke run, not a model")
     for name, what in t.nets.notes.items():
         log.info("  %-9s %s", name, what)
-    log.info("generator %d px, %d W+ layers; losses rendered at %d px%s", t.generator.size, t.generator.n_latent,
-             t.render or t.generator.size, " (--render-size: an approximation)" if t.render else "")
+    log.info(
+        "generator %d px, %d W+ layers; losses rendered at %d px%s",
+        t.generator.size,
+        t.generator.n_latent,
+        t.render or t.generator.size,
+        " (--render-size: an approximation)" if t.render else "",
+    )
     w = t.weights
-    log.info("objective: id %.3g, clip %.3g (%s over the batch; age %s, emotion %s; %s input), latent %.3g, "
-             "embd %.3g", w.id, w.clip, w.clip_reduction, w.age if w.age is not None else "=clip",
-             w.emotion if w.emotion is not None else "=clip", w.clip_input, w.latent, w.embd)
+    log.info(
+        "objective: id %.3g, clip %.3g (%s over the batch; age %s, emotion %s; %s input), latent %.3g, embd %.3g",
+        w.id,
+        w.clip,
+        w.clip_reduction,
+        w.age if w.age is not None else "=clip",
+        w.emotion if w.emotion is not None else "=clip",
+        w.clip_input,
+        w.latent,
+        w.embd,
+    )
     if t.objective.use_background:
         log.info("background loss on: %.3g (non-hair pixels, face parser)", w.background)
     else:
         log.info("background loss off: no face-parsing checkpoint (give --parsenet parsenet.pth to turn it on)")
-    log.info("prompts: %d draw slots, %d distinct (%s); CLIP text embeddings computed once",
-             len(t.prompts), len(t.prompts.unique), t.prompts.source)
-    log.info("optimizer: Adam lr %.3g, decay x%.3g at epochs %s, grad clip %.3g; G(w) features %s",
-             a.lr, a.lr_gamma, t.milestones, a.grad_clip,
-             "cached per sample" if t.train_targets.enabled else "recomputed every step")
+    log.info(
+        "prompts: %d draw slots, %d distinct (%s); CLIP text embeddings computed once",
+        len(t.prompts),
+        len(t.prompts.unique),
+        t.prompts.source,
+    )
+    log.info(
+        "optimizer: Adam lr %.3g, decay x%.3g at epochs %s, grad clip %.3g; G(w) features %s",
+        a.lr,
+        a.lr_gamma,
+        t.milestones,
+        a.grad_clip,
+        "cached per sample" if t.train_targets.enabled else "recomputed every step",
+    )

@@ -4,8 +4,8 @@
 # Filters > FFCLIP Edit...   (python-fu-ffclip-edit)    edit the faces of the active layer
 # Filters > FFCLIP Cancel    (python-fu-ffclip-cancel)  cancel the running edit
 #
-# This file only talks to GIMP; everything else is in the `ffclip_plugin` package next to it
-# (a copy of the project's plugin/ package, standard library only). Installed by
+# This file only talks to GIMP; everything else is in the `ffclip` folder next to it (copies of the
+# project's ffclip.plugin and ffclip.gimp packages, standard library only). Installed by
 # `ffclip-engine install-gimp-plugin`; the engine daemon is `ffclip-engine serve`.
 
 import contextlib
@@ -21,11 +21,9 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-try:
-    from ffclip_plugin import gimp_edit, gimp_settings  # installed layout
-except ImportError:  # running from a source checkout with the project installed
-    from ffclip.plugin import gimp_edit, gimp_settings
+sys.path.insert(0, HERE)  # the installed copies (or, from a checkout, the project installed)
+from ffclip.gimp import edit as gimp_edit  # noqa: E402
+from ffclip.gimp import settings as gimp_settings  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 MASK = "Y u8"

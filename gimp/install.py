@@ -1,12 +1,16 @@
-"""`ffclip-engine install-gimp-plugin`: put the FFCLIP Edit plug-in where GIMP 3 finds it.
+"""Put the FFCLIP Edit plug-in where GIMP 3 finds it (the command is `ffclip-engine install-gimp-plugin`).
 
 GIMP 3 loads a Python plug-in only from `<plug-ins>/<name>/<name>.py`, executable, with a
 `#!/usr/bin/env python3` line and LF line endings; anything else is silently ignored, which is why
 the menu entry "never appears". This command writes exactly that layout:
 
     <plug-ins>/ffclip-edit/ffclip-edit.py        the GIMP entry (gimp/ffclip-edit/ffclip-edit.py)
-    <plug-ins>/ffclip-edit/ffclip_plugin/        a copy of this package (standard library only)
+    <plug-ins>/ffclip-edit/ffclip/plugin/        a copy of ffclip.plugin: protocol and client
+    <plug-ins>/ffclip-edit/ffclip/gimp/          a copy of ffclip.gimp's modules: the plug-in's logic
     <plug-ins>/ffclip-edit/ffclip-edit.json      settings: engine URL, token, autostart
+
+Both copies are standard library only; the entry puts its folder first on sys.path, so GIMP's
+Python imports them as `ffclip.plugin` and `ffclip.gimp`, the same names as in the project.
 
 Plug-in folders found: `--dest DIR`, else `$GIMP3_DIRECTORY/plug-ins`, the native
 `~/.config/GIMP/3.0/plug-ins` and the Flatpak `~/.var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins`
@@ -15,70 +19,20 @@ Plug-in folders found: `--dest DIR`, else `$GIMP3_DIRECTORY/plug-ins`, the nativ
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import shutil
 import stat
 import sys
 from pathlib import Path
 
-from . import gimp_settings
+from . import settings as gimp_settings
 
 NAME = "ffclip-edit"
 ENTRY = f"{NAME}.py"
-PACKAGE = "ffclip_plugin"
+PACKAGE = "ffclip"  # <plug-in>/ffclip/{plugin,gimp}: the project's own import names
+OLD_PACKAGE = "ffclip_plugin"  # the layout of earlier versions, removed on reinstall
+_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", NAME, "batch_edit.py")
 FLATPAK_APP = "org.gimp.GIMP"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dest", metavar="DIR", help="GIMP 3 plug-ins folder (default: found automatically)")
-    parser.add_argument("--uninstall", action="store_true", help="remove the plug-in instead")
-    parser.add_argument("--url", help=f"engine URL the plug-in uses (default {gimp_settings.DEFAULT_URL})")
-    parser.add_argument("--token", help="access token, when the daemon runs with --token")
-    auto = parser.add_mutually_exclusive_group()
-    auto.add_argument(
-        "--autostart",
-        dest="autostart",
-        action="store_true",
-        default=None,
-        help="let the plug-in start the engine when it is not running (local URL only; the default, "
-        "except for the Flatpak GIMP, whose sandbox cannot run it)",
-    )
-    auto.add_argument("--no-autostart", dest="autostart", action="store_false", help="never start it")
-    parser.add_argument(
-        "--start-command",
-        help="command that starts the engine (default: this Python's `ffclip-engine serve --port PORT`)",
-    )
-    parser.add_argument("--start-timeout", type=float, help="seconds to wait for a started engine (default 120)")
-    parser.add_argument("--dry-run", action="store_true", help="print what would be done")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        dests = [Path(args.dest).expanduser()] if args.dest else find_plugin_dirs()
-    except RuntimeError as exc:
-        print(f"install-gimp-plugin: {exc}", file=sys.stderr)
-        return 1
-    status = 0
-    for dest in dests:
-        try:
-            if args.uninstall:
-                removed = uninstall(dest, dry_run=args.dry_run)
-                print(f"removed {removed}" if removed else f"nothing to remove in {dest}")
-            else:
-                flatpak = FLATPAK_APP in dest.parts
-                target = install(dest, _settings_from_args(args), dry_run=args.dry_run, default_autostart=not flatpak)
-                print(f"installed {target / ENTRY}")
-        except (OSError, ValueError) as exc:
-            print(f"install-gimp-plugin: {dest}: {exc}", file=sys.stderr)
-            status = 1
-    if status == 0 and not args.uninstall and not args.dry_run:
-        print(
-            "Restart GIMP: the entries are Filters > FFCLIP Edit... and Filters > FFCLIP Cancel.\n"
-            "Start the engine with: ffclip-engine serve"
-        )
-    return status
 
 
 # --------------------------------------------------------------------------- locations
@@ -116,18 +70,10 @@ def find_plugin_dirs(environ: dict | None = None, home: Path | None = None) -> l
 
 
 def entry_source() -> Path:
-    """The GIMP entry file: in the wheel (`ffclip.gimp`), in a checkout, or next to this package."""
+    """The GIMP entry file: package data of this package (checkout, editable install or wheel), or
+    the entry of the plug-in folder this copy runs from."""
     here = Path(__file__).resolve().parent
-    candidates = [
-        here.parent / "gimp" / NAME / ENTRY,  # source checkout / editable install
-        here.parent / ENTRY,  # running from an installed plug-in folder
-    ]
-    try:
-        from importlib.resources import files
-
-        candidates.insert(0, Path(str(files("ffclip.gimp") / NAME / ENTRY)))
-    except Exception:  # noqa: BLE001 - no ffclip.gimp package: use the other places
-        pass
+    candidates = [here / NAME / ENTRY, here.parent.parent / ENTRY]
     for path in candidates:
         if path.is_file():
             return path
@@ -135,8 +81,11 @@ def entry_source() -> Path:
     raise FileNotFoundError(f"cannot find the GIMP entry {ENTRY} (looked in {looked})")
 
 
-def package_source() -> Path:
-    return Path(__file__).resolve().parent
+def package_sources() -> dict[str, Path]:
+    """Subpackage name -> source folder, for the copies under `<plug-in>/ffclip/`."""
+    from ffclip import plugin
+
+    return {"plugin": Path(plugin.__file__).resolve().parent, "gimp": Path(__file__).resolve().parent}
 
 
 # --------------------------------------------------------------------------- install / uninstall
@@ -145,21 +94,6 @@ def package_source() -> Path:
 def default_start_command(url: str) -> list[str]:
     port = gimp_settings.url_port(url)
     return [sys.executable, "-m", "ffclip.engine", "serve", "--port", str(port)]
-
-
-def _settings_from_args(args: argparse.Namespace) -> dict:
-    given: dict = {}
-    if args.url:
-        given["url"] = gimp_settings.normalize_url(args.url)
-    if args.token is not None:
-        given["token"] = args.token or None
-    if args.autostart is not None:
-        given["autostart"] = bool(args.autostart)
-    if args.start_command:
-        given["start_command"] = shlex.split(args.start_command)
-    if args.start_timeout is not None:
-        given["start_timeout"] = float(args.start_timeout)
-    return given
 
 
 def install(dest: Path, given: dict | None = None, dry_run: bool = False, default_autostart: bool = True) -> Path:
@@ -171,7 +105,7 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
     given = dict(given or {})
     target = Path(dest) / NAME
     entry = entry_source()
-    package = package_source()
+    packages = package_sources()
     had_settings = (target / gimp_settings.SETTINGS_NAME).is_file()
     settings = gimp_settings.load_settings(target if target.is_dir() else None)
     if not had_settings:
@@ -181,7 +115,8 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
         settings["start_command"] = default_start_command(settings["url"])
     if dry_run:
         print(f"would copy {entry} -> {target / ENTRY}")
-        print(f"would copy {package} -> {target / PACKAGE}")
+        for name, source in packages.items():
+            print(f"would copy {source} -> {target / PACKAGE / name}")
         print(f"would write {target / gimp_settings.SETTINGS_NAME}: {settings}")
         return target
     target.mkdir(parents=True, exist_ok=True)
@@ -193,10 +128,11 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
     tmp.write_text(text, encoding="utf-8", newline="\n")
     tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
     os.replace(tmp, entry_path)
-    pkg_target = target / PACKAGE
-    if pkg_target.exists():
-        shutil.rmtree(pkg_target)
-    shutil.copytree(package, pkg_target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
+    for old in (target / PACKAGE, target / OLD_PACKAGE):
+        if old.exists():
+            shutil.rmtree(old)
+    for name, source in packages.items():
+        shutil.copytree(source, target / PACKAGE / name, ignore=_NOT_SHIPPED)
     gimp_settings.save_settings(target, settings)
     return target
 
@@ -204,7 +140,7 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
 def uninstall(dest: Path, dry_run: bool = False) -> Path | None:
     """Remove `dest/ffclip-edit` (only when it holds our entry); returns what was removed."""
     target = Path(dest) / NAME
-    if not (target / ENTRY).is_file() and not (target / PACKAGE).is_dir():
+    if not (target / ENTRY).is_file() and not (target / PACKAGE).is_dir() and not (target / OLD_PACKAGE).is_dir():
         return None
     if not dry_run:
         shutil.rmtree(target)

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import IO
 
-from .checkpoints.errors import CheckpointError
-from .checkpoints.layouts import KINDS
-from .store import SPECS, ModelStore, VerifyResult
+from ffclip.engine.checkpoints.errors import CheckpointError
+from ffclip.engine.checkpoints.layouts import KINDS
+from ffclip.engine.store import SPECS, ModelStore, VerifyResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ver.add_argument("names", nargs="*", metavar="NAME")
     ver.add_argument("--accept", action="store_true", help="record the current sha256 of changed files")
     fet = sub.add_parser("fetch", parents=[common], help="download the official files (resumable)")
-    fet.add_argument("names", nargs="*", metavar="NAME",
-                     help=f"any of {', '.join(s.name for s in SPECS)} (default: what serve/edit need)")
+    fet.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"any of {', '.join(s.name for s in SPECS)} (default: what serve/edit need)",
+    )
     fet.add_argument("--all", action="store_true", help="every known model (training, other domains)")
     fet.add_argument("--retries", type=int, default=5, help="attempts without progress before giving up")
-    fet.add_argument("--stall-timeout", type=float, default=60.0, metavar="S",
-                     help="seconds without data before a connection counts as dropped")
+    fet.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds without data before a connection counts as dropped",
+    )
     fet.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -80,12 +89,18 @@ def cmd_list(store: ModelStore, out: IO[str]) -> int:
         print(f"warning: {exc}", file=sys.stderr)
         index = {}
     print(f"model store: {store.root}", file=out)
-    rows = [(s.name, s.filename, s.kind, _state(store, s.name, index), "" if s.required else "(optional)")
-            for s in SPECS]
+    rows = [
+        (s.name, s.filename, s.kind, _state(store, s.name, index), "" if s.required else "(optional)") for s in SPECS
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  "
-              + " ".join(row[3:]).rstrip(), file=out)
+        print(
+            "  "
+            + "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
+            + "  "
+            + " ".join(row[3:]).rstrip(),
+            file=out,
+        )
     missing = store.missing()
     if missing:
         print(f"missing for serve/edit: {', '.join(missing)}; get them with `{store.fetch_hint}`", file=out)

@@ -1,8 +1,8 @@
 """What the GIMP plug-in does, without GIMP: request building, progress, pixels, errors, the job.
 
 The GIMP entry (`gimp/ffclip-edit/ffclip-edit.py`) only reads and writes GIMP objects; every decision
-lives here so that it can be tested with plain Python. Standard library only (this package is copied
-into the GIMP plug-in folder as `ffclip_plugin`).
+lives here so that it can be tested with plain Python. Standard library only (copied into the GIMP plug-in
+folder with ffclip.plugin, see gimp/install.py).
 
 Pixel conventions: layer pixels travel as RGBA8 rows (`R'G'B'A u8`, what GEGL converts any layer
 precision and type to), selections and masks as one byte per pixel (`Y u8`). Coordinates in a
@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import gimp_settings
+from . import settings as gimp_settings
 
 PROCEDURE = "python-fu-ffclip-edit"
 CANCEL_PROCEDURE = "python-fu-ffclip-cancel"
@@ -276,7 +276,7 @@ class EditOutcome:
 
 
 def _client_module():
-    from . import client
+    from ffclip.plugin import client
 
     return client
 

@@ -37,8 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inference import Engine, Networks, build_tiny, default_threads, normalise_untrained_rgb, release_freed_memory
-from .profiles import PROFILES, Profile
+from ffclip.engine.inference import (
+    Engine,
+    Networks,
+    build_tiny,
+    default_threads,
+    normalise_untrained_rgb,
+    release_freed_memory,
+)
+from ffclip.engine.profiles import PROFILES, Profile
 
 WEIGHTS_NOTE = "synthetic weights (random init, real architectures and sizes): speeds only, outputs are meaningless"
 TINY_NOTE = "synthetic weights (tiny profile: narrow widths, seeded random init): speeds only, outputs are meaningless"
@@ -54,15 +61,20 @@ def build_networks(profile: Profile, seed: int = 0) -> Networks:
     full size with the real CLIP ViT-B/32 text tower, randomly initialised."""
     if profile.untrained:
         return build_tiny(profile)
-    from .models.clip import build_clip
-    from .models.e4e import Encoder4Editing
-    from .models.mapper import DynamicMapper
-    from .models.stylegan2 import Generator
+    from ffclip.engine.models.clip import build_clip
+    from ffclip.engine.models.e4e import Encoder4Editing
+    from ffclip.engine.models.mapper import DynamicMapper
+    from ffclip.engine.models.stylegan2 import Generator
 
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        g = Generator(profile.size, profile.style_dim, n_mlp=profile.n_mlp,
-                      channel_multiplier=profile.channel_multiplier, channel_base=profile.channel_base)
+        g = Generator(
+            profile.size,
+            profile.style_dim,
+            n_mlp=profile.n_mlp,
+            channel_multiplier=profile.channel_multiplier,
+            channel_base=profile.channel_base,
+        )
         for name, p in g.named_parameters():
             if name.endswith("noise.weight"):  # zero at init: a trained generator adds its noise
                 p.fill_(0.05)
@@ -134,10 +146,17 @@ def module_convs(module: nn.Module, *inputs: Tensor) -> list[ConvShape]:
         x = args[0]
         assert mod.padding_mode == "zeros" and isinstance(mod.padding, tuple)
         assert len(set(mod.stride)) == 1 and len(set(mod.padding)) == 1 and mod.dilation == (1, 1)
-        found.append(ConvShape(
-            "conv2d", (1, *x.shape[1:]), tuple(mod.weight.shape), mod.stride[0], mod.padding[0], mod.groups,
-            mod.bias is not None,
-        ))
+        found.append(
+            ConvShape(
+                "conv2d",
+                (1, *x.shape[1:]),
+                tuple(mod.weight.shape),
+                mod.stride[0],
+                mod.padding[0],
+                mod.groups,
+                mod.bias is not None,
+            )
+        )
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
     try:
@@ -215,8 +234,12 @@ def dense_limit(
 
 
 def limit_and_stage(
-    shapes: list[ConvShape], stage: Callable[[], Any], device: torch.device, repeats: int,
-    dtype: torch.dtype = torch.float32, peak: PeakRss | None = None,
+    shapes: list[ConvShape],
+    stage: Callable[[], Any],
+    device: torch.device,
+    repeats: int,
+    dtype: torch.dtype = torch.float32,
+    peak: PeakRss | None = None,
 ) -> tuple[dict[str, Any], list[float]]:
     """The dense limit and the network's own time, measured in alternation (one pass of each per
     repeat) so that a change of load on a shared machine affects both sides of the ratio alike.
@@ -249,7 +272,7 @@ def _photo(path: Path | None, min_pixels: int) -> np.ndarray | None:
         return None
     import cv2
 
-    from .imageio import load_image
+    from ffclip.engine.imageio import load_image
 
     image = load_image(path)
     h, w = image.shape[:2]
@@ -371,19 +394,22 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     x = (torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     w = engine.invert(x)
     log("g1024 and its dense limit")
-    limit, times = limit_and_stage(generator_convs(engine.generator), lambda: engine.synthesize(w), device,
-                                   repeats, dtype, peak)
+    limit, times = limit_and_stage(
+        generator_convs(engine.generator), lambda: engine.synthesize(w), device, repeats, dtype, peak
+    )
     result["limits"]["g1024"], stages["g1024"] = limit, _stat(times)
     log("e4e and its dense limit")
-    limit, times = limit_and_stage(module_convs(engine.encoder, x), lambda: engine.invert(x), device, repeats, dtype,
-                                   peak)
+    limit, times = limit_and_stage(
+        module_convs(engine.encoder, x), lambda: engine.invert(x), device, repeats, dtype, peak
+    )
     result["limits"]["e4e"], stages["e4e"] = limit, _stat(times)
     log("preview")
     stages["preview"] = _stat(median_time(lambda: engine.synthesize(w, preview=True), repeats, device))
     log("text")
     counter = iter(range(10**9))
-    stages["text_cold"] = _stat(median_time(lambda: engine.encode_text([f"a face, take {next(counter)}"]),
-                                            repeats, device))
+    stages["text_cold"] = _stat(
+        median_time(lambda: engine.encode_text([f"a face, take {next(counter)}"]), repeats, device)
+    )
     e = engine.encode_text(["a smiling face"])
     stages["text_cached"] = _stat(median_time(lambda: engine.encode_text(["a smiling face"]), repeats, device))
     log("mapper")
@@ -414,7 +440,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
 
 def _known_faces(path: Path, image: np.ndarray) -> list:
     """Faces from `ffclip-engine faces --json` of the bench photo (scaled if the bench enlarged it)."""
-    from .face.detect import FaceInfo
+    from ffclip.engine.face.detect import FaceInfo
 
     try:
         doc = json.loads(path.read_text())
@@ -428,11 +454,16 @@ def _known_faces(path: Path, image: np.ndarray) -> list:
 
 
 def _bench_pipeline(
-    engine: Engine, image: np.ndarray, repeats: int, stages: dict, rng: np.random.Generator,
-    log: Callable[[str], None], faces: list | None = None,
+    engine: Engine,
+    image: np.ndarray,
+    repeats: int,
+    stages: dict,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+    faces: list | None = None,
 ) -> dict[str, Any]:
-    from .face.detect import KnownFaces
-    from .pipeline import EditRequest, Pipeline
+    from ffclip.engine.face.detect import KnownFaces
+    from ffclip.engine.pipeline import EditRequest, Pipeline
 
     def new_pipeline() -> Pipeline:
         pipe = Pipeline(engine)
@@ -474,17 +505,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--profile", default="real", choices=sorted(PROFILES), help="model sizes (default real)")
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats per stage (default 5; tiny 3)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help=f"intra-op threads (default: the engine's, {default_threads()} here)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help=f"intra-op threads (default: the engine's, {default_threads()} here)"
+    )
     parser.add_argument("--autocast", action="store_true", help="half-precision autocast (CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay synthesis from CUDA graphs (CUDA)")
-    parser.add_argument("--models", help="time the engine loaded from this model store (the daemon's path) "
-                        "instead of synthetic weights; peak RSS is then the daemon's")
+    parser.add_argument(
+        "--models",
+        help="time the engine loaded from this model store (the daemon's path) "
+        "instead of synthetic weights; peak RSS is then the daemon's",
+    )
     parser.add_argument("--photo", help=f"photo for the edit stages (default: tests/data/photos/{PHOTO})")
-    parser.add_argument("--faces", help="detections of the photo from `ffclip-engine faces --json` instead of "
-                        "running dlib (for a machine without dlib's models; `detect` is then ~0)")
-    parser.add_argument("--min-pixels", type=int, default=900_000,
-                        help="upscale smaller photos to about this many pixels (default 0.9 MP)")
+    parser.add_argument(
+        "--faces",
+        help="detections of the photo from `ffclip-engine faces --json` instead of "
+        "running dlib (for a machine without dlib's models; `detect` is then ~0)",
+    )
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        default=900_000,
+        help="upscale smaller photos to about this many pixels (default 0.9 MP)",
+    )
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -504,8 +546,10 @@ def _table(result: dict[str, Any]) -> str:
     for name, stages in result.get("pipeline", {}).items():
         parts = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
         lines.append(f"  {name} stages: {parts}")
-    lines.append(f"  peak RSS {result['peak_rss_mb']:.0f} MB (the process, with the dense-limit passes: "
-                 f"{result['peak_rss_process_mb']:.0f} MB)")
+    lines.append(
+        f"  peak RSS {result['peak_rss_mb']:.0f} MB (the process, with the dense-limit passes: "
+        f"{result['peak_rss_process_mb']:.0f} MB)"
+    )
     return "\n".join(lines)
 
 

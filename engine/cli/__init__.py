@@ -1,4 +1,4 @@
-"""`ffclip-engine` command line: one sub-command per module, imported lazily.
+"""`ffclip-engine` command line: one sub-command per module of this package, imported lazily.
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`, so the heavy
 imports (torch, dlib, websockets) happen only for the command that needs them.
@@ -12,24 +12,22 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("ffclip.bridge.daemon", "run the engine daemon (websocket server)"),
-    "edit": ("ffclip.engine.edit_cli", "edit the faces of a photo with a text prompt"),
-    "faces": ("ffclip.engine.face.cli", "detect faces: boxes, landmarks, FFHQ quads"),
-    "models": ("ffclip.engine.store_cli", "list, fetch, import and verify model checkpoints"),
-    "conformance": ("ffclip.engine.conformance", "check the models against parity fixtures"),
-    "service": ("ffclip.bridge.service", "install the daemon as a desktop service"),
-    "invert-folder": ("ffclip.engine.training.invert_folder", "invert every face of a folder into W+"),
-    "train": ("ffclip.engine.training.train", "train the FFCLIP mapper"),
-    "evaluate": ("ffclip.engine.training.evaluate", "evaluate a mapper checkpoint"),
-    "bench": ("ffclip.engine.bench", "time each stage at real model sizes"),
-    "install-gimp-plugin": ("ffclip.plugin.install", "install the GIMP 3 plug-in"),
+    "serve": ("ffclip.engine.cli.serve", "run the engine daemon (websocket server)"),
+    "edit": ("ffclip.engine.cli.edit", "edit the faces of a photo with a text prompt"),
+    "faces": ("ffclip.engine.cli.faces", "detect faces: boxes, landmarks, FFHQ quads"),
+    "models": ("ffclip.engine.cli.models", "list, fetch, import and verify model checkpoints"),
+    "conformance": ("ffclip.engine.cli.conformance", "check the models against parity fixtures"),
+    "service": ("ffclip.engine.cli.service", "install the daemon as a desktop service"),
+    "invert-folder": ("ffclip.engine.cli.invert_folder", "invert every face of a folder into W+"),
+    "train": ("ffclip.engine.cli.train", "train the FFCLIP mapper"),
+    "evaluate": ("ffclip.engine.cli.evaluate", "evaluate a mapper checkpoint"),
+    "bench": ("ffclip.engine.cli.bench", "time each stage at real model sizes"),
+    "install-gimp-plugin": ("ffclip.engine.cli.install_gimp_plugin", "install the GIMP 3 plug-in"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ffclip-engine", description="FFCLIP Edit engine: text-driven face editing."
-    )
+    parser = argparse.ArgumentParser(prog="ffclip-engine", description="FFCLIP Edit engine: text-driven face editing.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():

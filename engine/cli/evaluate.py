@@ -1,0 +1,60 @@
+"""`ffclip-engine evaluate`: the command line of engine/training/evaluate.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ffclip.engine.inference import torch_threads
+from ffclip.engine.training.evaluate import evaluate, log
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--latents", required=True, help="test W+ codes, .npy (N, n_latent, 512)")
+    parser.add_argument("--checkpoint", required=True, help="FFCLIP checkpoint (official layout, or mapper-only)")
+    parser.add_argument("--prompts", help="prompt file (default: 8 prompts spread over the official list)")
+    parser.add_argument("--max-prompts", type=int, help="evaluate at most N prompts of the file")
+    parser.add_argument("-o", "--out", required=True, help="report folder (report.json, index.html, images/)")
+    parser.add_argument("--profile", default="real", choices=("real", "tiny"))
+    parser.add_argument("--models", help="model store folder")
+    parser.add_argument("--generator", help="StyleGAN2 file (default: the checkpoint's own generator)")
+    parser.add_argument("--arcface", help="ArcFace IR-SE-50 file")
+    parser.add_argument("--clip", help="CLIP ViT-B/32 weights")
+    parser.add_argument("--limit", type=int, help="use the first N latents only")
+    parser.add_argument("--strength", type=float, default=1.0, help="edit strength α (default 1)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--render-size", type=int, help="stop synthesis at this resolution (default: full)")
+    parser.add_argument("--grid-rows", type=int, default=6, help="samples shown in the image grid")
+    parser.add_argument("--thumb", type=int, default=160, help="side of the grid images in pixels")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    try:
+        with torch_threads(args.threads):
+            report = evaluate(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mean = report["mean"]
+    print(
+        f"{len(report['prompts'])} prompts x {report['samples']} samples: clip_score {_f(mean['clip_score'])} "
+        f"(original {_f(mean['clip_score_original'])}), identity {_f(mean['identity'])}, PSNR outside "
+        f"{_f(mean['psnr_outside'])} dB, SSIM outside {_f(mean['ssim_outside'])}, |Δw| "
+        f"{_f(mean['mean_abs_delta_w'])}"
+    )
+    print(f"report: {Path(args.out) / 'report.json'}, page: {Path(args.out) / 'index.html'}")
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

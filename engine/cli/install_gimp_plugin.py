@@ -1,0 +1,76 @@
+"""`ffclip-engine install-gimp-plugin`: put the FFCLIP Edit plug-in where GIMP 3 finds it (gimp/install.py)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ffclip.gimp import settings as gimp_settings
+from ffclip.gimp.install import ENTRY, FLATPAK_APP, find_plugin_dirs, install, uninstall
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dest", metavar="DIR", help="GIMP 3 plug-ins folder (default: found automatically)")
+    parser.add_argument("--uninstall", action="store_true", help="remove the plug-in instead")
+    parser.add_argument("--url", help=f"engine URL the plug-in uses (default {gimp_settings.DEFAULT_URL})")
+    parser.add_argument("--token", help="access token, when the daemon runs with --token")
+    auto = parser.add_mutually_exclusive_group()
+    auto.add_argument(
+        "--autostart",
+        dest="autostart",
+        action="store_true",
+        default=None,
+        help="let the plug-in start the engine when it is not running (local URL only; the default, "
+        "except for the Flatpak GIMP, whose sandbox cannot run it)",
+    )
+    auto.add_argument("--no-autostart", dest="autostart", action="store_false", help="never start it")
+    parser.add_argument(
+        "--start-command",
+        help="command that starts the engine (default: this Python's `ffclip-engine serve --port PORT`)",
+    )
+    parser.add_argument("--start-timeout", type=float, help="seconds to wait for a started engine (default 120)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be done")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        dests = [Path(args.dest).expanduser()] if args.dest else find_plugin_dirs()
+    except RuntimeError as exc:
+        print(f"install-gimp-plugin: {exc}", file=sys.stderr)
+        return 1
+    status = 0
+    for dest in dests:
+        try:
+            if args.uninstall:
+                removed = uninstall(dest, dry_run=args.dry_run)
+                print(f"removed {removed}" if removed else f"nothing to remove in {dest}")
+            else:
+                flatpak = FLATPAK_APP in dest.parts
+                target = install(dest, _settings_from_args(args), dry_run=args.dry_run, default_autostart=not flatpak)
+                print(f"installed {target / ENTRY}")
+        except (OSError, ValueError) as exc:
+            print(f"install-gimp-plugin: {dest}: {exc}", file=sys.stderr)
+            status = 1
+    if status == 0 and not args.uninstall and not args.dry_run:
+        print(
+            "Restart GIMP: the entries are Filters > FFCLIP Edit... and Filters > FFCLIP Cancel.\n"
+            "Start the engine with: ffclip-engine serve"
+        )
+    return status
+
+
+def _settings_from_args(args: argparse.Namespace) -> dict:
+    given: dict = {}
+    if args.url:
+        given["url"] = gimp_settings.normalize_url(args.url)
+    if args.token is not None:
+        given["token"] = args.token or None
+    if args.autostart is not None:
+        given["autostart"] = bool(args.autostart)
+    if args.start_command:
+        given["start_command"] = shlex.split(args.start_command)
+    if args.start_timeout is not None:
+        given["start_timeout"] = float(args.start_timeout)
+    return given

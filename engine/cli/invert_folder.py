@@ -1,0 +1,52 @@
+"""`ffclip-engine invert-folder`: the command line of engine/training/invert_folder.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ffclip.engine.inference import torch_threads
+from ffclip.engine.training.invert_folder import invert_folder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, help="folder of photos (searched recursively)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="W+ codes, .npy (N, n_latent, 512)")
+    parser.add_argument("--report", type=Path, help="also write a JSON report here")
+    parser.add_argument(
+        "--profile",
+        default="real",
+        choices=("real", "tiny"),
+        help="real: e4e from the model store; tiny: the untrained tiny encoder (tests)",
+    )
+    parser.add_argument("--models", help="model store folder")
+    parser.add_argument("--e4e", help="e4e checkpoint (default: the store's e4e_ffhq_encode.pt)")
+    parser.add_argument("--faces", default="all", choices=("all", "largest"), help="faces per photo")
+    parser.add_argument("--batch-size", type=int, default=8, help="faces per encoder batch")
+    parser.add_argument("--flush-every", type=int, default=32, help="save progress every N photos")
+    parser.add_argument("--max-pixels", type=int, default=64_000_000, help="skip larger photos")
+    parser.add_argument("--restart", action="store_true", help="ignore earlier progress and results")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with torch_threads(args.threads):
+            report = invert_folder(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{report['faces']} face(s) from {report['photos_with_faces']} of {report['photos']} photo(s) -> "
+        f"{report['output']} {tuple(report['shape'])}; index {report['index']}"
+    )
+    for rel in report["no_face"]:
+        print(f"  no face:    {rel}")
+    for item in report["unreadable"]:
+        print(f"  unreadable: {item['file']} ({item['reason']})")
+    if report["reused"]:
+        print(f"  {report['reused']} photo(s) reused from earlier progress ({report['resumed_from']})")
+    return 0 if report["faces"] else 1
