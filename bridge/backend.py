@@ -7,39 +7,25 @@ from the event loop for status messages and must be cheap and never raise.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ffclip.plugin.protocol import STAGES
+from ffclip.plugin.protocol import EditResult, EngineError
 
-from .messages import EditSpec
+from .messages import EditAnnouncement
+
+if TYPE_CHECKING:
+    from ffclip.engine.interface import EditEngine
+    from ffclip.engine.pipeline import Pipeline
 
 log = logging.getLogger("ffclip.bridge")
 
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
-
-
-class JobError(Exception):
-    """A job failure the client can act on; `code` is a protocol error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-@dataclass
-class Outcome:
-    region: tuple[int, int, int, int]
-    rgba: bytes  # region w*h*4, alpha = blend mask
-    faces: list[dict] = field(default_factory=list)
-    stages: list[str] = field(default_factory=list)  # stages run
-    untrained: bool = False
 
 
 class Backend(Protocol):
@@ -49,34 +35,36 @@ class Backend(Protocol):
 
     def run(
         self,
-        spec: EditSpec,
+        request: EditAnnouncement,
         image: bytes,
         selection: bytes | None,
         progress: ProgressFn,
         should_cancel: CancelFn,
-    ) -> Outcome: ...
+    ) -> EditResult:
+        """The edit's result (its id and seconds are the server's to fill), or EngineError."""
 
 
 # ---------------------------------------------------------------------- pixels in
 
 
-def image_array(spec: EditSpec, data: bytes, max_pixels: int, decode: Callable | None = None) -> np.ndarray:
+def image_array(request: EditAnnouncement, data: bytes, max_pixels: int, decode: Callable | None = None) -> np.ndarray:
     """The announced image as (H, W, C): RGBA8 is viewed in place, PNG is decoded with `decode`."""
-    if spec.image_format == "rgba8":
+    spec = request.image
+    if spec.format == "rgba8":
         return np.frombuffer(data, np.uint8).reshape(spec.height, spec.width, 4)
     array = (decode or _decode_png)(data, max_pixels)
     if array.shape[:2] != (spec.height, spec.width):
-        raise JobError(
+        raise EngineError(
             "bad_image",
             f"the PNG is {array.shape[1]}x{array.shape[0]} but the edit announced {spec.width}x{spec.height}",
         )
     return array
 
 
-def selection_array(spec: EditSpec, data: bytes | None) -> np.ndarray | None:
+def selection_array(request: EditAnnouncement, data: bytes | None) -> np.ndarray | None:
     if data is None:
         return None
-    return np.frombuffer(data, np.uint8).reshape(spec.height, spec.width)
+    return np.frombuffer(data, np.uint8).reshape(request.image.height, request.image.width)
 
 
 def _decode_png(data: bytes, max_pixels: int) -> np.ndarray:
@@ -88,47 +76,12 @@ def _decode_png(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > max_pixels:
-                raise JobError("too_large", f"the PNG is {image.width}x{image.height}, over the pixel limit")
+                raise EngineError("too_large", f"the PNG is {image.width}x{image.height}, over the pixel limit")
             return np.asarray(image.convert("RGBA"))
-    except JobError:
+    except EngineError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise JobError("bad_image", f"cannot decode the PNG: {exc}") from None
-
-
-# ---------------------------------------------------------------------- results out
-
-
-def face_dict(face: Any) -> dict:
-    """A FaceInfo-like object → the protocol's face entry (index, box, quad, score)."""
-    entry: dict = {"index": int(getattr(face, "index", 0))}
-    for name in ("box", "quad"):
-        value = getattr(face, name, None)
-        if value is not None:
-            entry[name] = np.asarray(value, dtype=float).round(2).tolist()
-    score = getattr(face, "score", None)
-    if score is not None:
-        entry["score"] = round(float(score), 4)
-    if "box" in entry:
-        entry["box"] = [int(round(v)) for v in entry["box"]]
-    return entry
-
-
-def stage_names(stages: Any) -> list[str]:
-    """Stage entries (names, or (name, ...) pairs, or dicts with `stage`/`name`) → names."""
-    names = []
-    for item in stages or ():
-        if isinstance(item, str):
-            name = item
-        elif isinstance(item, dict):
-            name = item.get("stage") or item.get("name")
-        elif isinstance(item, list | tuple) and item:
-            name = item[0]
-        else:
-            name = None
-        if isinstance(name, str) and name in STAGES:
-            names.append(name)
-    return names
+        raise EngineError("bad_image", f"cannot decode the PNG: {exc}") from None
 
 
 # ---------------------------------------------------------------------- the real engine
@@ -137,55 +90,36 @@ def stage_names(stages: Any) -> list[str]:
 class EngineBackend:
     """The engine (models loaded once) and its photo pipeline (which owns the inversion cache)."""
 
-    def __init__(self, engine: Any, pipeline: Any, load_image: Callable | None = None):
+    def __init__(self, engine: EditEngine | None, pipeline: Pipeline, load_image: Callable | None = None):
         self.engine = engine
         self.pipeline = pipeline
         self._load_image = load_image
 
     def describe(self) -> dict:
         info = dict(self.engine.describe()) if self.engine is not None else {"profile": "none"}
-        info["editor"] = getattr(self.pipeline, "editor", "model")
+        info["editor"] = self.pipeline.editor
         return {"state": "ready", "models": info, "device": str(info.get("device", "cpu"))}
 
     def cache_stats(self) -> dict:
         stats: dict = {}
         try:
             stats["inversion"] = dict(self.pipeline.cache_stats())
-            if self.engine is not None and hasattr(self.engine, "text_cache_stats"):
+            if self.engine is not None:
                 stats["text"] = dict(self.engine.text_cache_stats())
         except Exception:  # noqa: BLE001 - stats are read while the worker may be updating them
             log.debug("cache stats unavailable", exc_info=True)
         return stats
 
-    def run(self, spec, image, selection, progress, should_cancel) -> Outcome:
-        from ffclip.engine.pipeline import EditRequest, PipelineError
-
-        try:
-            request = EditRequest(
-                image=image_array(spec, image, self._max_pixels(), self._load_image),
-                prompt=spec.prompt,
-                strength=spec.strength,
-                faces=spec.faces if isinstance(spec.faces, str) else list(spec.faces),
-                selection=selection_array(spec, selection),
-                preview=spec.preview,
-            )
-            result = self.pipeline.edit(request, progress=progress, should_cancel=should_cancel)
-        except PipelineError as exc:
-            raise JobError(exc.code, exc.message) from None
-        rgba = np.ascontiguousarray(result.rgba, dtype=np.uint8)
-        x, y, w, h = (int(v) for v in result.region)
-        if rgba.shape != (h, w, 4):
-            raise RuntimeError(f"pipeline returned rgba {rgba.shape} for region {(x, y, w, h)}")
-        return Outcome(
-            region=(x, y, w, h),
-            rgba=rgba.tobytes(),
-            faces=[face_dict(f) for f in result.faces],
-            stages=stage_names(result.stages),
-            untrained=bool(getattr(result, "untrained", False)),
+    def run(self, request, image, selection, progress, should_cancel) -> EditResult:
+        max_pixels = self.pipeline.max_pixels or 1 << 62
+        photo = self.pipeline.edit(
+            request.params,
+            image_array(request, image, max_pixels, self._load_image),
+            selection_array(request, selection),
+            progress=progress,
+            should_cancel=should_cancel,
         )
-
-    def _max_pixels(self) -> int:
-        return int(getattr(self.pipeline, "max_pixels", 0) or 1 << 62)
+        return photo.result(request.params)
 
 
 class UnavailableBackend:
@@ -202,17 +136,17 @@ class UnavailableBackend:
     def cache_stats(self) -> dict:
         return {}
 
-    def run(self, spec, image, selection, progress, should_cancel) -> Outcome:
-        raise JobError(self.code, self.message)
+    def run(self, request, image, selection, progress, should_cancel) -> EditResult:
+        raise EngineError(self.code, self.message)
 
 
 def load_engine_backend(profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int) -> Backend:
     """Load the models once; missing real checkpoints give an UnavailableBackend, not a crash."""
     from ffclip.engine.imageio import load_image
-    from ffclip.engine.inference import Engine, ModelsMissing
+    from ffclip.engine.inference import Engine, ModelsMissing, resolve_device
     from ffclip.engine.pipeline import Pipeline
 
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     engine = None
     if editor != "passthrough" or profile == "tiny":
         try:
@@ -234,17 +168,7 @@ def load_engine_backend(profile: str, models_dir: str | None, device: str, edito
     return EngineBackend(engine, pipeline, load_image)
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _name(missing: Any) -> str:
     """A missing-model entry without any directory of this machine."""
-    import os
-
     text = str(missing)
     return os.path.basename(text.rstrip("/\\")) or text

@@ -18,6 +18,8 @@ import signal
 import socket
 from pathlib import Path
 
+from ffclip.plugin.paths import ENGINE_LOG, state_dir
+
 from .server import EngineServer, ServerConfig
 
 log = logging.getLogger("ffclip.bridge")
@@ -91,13 +93,8 @@ async def serve_until_signal(config: ServerConfig, loader, sock: socket.socket, 
     print("ffclip-engine: stopped", flush=True)
 
 
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "ffclip-edit"
-
-
 def setup_logging(log_file: str | None, level: str) -> Path | None:
-    """Log to stderr and to a rotating file (default: $XDG_STATE_HOME/ffclip-edit/engine.log)."""
+    """Log to stderr and to a rotating file (default: the state folder's engine.log, see plugin/paths.py)."""
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper()))
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -105,7 +102,7 @@ def setup_logging(log_file: str | None, level: str) -> Path | None:
     console.setFormatter(formatter)
     root.addHandler(console)
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    path = Path(log_file) if log_file else state_dir() / "engine.log"
+    path = Path(log_file) if log_file else state_dir() / ENGINE_LOG
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")

@@ -21,7 +21,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .messages import EditSpec
+from .messages import EditAnnouncement
 
 log = logging.getLogger("ffclip.bridge")
 
@@ -34,7 +34,7 @@ class Owner(Protocol):
 
 @dataclass(eq=False)
 class Job:
-    spec: EditSpec
+    request: EditAnnouncement
     image: bytes
     selection: bytes | None
     owner: Owner
@@ -46,7 +46,7 @@ class Job:
 
     @property
     def id(self) -> str:
-        return self.spec.id
+        return self.request.id
 
     @property
     def nbytes(self) -> int:

@@ -1,76 +1,32 @@
-"""Protocol messages on the engine side: validating client requests, building replies.
+"""Protocol messages on the engine side: reading client requests, building replies.
 
-The constants (stages, error codes, formats, field limits) come from `ffclip.plugin.protocol` so that
-the daemon and its clients cannot drift apart.
+The request and result values, the constants and the field rules are `ffclip.plugin.protocol`'s
+(one definition for the daemon and its clients); this module adds what only the engine does: the
+lenient frame count of a refused announcement, JSON encoding of numpy values, and scrubbing this
+machine's paths out of every message.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ffclip.plugin.protocol import (
-    FACE_MODES,
-    IMAGE_FORMATS,
-    MAX_ID_LENGTH,
-    MAX_PROMPT_LENGTH,
-    PROTOCOL_VERSION,
-    SELECTION_FORMATS,
-    STRENGTH_RANGE,
-)
-
-MIN_SIDE = 16  # smaller images cannot hold a detectable face
-MAX_FACE_INDICES = 64
-
-
-class RequestError(Exception):
-    """A client message the engine refuses; becomes an `error` message with `code`."""
-
-    def __init__(self, code: str, message: str, job_id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.job_id = job_id
+from ffclip.plugin.protocol import PROTOCOL_VERSION, BadRequest, EditParams, ImageSpec, job_id_of
 
 
 @dataclass(frozen=True)
-class EditSpec:
-    """A validated `edit` announcement."""
+class EditAnnouncement:
+    """A validated `edit` announcement: the job's id, what to edit and the image frame to expect."""
 
     id: str
-    prompt: str
-    strength: float
-    faces: str | tuple[int, ...]
-    preview: bool
-    width: int
-    height: int
-    image_format: str
-    has_selection: bool
+    params: EditParams
+    image: ImageSpec
 
     @property
     def frames(self) -> int:
-        return 2 if self.has_selection else 1
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-
-def parse_json(text: str) -> dict:
-    """A text frame → message dict with a string `type` (or RequestError bad_request)."""
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        raise RequestError("bad_request", f"malformed JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise RequestError("bad_request", "a message must be a JSON object")
-    if not isinstance(message.get("type"), str):
-        raise RequestError("bad_request", "a message needs a string 'type'")
-    return message
+        return 2 if self.params.selection else 1
 
 
 def announced_frames(message: dict) -> int:
@@ -79,101 +35,15 @@ def announced_frames(message: dict) -> int:
     return count + (1 if message.get("selection") is not None else 0)
 
 
-def job_id_of(message: dict) -> str:
-    job_id = message.get("id")
-    if not isinstance(job_id, str) or not job_id.strip():
-        raise RequestError("bad_request", "'id' must be a non-empty string")
-    if len(job_id) > MAX_ID_LENGTH:
-        raise RequestError("bad_request", f"'id' is longer than {MAX_ID_LENGTH} characters")
-    return job_id
-
-
-def parse_edit(message: dict, max_pixels: int) -> EditSpec:
-    """Validate an `edit` announcement; raises RequestError carrying the job id when known."""
+def parse_edit(message: dict, max_pixels: int) -> EditAnnouncement:
+    """Validate an `edit` announcement; raises BadRequest carrying the job id when known."""
     job_id = job_id_of(message)
     try:
-        return _parse_edit(message, job_id, max_pixels)
-    except RequestError as exc:
+        params = EditParams.from_message(message)
+        return EditAnnouncement(job_id, params, ImageSpec.from_message(message.get("image"), max_pixels))
+    except BadRequest as exc:
         exc.job_id = job_id
         raise
-
-
-def _parse_edit(message: dict, job_id: str, max_pixels: int) -> EditSpec:
-    prompt = message.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise RequestError("bad_request", "'prompt' must be a non-empty string")
-    if len(prompt) > MAX_PROMPT_LENGTH:
-        raise RequestError("bad_request", f"'prompt' is longer than {MAX_PROMPT_LENGTH} characters")
-    strength = _number(message.get("strength", 1.0), "strength")
-    low, high = STRENGTH_RANGE
-    if not low <= strength <= high:
-        raise RequestError("bad_request", f"'strength' must be between {low:g} and {high:g}")
-    preview = message.get("preview", False)
-    if not isinstance(preview, bool):
-        raise RequestError("bad_request", "'preview' must be true or false")
-    width, height, image_format = _image(message.get("image"), max_pixels)
-    has_selection = _selection(message.get("selection"))
-    return EditSpec(
-        job_id,
-        prompt.strip(),
-        strength,
-        _faces(message.get("faces", "all")),
-        preview,
-        width,
-        height,
-        image_format,
-        has_selection,
-    )
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError("bad_request", f"'{name}' must be a finite number")
-    return float(value)
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError("bad_request", f"'{name}' must be an integer")
-    return value
-
-
-def _faces(value: Any) -> str | tuple[int, ...]:
-    if isinstance(value, str) and value in FACE_MODES:
-        return value
-    if isinstance(value, list) and value and len(value) <= MAX_FACE_INDICES:
-        indices = tuple(_int(v, "faces[]") for v in value)
-        if all(i >= 0 for i in indices):
-            return indices
-    raise RequestError("bad_request", '\'faces\' must be "all", "largest" or a non-empty list of face indices')
-
-
-def _image(value: Any, max_pixels: int) -> tuple[int, int, str]:
-    if not isinstance(value, dict):
-        raise RequestError("bad_request", "'image' must be an object {width, height, format}")
-    width, height = _int(value.get("width"), "image.width"), _int(value.get("height"), "image.height")
-    image_format = value.get("format")
-    if image_format not in IMAGE_FORMATS:
-        raise RequestError("bad_request", f"'image.format' must be one of {', '.join(IMAGE_FORMATS)}")
-    if width <= 0 or height <= 0:
-        raise RequestError("bad_image", f"image size {width}x{height} is empty")
-    if width * height > max_pixels:
-        raise RequestError(
-            "too_large",
-            f"image of {width}x{height} = {width * height} pixels exceeds the engine's limit of "
-            f"{max_pixels} pixels (ffclip-engine serve --max-pixels)",
-        )
-    if min(width, height) < MIN_SIDE:
-        raise RequestError("bad_image", f"image of {width}x{height} is too small (at least {MIN_SIDE} px a side)")
-    return width, height, image_format
-
-
-def _selection(value: Any) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, dict) or value.get("format") not in SELECTION_FORMATS:
-        raise RequestError("bad_request", '\'selection\' must be {"format": "a8"}')
-    return True
 
 
 # ---------------------------------------------------------------------- engine → client
@@ -241,7 +111,3 @@ def _last_component(match: re.Match) -> str:
     text = text[: len(text) - len(tail)].rstrip("/\\")
     name = re.split(r"[/\\]", text)[-1] if text else ""
     return (f"<{name}>" if name else "<path>") + tail
-
-
-def safe_name(path: str | os.PathLike) -> str:
-    return os.path.basename(os.fspath(path).rstrip("/\\")) or "<path>"

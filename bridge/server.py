@@ -24,24 +24,32 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ffclip.plugin.png import PNGError, png_size
-from ffclip.plugin.protocol import STAGES
+from ffclip.plugin.protocol import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_PORT,
+    STAGES,
+    BadRequest,
+    EngineError,
+    decode,
+    job_id_of,
+)
 
 from . import messages as msg
-from .backend import Backend, JobError, Outcome, UnavailableBackend
+from .backend import Backend, UnavailableBackend
 from .framing import FrameFilter
 from .jobs import DeviceThread, Job, JobQueue, QueueFull, release_memory
-from .messages import EditSpec, RequestError
+from .messages import EditAnnouncement
 
 log = logging.getLogger("ffclip.bridge")
 
-DEFAULT_MAX_PIXELS = 40_000_000  # 160 MB as RGBA8; raise with --max-pixels
 _PROGRESS_BACKLOG = 64  # queued messages beyond which a client's in-stage progress is skipped
 
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     token: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_queue: int = 32  # jobs waiting (the running one not counted)
@@ -77,7 +85,7 @@ class GuardedConnection(ServerConnection):
 class Pending:
     """An accepted or refused `edit` announcement whose binary frames are still arriving."""
 
-    spec: EditSpec | None  # None: refused, its frames are read and discarded
+    request: EditAnnouncement | None  # None: refused, its frames are read and discarded
     remaining: int
     frames: list[bytes] = field(default_factory=list)
     refused: bool = False
@@ -141,7 +149,7 @@ class Session:
             self._outbox.popleft()
             self._backlog -= len(text) + len(binary or b"")
 
-    def reply(self, exc: RequestError) -> None:
+    def reply(self, exc: EngineError) -> None:
         self.deliver(msg.error(exc.code, exc.message, exc.job_id))
 
     # ------------------------------------------------------------------ input
@@ -167,10 +175,10 @@ class Session:
         if oversize is not None and oversize[0] == "text":
             self._abandon_pending("a text message arrived instead")
             self.reply(
-                RequestError(
-                    "too_large",
+                BadRequest(
                     f"a text message of {oversize[1]} bytes exceeds the limit of "
                     f"{self.server.config.max_text} bytes; it was discarded",
+                    "too_large",
                 )
             )
         elif isinstance(data, str):
@@ -181,34 +189,34 @@ class Session:
     def on_text(self, text: str) -> None:
         self._abandon_pending("a text message arrived instead")
         try:
-            message = msg.parse_json(text)
+            message = decode(text)
             kind = message["type"]
             if kind == "edit":
                 self.on_edit(message)
             elif kind == "cancel":
-                self.server.cancel(msg.job_id_of(message))
+                self.server.cancel(job_id_of(message))
             elif kind == "status":
                 self.deliver(self.server.status_message())
             else:
-                raise RequestError("bad_request", f"unknown message type {kind[:40]!r}")
-        except RequestError as exc:
+                raise BadRequest(f"unknown message type {kind[:40]!r}")
+        except EngineError as exc:
             self.reply(exc)
 
     def on_edit(self, message: dict) -> None:
         frames = msg.announced_frames(message)
         try:
-            spec = msg.parse_edit(message, self.server.config.max_pixels)
+            request = msg.parse_edit(message, self.server.config.max_pixels)
             if self.server.closing:
-                raise RequestError("busy", "the engine is shutting down", spec.id)
-            if self.server.id_in_use(spec.id):  # no id in the reply: that id belongs to the other job
-                raise RequestError("bad_request", f"id {spec.id!r} is already used by a job in progress")
-        except RequestError as exc:
+                raise EngineError("busy", "the engine is shutting down", request.id)
+            if self.server.id_in_use(request.id):  # no id in the reply: that id belongs to the other job
+                raise BadRequest(f"id {request.id!r} is already used by a job in progress")
+        except EngineError as exc:
             self.reply(exc)
             if frames:
                 self.pending = Pending(None, frames, refused=True)
             return
-        self.pending = Pending(spec, spec.frames)
-        self.server.pending_ids[spec.id] = self
+        self.pending = Pending(request, request.frames)
+        self.server.pending_ids[request.id] = self
 
     def on_binary(self, data: bytes, oversize: int | None) -> None:
         pending = self.pending
@@ -216,47 +224,47 @@ class Session:
         if pending is None:
             if oversize is not None:
                 text = f"a binary frame of {oversize} bytes exceeds the limit of {limit} bytes; it was discarded"
-                self.reply(RequestError("too_large", text))
+                self.reply(BadRequest(text, "too_large"))
             else:
-                self.reply(RequestError("bad_request", "a binary frame without an edit announcement was discarded"))
+                self.reply(BadRequest("a binary frame without an edit announcement was discarded"))
             return
         pending.remaining -= 1
-        if pending.spec is not None and not pending.refused:
+        if pending.request is not None and not pending.refused:
             if oversize is not None:
                 text = f"a binary frame of {oversize} bytes exceeds the limit of {limit} bytes; it was discarded"
-                self._refuse(pending, RequestError("too_large", text, pending.spec.id))
+                self._refuse(pending, BadRequest(text, "too_large", pending.request.id))
             else:
                 pending.frames.append(data)
         if pending.remaining == 0:
             self.pending = None
-            if pending.spec is not None:
-                self.server.pending_ids.pop(pending.spec.id, None)
+            if pending.request is not None:
+                self.server.pending_ids.pop(pending.request.id, None)
                 if not pending.refused:
-                    self.server.submit(self, pending.spec, pending.frames)
+                    self.server.submit(self, pending.request, pending.frames)
 
     def cancel_pending(self, job_id: str) -> None:
         pending = self.pending
-        if pending is not None and pending.spec is not None and pending.spec.id == job_id:
+        if pending is not None and pending.request is not None and pending.request.id == job_id:
             self.server.pending_ids.pop(job_id, None)
             if not pending.refused:
                 pending.refused = True
                 pending.frames.clear()
                 self.deliver(msg.cancelled(job_id))
 
-    def _refuse(self, pending: Pending, exc: RequestError) -> None:
+    def _refuse(self, pending: Pending, exc: EngineError) -> None:
         pending.refused = True
         pending.frames.clear()
         self.reply(exc)
 
     def _abandon_pending(self, why: str) -> None:
         pending, self.pending = self.pending, None
-        if pending is None or pending.spec is None:
+        if pending is None or pending.request is None:
             return
-        self.server.pending_ids.pop(pending.spec.id, None)
+        self.server.pending_ids.pop(pending.request.id, None)
         if not pending.refused:
             got = len(pending.frames)
-            text = f"the edit announced {pending.spec.frames} binary frame(s) but {why} after {got}: dropped"
-            self.reply(RequestError("bad_request", text, pending.spec.id))
+            text = f"the edit announced {pending.request.frames} binary frame(s) but {why} after {got}: dropped"
+            self.reply(BadRequest(text, job_id=pending.request.id))
 
 
 class EngineServer:
@@ -385,8 +393,8 @@ class EngineServer:
 
     def _abandon(self, session: Session) -> None:
         """A client left: its queued jobs go, its running job stops at the next stage."""
-        if session.pending is not None and session.pending.spec is not None:
-            self.pending_ids.pop(session.pending.spec.id, None)
+        if session.pending is not None and session.pending.request is not None:
+            self.pending_ids.pop(session.pending.request.id, None)
         for job in list(session.jobs):
             if job.done:
                 continue
@@ -402,17 +410,17 @@ class EngineServer:
     def id_in_use(self, job_id: str) -> bool:
         return job_id in self.pending_ids or job_id in self.queue.by_id
 
-    def submit(self, session: Session, spec: EditSpec, frames: list[bytes]) -> None:
+    def submit(self, session: Session, request: EditAnnouncement, frames: list[bytes]) -> None:
         try:
-            _check_frames(spec, frames)
+            _check_frames(request, frames)
             if self.closing:
-                raise RequestError("busy", "the engine is shutting down", spec.id)
-            job = Job(spec, frames[0], frames[1] if spec.has_selection else None, session)
+                raise EngineError("busy", "the engine is shutting down", request.id)
+            job = Job(request, frames[0], frames[1] if request.params.selection else None, session)
             try:
                 self.queue.submit(job)
             except QueueFull as exc:
-                raise RequestError("busy", str(exc), spec.id) from None
-        except RequestError as exc:
+                raise EngineError("busy", str(exc), request.id) from None
+        except EngineError as exc:
             session.reply(exc)
             self.stats["refused"] += 1
             return
@@ -474,10 +482,10 @@ class EngineServer:
         started = time.monotonic()
         relay = self._relay(job)
         try:
-            outcome = await self._device.submit(
-                self.backend.run, job.spec, job.image, job.selection, relay, job.cancel_event.is_set
+            result = await self._device.submit(
+                self.backend.run, job.request, job.image, job.selection, relay, job.cancel_event.is_set
             )
-        except JobError as exc:
+        except EngineError as exc:
             if job.cancel_requested:
                 self._finish(job, msg.cancelled(job.id), "cancelled")
             elif exc.code == "cancelled":
@@ -493,10 +501,10 @@ class EngineServer:
             if job.cancel_requested:  # asked after the last stage: the client no longer wants it
                 self._finish(job, msg.cancelled(job.id), "cancelled")
             else:
-                seconds = time.monotonic() - started
-                self._finish(job, _result_message(job, outcome, seconds), "done", outcome.rgba)
-                log.info("job %s done in %.2f s (ran %s)", job.id, seconds, ",".join(outcome.stages))
-            del outcome
+                result.id, result.seconds = job.id, time.monotonic() - started
+                self._finish(job, result.to_message(), "done", result.rgba)
+                log.info("job %s done in %.2f s (ran %s)", job.id, result.seconds, ",".join(result.stages))
+            del result
         if not self.queue.waiting and (self._trim is None or self._trim.done()):
             self._trim = asyncio.create_task(self._release_when_idle())
 
@@ -562,50 +570,33 @@ class EngineServer:
         return msg.status(msg.scrub_paths(fields))
 
 
-def _check_frames(spec: EditSpec, frames: list[bytes]) -> None:
+def _check_frames(request: EditAnnouncement, frames: list[bytes]) -> None:
     """Byte counts and PNG header against the announcement (the decoder checks the rest)."""
-    image = frames[0]
-    if spec.image_format == "rgba8":
-        expected = spec.width * spec.height * 4
-        if len(image) != expected:
-            raise RequestError(
+    spec, data = request.image, frames[0]
+    if spec.format == "rgba8":
+        if len(data) != spec.pixels * 4:
+            raise BadRequest(
+                f"the image frame has {len(data)} bytes; {spec.width}x{spec.height} RGBA8 needs {spec.pixels * 4}",
                 "bad_image",
-                f"the image frame has {len(image)} bytes; {spec.width}x{spec.height} RGBA8 needs {expected}",
-                spec.id,
+                request.id,
             )
     else:
         try:
-            width, height = png_size(image)
+            width, height = png_size(data)
         except PNGError:
-            raise RequestError("bad_image", "the image frame is not a PNG file", spec.id) from None
+            raise BadRequest("the image frame is not a PNG file", "bad_image", request.id) from None
         if (width, height) != (spec.width, spec.height):
-            raise RequestError(
-                "bad_image",
+            raise BadRequest(
                 f"the PNG is {width}x{height} but the edit announced {spec.width}x{spec.height}",
-                spec.id,
+                "bad_image",
+                request.id,
             )
-    if spec.has_selection and len(frames[1]) != spec.pixels:
-        raise RequestError(
-            "bad_image",
+    if request.params.selection and len(frames[1]) != spec.pixels:
+        raise BadRequest(
             f"the selection frame has {len(frames[1])} bytes; a {spec.width}x{spec.height} A8 mask needs {spec.pixels}",
-            spec.id,
+            "bad_image",
+            request.id,
         )
-
-
-def _result_message(job: Job, outcome: Outcome, seconds: float) -> dict:
-    x, y, w, h = outcome.region
-    return {
-        "type": "result",
-        "id": job.id,
-        "region": [x, y, w, h],
-        "format": "rgba8",
-        "faces": outcome.faces,
-        "stages": outcome.stages,
-        "skipped": [s for s in STAGES if s not in outcome.stages],
-        "preview": job.spec.preview,
-        "untrained": outcome.untrained,
-        "seconds": round(seconds, 3),
-    }
 
 
 def rss_bytes() -> int | None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .daemon import state_dir
+from ffclip.plugin.paths import state_dir
 
 UNIT_NAME = "ffclip-engine.service"
 LAUNCHD_LABEL = "org.ffclip.engine"

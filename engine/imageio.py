@@ -11,14 +11,15 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ffclip.engine.pipeline import PipelineError
+from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, EngineError
 
-DEFAULT_MAX_PIXELS = 64_000_000
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 weights: RGB -> grey
 
 # EXIF orientation -> (transpose, then flip-left-right?) as numpy operations on (H, W, C).
 _ORIENT = {
@@ -36,20 +37,20 @@ def _open(source: str | os.PathLike | bytes) -> tuple[Image.Image, bytes]:
     try:
         data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
     except OSError as exc:
-        raise PipelineError("bad_image", f"cannot read {source}: {exc.strerror or exc}") from None
+        raise EngineError("bad_image", f"cannot read {source}: {exc.strerror or exc}") from None
     if not data:
-        raise PipelineError("bad_image", "the file is empty")
+        raise EngineError("bad_image", "the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise PipelineError("bad_image", "not an image (unrecognised file format)") from None
+        raise EngineError("bad_image", "not an image (unrecognised file format)") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
-        raise PipelineError("too_large", f"image has more than {limit:.0f} MP; Pillow refuses to open it") from None
+        raise EngineError("too_large", f"image has more than {limit:.0f} MP; Pillow refuses to open it") from None
     except Exception as exc:  # PIL raises many types for malformed headers
-        raise PipelineError("bad_image", f"unreadable image header: {exc}") from None
+        raise EngineError("bad_image", f"unreadable image header: {exc}") from None
     return img, bytes(data)
 
 
@@ -71,7 +72,7 @@ def _is_16bit(img: Image.Image, data: bytes) -> bool:
 def _decode_cv2(data: bytes) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise PipelineError("bad_image", "the image data is truncated or corrupt")
+        raise EngineError("bad_image", "the image data is truncated or corrupt")
     if arr.ndim == 2:
         return arr[..., None]
     if arr.shape[2] == 3:
@@ -97,13 +98,13 @@ def _decode_pil(img: Image.Image) -> np.ndarray:
 def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a photo to (H, W, C) uint8/uint16 with EXIF orientation applied.
 
-    Raises PipelineError("bad_image") for anything unreadable and ("too_large") when the header
+    Raises EngineError("bad_image") for anything unreadable and ("too_large") when the header
     announces more than `max_pixels` pixels.
     """
     img, data = _open(source)
     width, height = img.size
     if max_pixels and width * height > max_pixels:
-        raise PipelineError(
+        raise EngineError(
             "too_large",
             f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
             f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)",
@@ -111,10 +112,10 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
     orientation = _orientation(img)
     try:
         arr = _decode_cv2(data) if _is_16bit(img, data) else _decode_pil(img)
-    except PipelineError:
+    except EngineError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise PipelineError("bad_image", f"the image data is truncated or corrupt ({exc})") from None
+        raise EngineError("bad_image", f"the image data is truncated or corrupt ({exc})") from None
     if arr.dtype not in (np.uint8, np.uint16):
         arr = np.clip(arr, 0, 65535).astype(np.uint16)
     if arr.ndim == 2:
@@ -145,3 +146,38 @@ def save_image(path: str | os.PathLike, array: np.ndarray) -> None:
         img.save(path, quality=95, subsampling=0)
     else:
         img.save(path)
+
+
+# -------------------------------------------------------------------------- pixel formats
+
+
+def as_hwc(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise EngineError("bad_image", "the image must be a numpy array")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise EngineError("bad_image", f"expected an (H, W, 1|3|4) image, got shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise EngineError("bad_image", f"expected uint8 or uint16 pixels, got {image.dtype}")
+    return image
+
+
+def rgb_float(image: np.ndarray) -> np.ndarray:
+    """Colour channels as (H, W, 3) float32 in 0..255 (16 bit scaled down, grey replicated)."""
+    colour = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    work = colour.astype(np.float32)
+    if image.dtype == np.uint16:
+        work /= 257.0
+    return work
+
+
+def to_uint8(work: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(work), 0, 255).astype(np.uint8)
+
+
+def as_rgb8(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, what dlib and the alignment read (8-bit RGB photos as they are)."""
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return np.ascontiguousarray(image)
+    return to_uint8(rgb_float(image))

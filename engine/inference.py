@@ -159,6 +159,13 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """A torch device; "auto" (or None) is CUDA when available, else the CPU."""
+    if name not in (None, "auto"):
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def default_threads() -> int:
     """The CPUs this process may run on (its affinity mask; os.cpu_count() where that is unknown)."""
     try:
@@ -272,6 +279,12 @@ class Engine:
             w = w.to(self.device)
             e = e.to(self.device).expand(w.shape[0], -1, -1)
             return self.mapper.edit(w, e, strength)
+
+    def delta(self, w: Tensor, e: Tensor) -> Tensor:
+        """Δw = mapper(w, e) alone (several prompts are summed as ŵ = w + Σ αᵢ·Δwᵢ by the caller)."""
+        with torch.inference_mode():
+            w = w.to(self.device)
+            return self.mapper(w, e.to(self.device).expand(w.shape[0], -1, -1))
 
     def synthesize(self, w: Tensor, preview: bool = False, size: int | None = None) -> Tensor:
         """W+ -> images (B, 3, S, S), about [-1, 1]; fixed noise so that edits are repeatable.

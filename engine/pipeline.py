@@ -13,9 +13,7 @@ warp, the paste-back and the seam can then be measured on real photos without an
 from __future__ import annotations
 
 import hashlib
-import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,63 +21,47 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ffclip.engine.cache import LRUCache
 from ffclip.engine.face.align import AlignTransform, align_face
 from ffclip.engine.face.blend import BlendConfig, Compositor, change_mask, match_colours, warp_to_photo
 from ffclip.engine.face.detect import DetectorConfig, FaceDetector, FaceInfo
+from ffclip.engine.imageio import LUMA, as_hwc, as_rgb8, rgb_float, to_uint8
+from ffclip.engine.interface import EditEngine
+from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, BadRequest, EditParams, EditResult, EngineError, check_image_size
 
-STAGES = ("detect", "align", "invert", "encode_text", "map", "synthesize", "blend")
-ERROR_CODES = ("bad_image", "too_large", "no_face", "cancelled", "bad_request")
 ENCODER_SIZE = 256  # e4e's input resolution
 PASSTHROUGH_SIZE = 1024  # crop size of the passthrough editor when no engine tells its size
 PREVIEW_SIZE = 256
 CHANGE_SIZE = 256  # edit and reconstruction are compared (change mask, colour reference) at this size
 WARM_UP_PROMPT = "a face"
-MIN_SIDE = 16
-DEFAULT_MAX_PIXELS = 64_000_000
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-
-__all__ = [
-    "STAGES",
-    "PipelineError",
-    "EditRequest",
-    "FaceInfo",
-    "EditResult",
-    "Pipeline",
-    "parse_faces",
-]
-
-
-class PipelineError(Exception):
-    """An error the user can act on; `code` is one of ERROR_CODES (the wire protocol's codes)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass
-class EditRequest:
-    image: np.ndarray  # (H, W, C) C in {1, 3, 4}, uint8 or uint16, already EXIF-oriented
-    prompt: str
-    strength: float = 1.0
-    faces: str | list[int] = "all"  # "all" | "largest" | indices in score order (or "0,2")
-    selection: np.ndarray | None = None  # (H, W) uint8, 0 = must not change, 255 = free
-    preview: bool = False
-    debug: bool = False  # fill EditResult.debug with per-face crops and masks
+class PhotoEdit:
+    """The edited photo; `result()` is what the wire carries of it."""
 
-
-@dataclass
-class EditResult:
     image: np.ndarray  # full edited image, same shape/dtype as the input (alpha kept)
     mask: np.ndarray  # (H, W) uint8 final blend mask
     region: tuple[int, int, int, int]  # x, y, w, h bounding box of mask > 0
     rgba: np.ndarray  # (h, w, 4) uint8 edited region (RGB) with alpha = blend mask
     faces: list[FaceInfo]  # the faces that were edited
     stages: list[str]  # stages actually run (cache hits skip detect/align/invert)
+    size: int = 0  # resolution the faces were synthesized at
     untrained: bool = False  # the engine is a random model (tiny profile): edits are noise
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage run
     debug: list[dict[str, np.ndarray]] = field(default_factory=list)  # per face, when requested
+
+    def result(self, params: EditParams) -> EditResult:
+        return EditResult(
+            region=self.region,
+            rgba=np.ascontiguousarray(self.rgba, dtype=np.uint8).tobytes(),
+            faces=[f.to_wire() for f in self.faces],
+            edits=params.edits,
+            stages=list(self.stages),
+            preview=params.preview,
+            size=self.size,
+            untrained=self.untrained,
+        )
 
 
 @dataclass
@@ -107,96 +89,14 @@ class _Generated:
     reference: np.ndarray | None = None  # (s, s, 3) float32 0..255, G(w) at low resolution (colour matching)
 
 
-class _LRU:
-    """A least-recently-used cache bounded by a byte budget."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Any) -> Any:
-        if key in self.items:
-            self.items.move_to_end(key)
-            self.hits += 1
-            return self.items[key][0]
-        self.misses += 1
-        return None
-
-    def put(self, key: Any, value: Any, nbytes: int) -> None:
-        if key in self.items:
-            self.bytes -= self.items.pop(key)[1]
-        if nbytes > self.budget:
-            return
-        self.items[key] = (value, nbytes)
-        self.bytes += nbytes
-        while self.bytes > self.budget:
-            _, (_, size) = self.items.popitem(last=False)
-            self.bytes -= size
-
-    def stats(self) -> dict:
-        return {"hits": self.hits, "misses": self.misses, "entries": len(self.items), "bytes": self.bytes}
-
-
-def parse_faces(faces: str | list[int] | tuple[int, ...]) -> str | list[int]:
-    """Normalise a face selection: "all", "largest" or a list of indices ("0,2" accepted)."""
-    if isinstance(faces, str):
-        text = faces.strip().lower()
-        if text in ("all", "largest"):
-            return text
-        faces = [p for p in text.split(",") if p.strip()]
-    try:
-        indices = [int(i) for i in faces]
-    except (TypeError, ValueError):
-        message = f"faces must be all, largest or indices like 0,2; got {faces!r}"
-        raise PipelineError("bad_request", message) from None
-    if not indices or any(i < 0 for i in indices):
-        raise PipelineError("bad_request", f"face indices must be integers >= 0; got {faces!r}")
-    return indices
-
-
 def image_key(image: np.ndarray) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(image).data)
     digest.update(f"{image.shape}{image.dtype}".encode())
     return digest.hexdigest()
 
 
-def _as_hwc(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise PipelineError("bad_image", "the image must be a numpy array")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise PipelineError("bad_image", f"expected an (H, W, 1|3|4) image, got shape {image.shape}")
-    if image.dtype not in (np.uint8, np.uint16):
-        raise PipelineError("bad_image", f"expected uint8 or uint16 pixels, got {image.dtype}")
-    return image
-
-
-def _rgb_float(image: np.ndarray) -> np.ndarray:
-    """Colour channels as (H, W, 3) float32 in 0..255 (16 bit scaled down, grey replicated)."""
-    colour = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
-    work = colour.astype(np.float32)
-    if image.dtype == np.uint16:
-        work /= 257.0
-    return work
-
-
-def _to_uint8(work: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(work), 0, 255).astype(np.uint8)
-
-
-def _as_rgb8(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, what dlib and the alignment read (8-bit RGB photos as they are)."""
-    if image.dtype == np.uint8 and image.shape[2] == 3:
-        return np.ascontiguousarray(image)
-    return _to_uint8(_rgb_float(image))
-
-
 class _Rgb8:
-    """`_as_rgb8` of the photo, made on first use (a re-edit never needs it)."""
+    """`as_rgb8` of the photo, made on first use (a re-edit never needs it)."""
 
     def __init__(self, image: np.ndarray) -> None:
         self.image = image
@@ -204,7 +104,7 @@ class _Rgb8:
 
     def get(self) -> np.ndarray:
         if self.value is None:
-            self.value = _as_rgb8(self.image)
+            self.value = as_rgb8(self.image)
         return self.value
 
 
@@ -221,7 +121,7 @@ class _Stages:
 
     def begin(self, name: str) -> None:
         if self.should_cancel is not None and self.should_cancel():
-            raise PipelineError("cancelled", "the edit was cancelled")
+            raise EngineError("cancelled", "the edit was cancelled")
         self._name, self._start = name, time.perf_counter()
         self.report(0.0)
 
@@ -236,7 +136,7 @@ class _Stages:
 
     def skip(self, name: str) -> None:
         if self.should_cancel is not None and self.should_cancel():
-            raise PipelineError("cancelled", "the edit was cancelled")
+            raise EngineError("cancelled", "the edit was cancelled")
         if self.progress is not None:
             self.progress(name, 1.0)
 
@@ -244,7 +144,7 @@ class _Stages:
 class Pipeline:
     def __init__(
         self,
-        engine: Any,
+        engine: EditEngine | None,
         editor: str = "model",
         cache_bytes: int = 512 << 20,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -260,7 +160,7 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.detector = FaceDetector(detector)
         self.blend_config = blend or BlendConfig()
-        self._cache = _LRU(cache_bytes)
+        self._cache = LRUCache(cache_bytes)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -285,7 +185,7 @@ class Pipeline:
         return bool(getattr(self.engine, "untrained", False)) if self.editor == "model" else False
 
     def cache_stats(self) -> dict:
-        return self._cache.stats()
+        return self._cache.stats("bytes")
 
     def detect(self, image: np.ndarray) -> list[FaceInfo]:
         """All faces of a photo, most confident first (cached like edits)."""
@@ -294,61 +194,39 @@ class Pipeline:
 
     def edit(
         self,
-        req: EditRequest,
+        params: EditParams,
+        image: np.ndarray,
+        selection: np.ndarray | None = None,
         progress: Callable[[str, float], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
-    ) -> EditResult:
-        image = self._validate_image(req.image)
-        selection = self._validate_request(req, image)
-        wanted = parse_faces(req.faces)
+        debug: bool = False,
+    ) -> PhotoEdit:
+        """Edit the faces of `image` ((H, W, C), C in 1/3/4, uint8 or uint16, already EXIF-oriented)
+        inside `selection` ((H, W) uint8, 0 = must not change, 255 = free; None = everywhere).
+        `debug` fills PhotoEdit.debug with per-face crops and masks."""
+        image = self._validate_image(image)
+        selection = _validate_selection(selection, image)
         stages = _Stages(progress, should_cancel)
         key = image_key(image)
         rgb8 = _Rgb8(image)  # made only if detection or alignment runs (not on a re-edit)
 
         faces = self._detect(key, rgb8, stages)
-        chosen = self._choose(faces, wanted, selection, image.shape[1], image.shape[0])
+        chosen = self._choose(faces, params.faces, selection, image.shape[1], image.shape[0])
         entries = self._align(key, rgb8, chosen, stages)
-        generated = self._generate(req, key, image, chosen, entries, stages)
+        size, generated = self._generate(params, key, image, chosen, entries, stages)
 
         stages.begin("blend")
-        result = self._blend(image, chosen, entries, generated, selection, req.debug)
+        result = self._blend(image, chosen, entries, generated, selection, debug)
         stages.end()
-        result.stages, result.timings, result.untrained = stages.run, stages.timings, self.untrained
+        result.stages, result.timings, result.untrained, result.size = stages.run, stages.timings, self.untrained, size
         return result
 
     # -- validation -----------------------------------------------------------------------------
 
     def _validate_image(self, image: Any) -> np.ndarray:
-        image = _as_hwc(image)
-        h, w = image.shape[:2]
-        if self.max_pixels and h * w > self.max_pixels:
-            raise PipelineError(
-                "too_large",
-                f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the limit of {self.max_pixels / 1e6:.1f} MP",
-            )
-        if min(h, w) < MIN_SIDE:
-            raise PipelineError("bad_image", f"image is only {w}x{h} pixels: too small to hold a face")
+        image = as_hwc(image)
+        check_image_size(image.shape[1], image.shape[0], self.max_pixels)
         return image
-
-    def _validate_request(self, req: EditRequest, image: np.ndarray) -> np.ndarray | None:
-        if not isinstance(req.prompt, str) or (self.editor == "model" and not req.prompt.strip()):
-            raise PipelineError("bad_request", "the prompt must be a non-empty string")
-        try:
-            strength = float(req.strength)
-        except (TypeError, ValueError):
-            raise PipelineError("bad_request", f"strength must be a number, got {req.strength!r}") from None
-        if not math.isfinite(strength):
-            raise PipelineError("bad_request", "strength must be finite")
-        if req.selection is None:
-            return None
-        sel = np.asarray(req.selection)
-        if sel.ndim == 3 and sel.shape[2] == 1:
-            sel = sel[..., 0]
-        if sel.shape != image.shape[:2]:
-            raise PipelineError("bad_request", f"selection is {sel.shape}, the image {image.shape[:2]}")
-        if sel.dtype != np.uint8:
-            raise PipelineError("bad_request", f"selection must be uint8, got {sel.dtype}")
-        return sel
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -372,17 +250,17 @@ class Pipeline:
         height: int,
     ) -> list[FaceInfo]:
         if not faces:
-            raise PipelineError("no_face", "no face found in the image")
+            raise EngineError("no_face", "no face found in the image")
         if wanted == "largest":
             return [max(faces, key=lambda f: f.area)]
         if wanted == "all":
             chosen = [f for f in faces if selection is None or _touches(selection, f, width, height)]
             if not chosen:
-                raise PipelineError("no_face", "no face inside the selection")
+                raise EngineError("no_face", "no face inside the selection")
             return chosen
         missing = [i for i in wanted if i >= len(faces)]
         if missing or not wanted:
-            raise PipelineError(
+            raise EngineError(
                 "bad_request", f"face index {missing or wanted} not found: the photo has {len(faces)} face(s)"
             )
         return [faces[i] for i in dict.fromkeys(wanted)]
@@ -407,31 +285,32 @@ class Pipeline:
 
     def _generate(
         self,
-        req: EditRequest,
+        params: EditParams,
         key: str,
         image: np.ndarray,
         chosen: list[FaceInfo],
         entries: list[_FaceEntry],
         stages: _Stages,
-    ) -> list[_Generated]:
+    ) -> tuple[int, list[_Generated]]:
+        """(the synthesis resolution, each face's new content)."""
         if self.editor == "passthrough":
             for name in ("invert", "encode_text", "map"):
                 stages.skip(name)
             stages.begin("synthesize")
-            size = PREVIEW_SIZE if req.preview else int(getattr(self.engine, "size", PASSTHROUGH_SIZE))
-            work = _rgb_float(image)
+            size = PREVIEW_SIZE if params.preview else int(getattr(self.engine, "size", PASSTHROUGH_SIZE))
+            work = rgb_float(image)
             generated = [_Generated(_render_crop(work, e.transform, size)) for e in entries]
             stages.end()
-            return generated
-        return self._generate_model(req, key, chosen, entries, stages)
+            return size, generated
+        return self._generate_model(params, key, chosen, entries, stages)
 
     def _generate_model(
-        self, req: EditRequest, key: str, chosen: list[FaceInfo], entries: list[_FaceEntry], stages: _Stages
-    ) -> list[_Generated]:
+        self, params: EditParams, key: str, chosen: list[FaceInfo], entries: list[_FaceEntry], stages: _Stages
+    ) -> tuple[int, list[_Generated]]:
         import torch
 
         engine = self.engine
-        device = getattr(engine, "device", "cpu")
+        device = engine.device
         todo = [n for n, e in enumerate(entries) if e.w is None]
         if todo:
             stages.begin("invert")
@@ -446,20 +325,23 @@ class Pipeline:
             stages.skip("invert")
 
         stages.begin("encode_text")
-        text = engine.encode_text([req.prompt])
+        text = engine.encode_text(list(params.prompts)).to(device)
         stages.end()
 
+        # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt (one prompt: the paper's
+        # w + α·Δw, in the same order of operations as DynamicMapper.edit).
         stages.begin("map")
         w_all = torch.cat([e.w for e in entries]).to(device)
-        text = text.to(device).expand(len(entries), *text.shape[1:])
-        w_hat = engine.map(w_all, text, strength=float(req.strength))
+        w_hat = w_all
+        for n, edit in enumerate(params.edits):
+            w_hat = w_hat + edit.strength * engine.delta(w_all, text[n : n + 1])
         stages.end()
 
         # The edit comes with its own 256² copy from the same pass (the generator's RGB skip there);
         # the reconstruction G(w), needed only for the change mask and the colour reference, is
         # synthesized once per face and only up to 256² (~40 % of a 1024² synthesis).
         stages.begin("synthesize")
-        size, low = _synthesis_sizes(engine, req.preview)
+        size, low = _synthesis_sizes(engine, params.preview)
         generated = []
         for n, entry in enumerate(entries):
             levels = engine.synthesize_levels(w_hat[n : n + 1], (size, low))
@@ -473,7 +355,7 @@ class Pipeline:
             generated.append(_Generated(_to_image(levels[size]), change, recon))
             stages.report((n + 1) / len(entries))
         stages.end()
-        return generated
+        return size, generated
 
     def _blend(
         self,
@@ -483,7 +365,7 @@ class Pipeline:
         generated: list[_Generated],
         selection: np.ndarray | None,
         debug: bool,
-    ) -> EditResult:
+    ) -> PhotoEdit:
         height, width = image.shape[:2]
         pastes = []
         for face, entry, gen in zip(chosen, entries, generated, strict=True):
@@ -492,7 +374,7 @@ class Pipeline:
             )
             if paste is not None:
                 x, y, w, h = paste.region
-                match_colours(paste, _rgb_float(image[y : y + h, x : x + w]), face.qsize, self.blend_config)
+                match_colours(paste, rgb_float(image[y : y + h, x : x + w]), face.qsize, self.blend_config)
             pastes.append(paste)
         comp = Compositor([p.region for p in pastes if p is not None])
         for paste in pastes:
@@ -510,6 +392,19 @@ class Pipeline:
                 _debug_images(entry, gen, paste) for entry, gen, paste in zip(entries, generated, pastes, strict=True)
             ]
         return result
+
+
+def _validate_selection(selection: Any, image: np.ndarray) -> np.ndarray | None:
+    if selection is None:
+        return None
+    sel = np.asarray(selection)
+    if sel.ndim == 3 and sel.shape[2] == 1:
+        sel = sel[..., 0]
+    if sel.shape != image.shape[:2]:
+        raise BadRequest(f"selection is {sel.shape}, the image {image.shape[:2]}")
+    if sel.dtype != np.uint8:
+        raise BadRequest(f"selection must be uint8, got {sel.dtype}")
+    return sel
 
 
 def _touches(selection: np.ndarray, face: FaceInfo, width: int, height: int) -> bool:
@@ -546,7 +441,7 @@ def _to_image(t: Any) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
-def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
+def _composite(image: np.ndarray, comp: Compositor) -> PhotoEdit:
     """Blend the faces into the photo; pixels where the 8-bit mask is 0 stay bit-identical."""
     height, width = image.shape[:2]
     bx, by, bw, bh = comp.box
@@ -556,7 +451,7 @@ def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
     out = image.copy()
     ys, xs = np.nonzero(box_mask)
     if len(ys) == 0:
-        return EditResult(out, mask, (0, 0, 0, 0), np.zeros((0, 0, 4), np.uint8), [], [])
+        return PhotoEdit(out, mask, (0, 0, 0, 0), np.zeros((0, 0, 4), np.uint8), [], [])
     # everything below works on the tight box of mask > 0 only
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     region = (int(x0 + bx), int(y0 + by), int(x1 - x0), int(y1 - y0))
@@ -566,7 +461,7 @@ def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
     layer = np.clip(comp.layer((slice(y0, y1), slice(x0, x1))), 0.0, 255.0)  # the RGBA layer re-composites
     colour = image.shape[2] if image.shape[2] != 4 else 3
     if colour == 1:
-        layer = (layer @ _LUMA)[..., None]
+        layer = (layer @ LUMA)[..., None]
     scale = 257.0 if image.dtype == np.uint16 else 1.0
     m = (sub_mask.astype(np.float32) / 255.0)[..., None]
     orig = image[rows, cols, :colour]
@@ -576,18 +471,18 @@ def _composite(image: np.ndarray, comp: Compositor) -> EditResult:
     blended[keep] = orig[keep]
     out[rows, cols, :colour] = blended
 
-    rgb = _to_uint8(np.repeat(layer, 3, axis=2) if colour == 1 else layer)
-    rgb[keep] = _as_rgb8(image[rows, cols])[keep]
+    rgb = to_uint8(np.repeat(layer, 3, axis=2) if colour == 1 else layer)
+    rgb[keep] = as_rgb8(image[rows, cols])[keep]
     rgba = np.concatenate([rgb, sub_mask[..., None]], axis=2)
-    return EditResult(out, mask, region, np.ascontiguousarray(rgba), [], [])
+    return PhotoEdit(out, mask, region, np.ascontiguousarray(rgba), [], [])
 
 
 def _debug_images(entry: _FaceEntry, gen: _Generated, paste: Any) -> dict[str, np.ndarray]:
-    images = {"aligned": entry.aligned, "edit": _to_uint8(gen.content)}
+    images = {"aligned": entry.aligned, "edit": to_uint8(gen.content)}
     if gen.reference is not None:
-        images["reconstruction"] = _to_uint8(gen.reference)
+        images["reconstruction"] = to_uint8(gen.reference)
     if gen.change is not None:
-        images["change_mask"] = _to_uint8(gen.change * 255.0)
+        images["change_mask"] = to_uint8(gen.change * 255.0)
     if paste is not None:
-        images["blend_alpha"] = _to_uint8(paste.alpha * 255.0)
+        images["blend_alpha"] = to_uint8(paste.alpha * 255.0)
     return images

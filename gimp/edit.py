@@ -16,7 +16,20 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+
+from ffclip.plugin import paths
+from ffclip.plugin.protocol import (
+    DEFAULT_URL,
+    STAGES,
+    Attribute,
+    BadRequest,
+    Cancelled,
+    ConnectionFailed,
+    EditParams,
+    EditResult,
+    ImageSpec,
+)
 
 from . import settings as gimp_settings
 
@@ -31,7 +44,6 @@ FACE_MODES = (("all", "All faces"), ("largest", "Largest face"), ("index", "Face
 OUTPUT_MODES = (("layer-mask", "New layer with mask"), ("layer", "New layer without mask"))
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_DEFAULT = 0.0, 2.0, 1.0
 
-STAGES = ("detect", "align", "invert", "encode_text", "map", "synthesize", "blend")
 STAGE_TEXT = {
     "connect": "Connecting to the FFCLIP engine",
     "start": "Starting the FFCLIP engine",
@@ -64,15 +76,13 @@ class PluginError(Exception):
     """An error whose message is meant for the GIMP user as is."""
 
 
-class Cancelled(Exception):
-    """The job was cancelled (FFCLIP Cancel, or the engine reported it)."""
-
-
 # --------------------------------------------------------------------------- arguments
 
 
-@dataclass
-class EditRequest:
+@dataclass(frozen=True)
+class ProcedureArgs:
+    """The procedure's arguments as GIMP gives them (dialog or script): the UI values."""
+
     prompt: str
     strength: float = STRENGTH_DEFAULT
     face_mode: str = "all"
@@ -80,39 +90,33 @@ class EditRequest:
     output: str = "layer-mask"
     url: str | None = None
 
-    def validate(self) -> EditRequest:
-        prompt = " ".join((self.prompt or "").split())
-        if not prompt:
+    def params(self, selection: bool = False) -> EditParams:
+        """The edit these arguments ask for; PluginError (a message for the user) when they don't fit."""
+        if not " ".join((self.prompt or "").split()):
             raise PluginError("Type a prompt describing the edit, for example \u201csmiling, blond hair\u201d.")
-        try:
-            strength = float(self.strength)
-        except (TypeError, ValueError):
-            raise PluginError(f"Strength must be a number, not {self.strength!r}.") from None
-        if not STRENGTH_MIN <= strength <= STRENGTH_MAX:
-            raise PluginError(f"Strength must be between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}.")
-        face_mode = (self.face_mode or "all").strip().lower()
-        if face_mode not in dict(FACE_MODES):
+        strength = self.strength
+        in_range = isinstance(strength, int | float) and STRENGTH_MIN <= strength <= STRENGTH_MAX
+        if isinstance(strength, bool) or not in_range:
+            raise PluginError(f"Strength must be a number between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}.")
+        if self.face_mode not in dict(FACE_MODES):
             raise PluginError(f"Faces must be one of all, largest, index; not {self.face_mode!r}.")
-        output = (self.output or "layer-mask").strip().lower()
-        if output not in dict(OUTPUT_MODES):
+        if self.output not in dict(OUTPUT_MODES):
             raise PluginError(f"Output must be layer-mask or layer, not {self.output!r}.")
-        index = int(self.face_index or 0)
-        if index < 0:
-            raise PluginError("The face number must be 0 or more (0 is the largest face).")
-        return EditRequest(prompt, strength, face_mode, index, output, self.url)
-
-    def faces_value(self) -> str | list[int]:
-        """The protocol's `faces`: "all", "largest" or a list of indices."""
-        if self.face_mode == "index":
-            return [int(self.face_index)]
-        return self.face_mode
+        if self.face_mode == "index" and int(self.face_index) < 0:
+            raise PluginError("The face number must be 0 or more (0 is the most confident face).")
+        faces = [int(self.face_index)] if self.face_mode == "index" else self.face_mode
+        try:
+            return EditParams((Attribute(self.prompt, strength),), faces, selection=selection)
+        except BadRequest as exc:
+            raise PluginError(f"FFCLIP Edit cannot send this edit: {exc.message}.") from None
 
 
-def layer_name(prompt: str, limit: int = 120) -> str:
-    prompt = " ".join((prompt or "").split())
-    if len(prompt) > limit:
-        prompt = prompt[: limit - 1].rstrip() + "\u2026"
-    return LAYER_PREFIX + prompt
+def layer_name(params: EditParams, limit: int = 120) -> str:
+    """`FFCLIP: smiling + grey hair`: the prompts of the edit, shortened to `limit` characters."""
+    text = " + ".join(params.prompts)
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "\u2026"
+    return LAYER_PREFIX + text
 
 
 # --------------------------------------------------------------------------- progress
@@ -238,7 +242,7 @@ def error_message(exc: BaseException, url: str | None = None, settings_path: str
     code = getattr(exc, "code", None)
     message = str(getattr(exc, "message", "") or "").strip()
     name = type(exc).__name__
-    if name == "ConnectionFailed" or isinstance(exc, ConnectionRefusedError):
+    if _is_unreachable(exc):
         return not_running_message(url)
     if code in ERROR_TEXT:
         text = ERROR_TEXT[code].format(message=message, where="", settings=settings_path or gimp_settings.SETTINGS_NAME)
@@ -251,7 +255,7 @@ def error_message(exc: BaseException, url: str | None = None, settings_path: str
 
 
 def not_running_message(url: str | None, extra: str = "") -> str:
-    url = url or gimp_settings.DEFAULT_URL
+    url = url or DEFAULT_URL
     port = gimp_settings.url_port(url)
     text = (
         f"The FFCLIP engine is not running at {url}.\n"
@@ -267,12 +271,14 @@ def not_running_message(url: str | None, extra: str = "") -> str:
 
 
 @dataclass
-class EditOutcome:
+class NewLayer:
+    """What the plug-in paints: the layer over the result region (layer-local), its mask, and the
+    engine's result it came from."""
+
     region: tuple[int, int, int, int]
     layer_rgba: bytes
     mask: bytes | None
-    faces: list = field(default_factory=list)
-    job_id: str = ""
+    result: EditResult
 
 
 def _client_module():
@@ -329,11 +335,12 @@ def _default_factory(settings: dict):
 
 
 def _is_unreachable(exc: BaseException) -> bool:
-    return type(exc).__name__ == "ConnectionFailed" or isinstance(exc, ConnectionRefusedError)
+    return isinstance(exc, ConnectionFailed | ConnectionRefusedError)
 
 
 def engine_log_path() -> str:
-    return str(gimp_settings.state_dir() / "engine.log")
+    """Where a daemon the plug-in starts writes its console output (crashes before its own log)."""
+    return str(paths.state_dir() / paths.ENGINE_START_LOG)
 
 
 def command_for_url(command: list[str], url: str | None) -> list[str]:
@@ -374,7 +381,9 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
 
 
 def run_edit(
-    request: EditRequest,
+    params: EditParams,
+    output: str,
+    url: str | None,
     rgba: bytes,
     width: int,
     height: int,
@@ -383,14 +392,13 @@ def run_edit(
     progress: Progress,
     client_factory=None,
     starter=None,
-) -> EditOutcome:
-    """Send one layer to the engine and turn the answer into the new layer's pixels and mask.
-
-    Raises PluginError (readable message) or Cancelled; never anything else for engine trouble.
+) -> NewLayer:
+    """Send one layer to the engine and turn the answer into the new layer's pixels and mask
+    (`output`: one of OUTPUT_MODES). Raises PluginError (readable message) or Cancelled; never
+    anything else for engine trouble.
     """
-    request = request.validate()
     try:
-        url = gimp_settings.resolve_url(request.url, settings)
+        url = gimp_settings.resolve_url(url, settings)
     except ValueError as exc:
         raise PluginError(f"The engine URL is not usable: {exc}.") from None
     if len(rgba) != width * height * 4:
@@ -399,6 +407,7 @@ def run_edit(
         selection = None
     if selection is not None and not any(selection):
         raise PluginError("The selection does not cover the layer; select the face (or nothing) and retry.")
+    params = replace(params, selection=selection is not None)
     job_id = uuid.uuid4().hex
     client = None
     try:
@@ -412,14 +421,10 @@ def run_edit(
         progress.text(stage_text("upload"))
         relay = ProgressRelay(progress)
         result = client.edit(
+            params,
             rgba,
-            width,
-            height,
-            request.prompt,
-            strength=request.strength,
-            faces=request.faces_value(),
-            selection=selection,
-            preview=False,
+            ImageSpec(width, height),
+            selection,
             on_progress=relay,
             on_queued=lambda position: relay("queued", position),
             job_id=job_id,
@@ -427,7 +432,7 @@ def run_edit(
     except PluginError:
         raise
     except Exception as exc:  # noqa: BLE001 - every engine failure becomes a message
-        if getattr(exc, "code", None) == "cancelled" or type(exc).__name__ == "Cancelled":
+        if isinstance(exc, Cancelled):
             raise Cancelled(ERROR_TEXT["cancelled"]) from exc
         if _is_unreachable(exc) or isinstance(exc, OSError):
             raise PluginError(
@@ -442,9 +447,9 @@ def run_edit(
     region = check_region(result.region, width, height)
     source = crop(rgba, width, height, region, 4)
     sel = crop(selection, width, height, region, 1) if selection is not None else None
-    layer_rgba, mask = compose_result(bytes(result.rgba), source, sel, request.output)
+    layer_rgba, mask = compose_result(bytes(result.rgba), source, sel, output)
     progress.fraction(1.0)
-    return EditOutcome(region, layer_rgba, mask, list(getattr(result, "faces", []) or []), job_id)
+    return NewLayer(region, layer_rgba, mask, result)
 
 
 def cancel_running(settings: dict | None = None, client_factory=None) -> str:

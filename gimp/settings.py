@@ -5,7 +5,7 @@ Standard library only: this module is copied into the GIMP plug-in folder (gimp/
 Settings live in `ffclip-edit.json` next to the plug-in entry; `ffclip-engine install-gimp-plugin`
 writes it, the dialog updates the engine URL in it. Keys:
 
-- `url`: engine websocket URL (default `ws://127.0.0.1:8765`); `FFCLIP_ENGINE_URL` overrides it
+- `url`: engine websocket URL (default `ffclip.plugin.protocol.DEFAULT_URL`); `FFCLIP_ENGINE_URL` overrides it
   when the caller gives no URL.
 - `token`: optional bearer token for the daemon.
 - `autostart`: start the engine when it is not reachable (only for a local URL).
@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ffclip.plugin.paths import JOB_STATE, runtime_dir
+from ffclip.plugin.protocol import DEFAULT_PORT, DEFAULT_URL
+
 SETTINGS_NAME = "ffclip-edit.json"
-DEFAULT_URL = "ws://127.0.0.1:8765"
 DEFAULTS: dict = {
     "url": DEFAULT_URL,
     "token": None,
@@ -86,7 +88,7 @@ def is_local_url(url: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "")
 
 
-def url_port(url: str, default: int = 8765) -> int:
+def url_port(url: str, default: int = DEFAULT_PORT) -> int:
     try:
         return urlsplit(url).port or default
     except ValueError:
@@ -96,21 +98,8 @@ def url_port(url: str, default: int = 8765) -> int:
 # --------------------------------------------------------------------------- running job state
 
 
-def state_dir(environ: dict | None = None) -> Path:
-    """Per-user folder for the running-job file: $XDG_RUNTIME_DIR, else the cache folder."""
-    environ = os.environ if environ is None else environ
-    override = environ.get("FFCLIP_STATE_DIR")
-    if override:
-        return Path(override)
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "ffclip-edit"
-    cache = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
-    return Path(cache) / "ffclip-edit"
-
-
 def job_state_path(environ: dict | None = None) -> Path:
-    return state_dir(environ) / "current-job.json"
+    return runtime_dir(environ) / JOB_STATE
 
 
 def write_job_state(url: str, job_id: str, token: str | None = None, environ: dict | None = None) -> Path:

@@ -12,24 +12,24 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from . import imageops, png
 from .protocol import (
     DEFAULT_URL,
     PROTOCOL_VERSION,
+    BadRequest,
     Cancelled,
     ConnectionFailed,
+    EditParams,
     EditResult,
     EngineError,
+    ImageSpec,
     ProtocolViolation,
     cancel_message,
     decode,
-    edit_message,
     encode,
     error_from,
     new_job_id,
-    region_of,
     status_request,
 )
 from .websocket import ConnectionClosed, HandshakeError, WebSocket, WebSocketError
@@ -151,37 +151,26 @@ class EngineClient:
 
     def edit(
         self,
-        rgba: bytes,
-        width: int,
-        height: int,
-        prompt: str,
-        strength: float = 1.0,
-        faces: Any = "all",
+        params: EditParams,
+        image: bytes,
+        spec: ImageSpec,
         selection: bytes | None = None,
-        preview: bool = False,
         on_progress: ProgressCallback | None = None,
         job_id: str | None = None,
         on_queued: Callable[[int], None] | None = None,
-        image_format: str = "rgba8",
     ) -> EditResult:
-        """Run one edit; blocks until its result. Raises EngineError (Cancelled for cancel)."""
+        """Run one edit of `image` (a frame as `spec` describes it; with `selection`, its A8 mask
+        frame: `params.selection` must say so); blocks until its result. Raises EngineError
+        (Cancelled for cancel)."""
         job_id = job_id or new_job_id()
-        if image_format == "rgba8" and len(rgba) != width * height * 4:
-            raise ValueError(f"expected {width * height * 4} RGBA bytes, got {len(rgba)}")
-        if selection is not None and len(selection) != width * height:
-            raise ValueError(f"expected {width * height} selection bytes, got {len(selection)}")
-        message = edit_message(
-            job_id,
-            prompt,
-            width,
-            height,
-            image_format=image_format,
-            strength=strength,
-            faces=faces,
-            preview=preview,
-            selection=selection is not None,
-        )
-        frames = [rgba] if selection is None else [rgba, selection]
+        if spec.format == "rgba8" and len(image) != spec.pixels * 4:
+            raise ValueError(f"expected {spec.pixels * 4} RGBA bytes, got {len(image)}")
+        if params.selection != (selection is not None):
+            raise ValueError("params.selection must say whether a selection frame is sent")
+        if selection is not None and len(selection) != spec.pixels:
+            raise ValueError(f"expected {spec.pixels} selection bytes, got {len(selection)}")
+        message = params.to_message(job_id, spec)
+        frames = [image] if selection is None else [image, selection]
         ws = self._send_fresh(message, frames)
         try:
             return self._await_result(ws, job_id, on_progress, on_queued)
@@ -230,7 +219,7 @@ class EngineClient:
                     raise ProtocolViolation("engine sent an unannounced binary frame")
                 skip_binary = False
                 continue
-            message = decode(raw)
+            message = _decode(raw)
             kind, mine = message["type"], message.get("id") == job_id
             if kind == "status":
                 self.last_status = message
@@ -250,22 +239,10 @@ class EngineClient:
                 return self._read_result(ws, message, job_id)
 
     def _read_result(self, ws: WebSocket, message: dict, job_id: str) -> EditResult:
-        region = region_of(message)
         data = self._receive(ws)
         if not isinstance(data, bytes):
             raise ProtocolViolation("result without its binary frame")
-        if len(data) != region[2] * region[3] * 4:
-            raise ProtocolViolation(f"result frame has {len(data)} bytes for region {list(region)}")
-        return EditResult(
-            region=region,
-            rgba=data,
-            faces=list(message.get("faces") or []),
-            id=job_id,
-            stages=list(message.get("stages") or []),
-            skipped=list(message.get("skipped") or []),
-            preview=bool(message.get("preview", False)),
-            seconds=float(message.get("seconds", 0.0)),
-        )
+        return EditResult.from_message(message, data)
 
     def _receive(self, ws: WebSocket, deadline: float | None = None) -> str | bytes:
         timeout = self.timeout if deadline is None else max(0.001, deadline - time.monotonic())
@@ -283,17 +260,21 @@ class EngineClient:
         while True:
             raw = self._receive(ws, deadline)
             if isinstance(raw, str):
-                return decode(raw)
+                return _decode(raw)
+
+
+def _decode(text: str) -> dict:
+    try:
+        return decode(text)
+    except BadRequest as exc:
+        raise ProtocolViolation(f"the engine sent {exc.message}") from None
 
 
 def edit_file(
     url: str,
     in_path: str | Path,
-    prompt: str,
+    params: EditParams,
     out_path: str | Path,
-    strength: float = 1.0,
-    faces: Any = "all",
-    preview: bool = False,
     mask_out: str | Path | None = None,
     token: str | None = None,
     timeout: float = 600.0,
@@ -302,27 +283,17 @@ def edit_file(
     """Edit a photo file with a running daemon; writes `out_path` (and the blend mask to `mask_out`).
 
     PNG files travel as PNG, anything else is decoded here (Pillow) and sent as RGBA8. The token
-    defaults to $FFCLIP_TOKEN. Returns a
-    summary: job id, region, faces, stages run and skipped, seconds.
+    defaults to $FFCLIP_TOKEN. Returns a summary: job id, region, faces, stages run and skipped, seconds.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     token = token or os.environ.get("FFCLIP_TOKEN") or None
     data = in_path.read_bytes()
     width, height, base = imageops.decode_file(data)
     is_png = data[:8] == png.SIGNATURE
+    spec = ImageSpec(width, height, "png" if is_png else "rgba8")
     started = time.monotonic()
     with EngineClient(url, token=token, timeout=timeout) as client:
-        result = client.edit(
-            data if is_png else base,
-            width,
-            height,
-            prompt,
-            strength=strength,
-            faces=faces,
-            preview=preview,
-            on_progress=on_progress,
-            image_format="png" if is_png else "rgba8",
-        )
+        result = client.edit(params, data if is_png else base, spec, on_progress=on_progress)
     edited = imageops.composite(base, width, height, result.region, result.rgba)
     imageops.encode_file(out_path, width, height, edited, keep_alpha=not imageops.is_opaque(base))
     if mask_out is not None:
@@ -337,9 +308,12 @@ def edit_file(
         "height": height,
         "region": list(result.region),
         "faces": result.faces,
+        "edits": [e.to_message() for e in result.edits],
         "stages": result.stages,
         "skipped": result.skipped,
         "preview": result.preview,
+        "size": result.size,
+        "untrained": result.untrained,
         "engine_seconds": result.seconds,
         "seconds": round(time.monotonic() - started, 3),
     }

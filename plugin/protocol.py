@@ -1,7 +1,10 @@
 """Wire protocol version 1 between the engine daemon and its clients (docs/protocol.md).
 
-Standard library only: this module is shared by the GIMP plug-in, the command-line client and the
-daemon (which imports the constants from here so both sides agree on them).
+Standard library only: the GIMP plug-in, the command-line client and the daemon all import it, so
+every constant, every field limit and the two values that cross the wire — the edit's parameters
+(`EditParams`) and its result (`EditResult`) — are defined here once. Each value builds its own
+message (`to_message`) and reads one back (`from_message`); reading validates every field, and the
+engine is the side that reads requests, so a request is validated once, where it is used.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/"
+DEFAULT_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/"
 
 STAGES = ("detect", "align", "invert", "encode_text", "map", "synthesize", "blend")
 # Stages a cached inversion lets a re-edit of the same photo skip.
@@ -36,10 +41,17 @@ IMAGE_FORMATS = ("rgba8", "png")
 SELECTION_FORMATS = ("a8",)
 FACE_MODES = ("all", "largest")
 
-# Client-side field limits; the daemon enforces the same ones.
+# Field limits: clients build within them, the engine refuses anything outside them.
 MAX_ID_LENGTH = 128
 MAX_PROMPT_LENGTH = 1000
+MAX_EDITS = 4  # attributes edited at once: ŵ = w + Σ αᵢ·Δwᵢ
+MAX_FACE_INDICES = 64
 STRENGTH_RANGE = (-4.0, 4.0)
+MIN_SIDE = 16  # smaller images cannot hold a detectable face
+DEFAULT_MAX_PIXELS = 40_000_000  # 160 MB as RGBA8; every command takes --max-pixels to raise it
+
+
+# --------------------------------------------------------------------------- errors
 
 
 class EngineError(Exception):
@@ -50,6 +62,14 @@ class EngineError(Exception):
         self.code = code
         self.message = message
         self.job_id = job_id
+
+
+class BadRequest(EngineError, ValueError):
+    """A message (or a value meant for one) outside the protocol; `code` says how the engine answers
+    it: bad_request, bad_image or too_large."""
+
+    def __init__(self, message: str, code: str = "bad_request", job_id: str | None = None):
+        super().__init__(code, message, job_id)
 
 
 class Cancelled(EngineError):
@@ -73,16 +93,271 @@ class ProtocolViolation(EngineError):
         super().__init__("protocol", message)
 
 
+# --------------------------------------------------------------------------- field readers
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"'{name}' must be a finite number")
+    return float(value)
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{name}' must be an integer")
+    return value
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be true or false")
+    return value
+
+
+def parse_faces(value: Any) -> str | tuple[int, ...]:
+    """Which faces: "all", "largest", face indices (ints ≥ 0, most confident first), an int, or text
+    like "0,2" -> "all" | "largest" | a non-empty tuple of indices."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in FACE_MODES:
+            return text
+        try:
+            value = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise BadRequest(f"faces must be 'all', 'largest' or indices like '0,2', not {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, list | tuple) and 0 < len(value) <= MAX_FACE_INDICES:
+        indices = tuple(_int(v, "faces[]") for v in value)
+        if all(i >= 0 for i in indices):
+            return indices
+    raise BadRequest('\'faces\' must be "all", "largest" or a non-empty list of face indices >= 0')
+
+
+# --------------------------------------------------------------------------- the request
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One prompt and its strength α (1 = the paper's edit, 0 = the reconstruction)."""
+
+    prompt: str
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise BadRequest("every edit needs a non-empty 'prompt'")
+        if len(self.prompt) > MAX_PROMPT_LENGTH:
+            raise BadRequest(f"'prompt' is longer than {MAX_PROMPT_LENGTH} characters")
+        strength = _number(self.strength, "strength")
+        low, high = STRENGTH_RANGE
+        if not low <= strength <= high:
+            raise BadRequest(f"'strength' must be between {low:g} and {high:g}")
+        object.__setattr__(self, "prompt", " ".join(self.prompt.split()))
+        object.__setattr__(self, "strength", strength)
+
+    def to_message(self) -> dict:
+        return {"prompt": self.prompt, "strength": self.strength}
+
+    @classmethod
+    def from_message(cls, value: Any) -> Attribute:
+        if not isinstance(value, dict) or not isinstance(value.get("prompt"), str):
+            raise BadRequest("each entry of 'edits' must be an object with a string 'prompt'")
+        return cls(value["prompt"], value.get("strength", 1.0))
+
+
+@dataclass(frozen=True)
+class EditParams:
+    """What to edit: 1–4 attributes, which faces, preview or full resolution, whether a selection
+    mask comes with the image, and whether this request supersedes the connection's earlier ones.
+
+    The plug-in and the command line build it, the wire carries it, the pipeline takes it; building
+    one validates it (the same rules on both sides)."""
+
+    edits: tuple[Attribute, ...]
+    faces: str | tuple[int, ...] = "all"
+    preview: bool = False
+    selection: bool = False
+    supersede: bool = False
+
+    def __post_init__(self) -> None:
+        edits = tuple(self.edits) if isinstance(self.edits, list | tuple) else ()
+        if not 1 <= len(edits) <= MAX_EDITS or not all(isinstance(e, Attribute) for e in edits):
+            raise BadRequest(f"'edits' must hold 1 to {MAX_EDITS} entries of prompt and strength")
+        object.__setattr__(self, "edits", edits)
+        object.__setattr__(self, "faces", parse_faces(self.faces))
+        for name in ("preview", "selection", "supersede"):
+            _bool(getattr(self, name), name)
+
+    @classmethod
+    def single(cls, prompt: str, strength: float = 1.0, **fields: Any) -> EditParams:
+        return cls((Attribute(prompt, strength),), **fields)
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return tuple(e.prompt for e in self.edits)
+
+    @property
+    def label(self) -> str:
+        """The edit in words, e.g. "smiling ×0.8, grey hair" (strength shown when not 1)."""
+        return ", ".join(e.prompt if e.strength == 1.0 else f"{e.prompt} \u00d7{e.strength:g}" for e in self.edits)
+
+    def to_message(self, job_id: str, image: ImageSpec) -> dict:
+        """The `edit` announcement; the image (and selection) binary frames follow it."""
+        message = {
+            "type": "edit",
+            "id": job_id,
+            "edits": [e.to_message() for e in self.edits],
+            "faces": self.faces if isinstance(self.faces, str) else list(self.faces),
+            "preview": self.preview,
+            "image": image.to_message(),
+        }
+        if self.selection:
+            message["selection"] = {"format": "a8"}
+        if self.supersede:
+            message["supersede"] = True
+        return message
+
+    @classmethod
+    def from_message(cls, message: dict) -> EditParams:
+        """The parameters of an `edit` message; `prompt`/`strength` mean a one-entry `edits`."""
+        if "edits" in message:
+            if "prompt" in message:
+                raise BadRequest("give either 'edits' or 'prompt', not both")
+            entries = message["edits"]
+            if not isinstance(entries, list):
+                raise BadRequest(f"'edits' must be a list of 1 to {MAX_EDITS} objects")
+            edits = tuple(Attribute.from_message(entry) for entry in entries)
+        else:
+            if not isinstance(message.get("prompt"), str):
+                raise BadRequest("'prompt' must be a non-empty string")
+            edits = (Attribute(message["prompt"], message.get("strength", 1.0)),)
+        selection = message.get("selection")
+        if selection is not None and (
+            not isinstance(selection, dict) or selection.get("format") not in SELECTION_FORMATS
+        ):
+            raise BadRequest('\'selection\' must be {"format": "a8"}')
+        return cls(
+            edits,
+            message.get("faces", "all"),
+            _bool(message.get("preview", False), "preview"),
+            selection is not None,
+            _bool(message.get("supersede", False), "supersede"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The image an `edit` announces: its size and how its frame is encoded."""
+
+    width: int
+    height: int
+    format: str = "rgba8"
+
+    def to_message(self) -> dict:
+        return {"width": self.width, "height": self.height, "format": self.format}
+
+    @classmethod
+    def from_message(cls, value: Any, max_pixels: int) -> ImageSpec:
+        if not isinstance(value, dict):
+            raise BadRequest("'image' must be an object {width, height, format}")
+        width, height = _int(value.get("width"), "image.width"), _int(value.get("height"), "image.height")
+        image_format = value.get("format")
+        if image_format not in IMAGE_FORMATS:
+            raise BadRequest(f"'image.format' must be one of {', '.join(IMAGE_FORMATS)}")
+        check_image_size(width, height, max_pixels)
+        return cls(width, height, image_format)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def check_image_size(width: int, height: int, max_pixels: int | None) -> None:
+    """The engine's size rules for any image it is given (wire, file or array)."""
+    if width <= 0 or height <= 0:
+        raise BadRequest(f"image size {width}x{height} is empty", "bad_image")
+    if max_pixels and width * height > max_pixels:
+        raise BadRequest(
+            f"image of {width}x{height} = {width * height / 1e6:.1f} MP exceeds the engine's limit of "
+            f"{max_pixels / 1e6:.1f} MP (--max-pixels)",
+            "too_large",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise BadRequest(f"image of {width}x{height} is too small (at least {MIN_SIDE} px a side)", "bad_image")
+
+
+# --------------------------------------------------------------------------- the result
+
+
 @dataclass
 class EditResult:
+    """An edit's answer: the edited pixels of `region` with the blend mask as alpha, and what ran."""
+
     region: tuple[int, int, int, int]  # x, y, w, h in image coordinates
     rgba: bytes  # w*h*4 bytes, row-major; alpha is the blend mask
-    faces: list[dict] = field(default_factory=list)
-    id: str = ""
+    faces: list[dict] = field(default_factory=list)  # index, box, quad, score of each edited face
+    edits: tuple[Attribute, ...] = ()
     stages: list[str] = field(default_factory=list)  # stages the engine ran for this job
-    skipped: list[str] = field(default_factory=list)  # stages it did not run (cache hits: detect..invert)
     preview: bool = False
+    size: int = 0  # the resolution the faces were synthesized at (the preview's is the engine's choice)
+    untrained: bool = False  # made by the tiny profile's random networks
     seconds: float = 0.0
+    id: str = ""
+
+    @property
+    def skipped(self) -> list[str]:
+        """Stages this job did not run (cache hits)."""
+        return [s for s in STAGES if s not in self.stages]
+
+    def to_message(self) -> dict:
+        x, y, w, h = self.region
+        return {
+            "type": "result",
+            "id": self.id,
+            "region": [x, y, w, h],
+            "format": "rgba8",
+            "faces": self.faces,
+            "edits": [e.to_message() for e in self.edits],
+            "stages": list(self.stages),
+            "skipped": self.skipped,
+            "preview": self.preview,
+            "size": self.size,
+            "untrained": self.untrained,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @classmethod
+    def from_message(cls, message: dict, rgba: bytes) -> EditResult:
+        """A `result` message and its binary frame; raises ProtocolViolation when they do not fit."""
+        region = message.get("region")
+        if (
+            not isinstance(region, list)
+            or len(region) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in region)
+        ):
+            raise ProtocolViolation(f"result has an invalid region: {region!r}")
+        if len(rgba) != region[2] * region[3] * 4:
+            raise ProtocolViolation(f"result frame has {len(rgba)} bytes for region {region}")
+        try:
+            edits = tuple(Attribute.from_message(e) for e in message.get("edits") or ())
+        except BadRequest as exc:
+            raise ProtocolViolation(f"result has invalid edits: {exc.message}") from None
+        return cls(
+            region=(region[0], region[1], region[2], region[3]),
+            rgba=rgba,
+            faces=list(message.get("faces") or []),
+            edits=edits,
+            stages=[s for s in message.get("stages") or () if s in STAGES],
+            preview=bool(message.get("preview", False)),
+            size=int(message.get("size") or 0),
+            untrained=bool(message.get("untrained", False)),
+            seconds=float(message.get("seconds") or 0.0),
+            id=str(message.get("id") or ""),
+        )
+
+
+# --------------------------------------------------------------------------- other messages
 
 
 def new_job_id() -> str:
@@ -91,56 +366,6 @@ def new_job_id() -> str:
 
 def encode(message: dict) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
-
-
-def normalize_faces(faces: Any) -> str | list[int]:
-    """`"all"`, `"largest"`, an int, a list of ints or `"0,2"` → the wire form."""
-    if isinstance(faces, str):
-        text = faces.strip().lower()
-        if text in FACE_MODES:
-            return text
-        try:
-            return [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise ValueError(f"faces must be 'all', 'largest' or indices like '0,2', not {faces!r}") from None
-    if isinstance(faces, bool):
-        raise ValueError("faces must be 'all', 'largest' or a list of indices")
-    if isinstance(faces, int):
-        return [faces]
-    if isinstance(faces, list | tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in faces):
-        return list(faces)
-    raise ValueError(f"faces must be 'all', 'largest' or a list of indices, not {faces!r}")
-
-
-def edit_message(
-    job_id: str,
-    prompt: str,
-    width: int,
-    height: int,
-    *,
-    image_format: str = "rgba8",
-    strength: float = 1.0,
-    faces: Any = "all",
-    preview: bool = False,
-    selection: bool = False,
-) -> dict:
-    """The `edit` announcement; the image (and selection) binary frames follow it."""
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image format must be one of {IMAGE_FORMATS}")
-    if not isinstance(strength, int | float) or not math.isfinite(strength):
-        raise ValueError("strength must be a finite number")
-    message = {
-        "type": "edit",
-        "id": job_id,
-        "prompt": prompt,
-        "strength": float(strength),
-        "faces": normalize_faces(faces),
-        "preview": bool(preview),
-        "image": {"width": int(width), "height": int(height), "format": image_format},
-    }
-    if selection:
-        message["selection"] = {"format": "a8"}
-    return message
 
 
 def cancel_message(job_id: str) -> dict:
@@ -152,14 +377,25 @@ def status_request() -> dict:
 
 
 def decode(text: str) -> dict:
-    """Parse one engine → client text frame; raises ProtocolViolation when it is not a message."""
+    """Parse one text frame into a message with a string `type`; raises BadRequest otherwise."""
     try:
         message = json.loads(text)
     except ValueError as exc:
-        raise ProtocolViolation(f"engine sent malformed JSON: {exc}") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolViolation("engine sent a message without a type")
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise BadRequest("a message must be a JSON object")
+    if not isinstance(message.get("type"), str):
+        raise BadRequest("a message needs a string 'type'")
     return message
+
+
+def job_id_of(message: dict) -> str:
+    job_id = message.get("id")
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise BadRequest("'id' must be a non-empty string")
+    if len(job_id) > MAX_ID_LENGTH:
+        raise BadRequest(f"'id' is longer than {MAX_ID_LENGTH} characters")
+    return job_id
 
 
 def error_from(message: dict) -> EngineError:
@@ -174,13 +410,6 @@ def error_from(message: dict) -> EngineError:
     return EngineError(code, text, job_id)
 
 
-def region_of(message: dict) -> tuple[int, int, int, int]:
-    region = message.get("region")
-    if (
-        not isinstance(region, list)
-        or len(region) != 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in region)
-    ):
-        raise ProtocolViolation(f"result has an invalid region: {region!r}")
-    x, y, w, h = region
-    return x, y, w, h
+def attributes(pairs: Iterable[tuple[str, float]]) -> tuple[Attribute, ...]:
+    """(prompt, strength) pairs -> Attributes (validated)."""
+    return tuple(Attribute(prompt, strength) for prompt, strength in pairs)

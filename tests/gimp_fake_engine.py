@@ -137,12 +137,13 @@ class FakeEngine:
         if self.token is not None:
             pass
         await ws.send(json.dumps({"type": "queued", "id": job, "position": 0}))
-        if "noface" in msg.get("prompt", ""):
+        prompts = " ".join(str(e.get("prompt")) for e in msg.get("edits") or [msg])
+        if "noface" in prompts:
             await ws.send(
                 json.dumps({"type": "error", "id": job, "code": "no_face", "message": "no face found in the image"})
             )
             return
-        slow = "slow" in msg.get("prompt", "")
+        slow = "slow" in prompts
         for stage in STAGES:
             for value in (0.0, 0.5, 1.0):
                 if job in self.cancelled:

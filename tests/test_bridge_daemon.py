@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ffclip.plugin.client import EngineClient
-from ffclip.plugin.protocol import EngineError
+from ffclip.plugin.protocol import EditParams, EngineError, ImageSpec
 from ffclip.plugin.websocket import ConnectionClosed, WebSocket
 
 PHOTO = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
@@ -82,7 +82,7 @@ def test_token_on_all_interfaces_refuses_clients_without_it(tmp_path):
         with pytest.raises(EngineError):
             EngineClient(daemon.url, token="wrong", timeout=5).connect()
         with EngineClient(daemon.url, token="tok", timeout=10) as client:
-            result = client.edit(PHOTO.tobytes(), 64, 64, "smiling")
+            result = client.edit(EditParams.single("smiling"), PHOTO.tobytes(), ImageSpec(64, 64))
             assert result.region[2] > 0
     finally:
         assert daemon.stop() == 0

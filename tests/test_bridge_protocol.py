@@ -15,12 +15,12 @@ import uuid
 import numpy as np
 import pytest
 
-from ffclip.bridge.backend import JobError, UnavailableBackend
+from ffclip.bridge.backend import UnavailableBackend
 from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.testing import ServerThread, running_server
 from ffclip.plugin.client import EngineClient
 from ffclip.plugin.png import write_png
-from ffclip.plugin.protocol import STAGES, Cancelled, EngineError
+from ffclip.plugin.protocol import STAGES, Cancelled, EditParams, EngineError, ImageSpec
 from ffclip.plugin.websocket import ConnectionClosed, HandshakeError, WebSocket
 
 RNG = np.random.default_rng(4)
@@ -376,7 +376,9 @@ def test_client_helper_edit_status_and_cancel(slow_server):
     greeting = client.connect()
     assert greeting["protocol"] == 1 and client.status()["type"] == "status"
     stages = []
-    result = client.edit(PHOTO.tobytes(), 128, 96, "smiling", on_progress=lambda s, v: stages.append(s))
+    result = client.edit(
+        EditParams.single("smiling"), PHOTO.tobytes(), ImageSpec(128, 96), on_progress=lambda s, v: stages.append(s)
+    )
     assert list(dict.fromkeys(stages)) == list(STAGES) and len(result.rgba) == result.region[2] * result.region[3] * 4
 
     def cancel_soon(job_id: str) -> None:
@@ -386,9 +388,9 @@ def test_client_helper_edit_status_and_cancel(slow_server):
     job = uuid.uuid4().hex
     threading.Thread(target=cancel_soon, args=(job,), daemon=True).start()
     with pytest.raises(Cancelled):
-        client.edit(PHOTO.tobytes(), 128, 96, "smiling", job_id=job)
+        client.edit(EditParams.single("smiling"), PHOTO.tobytes(), ImageSpec(128, 96), job_id=job)
     with pytest.raises(EngineError) as info:
-        client.edit(np.full((64, 64, 4), 7, np.uint8).tobytes(), 64, 64, "smiling")
+        client.edit(EditParams.single("smiling"), np.full((64, 64, 4), 7, np.uint8).tobytes(), ImageSpec(64, 64))
     assert info.value.code == "no_face"
     client.close()
 
@@ -423,10 +425,10 @@ class _Leaky(FakeBackend):
         info["models"]["sources"] = {"e4e": "/home/someone/.local/share/ffclip/models/e4e_ffhq_encode.pt"}
         return info
 
-    def run(self, spec, image, selection, progress, should_cancel):
-        if spec.prompt == "explode":
+    def run(self, request, image, selection, progress, should_cancel):
+        if request.params.prompts == ("explode",):
             raise RuntimeError("failed reading /opt/secret/weights/mapper.pt")
-        raise JobError("bad_image", "cannot decode /tmp/upload/abc/photo.png: truncated")
+        raise EngineError("bad_image", "cannot decode /tmp/upload/abc/photo.png: truncated")
 
 
 def test_no_message_names_a_file_path():

@@ -28,13 +28,15 @@ KILLED_CLIENT = """
 import sys
 import numpy as np
 from ffclip.plugin.client import EngineClient
+from ffclip.plugin.protocol import EditParams, ImageSpec
 image = np.load(sys.argv[2])
 client = EngineClient(sys.argv[1], timeout=60)
 client.connect()
 def progress(stage, value):
     print("running", flush=True)
 for _ in range(3):
-    client.edit(image.tobytes(), image.shape[1], image.shape[0], "smiling", on_progress=progress)
+    spec = ImageSpec(image.shape[1], image.shape[0])
+    client.edit(EditParams.single("smiling"), image.tobytes(), spec, on_progress=progress)
 """
 
 

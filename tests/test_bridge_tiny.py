@@ -69,7 +69,8 @@ def _edit(ws: WebSocket, png: bytes, prompt: str) -> tuple[list[dict], dict, byt
 def test_photo_edit_over_the_socket_returns_the_blend_mask_as_alpha(daemon, photo):
     from ffclip.engine.imageio import load_image
     from ffclip.engine.inference import Engine
-    from ffclip.engine.pipeline import EditRequest, Pipeline
+    from ffclip.engine.pipeline import Pipeline
+    from ffclip.plugin.protocol import EditParams
 
     ws = WebSocket.connect(daemon.url)
     greeting = json.loads(ws.recv(10))
@@ -84,7 +85,7 @@ def test_photo_edit_over_the_socket_returns_the_blend_mask_as_alpha(daemon, phot
     assert result["faces"] and len(result["faces"][0]["quad"]) == 4
 
     # The same edit in this process: the region's alpha is exactly its blend mask.
-    local = Pipeline(Engine.load(profile="tiny")).edit(EditRequest(load_image(photo), "a smiling face"))
+    local = Pipeline(Engine.load(profile="tiny")).edit(EditParams.single("a smiling face"), load_image(photo))
     assert tuple(local.region) == (x, y, w, h)
     assert np.array_equal(region[..., 3], local.mask[y : y + h, x : x + w])
     assert 0 < region[..., 3].mean() < 255 and region[..., 3].max() == 255

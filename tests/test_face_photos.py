@@ -16,8 +16,7 @@ from PIL import Image
 
 from ffclip.engine.cli import main
 from ffclip.engine.face.align import align_face, ffhq_quad
-from ffclip.engine.imageio import load_image
-from ffclip.engine.pipeline import _rgb_float, _to_uint8
+from ffclip.engine.imageio import as_rgb8, load_image
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 # Real faces per photo where the README says so.
@@ -101,7 +100,7 @@ def test_quads_match_reference(detections: dict, reference: dict) -> None:
 def test_aligned_crops_match_reference(photos_dir: Path, parity_dir: Path, detections: dict, reference: dict):
     checked = 0
     for name, doc in detections.items():
-        rgb = _to_uint8(_rgb_float(load_image(photos_dir / name)))
+        rgb = as_rgb8(load_image(photos_dir / name))
         for f in doc["faces"]:
             best, _ = _match(f, reference[name]["faces"])
             ref_png = parity_dir / "align" / f"{Path(name).stem}.face{best}.aligned256.png"
@@ -121,7 +120,7 @@ def test_large_photos_detect_on_a_shrunk_copy(photos_dir: Path, detections: dict
     """Above max_exact_pixels HOG runs on a smaller copy; landmarks still come from the full image."""
     from ffclip.engine.face.detect import DetectorConfig, detect_faces
 
-    rgb = _to_uint8(_rgb_float(load_image(photos_dir / "obama.jpg")))
+    rgb = as_rgb8(load_image(photos_dir / "obama.jpg"))
     faces = detect_faces(rgb, DetectorConfig(max_exact_pixels=500_000, approx_pixels=400_000))
     assert len(faces) == 1
     exact = np.array(detections["obama.jpg"]["faces"][0]["quad"])

@@ -14,7 +14,8 @@ from PIL import Image, ImageOps
 
 from ffclip.engine.cli import main
 from ffclip.engine.imageio import load_image, save_image
-from ffclip.engine.pipeline import EditRequest, Pipeline, PipelineError, parse_faces
+from ffclip.engine.pipeline import Pipeline
+from ffclip.plugin.protocol import BadRequest, EditParams, EngineError, parse_faces
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -44,14 +45,14 @@ def gradient() -> np.ndarray:
 
 
 def test_not_an_image() -> None:
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(EngineError) as info:
         load_image(b"this is not an image at all")
     assert info.value.code == "bad_image"
 
 
 def test_missing_and_empty_files(tmp_path: Path) -> None:
     for source in (tmp_path / "missing.png", b""):
-        with pytest.raises(PipelineError) as info:
+        with pytest.raises(EngineError) as info:
             load_image(source)
         assert info.value.code == "bad_image"
 
@@ -59,17 +60,17 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_file(gradient: np.ndarray, fmt: str) -> None:
     data = _encode(np.tile(gradient, (8, 8, 1)), fmt)
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(EngineError) as info:
         load_image(data[: len(data) // 2])
     assert info.value.code == "bad_image"
     assert "truncated" in info.value.message or "corrupt" in info.value.message
 
 
 def test_too_large_is_refused_from_the_header() -> None:
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(EngineError) as info:
         load_image(_png_header_only(100_000, 100_000), max_pixels=50_000_000)
     assert info.value.code == "too_large" and "MP" in info.value.message
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(EngineError) as info:
         load_image(_png_header_only(300, 200), max_pixels=50_000)
     assert info.value.code == "too_large"
 
@@ -86,25 +87,25 @@ def test_pipeline_rejects_tiny_huge_and_malformed_arrays() -> None:
     }
     for code, images in cases.items():
         for image in images:
-            with pytest.raises(PipelineError) as info:
-                pipeline.edit(EditRequest(image, "x"))
+            with pytest.raises(EngineError) as info:
+                pipeline.edit(EditParams.single("x"), image)
             assert info.value.code == code
 
 
 def test_no_face() -> None:
     pipeline = Pipeline(None, editor="passthrough")
     flat = np.full((120, 160, 3), 128, np.uint8)
-    with pytest.raises(PipelineError) as info:
-        pipeline.edit(EditRequest(flat, "x"))
+    with pytest.raises(EngineError) as info:
+        pipeline.edit(EditParams.single("x"), flat)
     assert info.value.code == "no_face"
 
 
 def test_bad_requests() -> None:
     for faces in ("some", "1,x", [-1], []):
-        with pytest.raises(PipelineError) as info:
+        with pytest.raises(BadRequest) as info:
             parse_faces(faces)
         assert info.value.code == "bad_request"
-    assert parse_faces("0, 2") == [0, 2] and parse_faces("LARGEST") == "largest"
+    assert parse_faces("0, 2") == (0, 2) and parse_faces("LARGEST") == "largest"
 
 
 # -- the CLI: a clear message and an exit code, never a traceback ---------------------------------

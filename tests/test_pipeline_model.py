@@ -21,7 +21,8 @@ from ffclip.engine.cli import main
 from ffclip.engine.face.align import AlignTransform
 from ffclip.engine.face.blend import BlendConfig
 from ffclip.engine.imageio import load_image
-from ffclip.engine.pipeline import STAGES, EditRequest, Pipeline, PipelineError
+from ffclip.engine.pipeline import Pipeline
+from ffclip.plugin.protocol import STAGES, EditParams, EngineError
 
 
 class FakeEngine:
@@ -44,10 +45,13 @@ class FakeEngine:
         return torch.full((len(prompts), 1, 4), float(len(prompts[0])))
 
     def map(self, w: torch.Tensor, e: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        return w + strength * self.delta(w, e)
+
+    def delta(self, w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         self.calls["map"] += 1
         delta = torch.zeros_like(w)
         delta[:, :, : int(0.3 * w.shape[2]), :] = -0.6
-        return w + strength * delta
+        return delta
 
     preview_size = 128
 
@@ -69,7 +73,7 @@ def photo(photos_dir: Path) -> np.ndarray:
 
 def test_change_mask_confines_the_edit(photo: np.ndarray) -> None:
     pipeline = Pipeline(FakeEngine(), editor="model")
-    result = pipeline.edit(EditRequest(photo, "blond hair"))
+    result = pipeline.edit(EditParams.single("blond hair"), photo)
     face = result.faces[0]
     mask = result.mask
     assert np.array_equal(result.image[mask == 0], photo[mask == 0])
@@ -86,13 +90,13 @@ def test_change_mask_confines_the_edit(photo: np.ndarray) -> None:
 def test_cache_skips_detect_align_invert(photo: np.ndarray) -> None:
     engine = FakeEngine()
     pipeline = Pipeline(engine, editor="model")
-    first = pipeline.edit(EditRequest(photo, "blond hair"))
+    first = pipeline.edit(EditParams.single("blond hair"), photo)
     assert first.stages == list(STAGES)
     assert engine.calls["invert"] == 1 and engine.calls["synthesize"] == 2  # edit + reconstruction
     # one pass gives the edit and its 256² copy; the reconstruction stops at 256²
     assert engine.levels == [(256, 512), (256,)]
 
-    second = pipeline.edit(EditRequest(photo.copy(), "curly hair", strength=0.5))
+    second = pipeline.edit(EditParams.single("curly hair", strength=0.5), photo.copy())
     assert second.stages == ["encode_text", "map", "synthesize", "blend"]
     assert engine.calls["invert"] == 1 and engine.calls["synthesize"] == 3  # the reconstruction is cached
     stats = pipeline.cache_stats()
@@ -100,19 +104,19 @@ def test_cache_skips_detect_align_invert(photo: np.ndarray) -> None:
 
     other = photo.copy()
     other[0, 0] ^= 1  # another photo: everything runs again
-    assert pipeline.edit(EditRequest(other, "blond hair")).stages == list(STAGES)
+    assert pipeline.edit(EditParams.single("blond hair"), other).stages == list(STAGES)
 
 
 def test_cache_is_bounded(photo: np.ndarray) -> None:
     pipeline = Pipeline(FakeEngine(), editor="model", cache_bytes=1 << 20)
-    pipeline.edit(EditRequest(photo, "blond hair"))
+    pipeline.edit(EditParams.single("blond hair"), photo)
     assert pipeline.cache_stats()["bytes"] <= 1 << 20
 
 
 def test_progress_in_stage_order_and_cancel(photo: np.ndarray) -> None:
     pipeline = Pipeline(FakeEngine(), editor="model")
     events: list[tuple[str, float]] = []
-    pipeline.edit(EditRequest(photo, "blond hair"), progress=lambda s, v: events.append((s, v)))
+    pipeline.edit(EditParams.single("blond hair"), photo, progress=lambda s, v: events.append((s, v)))
     order = list(dict.fromkeys(s for s, _ in events))
     assert order == list(STAGES)
     for stage in STAGES:
@@ -124,9 +128,10 @@ def test_progress_in_stage_order_and_cancel(photo: np.ndarray) -> None:
     def cancel_after_invert() -> bool:
         return "invert" in seen
 
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(EngineError) as info:
         pipeline.edit(
-            EditRequest(photo, "other prompt"),
+            EditParams.single("other prompt"),
+            photo,
             progress=lambda s, v: seen.append(s),
             should_cancel=cancel_after_invert,
         )
@@ -138,7 +143,7 @@ def test_seam_colour_matching(photo: np.ndarray) -> None:
     """A reconstruction colour error (+20 red) is matched away on the seam ring."""
 
     def seam_error(config: BlendConfig) -> tuple[float, float]:
-        result = Pipeline(FakeEngine(), editor="model", blend=config).edit(EditRequest(photo, "hair"))
+        result = Pipeline(FakeEngine(), editor="model", blend=config).edit(EditParams.single("hair"), photo)
         face = result.faces[0]
         ys, xs = np.nonzero((result.mask > 20) & (result.mask < 235))
         _, v = AlignTransform(quad=face.quad, qsize=face.qsize).inverse(xs.astype(float), ys.astype(float))
@@ -157,13 +162,13 @@ def test_seam_colour_matching(photo: np.ndarray) -> None:
 
 
 def test_strength_zero_changes_nothing(photo: np.ndarray) -> None:
-    result = Pipeline(FakeEngine(), editor="model").edit(EditRequest(photo, "hair", strength=0.0))
+    result = Pipeline(FakeEngine(), editor="model").edit(EditParams.single("hair", strength=0.0), photo)
     assert not result.mask.any() and np.array_equal(result.image, photo)
     assert result.region == (0, 0, 0, 0) and result.rgba.shape == (0, 0, 4)
 
 
 def test_preview_and_debug_images(photo: np.ndarray) -> None:
-    result = Pipeline(FakeEngine(), editor="model").edit(EditRequest(photo, "hair", preview=True, debug=True))
+    result = Pipeline(FakeEngine(), editor="model").edit(EditParams.single("hair", preview=True), photo, debug=True)
     images = result.debug[0]
     assert images["edit"].shape == (128, 128, 3) and images["reconstruction"].shape == (128, 128, 3)
     assert images["aligned"].shape == (256, 256, 3)
@@ -197,4 +202,4 @@ def test_warm_up_runs_each_network_once_with_the_edit_shapes(photo: np.ndarray) 
     assert engine.calls["invert"] == 1 and engine.calls["map"] == 1 and engine.calls["encode_text"] == 1
     assert engine.levels == [(256, 512), (256,)]
     assert pipeline.cache_stats()["entries"] == 0  # nothing of the blank face is kept
-    assert pipeline.edit(EditRequest(photo, "blond hair")).stages == list(STAGES)
+    assert pipeline.edit(EditParams.single("blond hair"), photo).stages == list(STAGES)

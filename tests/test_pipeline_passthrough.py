@@ -14,7 +14,8 @@ import pytest
 
 from ffclip.engine.cli import main
 from ffclip.engine.imageio import load_image
-from ffclip.engine.pipeline import EditRequest, Pipeline
+from ffclip.engine.pipeline import Pipeline
+from ffclip.plugin.protocol import EditParams
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
@@ -82,7 +83,7 @@ def test_passthrough_preview_and_rgba(photos_dir: Path) -> None:
     """The preview resolution still pastes back well; the RGBA region re-composites to the image."""
     image = load_image(photos_dir / "obama.jpg")
     pipeline = Pipeline(None, editor="passthrough")
-    result = pipeline.edit(EditRequest(image, "x", preview=True))
+    result = pipeline.edit(EditParams.single("x", preview=True), image)
     mask = result.mask
     assert psnr(result.image[mask > 0], image[mask > 0]) >= 30.0
     x, y, w, h = result.region

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from ffclip.engine.imageio import load_image
-from ffclip.engine.pipeline import EditRequest, EditResult, Pipeline, PipelineError
+from ffclip.engine.pipeline import PhotoEdit, Pipeline
+from ffclip.plugin.protocol import EditParams, EngineError
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
@@ -25,7 +26,7 @@ def coverage(mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
     return float((mask[y0:y1, x0:x1] >= 128).mean())
 
 
-def check_passthrough(image: np.ndarray, result: EditResult, peak: float = 255.0) -> None:
+def check_passthrough(image: np.ndarray, result: PhotoEdit, peak: float = 255.0) -> None:
     """The must-show passthrough properties on any photo."""
     mask = result.mask
     assert result.image.shape == image.shape and result.image.dtype == image.dtype
@@ -56,23 +57,23 @@ def pipeline() -> Pipeline:
 
 
 def test_several_faces(pipeline: Pipeline, two_faces: np.ndarray) -> None:
-    result = pipeline.edit(EditRequest(two_faces, "x", faces="all"))
+    result = pipeline.edit(EditParams.single("x", faces="all"), two_faces)
     assert len(result.faces) == 2
     check_passthrough(two_faces, result)
     left, right = sorted(result.faces, key=lambda f: f.box[0])
     assert left.box[0] < 455 <= right.box[0]
 
-    largest = pipeline.edit(EditRequest(two_faces, "x", faces="largest"))
+    largest = pipeline.edit(EditParams.single("x", faces="largest"), two_faces)
     assert [f.index for f in largest.faces] == [max(result.faces, key=lambda f: f.area).index]
 
-    only = pipeline.edit(EditRequest(two_faces, "x", faces=[left.index]))
+    only = pipeline.edit(EditParams.single("x", faces=[left.index]), two_faces)
     assert [f.index for f in only.faces] == [left.index]
     x, y, w, h = right.box
     assert not only.mask[y : y + h, x : x + w].any(), "the other face must not change"
     check_passthrough(two_faces, only)
 
-    with pytest.raises(PipelineError) as info:
-        pipeline.edit(EditRequest(two_faces, "x", faces=[0, 5]))
+    with pytest.raises(EngineError) as info:
+        pipeline.edit(EditParams.single("x", faces=[0, 5]), two_faces)
     assert info.value.code == "bad_request"
 
 
@@ -87,7 +88,7 @@ def test_several_faces(pipeline: Pipeline, two_faces: np.ndarray) -> None:
 )
 def test_faces_cut_by_the_border(pipeline: Pipeline, obama: np.ndarray, cut: tuple[slice, slice]) -> None:
     image = np.ascontiguousarray(obama[cut])
-    result = pipeline.edit(EditRequest(image, "x"))
+    result = pipeline.edit(EditParams.single("x"), image)
     assert len(result.faces) == 1
     check_passthrough(image, result)
 
@@ -96,21 +97,21 @@ def test_selection_mask(pipeline: Pipeline, two_faces: np.ndarray) -> None:
     height, width = two_faces.shape[:2]
     selection = np.zeros((height, width), np.uint8)
     selection[:, : width // 2 - 40] = 255  # the left face only, and not all of its crop
-    result = pipeline.edit(EditRequest(two_faces, "x", selection=selection))
+    result = pipeline.edit(EditParams.single("x"), two_faces, selection=selection)
     assert len(result.faces) == 1 and result.faces[0].box[0] < width // 2
     assert not result.mask[selection == 0].any()
     assert np.array_equal(result.image[selection == 0], two_faces[selection == 0])
     check_passthrough(two_faces, result)
 
     half = np.full((height, width), 128, np.uint8)
-    soft = pipeline.edit(EditRequest(two_faces, "x", selection=half))
+    soft = pipeline.edit(EditParams.single("x"), two_faces, selection=half)
     assert soft.mask.max() <= 129 and len(soft.faces) == 2
 
-    with pytest.raises(PipelineError) as info:
-        pipeline.edit(EditRequest(two_faces, "x", selection=np.zeros((height, width), np.uint8)))
+    with pytest.raises(EngineError) as info:
+        pipeline.edit(EditParams.single("x"), two_faces, selection=np.zeros((height, width), np.uint8))
     assert info.value.code == "no_face"
-    with pytest.raises(PipelineError) as info:
-        pipeline.edit(EditRequest(two_faces, "x", selection=np.zeros((5, 5), np.uint8)))
+    with pytest.raises(EngineError) as info:
+        pipeline.edit(EditParams.single("x"), two_faces, selection=np.zeros((5, 5), np.uint8))
     assert info.value.code == "bad_request"
 
 
@@ -118,7 +119,7 @@ def test_rgba_keeps_alpha(pipeline: Pipeline, obama: np.ndarray) -> None:
     h, w = obama.shape[:2]
     alpha = np.tile(np.linspace(255, 60, w).astype(np.uint8), (h, 1))[..., None]
     image = np.concatenate([obama, alpha], axis=2)
-    result = pipeline.edit(EditRequest(image, "x"))
+    result = pipeline.edit(EditParams.single("x"), image)
     assert result.image.shape == image.shape
     assert np.array_equal(result.image[..., 3], image[..., 3])
     check_passthrough(image, result)
@@ -127,7 +128,7 @@ def test_rgba_keeps_alpha(pipeline: Pipeline, obama: np.ndarray) -> None:
 
 def test_greyscale(pipeline: Pipeline, obama: np.ndarray) -> None:
     grey = cv2.cvtColor(obama, cv2.COLOR_RGB2GRAY)[..., None]
-    result = pipeline.edit(EditRequest(grey, "x"))
+    result = pipeline.edit(EditParams.single("x"), grey)
     assert result.image.shape == grey.shape
     check_passthrough(grey, result)
     r, g, b = (result.rgba[..., i] for i in range(3))
@@ -137,7 +138,7 @@ def test_greyscale(pipeline: Pipeline, obama: np.ndarray) -> None:
 def test_sixteen_bit(pipeline: Pipeline, obama: np.ndarray) -> None:
     rng = np.random.default_rng(3)
     image = (obama.astype(np.uint16) * 257 + rng.integers(0, 200, obama.shape)).astype(np.uint16)
-    result = pipeline.edit(EditRequest(image, "x"))
+    result = pipeline.edit(EditParams.single("x"), image)
     assert result.image.dtype == np.uint16
     check_passthrough(image, result, peak=65535.0)
     changed = result.mask == 255

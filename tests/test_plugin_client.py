@@ -16,7 +16,7 @@ from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.testing import running_server
 from ffclip.plugin import imageops, png
 from ffclip.plugin.client import ConnectionFailed, EngineClient, edit_file
-from ffclip.plugin.protocol import edit_message, normalize_faces
+from ffclip.plugin.protocol import EditParams, ImageSpec, parse_faces
 from ffclip.plugin.websocket import ConnectionClosed, WebSocket, frame_header, mask_payload, parse_url
 
 RNG = np.random.default_rng(7)
@@ -86,11 +86,11 @@ def test_composite_python_and_numpy_agree():
 
 
 def test_protocol_helpers():
-    assert normalize_faces("0, 2") == [0, 2] and normalize_faces("Largest") == "largest"
-    assert normalize_faces(1) == [1]
+    assert parse_faces("0, 2") == (0, 2) and parse_faces("Largest") == "largest"
+    assert parse_faces(1) == (1,)
     with pytest.raises(ValueError):
-        normalize_faces("some")
-    message = edit_message("id1", "smile", 10, 20, selection=True)
+        parse_faces("some")
+    message = EditParams.single("smile", selection=True).to_message("id1", ImageSpec(10, 20))
     assert message["image"] == {"width": 10, "height": 20, "format": "rgba8"}
     assert message["selection"] == {"format": "a8"}
 
@@ -139,10 +139,12 @@ def test_edit_file_composites_the_region_and_writes_the_mask(tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(photo).save(source)
     with running_server(lambda: FakeBackend(0.0)) as thread:
-        summary = edit_file(thread.url, source, "smiling", tmp_path / "out.png", mask_out=tmp_path / "mask.png")
+        summary = edit_file(
+            thread.url, source, EditParams.single("smiling"), tmp_path / "out.png", mask_out=tmp_path / "mask.png"
+        )
         jpeg = tmp_path / "in.jpg"
         Image.fromarray(photo).save(jpeg)
-        again = edit_file(thread.url, jpeg, "smiling", tmp_path / "out2.png")
+        again = edit_file(thread.url, jpeg, EditParams.single("smiling"), tmp_path / "out2.png")
     out = np.asarray(Image.open(tmp_path / "out.png"))
     mask = np.asarray(Image.open(tmp_path / "mask.png"))
     x, y, w, h = summary["region"]

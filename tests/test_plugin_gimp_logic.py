@@ -18,7 +18,7 @@ import pytest
 from ffclip.gimp import edit as gimp_edit
 from ffclip.gimp import install
 from ffclip.gimp import settings as gimp_settings
-from ffclip.plugin.protocol import ConnectionFailed, EngineError
+from ffclip.plugin.protocol import Attribute, ConnectionFailed, EditParams, EngineError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,28 +80,31 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- arguments, progress
 
 
-def test_request_validation_and_faces():
-    r = gimp_edit.EditRequest("  smiling,   blond hair ", 1.5, "INDEX", 2, "layer").validate()
-    assert r.prompt == "smiling, blond hair"
-    assert r.faces_value() == [2]
-    assert gimp_edit.EditRequest("x", face_mode="largest").validate().faces_value() == "largest"
-    assert gimp_edit.EditRequest("x").validate().faces_value() == "all"
+def test_procedure_arguments_become_edit_params():
+    params = gimp_edit.ProcedureArgs("  smiling,   blond hair ", 1.5, "index", 2, "layer").params()
+    assert params.edits == (Attribute("smiling, blond hair", 1.5),) and params.faces == (2,)
+    assert gimp_edit.ProcedureArgs("x", face_mode="largest").params().faces == "largest"
+    assert gimp_edit.ProcedureArgs("x").params(selection=True) == EditParams.single("x", selection=True)
     for bad in (
-        gimp_edit.EditRequest(""),
-        gimp_edit.EditRequest("x", strength=2.5),
-        gimp_edit.EditRequest("x", strength=-0.1),
-        gimp_edit.EditRequest("x", face_mode="some"),
-        gimp_edit.EditRequest("x", output="png"),
-        gimp_edit.EditRequest("x", face_index=-1),
+        gimp_edit.ProcedureArgs(""),
+        gimp_edit.ProcedureArgs("x", strength=2.5),
+        gimp_edit.ProcedureArgs("x", strength=-0.1),
+        gimp_edit.ProcedureArgs("x", strength=float("nan")),
+        gimp_edit.ProcedureArgs("x", face_mode="some"),
+        gimp_edit.ProcedureArgs("x", output="png"),
+        gimp_edit.ProcedureArgs("x", face_mode="index", face_index=-1),
+        gimp_edit.ProcedureArgs("x" * 1001),
     ):
         with pytest.raises(gimp_edit.PluginError):
-            bad.validate()
+            bad.params()
 
 
 def test_layer_name():
-    assert gimp_edit.layer_name("smiling") == "FFCLIP: smiling"
-    assert gimp_edit.layer_name(" a\n b ") == "FFCLIP: a b"
-    assert len(gimp_edit.layer_name("x" * 500)) <= len("FFCLIP: ") + 120
+    assert gimp_edit.layer_name(EditParams.single("smiling")) == "FFCLIP: smiling"
+    assert gimp_edit.layer_name(EditParams.single(" a\n b ")) == "FFCLIP: a b"
+    two = EditParams((Attribute("smiling", 0.8), Attribute("grey hair", 1.2)))
+    assert gimp_edit.layer_name(two) == "FFCLIP: smiling + grey hair"
+    assert len(gimp_edit.layer_name(EditParams.single("x" * 500))) == len("FFCLIP: ") + 120
 
 
 def test_progress_is_monotone_and_named():
@@ -119,6 +122,11 @@ def test_progress_is_monotone_and_named():
     assert any("Finding faces" in t for t in rec.texts)
     assert gimp_edit.overall_progress("blend", 1.0) == pytest.approx(1.0)
     assert gimp_edit.overall_progress("nope", 0.3) is None
+
+
+def run(args: gimp_edit.ProcedureArgs, *rest, **options):
+    """What the GIMP entry does with its procedure arguments."""
+    return gimp_edit.run_edit(args.params(), args.output, args.url, *rest, **options)
 
 
 # --------------------------------------------------------------------------- pixels
@@ -187,8 +195,8 @@ def test_run_edit_against_fake_engine(fake_engine):
     w, h = 40, 30
     rgba = image(w, h)
     rec = Recorder()
-    out = gimp_edit.run_edit(
-        gimp_edit.EditRequest("smiling", url=fake_engine.url), rgba, w, h, None, dict(gimp_settings.DEFAULTS), rec
+    out = run(
+        gimp_edit.ProcedureArgs("smiling", url=fake_engine.url), rgba, w, h, None, dict(gimp_settings.DEFAULTS), rec
     )
     region = fake_region(w, h)
     assert out.region == region
@@ -197,14 +205,15 @@ def test_run_edit_against_fake_engine(fake_engine):
     assert rec.fractions[-1] == pytest.approx(1.0)
     assert gimp_settings.read_job_state() is None  # cleaned up
     sent = fake_engine.requests[-1]
-    assert sent["prompt"] == "smiling" and sent["faces"] == "all" and sent["selection_bytes"] is None
+    assert sent["edits"] == [{"prompt": "smiling", "strength": 1.0}]
+    assert sent["faces"] == "all" and sent["selection_bytes"] is None
 
 
 def test_run_edit_sends_selection_and_limits_mask(fake_engine):
     w, h = 20, 20
     selection = bytes(255 if x < 10 else 0 for y in range(h) for x in range(w))
-    out = gimp_edit.run_edit(
-        gimp_edit.EditRequest("x", url=fake_engine.url, output="layer"),
+    out = run(
+        gimp_edit.ProcedureArgs("x", url=fake_engine.url, output="layer"),
         image(w, h),
         w,
         h,
@@ -223,8 +232,8 @@ def test_run_edit_sends_selection_and_limits_mask(fake_engine):
 
 def test_full_selection_is_not_sent(fake_engine):
     w, h = 8, 8
-    gimp_edit.run_edit(
-        gimp_edit.EditRequest("x", url=fake_engine.url),
+    run(
+        gimp_edit.ProcedureArgs("x", url=fake_engine.url),
         image(w, h),
         w,
         h,
@@ -237,8 +246,8 @@ def test_full_selection_is_not_sent(fake_engine):
 
 def test_engine_error_becomes_plugin_error(fake_engine):
     with pytest.raises(gimp_edit.PluginError, match="No face was found"):
-        gimp_edit.run_edit(
-            gimp_edit.EditRequest("noface", url=fake_engine.url),
+        run(
+            gimp_edit.ProcedureArgs("noface", url=fake_engine.url),
             image(8, 8),
             8,
             8,
@@ -250,8 +259,8 @@ def test_engine_error_becomes_plugin_error(fake_engine):
 
 def test_bad_url_is_a_clean_error():
     with pytest.raises(gimp_edit.PluginError, match="engine URL"):
-        gimp_edit.run_edit(
-            gimp_edit.EditRequest("x", url="ftp://h:1"),
+        run(
+            gimp_edit.ProcedureArgs("x", url="ftp://h:1"),
             image(8, 8),
             8,
             8,
@@ -264,9 +273,7 @@ def test_bad_url_is_a_clean_error():
 def test_unreachable_engine_is_a_clean_error():
     url = f"ws://127.0.0.1:{free_port()}"
     with pytest.raises(gimp_edit.PluginError) as info:
-        gimp_edit.run_edit(
-            gimp_edit.EditRequest("x", url=url), image(8, 8), 8, 8, None, dict(gimp_settings.DEFAULTS), Recorder()
-        )
+        run(gimp_edit.ProcedureArgs("x", url=url), image(8, 8), 8, 8, None, dict(gimp_settings.DEFAULTS), Recorder())
     assert "not running" in str(info.value) and "ffclip-engine serve" in str(info.value)
 
 
@@ -285,8 +292,8 @@ def test_autostart_starts_the_engine_and_waits():
         started.append(gimp_edit.start_engine(s, progress))
 
     try:
-        out = gimp_edit.run_edit(
-            gimp_edit.EditRequest("x", url=f"ws://127.0.0.1:{port}"),
+        out = run(
+            gimp_edit.ProcedureArgs("x", url=f"ws://127.0.0.1:{port}"),
             image(16, 16),
             16,
             16,
@@ -319,15 +326,15 @@ def test_autostart_timeout_and_bad_command_are_clean_errors():
         start_command=[sys.executable, "-c", "import time; time.sleep(5)"],
     )
     with pytest.raises(gimp_edit.PluginError, match="did not answer within 1 s"):
-        gimp_edit.run_edit(gimp_edit.EditRequest("x", url=url), image(8, 8), 8, 8, None, settings, Recorder())
+        run(gimp_edit.ProcedureArgs("x", url=url), image(8, 8), 8, 8, None, settings, Recorder())
     settings["start_command"] = ["/nonexistent/ffclip-engine", "serve"]
     with pytest.raises(gimp_edit.PluginError, match="failed"):
-        gimp_edit.run_edit(gimp_edit.EditRequest("x", url=url), image(8, 8), 8, 8, None, settings, Recorder())
+        run(gimp_edit.ProcedureArgs("x", url=url), image(8, 8), 8, 8, None, settings, Recorder())
     # never for a remote URL
     settings["start_command"] = [sys.executable, "-c", "raise SystemExit(3)"]
     with pytest.raises(gimp_edit.PluginError, match="not running"):
-        gimp_edit.run_edit(
-            gimp_edit.EditRequest("x", url="ws://192.0.2.1:9"),
+        run(
+            gimp_edit.ProcedureArgs("x", url="ws://192.0.2.1:9"),
             image(8, 8),
             8,
             8,
@@ -351,8 +358,8 @@ def test_cancel_reaches_the_running_job_from_another_connection(fake_engine):
 
     def work():
         try:
-            gimp_edit.run_edit(
-                gimp_edit.EditRequest("slow", url=fake_engine.url),
+            run(
+                gimp_edit.ProcedureArgs("slow", url=fake_engine.url),
                 image(16, 16),
                 16,
                 16,
@@ -508,9 +515,7 @@ def test_autostart_real_tiny_engine(photos_dir):
         started.append(gimp_edit.start_engine(s, progress))
 
     try:
-        out = gimp_edit.run_edit(
-            gimp_edit.EditRequest("smiling", url=url), rgba, w, h, None, settings, Recorder(), starter=starter
-        )
+        out = run(gimp_edit.ProcedureArgs("smiling", url=url), rgba, w, h, None, settings, Recorder(), starter=starter)
         assert started and started[0].args[-1] == str(port)
         x, y, rw, rh = out.region
         assert 0 < rw < w and 0 < rh < h and out.mask is not None and max(out.mask) == 255

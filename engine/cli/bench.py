@@ -463,7 +463,8 @@ def _bench_pipeline(
     faces: list | None = None,
 ) -> dict[str, Any]:
     from ffclip.engine.face.detect import KnownFaces
-    from ffclip.engine.pipeline import EditRequest, Pipeline
+    from ffclip.engine.pipeline import Pipeline
+    from ffclip.plugin.protocol import EditParams
 
     def new_pipeline() -> Pipeline:
         pipe = Pipeline(engine)
@@ -476,7 +477,7 @@ def _bench_pipeline(
     pipeline: Pipeline | None = None
 
     def edit(name: str) -> None:
-        result = pipeline.edit(EditRequest(image=image, prompt=next(prompts), faces="largest"))
+        result = pipeline.edit(EditParams.single(next(prompts), faces="largest"), image)
         for stage, seconds in result.timings.items():
             breakdown[name].setdefault(stage, []).append(seconds)
 

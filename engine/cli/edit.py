@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ffclip.engine.imageio import DEFAULT_MAX_PIXELS, load_image, save_image
-from ffclip.engine.pipeline import EditRequest, EditResult, Pipeline, PipelineError, parse_faces
+from ffclip.engine.imageio import LUMA, load_image, save_image
+from ffclip.engine.inference import resolve_device
+from ffclip.engine.pipeline import PhotoEdit, Pipeline
+from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, DEFAULT_URL, MAX_EDITS, Attribute, EditParams, EngineError
 
 UNTRAINED_NOTE = (
     "note: the '{profile}' profile is a random, untrained model; its edits look like noise inside the "
@@ -25,9 +27,17 @@ UNTRAINED_NOTE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="photo to edit")
-    parser.add_argument("prompt", help='free-form text, e.g. "smiling, blond hair"')
+    parser.add_argument("prompt", nargs="?", help='free-form text, e.g. "smiling, blond hair"')
     parser.add_argument("-o", "--output", required=True, help="edited photo (PNG keeps 16 bit and alpha)")
-    parser.add_argument("--strength", type=float, default=1.0, help="edit strength alpha (default 1)")
+    parser.add_argument("--strength", type=float, default=1.0, help="edit strength alpha of PROMPT (default 1)")
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="PROMPT=STRENGTH",
+        help=f'an attribute and its strength, e.g. --edit "smiling=0.8" --edit "grey hair=1.2" (up to {MAX_EDITS} '
+        "with PROMPT; w + sum of strength x delta)",
+    )
     parser.add_argument("--faces", default="all", help="all | largest | indices in score order, e.g. 0,2")
     parser.add_argument("--preview", action="store_true", help="fast low-resolution synthesis")
     parser.add_argument("--selection", help="8-bit mask image: 0 = must not change (optional)")
@@ -43,7 +53,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PIXELS,
         help="refuse larger images (default %(default)s)",
     )
-    parser.add_argument("--url", help="send the job to a running daemon, e.g. ws://127.0.0.1:8765")
+    parser.add_argument("--url", help=f"send the job to a running daemon, e.g. {DEFAULT_URL}")
+
+
+def edit_params(args: argparse.Namespace) -> EditParams:
+    """PROMPT (with --strength) and every --edit PROMPT=STRENGTH, in that order."""
+    edits = [Attribute(args.prompt, args.strength)] if args.prompt else []
+    edits += [parse_edit(text) for text in args.edit]
+    if not edits:
+        raise EngineError("bad_request", 'give a PROMPT or at least one --edit "PROMPT=STRENGTH"')
+    return EditParams(tuple(edits), args.faces, args.preview, selection=bool(args.selection))
+
+
+def parse_edit(text: str) -> Attribute:
+    """ "grey hair=1.2" -> Attribute("grey hair", 1.2); without "=NUMBER" the strength is 1."""
+    prompt, sep, strength = text.rpartition("=")
+    if not sep:
+        return Attribute(text)
+    try:
+        return Attribute(prompt, float(strength))
+    except ValueError:
+        return Attribute(text)  # an "=" that is part of the words
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if args.url:
             return _run_remote(args)
         return _run_local(args)
-    except PipelineError as exc:
+    except EngineError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
     except Exception as exc:  # never a traceback for the user, unless asked
@@ -65,27 +95,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_remote(args: argparse.Namespace) -> int:
-    # HOOK (--url): the daemon client lives in ffclip.plugin.client (written by the plug-in side).
     from ffclip.plugin.client import edit_file
 
-    faces = parse_faces(args.faces)
-    try:
-        summary = edit_file(
-            args.url,
-            args.input,
-            args.prompt,
-            args.output,
-            strength=args.strength,
-            faces=faces,
-            preview=args.preview,
-            mask_out=args.mask_out,
-        )
-    except Exception as exc:  # the client's EngineError carries the daemon's error code
-        code = getattr(exc, "code", None)
-        if code is None:
-            raise
-        print(f"error [{code}]: {getattr(exc, 'message', '') or exc}", file=sys.stderr)
-        return 2
+    if args.selection:
+        raise EngineError("bad_request", "--selection is not sent to a daemon yet; run without --url")
+    summary = edit_file(args.url, args.input, edit_params(args), args.output, mask_out=args.mask_out)
     print(f"wrote {args.output} (daemon {args.url}): {summary}")
     return 0
 
@@ -95,13 +109,8 @@ def _load_engine(args: argparse.Namespace):
         return None
     from ffclip.engine.inference import Engine, ModelsMissing
 
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return Engine.load(profile=args.profile, models_dir=args.models, device=device)
+        return Engine.load(profile=args.profile, models_dir=args.models, device=resolve_device(args.device))
     except ModelsMissing as exc:
         print(f"error [models_missing]: missing {', '.join(exc.missing)}; run `{exc.hint}`", file=sys.stderr)
         raise SystemExit(3) from None
@@ -112,14 +121,14 @@ def _load_selection(path: str, shape: tuple[int, int], max_pixels: int) -> np.nd
     if sel.shape[2] == 4:
         sel = sel[..., 3]
     elif sel.shape[2] == 3:
-        sel = np.rint(sel.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        sel = np.rint(sel.astype(np.float32) @ LUMA)
     else:
         sel = sel[..., 0]
     if sel.dtype == np.uint16 or sel.max() > 255:
         sel = sel / 257.0
     sel = np.clip(np.rint(sel), 0, 255).astype(np.uint8)
     if sel.shape != shape:
-        raise PipelineError(
+        raise EngineError(
             "bad_request", f"the selection is {sel.shape[1]}x{sel.shape[0]}, the photo {shape[1]}x{shape[0]}"
         )
     return sel
@@ -138,22 +147,14 @@ class _Progress:
 
 
 def _run_local(args: argparse.Namespace) -> int:
+    params = edit_params(args)
     image = load_image(args.input, max_pixels=args.max_pixels)
     selection = _load_selection(args.selection, image.shape[:2], args.max_pixels) if args.selection else None
     engine = _load_engine(args)
     if engine is not None and engine.untrained:
         print(UNTRAINED_NOTE.format(profile=args.profile), file=sys.stderr)
     pipeline = Pipeline(engine, editor=args.editor, max_pixels=args.max_pixels)
-    request = EditRequest(
-        image=image,
-        prompt=args.prompt,
-        strength=args.strength,
-        faces=parse_faces(args.faces),
-        selection=selection,
-        preview=args.preview,
-        debug=bool(args.debug_dir),
-    )
-    result = pipeline.edit(request, progress=_Progress())
+    result = pipeline.edit(params, image, selection, progress=_Progress(), debug=bool(args.debug_dir))
     out = _output_array(result.image, Path(args.output))
     save_image(args.output, out)
     if args.mask_out:
@@ -172,7 +173,7 @@ def _output_array(image: np.ndarray, path: Path) -> np.ndarray:
     return image
 
 
-def _write_debug(folder: Path, result: EditResult) -> None:
+def _write_debug(folder: Path, result: PhotoEdit) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_image(folder / "mask.png", result.mask)
     if result.rgba.size:
@@ -182,7 +183,7 @@ def _write_debug(folder: Path, result: EditResult) -> None:
             save_image(folder / f"face{face.index}.{name}.png", arr)
 
 
-def _summary(args: argparse.Namespace, result: EditResult) -> None:
+def _summary(args: argparse.Namespace, result: PhotoEdit) -> None:
     faces = ", ".join(f"{f.index} (box {list(f.box)})" for f in result.faces)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(f"wrote {args.output}: faces {faces}; region {list(result.region)}; {timings}")

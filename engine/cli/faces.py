@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ffclip.engine.imageio import DEFAULT_MAX_PIXELS, load_image
-from ffclip.engine.pipeline import PipelineError, _rgb_float, _to_uint8
+from ffclip.engine.imageio import as_rgb8, load_image
+from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, EngineError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +26,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         image = load_image(args.input, max_pixels=args.max_pixels)
-    except PipelineError as exc:
+    except EngineError as exc:
         if args.json:
             print(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
     height, width = image.shape[:2]
-    faces = detect_faces(_to_uint8(_rgb_float(image)))
+    faces = detect_faces(as_rgb8(image))
     if args.json:
         doc = {"width": width, "height": height, "faces": [f.to_json() for f in faces]}
         print(json.dumps(doc))

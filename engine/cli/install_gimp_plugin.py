@@ -9,12 +9,13 @@ from pathlib import Path
 
 from ffclip.gimp import settings as gimp_settings
 from ffclip.gimp.install import ENTRY, FLATPAK_APP, find_plugin_dirs, install, uninstall
+from ffclip.plugin.protocol import DEFAULT_URL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dest", metavar="DIR", help="GIMP 3 plug-ins folder (default: found automatically)")
     parser.add_argument("--uninstall", action="store_true", help="remove the plug-in instead")
-    parser.add_argument("--url", help=f"engine URL the plug-in uses (default {gimp_settings.DEFAULT_URL})")
+    parser.add_argument("--url", help=f"engine URL the plug-in uses (default {DEFAULT_URL})")
     parser.add_argument("--token", help="access token, when the daemon runs with --token")
     auto = parser.add_mutually_exclusive_group()
     auto.add_argument(

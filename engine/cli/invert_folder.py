@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ffclip.engine.inference import torch_threads
 from ffclip.engine.training.invert_folder import invert_folder
+from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", default="all", choices=("all", "largest"), help="faces per photo")
     parser.add_argument("--batch-size", type=int, default=8, help="faces per encoder batch")
     parser.add_argument("--flush-every", type=int, default=32, help="save progress every N photos")
-    parser.add_argument("--max-pixels", type=int, default=64_000_000, help="skip larger photos")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger photos")
     parser.add_argument("--restart", action="store_true", help="ignore earlier progress and results")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -15,15 +15,18 @@ from ffclip.bridge.daemon import (
     serve_until_signal,
     setup_logging,
 )
-from ffclip.bridge.server import DEFAULT_MAX_PIXELS, ServerConfig
+from ffclip.bridge.server import ServerConfig
+from ffclip.plugin.protocol import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT
 
 EXIT_USAGE = 2
 EXIT_RUNNING = 3  # another engine (or program) already listens on the port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: loopback only)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port (default %(default)s; 0 picks a free one)"
+    )
     models = parser.add_mutually_exclusive_group()
     models.add_argument("--models", metavar="DIR", help="model store folder (default: the user model store)")
     models.add_argument(

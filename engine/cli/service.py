@@ -16,12 +16,13 @@ from ffclip.bridge.service import (
     unit_dir,
     unit_text,
 )
+from ffclip.plugin.protocol import DEFAULT_HOST, DEFAULT_PORT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("install", "uninstall", "status"))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     models = parser.add_mutually_exclusive_group()
     models.add_argument("--models", metavar="DIR", help="model store folder for the service")
     models.add_argument("--profile", choices=("real", "tiny"), default="real")

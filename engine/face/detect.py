@@ -39,6 +39,15 @@ class FaceInfo:
             "quad": [[float(x), float(y)] for x, y in self.quad],
         }
 
+    def to_wire(self) -> dict:
+        """The protocol's face entry in a `result`: index, box, quad and score, rounded."""
+        return {
+            "index": self.index,
+            "box": [int(v) for v in self.box],
+            "quad": np.asarray(self.quad, dtype=float).round(2).tolist(),
+            "score": round(float(self.score), 4),
+        }
+
     @classmethod
     def from_json(cls, doc: dict, scale: float = 1.0) -> FaceInfo:
         """The inverse of `to_json` (quad and qsize recomputed from the landmarks), with every

@@ -9,14 +9,14 @@ end-of-text token (the rest of the 77-token context cannot reach it through the 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor
+
+from ffclip.engine.cache import LRUCache
 
 MODEL_NAME = "ViT-B-32"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -83,11 +83,7 @@ class TextEncoder:
         self.model = model.to(device)
         self.device = torch.device(device)
         self.tokenizer = open_clip.get_tokenizer(MODEL_NAME)
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.cache = LRUCache(cache_size)
 
     @property
     def dim(self) -> int:
@@ -95,29 +91,16 @@ class TextEncoder:
 
     def encode(self, prompts: list[str]) -> Tensor:
         """(B, 1, D) raw embeddings, in the order of `prompts`."""
-        missing = [p for p in dict.fromkeys(prompts) if not self._lookup(p)]
+        found = {p: self.cache.get(p) for p in dict.fromkeys(prompts)}
+        missing = [p for p, e in found.items() if e is None]
         if missing:
             with torch.inference_mode():
                 tokens = self.tokenizer(missing).to(self.device)
                 feats = encode_text(self.model, tokens).float()
-            with self._lock:
-                for p, f in zip(missing, feats, strict=True):
-                    self._cache[p] = f[None].clone()
-                    self._cache.move_to_end(p)
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        with self._lock:
-            return torch.stack([self._cache[p] for p in prompts])
-
-    def _lookup(self, prompt: str) -> bool:
-        with self._lock:
-            if prompt in self._cache:
-                self._cache.move_to_end(prompt)
-                self.hits += 1
-                return True
-            self.misses += 1
-            return False
+            for p, f in zip(missing, feats, strict=True):
+                found[p] = f[None].clone()
+                self.cache.put(p, found[p])
+        return torch.stack([found[p] for p in prompts])
 
     def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"hits": self.hits, "misses": self.misses, "entries": len(self._cache)}
+        return self.cache.stats()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ffclip.engine.inference import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -37,12 +39,6 @@ class DistInfo:
 
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> DistInfo:

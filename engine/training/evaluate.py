@@ -82,9 +82,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import open_clip
 
     from ffclip.engine.face.blend import change_mask
+    from ffclip.engine.inference import resolve_device
     from ffclip.engine.models.clip import MODEL_NAME
-
-    from .ddp import resolve_device
 
     device = resolve_device(args.device)
     out = Path(args.out)

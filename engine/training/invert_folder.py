@@ -98,16 +98,6 @@ def _file_key(path: Path) -> str:
     return f"{st.st_size}:{int(st.st_mtime_ns)}"
 
 
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8/uint16 grey/RGB/RGBA -> (H, W, 3) uint8 (alpha dropped)."""
-    if image.dtype == np.uint16:
-        image = (image.astype(np.uint32) * 255 + 32767) // 65535
-    image = image.astype(np.uint8)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
-
-
 # --- resumable state ----------------------------------------------------------------------------------
 
 
@@ -250,10 +240,9 @@ def index_path(output: Path) -> Path:
 def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
     from ffclip.engine.face.align import align_face
     from ffclip.engine.face.detect import FaceDetector
-    from ffclip.engine.imageio import load_image
-    from ffclip.engine.pipeline import PipelineError
-
-    from .ddp import resolve_device
+    from ffclip.engine.imageio import as_rgb8, load_image
+    from ffclip.engine.inference import resolve_device
+    from ffclip.plugin.protocol import EngineError
 
     folder: Path = args.dir
     if not folder.is_dir():
@@ -295,9 +284,9 @@ def invert_folder(args: argparse.Namespace) -> dict[str, Any]:
         path = folder / rel
         entry: dict[str, Any] = {"key": _file_key(path)}
         try:
-            rgb = to_rgb8(load_image(path, args.max_pixels))
+            rgb = as_rgb8(load_image(path, args.max_pixels))
             faces = detector.detect(rgb)
-        except PipelineError as exc:
+        except EngineError as exc:
             faces = None
             entry.update(status="unreadable", reason=f"{exc.code}: {exc.message}")
         except Exception as exc:  # a decoder or detector failure on one photo must not end the run

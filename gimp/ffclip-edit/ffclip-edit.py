@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # the installed copies (or, from a checkout, the project installed)
 from ffclip.gimp import edit as gimp_edit  # noqa: E402
 from ffclip.gimp import settings as gimp_settings  # noqa: E402
+from ffclip.plugin import paths  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 MASK = "Y u8"
@@ -61,7 +62,7 @@ def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
 
 
 def _log_unexpected():
-    path = gimp_settings.state_dir() / "plugin.log"
+    path = paths.state_dir() / paths.PLUGIN_LOG
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as log:
@@ -167,7 +168,7 @@ def ffclip_edit(procedure, run_mode, image, drawables, config, data):
         except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
             return _fail(procedure, "FFCLIP Edit could not show its dialog" + _log_unexpected())
 
-    request = gimp_edit.EditRequest(
+    args = gimp_edit.ProcedureArgs(
         prompt=config.get_property("prompt"),
         strength=config.get_property("strength"),
         face_mode=config.get_property("faces"),
@@ -177,12 +178,12 @@ def ffclip_edit(procedure, run_mode, image, drawables, config, data):
     )
     progress = GimpProgress()
     try:
-        request = request.validate()
-        if run_mode == Gimp.RunMode.INTERACTIVE and request.url:
-            _remember_url(settings, request.url)
+        params = args.params()
+        if run_mode == Gimp.RunMode.INTERACTIVE and args.url:
+            _remember_url(settings, args.url)
         rgba, width, height, selection = _read_layer(image, layer)
-        outcome = gimp_edit.run_edit(request, rgba, width, height, selection, settings, progress)
-        new = _place_result(image, layer, gimp_edit.layer_name(request.prompt), outcome)
+        outcome = gimp_edit.run_edit(params, args.output, args.url, rgba, width, height, selection, settings, progress)
+        new = _place_result(image, layer, gimp_edit.layer_name(params), outcome)
     except gimp_edit.Cancelled as exc:
         return _fail(procedure, str(exc), Gimp.PDBStatusType.CANCEL)
     except gimp_edit.PluginError as exc:
