@@ -14,7 +14,7 @@ import threading
 
 import websockets
 
-STAGES = ("detect", "align", "invert", "encode_text", "map", "synthesize", "blend")
+from ffclip.plugin.protocol import STAGES
 
 
 def fake_region(width: int, height: int) -> tuple[int, int, int, int]:

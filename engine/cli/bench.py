@@ -49,7 +49,7 @@ from ffclip.engine.profiles import PROFILES, Profile
 
 WEIGHTS_NOTE = "synthetic weights (random init, real architectures and sizes): speeds only, outputs are meaningless"
 TINY_NOTE = "synthetic weights (tiny profile: narrow widths, seeded random init): speeds only, outputs are meaningless"
-STAGES = ("g1024", "preview", "e4e", "text_cold", "text_cached", "mapper", "edit_photo", "reedit_cached")
+BENCH_STAGES = ("g1024", "preview", "e4e", "text_cold", "text_cached", "mapper", "edit_photo", "reedit_cached")
 PHOTO = "obama.jpg"
 
 
@@ -537,7 +537,7 @@ def _table(result: dict[str, Any]) -> str:
         f"NOTE: {result['weights']}",
         f"median of {result['repeats']} runs:",
     ]
-    for name in STAGES:
+    for name in BENCH_STAGES:
         s = result["stages"][name]["seconds"]
         lines.append(f"  {name:<14} {'-' if s is None else f'{s:8.3f} s'}")
     for name, lim in result["limits"].items():
