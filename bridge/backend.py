@@ -40,8 +40,11 @@ class Backend(Protocol):
         selection: bytes | None,
         progress: ProgressFn,
         should_cancel: CancelFn,
+        memo: dict,
     ) -> EditResult:
-        """The edit's result (its id and seconds are the server's to fill), or EngineError."""
+        """The edit's result (its id and seconds are the server's to fill), or EngineError. `memo`
+        belongs to the image frame: what the backend keeps in it (decoded pixels, the cache key)
+        serves every later edit that reuses the frame (`reuse_image`), and goes with the frame."""
 
 
 # ---------------------------------------------------------------------- pixels in
@@ -110,16 +113,27 @@ class EngineBackend:
             log.debug("cache stats unavailable", exc_info=True)
         return stats
 
-    def run(self, request, image, selection, progress, should_cancel) -> EditResult:
-        max_pixels = self.pipeline.max_pixels or 1 << 62
+    def run(self, request, image, selection, progress, should_cancel, memo) -> EditResult:
+        pixels, key = self._pixels(request, image, memo)
         photo = self.pipeline.edit(
             request.params,
-            image_array(request, image, max_pixels, self._load_image),
+            pixels,
             selection_array(request, selection),
             progress=progress,
             should_cancel=should_cancel,
+            key=key,
         )
         return photo.result(request.params)
+
+    def _pixels(self, request: EditAnnouncement, frame: bytes, memo: dict) -> tuple[np.ndarray, str]:
+        """The frame's pixels and cache key, decoded and hashed once per frame (a live preview
+        reuses its photo's frame: hashing 12 MP again would cost ~50 ms per update)."""
+        from ffclip.engine.pipeline import image_key
+
+        if "pixels" not in memo:
+            pixels = image_array(request, frame, self.pipeline.max_pixels or 1 << 62, self._load_image)
+            memo["pixels"], memo["key"] = pixels, image_key(pixels)
+        return memo["pixels"], memo["key"]
 
 
 class UnavailableBackend:
@@ -136,7 +150,7 @@ class UnavailableBackend:
     def cache_stats(self) -> dict:
         return {}
 
-    def run(self, request, image, selection, progress, should_cancel) -> EditResult:
+    def run(self, request, image, selection, progress, should_cancel, memo) -> EditResult:
         raise EngineError(self.code, self.message)
 
 

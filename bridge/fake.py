@@ -42,6 +42,7 @@ class FakeBackend:
         selection: bytes | None,
         progress: ProgressFn,
         should_cancel: CancelFn,
+        memo: dict,
     ) -> EditResult:
         pixels = image_array(request, image, self.max_pixels)
         mask = selection_array(request, selection)

@@ -43,6 +43,7 @@ class Job:
     state: str = "queued"  # queued → running → done
     position: int | None = None  # last position reported to the owner
     cancel_requested: bool = False  # by a client (→ `cancelled`), as opposed to a shutdown
+    memo: dict = field(default_factory=dict)  # the backend's notes on the image frame, shared by reuses
 
     @property
     def id(self) -> str:
@@ -63,6 +64,7 @@ class Job:
         self.state = "done"
         self.image = b""  # the pixels can go as soon as the job ends
         self.selection = None
+        self.memo = {}
         self.owner.deliver(message, binary)
         return True
 

@@ -18,14 +18,17 @@ from ffclip.plugin.protocol import PROTOCOL_VERSION, BadRequest, EditParams, Ima
 
 @dataclass(frozen=True)
 class EditAnnouncement:
-    """A validated `edit` announcement: the job's id, what to edit and the image frame to expect."""
+    """A validated `edit` announcement: the job's id, what to edit and the image frame to expect
+    (None: `reuse_image`, the connection's previous image and selection)."""
 
     id: str
     params: EditParams
-    image: ImageSpec
+    image: ImageSpec | None
 
     @property
     def frames(self) -> int:
+        if self.image is None:
+            return 0
         return 2 if self.params.selection else 1
 
 
@@ -40,6 +43,13 @@ def parse_edit(message: dict, max_pixels: int) -> EditAnnouncement:
     job_id = job_id_of(message)
     try:
         params = EditParams.from_message(message)
+        reuse = message.get("reuse_image", False)
+        if not isinstance(reuse, bool):
+            raise BadRequest("'reuse_image' must be true or false")
+        if reuse:
+            if "image" in message or params.selection:
+                raise BadRequest("'reuse_image' takes the previous edit's image and selection: send neither")
+            return EditAnnouncement(job_id, params, None)
         return EditAnnouncement(job_id, params, ImageSpec.from_message(message.get("image"), max_pixels))
     except BadRequest as exc:
         exc.job_id = job_id

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -31,6 +31,7 @@ from ffclip.plugin.protocol import (
     STAGES,
     BadRequest,
     EngineError,
+    ImageSpec,
     decode,
     job_id_of,
 )
@@ -100,6 +101,9 @@ class Session:
         self.filter = ws.frame_filter
         self.jobs: weakref.WeakSet[Job] = weakref.WeakSet()
         self.pending: Pending | None = None
+        # The frames of this connection's last accepted edit, for `reuse_image` (a live preview
+        # sends its photo once); one image per connection, released with it.
+        self.last_frames: tuple[ImageSpec, list[bytes], dict] | None = None
         self.closed = False
         self._outbox: deque[tuple[str, bytes | None]] = deque()
         self._wake = asyncio.Event()
@@ -215,8 +219,21 @@ class Session:
             if frames:
                 self.pending = Pending(None, frames, refused=True)
             return
+        if request.image is None:
+            self._reuse(request)
+            return
         self.pending = Pending(request, request.frames)
         self.server.pending_ids[request.id] = self
+
+    def _reuse(self, request: EditAnnouncement) -> None:
+        """Submit an edit on the previous edit's image and selection (no frames follow)."""
+        if self.last_frames is None:
+            text = "there is no earlier image on this connection to reuse: send the image"
+            self.reply(BadRequest(text, job_id=request.id))
+            return
+        spec, frames, memo = self.last_frames
+        params = replace(request.params, selection=len(frames) == 2)
+        self.server.submit(self, EditAnnouncement(request.id, params, spec), frames, memo)
 
     def on_binary(self, data: bytes, oversize: int | None) -> None:
         pending = self.pending
@@ -410,12 +427,17 @@ class EngineServer:
     def id_in_use(self, job_id: str) -> bool:
         return job_id in self.pending_ids or job_id in self.queue.by_id
 
-    def submit(self, session: Session, request: EditAnnouncement, frames: list[bytes]) -> None:
+    def submit(
+        self, session: Session, request: EditAnnouncement, frames: list[bytes], memo: dict | None = None
+    ) -> None:
         try:
             _check_frames(request, frames)
             if self.closing:
                 raise EngineError("busy", "the engine is shutting down", request.id)
-            job = Job(request, frames[0], frames[1] if request.params.selection else None, session)
+            selection = frames[1] if request.params.selection else None
+            job = Job(request, frames[0], selection, session, memo=memo if memo is not None else {})
+            if request.params.supersede:
+                self._supersede(session)
             try:
                 self.queue.submit(job)
             except QueueFull as exc:
@@ -425,7 +447,15 @@ class EngineServer:
             self.stats["refused"] += 1
             return
         session.jobs.add(job)
+        session.last_frames = (request.image, frames, job.memo)
         self.stats["accepted"] += 1
+
+    def _supersede(self, session: Session) -> None:
+        """A newer request of the same connection takes over: its earlier jobs that have not ended
+        are cancelled (waiting ones at once, the running one at its next stage or level)."""
+        for job in list(session.jobs):
+            if not job.done:
+                self.cancel(job.id)
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job of any connection (ids are unguessable); unknown or ended ids are ignored."""
@@ -483,7 +513,7 @@ class EngineServer:
         relay = self._relay(job)
         try:
             result = await self._device.submit(
-                self.backend.run, job.request, job.image, job.selection, relay, job.cancel_event.is_set
+                self.backend.run, job.request, job.image, job.selection, relay, job.cancel_event.is_set, job.memo
             )
         except EngineError as exc:
             if job.cancel_requested:

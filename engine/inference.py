@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,9 @@ class Engine:
 
     @property
     def preview_size(self) -> int:
-        return min(self.profile.preview_size, self.size)
+        """The live preview's resolution on this engine's device (reported in every preview result)."""
+        size = self.profile.preview_size_gpu if self.device.type == "cuda" else self.profile.preview_size
+        return min(size, self.size)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -294,22 +296,28 @@ class Engine:
         size = size or (self.preview_size if preview else self.size)
         return self.synthesize_levels(w, (size,))[size]
 
-    def synthesize_levels(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
+    def synthesize_levels(
+        self, w: Tensor, sizes: tuple[int, ...], between_levels: Callable[[], None] | None = None
+    ) -> dict[int, Tensor]:
         """W+ -> {size: images (B, 3, size, size)} from one pass that stops at the largest size; the
         image at a smaller size is what `synthesize(w, size=...)` returns (the generator's RGB skip
-        there), so an edit can be compared with a reconstruction made only up to that size."""
+        there), so an edit can be compared with a reconstruction made only up to that size.
+        `between_levels` runs after each resolution (a cancel check; not with CUDA graphs, whose
+        replay is a single launch)."""
         sizes = tuple(sorted(set(sizes)))
         if not sizes or any(s < 8 or s > self.size or s & (s - 1) for s in sizes):
             raise ValueError(f"sizes must be powers of two in [8, {self.size}], not {list(sizes)}")
         w = w.to(self.device, torch.float32)
         if self._graphs is not None:
             return self._synthesize_graphed(w, sizes)
-        return self._synthesis(w, sizes)
+        return self._synthesis(w, sizes, between_levels)
 
-    def _synthesis(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
+    def _synthesis(
+        self, w: Tensor, sizes: tuple[int, ...], between_levels: Callable[[], None] | None = None
+    ) -> dict[int, Tensor]:
         with torch.inference_mode(), self._amp():
             g = self.generator
-            images = g.synthesis_levels(g.broadcast_latent([w]), g.fixed_noise(), sizes)
+            images = g.synthesis_levels(g.broadcast_latent([w]), g.fixed_noise(), sizes, between_levels)
             return {s: image.float() for s, image in images.items()}
 
     def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:

@@ -6,6 +6,7 @@ these few calls, not on the class that loads the networks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from torch import Tensor, device
@@ -45,5 +46,7 @@ class EditEngine(Protocol):
     def synthesize(self, w: Tensor, preview: bool = False, size: int | None = None) -> Tensor:
         """W+ -> images (B, 3, S, S) in about [-1, 1]."""
 
-    def synthesize_levels(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
-        """W+ -> {size: images} from one synthesis pass."""
+    def synthesize_levels(
+        self, w: Tensor, sizes: tuple[int, ...], between_levels: Callable[[], None] | None = None
+    ) -> dict[int, Tensor]:
+        """W+ -> {size: images} from one synthesis pass; `between_levels` may raise to stop it."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ PASSTHROUGH_SIZE = 1024  # crop size of the passthrough editor when no engine te
 PREVIEW_SIZE = 256
 CHANGE_SIZE = 256  # edit and reconstruction are compared (change mask, colour reference) at this size
 WARM_UP_PROMPT = "a face"
+DELTAS_PER_FACE = 16  # prompts whose Δw each cached face keeps (36 KB each at 18×512)
 
 
 @dataclass
@@ -66,18 +68,32 @@ class PhotoEdit:
 
 @dataclass
 class _FaceEntry:
-    """Per (photo, face) cache entry; `w` and `recon` are filled on first use."""
+    """Per (photo, face) cache entry; `w`, `recon` and `deltas` are filled on first use."""
 
     transform: AlignTransform
     aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop
     w: Any = None  # W+ latent (1, n_latent, dim) torch tensor on the CPU
     recon: dict[int, np.ndarray] = field(default_factory=dict)  # size -> G(w), (S, S, 3) float16 0..255
+    # prompt -> Δw (1, n_latent, dim) on the CPU, most recently used last: a change of strengths
+    # (a live slider) needs neither CLIP nor the mapper
+    deltas: OrderedDict[str, Any] = field(default_factory=OrderedDict)
 
     def nbytes(self) -> int:
         n = self.aligned.nbytes + sum(r.nbytes for r in self.recon.values())
-        if self.w is not None:
-            n += self.w.numel() * self.w.element_size()
-        return n
+        tensors = ([self.w] if self.w is not None else []) + list(self.deltas.values())
+        return n + sum(t.numel() * t.element_size() for t in tensors)
+
+    def delta(self, prompt: str) -> Any:
+        delta = self.deltas.get(prompt)
+        if delta is not None:
+            self.deltas.move_to_end(prompt)
+        return delta
+
+    def remember(self, prompt: str, delta: Any) -> None:
+        self.deltas[prompt] = delta
+        self.deltas.move_to_end(prompt)
+        while len(self.deltas) > DELTAS_PER_FACE:
+            self.deltas.popitem(last=False)
 
 
 @dataclass
@@ -120,8 +136,7 @@ class _Stages:
         self._name = ""
 
     def begin(self, name: str) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            raise EngineError("cancelled", "the edit was cancelled")
+        self.check()
         self._name, self._start = name, time.perf_counter()
         self.report(0.0)
 
@@ -135,10 +150,14 @@ class _Stages:
         self.report(1.0)
 
     def skip(self, name: str) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            raise EngineError("cancelled", "the edit was cancelled")
+        self.check()
         if self.progress is not None:
             self.progress(name, 1.0)
+
+    def check(self) -> None:
+        """Stop here when the job was cancelled (between stages, and between synthesis levels)."""
+        if self.should_cancel is not None and self.should_cancel():
+            raise EngineError("cancelled", "the edit was cancelled")
 
 
 class Pipeline:
@@ -200,14 +219,16 @@ class Pipeline:
         progress: Callable[[str, float], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         debug: bool = False,
+        key: str | None = None,
     ) -> PhotoEdit:
         """Edit the faces of `image` ((H, W, C), C in 1/3/4, uint8 or uint16, already EXIF-oriented)
         inside `selection` ((H, W) uint8, 0 = must not change, 255 = free; None = everywhere).
-        `debug` fills PhotoEdit.debug with per-face crops and masks."""
+        `debug` fills PhotoEdit.debug with per-face crops and masks. `key` is `image_key(image)`
+        when the caller has it already (hashing a 12 MP photo costs ~50 ms per live preview)."""
         image = self._validate_image(image)
         selection = _validate_selection(selection, image)
         stages = _Stages(progress, should_cancel)
-        key = image_key(image)
+        key = key or image_key(image)
         rgb8 = _Rgb8(image)  # made only if detection or alignment runs (not on a re-edit)
 
         faces = self._detect(key, rgb8, stages)
@@ -324,18 +345,13 @@ class Pipeline:
         else:
             stages.skip("invert")
 
-        stages.begin("encode_text")
-        text = engine.encode_text(list(params.prompts)).to(device)
-        stages.end()
-
-        # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt (one prompt: the paper's
-        # w + α·Δw, in the same order of operations as DynamicMapper.edit).
-        stages.begin("map")
         w_all = torch.cat([e.w for e in entries]).to(device)
+        deltas = self._deltas(params, w_all, key, chosen, entries, stages)
+        # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt (one prompt: the paper's
+        # w + α·Δw, in the same order of operations as DynamicMapper.edit)
         w_hat = w_all
-        for n, edit in enumerate(params.edits):
-            w_hat = w_hat + edit.strength * engine.delta(w_all, text[n : n + 1])
-        stages.end()
+        for edit in params.edits:
+            w_hat = w_hat + edit.strength * deltas[edit.prompt]
 
         # The edit comes with its own 256² copy from the same pass (the generator's RGB skip there);
         # the reconstruction G(w), needed only for the change mask and the colour reference, is
@@ -344,7 +360,7 @@ class Pipeline:
         size, low = _synthesis_sizes(engine, params.preview)
         generated = []
         for n, entry in enumerate(entries):
-            levels = engine.synthesize_levels(w_hat[n : n + 1], (size, low))
+            levels = engine.synthesize_levels(w_hat[n : n + 1], (size, low), between_levels=stages.check)
             recon = entry.recon.get(low)
             if recon is None:
                 recon = _to_image(engine.synthesize(w_all[n : n + 1], size=low)).astype(np.float16)
@@ -356,6 +372,38 @@ class Pipeline:
             stages.report((n + 1) / len(entries))
         stages.end()
         return size, generated
+
+    def _deltas(
+        self,
+        params: EditParams,
+        w_all: Any,
+        key: str,
+        chosen: list[FaceInfo],
+        entries: list[_FaceEntry],
+        stages: _Stages,
+    ) -> dict[str, Any]:
+        """prompt -> Δw of every face (F, n_latent, dim) on the engine's device: from the faces' caches,
+        or CLIP and the mapper for the prompts they lack (the stages are skipped when none does)."""
+        import torch
+
+        missing = [p for p in dict.fromkeys(params.prompts) if any(e.delta(p) is None for e in entries)]
+        if missing:
+            stages.begin("encode_text")
+            text = self.engine.encode_text(missing)
+            stages.end()
+            stages.begin("map")
+            for i, prompt in enumerate(missing):
+                delta = self.engine.delta(w_all, text[i : i + 1]).float().cpu()
+                for n, entry in enumerate(entries):
+                    entry.remember(prompt, delta[n : n + 1].clone())
+            for face, entry in zip(chosen, entries, strict=True):
+                self._store(key, face.index, entry)
+            stages.end()
+        else:
+            stages.skip("encode_text")
+            stages.skip("map")
+        device = w_all.device
+        return {p: torch.cat([e.delta(p) for e in entries]).to(device) for p in dict.fromkeys(params.prompts)}
 
     def _blend(
         self,

@@ -152,25 +152,19 @@ class EngineClient:
     def edit(
         self,
         params: EditParams,
-        image: bytes,
-        spec: ImageSpec,
+        image: bytes | None,
+        spec: ImageSpec | None,
         selection: bytes | None = None,
         on_progress: ProgressCallback | None = None,
         job_id: str | None = None,
         on_queued: Callable[[int], None] | None = None,
     ) -> EditResult:
         """Run one edit of `image` (a frame as `spec` describes it; with `selection`, its A8 mask
-        frame: `params.selection` must say so); blocks until its result. Raises EngineError
+        frame: `params.selection` must say so; `image` and `spec` None: the image and selection of
+        this connection's previous edit); blocks until its result. Raises EngineError
         (Cancelled for cancel)."""
         job_id = job_id or new_job_id()
-        if spec.format == "rgba8" and len(image) != spec.pixels * 4:
-            raise ValueError(f"expected {spec.pixels * 4} RGBA bytes, got {len(image)}")
-        if params.selection != (selection is not None):
-            raise ValueError("params.selection must say whether a selection frame is sent")
-        if selection is not None and len(selection) != spec.pixels:
-            raise ValueError(f"expected {spec.pixels} selection bytes, got {len(selection)}")
-        message = params.to_message(job_id, spec)
-        frames = [image] if selection is None else [image, selection]
+        message, frames = edit_frames(params, image, spec, selection, job_id)
         ws = self._send_fresh(message, frames)
         try:
             return self._await_result(ws, job_id, on_progress, on_queued)
@@ -261,6 +255,25 @@ class EngineClient:
             raw = self._receive(ws, deadline)
             if isinstance(raw, str):
                 return _decode(raw)
+
+
+def edit_frames(
+    params: EditParams, image: bytes | None, spec: ImageSpec | None, selection: bytes | None, job_id: str
+) -> tuple[dict, list[bytes]]:
+    """The `edit` message and the binary frames that follow it, checked against each other."""
+    if (image is None) != (spec is None):
+        raise ValueError("give the image with its ImageSpec, or neither to reuse the previous image")
+    if spec is None:
+        if selection is not None or params.selection:
+            raise ValueError("a reused image comes with its own selection: send none")
+        return params.to_message(job_id, None), []
+    if spec.format == "rgba8" and len(image) != spec.pixels * 4:
+        raise ValueError(f"expected {spec.pixels * 4} RGBA bytes, got {len(image)}")
+    if params.selection != (selection is not None):
+        raise ValueError("params.selection must say whether a selection frame is sent")
+    if selection is not None and len(selection) != spec.pixels:
+        raise ValueError(f"expected {spec.pixels} selection bytes, got {len(selection)}")
+    return params.to_message(job_id, spec), [image] if selection is None else [image, selection]
 
 
 def _decode(text: str) -> dict:

@@ -202,17 +202,22 @@ class EditParams:
         """The edit in words, e.g. "smiling ×0.8, grey hair" (strength shown when not 1)."""
         return ", ".join(e.prompt if e.strength == 1.0 else f"{e.prompt} \u00d7{e.strength:g}" for e in self.edits)
 
-    def to_message(self, job_id: str, image: ImageSpec) -> dict:
-        """The `edit` announcement; the image (and selection) binary frames follow it."""
+    def to_message(self, job_id: str, image: ImageSpec | None) -> dict:
+        """The `edit` announcement; the image (and selection) binary frames follow it. Without an
+        image, the engine reuses the image and selection of this connection's previous edit
+        (`reuse_image`: a live preview sends the photo once)."""
         message = {
             "type": "edit",
             "id": job_id,
             "edits": [e.to_message() for e in self.edits],
             "faces": self.faces if isinstance(self.faces, str) else list(self.faces),
             "preview": self.preview,
-            "image": image.to_message(),
         }
-        if self.selection:
+        if image is None:
+            message["reuse_image"] = True
+        else:
+            message["image"] = image.to_message()
+        if self.selection and image is not None:
             message["selection"] = {"format": "a8"}
         if self.supersede:
             message["supersede"] = True

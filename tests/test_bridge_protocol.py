@@ -425,7 +425,7 @@ class _Leaky(FakeBackend):
         info["models"]["sources"] = {"e4e": "/home/someone/.local/share/ffclip/models/e4e_ffhq_encode.pt"}
         return info
 
-    def run(self, request, image, selection, progress, should_cancel):
+    def run(self, request, image, selection, progress, should_cancel, memo):
         if request.params.prompts == ("explode",):
             raise RuntimeError("failed reading /opt/secret/weights/mapper.pt")
         raise EngineError("bad_image", "cannot decode /tmp/upload/abc/photo.png: truncated")

@@ -59,7 +59,9 @@ class FakeEngine:
         size = size or (self.preview_size if preview else self.size)
         return self.synthesize_levels(w, (size,))[size]
 
-    def synthesize_levels(self, w: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    def synthesize_levels(
+        self, w: torch.Tensor, sizes: tuple[int, ...], between_levels=None
+    ) -> dict[int, torch.Tensor]:
         self.calls["synthesize"] += w.shape[0]
         self.levels.append(tuple(sorted(sizes)))
         return {s: F.interpolate(w, size=(s, s), mode="bicubic", align_corners=False) + self.bias for s in sizes}

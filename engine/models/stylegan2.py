@@ -25,7 +25,7 @@ band stays in cache from one operation to the next.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -545,11 +545,19 @@ class Generator(nn.Module):
         size = stop_at or self.size
         return self.synthesis_levels(latent, noise, (size,))[size]
 
-    def synthesis_levels(self, latent: Tensor, noise: list[Tensor | None], sizes: Sequence[int]) -> dict[int, Tensor]:
+    def synthesis_levels(
+        self,
+        latent: Tensor,
+        noise: list[Tensor | None],
+        sizes: Sequence[int],
+        between_levels: Callable[[], None] | None = None,
+    ) -> dict[int, Tensor]:
         """The RGB skip image at each of `sizes` (powers of two, 4..size) from one pass that stops at
         the largest. The image at a smaller size is exactly what synthesis stopped there returns
         (the later ToRGBs only add to the skip), e.g. a 256² copy of a 1024² edit for comparisons
-        with a reconstruction synthesized only up to 256²."""
+        with a reconstruction synthesized only up to 256². `between_levels` is called after each
+        resolution; whatever it raises ends the pass there (a cancelled job: nothing is shared
+        between passes, so stopping half-way is safe)."""
         wanted = set(sizes)
         if not wanted or any(s < 4 or s > self.size or s & (s - 1) for s in wanted):
             raise ValueError(f"sizes must be powers of two in [4, {self.size}], not {sorted(wanted)}")
@@ -584,4 +592,6 @@ class Generator(nn.Module):
             i, res = i + 2, res * 2
             if res in wanted:
                 images[res] = skip.contiguous() if inference else skip
+            if between_levels is not None and res < max(wanted):
+                between_levels()
         return images
