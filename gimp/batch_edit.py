@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Edit every photo of a folder with one prompt, through GIMP 3 and the FFCLIP Edit plug-in.
 
-    python3 gimp/batch_edit.py PHOTOS/ "smiling, blond hair" -o EDITED/
+    python3 gimp/batch_edit.py PHOTOS/ "smiling, blond hair" -o EDITED/ [--edit "grey hair=1.2"]
 
 Runs one `gimp-console-3.0 -i --batch-interpreter python-fu-eval -b - --quit` for the whole folder;
 inside it, each file is opened, `python-fu-ffclip-edit` runs non-interactively on its (selected or
@@ -354,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prompt", help='the edit, e.g. "smiling, blond hair"')
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     parser.add_argument("--strength", type=float, default=1.0, help="0..2 (default 1)")
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="PROMPT=STRENGTH",
+        help='a further attribute edited at once, e.g. --edit "grey hair=1.2" (up to three)',
+    )
     parser.add_argument("--faces", default="all", help="all, largest or a face number (default all)")
     parser.add_argument("--output", choices=("layer-mask", "layer"), default="layer-mask")
     parser.add_argument("--format", choices=("png", "xcf", "jpg"), default="png", help="output format")
@@ -369,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.folder} is not a folder")
     faces = args.faces.strip().lower()
     proc_args: dict = {"strength": args.strength, "output": args.output}
+    if args.edit:
+        proc_args["more-edits"] = "\n".join(args.edit)
     if faces in ("all", "largest"):
         proc_args["faces"] = faces
     elif faces.isdigit():

@@ -89,6 +89,7 @@ class ProcedureArgs:
     face_index: int = 0
     output: str = "layer-mask"
     url: str | None = None
+    more_edits: str = ""  # further attributes, one "PROMPT=STRENGTH" a line (batch_edit.py --edit)
 
     def params(self, selection: bool = False) -> EditParams:
         """The edit these arguments ask for; PluginError (a message for the user) when they don't fit."""
@@ -106,7 +107,10 @@ class ProcedureArgs:
             raise PluginError("The face number must be 0 or more (0 is the most confident face).")
         faces = [int(self.face_index)] if self.face_mode == "index" else self.face_mode
         try:
-            return EditParams((Attribute(self.prompt, strength),), faces, selection=selection)
+            more = [Attribute.parse(line) for line in (self.more_edits or "").splitlines() if line.strip()]
+            if any(not STRENGTH_MIN <= a.strength <= STRENGTH_MAX for a in more):
+                raise PluginError(f"Every strength must be between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}.")
+            return EditParams((Attribute(self.prompt, strength), *more), faces, selection=selection)
         except BadRequest as exc:
             raise PluginError(f"FFCLIP Edit cannot send this edit: {exc.message}.") from None
 

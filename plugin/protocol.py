@@ -160,6 +160,17 @@ class Attribute:
         return {"prompt": self.prompt, "strength": self.strength}
 
     @classmethod
+    def parse(cls, text: str) -> Attribute:
+        """The command-line form: "grey hair=1.2" -> ("grey hair", 1.2); without "=NUMBER" the
+        strength is 1 (an "=" followed by words belongs to the prompt)."""
+        prompt, sep, number = text.rpartition("=")
+        try:
+            strength = float(number)
+        except ValueError:
+            sep = ""
+        return cls(prompt, strength) if sep else cls(text)
+
+    @classmethod
     def from_message(cls, value: Any) -> Attribute:
         if not isinstance(value, dict) or not isinstance(value.get("prompt"), str):
             raise BadRequest("each entry of 'edits' must be an object with a string 'prompt'")

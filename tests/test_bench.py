@@ -48,7 +48,7 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     result = json.loads(out)
     assert result["device"] == "cpu" and result["profile"] == "tiny"
     assert "synthetic weights" in result["weights"]
-    for stage in ("g1024", "preview", "e4e", "text_cold", "text_cached", "mapper", "edit_photo", "reedit_cached"):
+    for stage in bench.BENCH_STAGES:
         assert result["stages"][stage]["seconds"] > 0, stage
     for name in ("g1024", "e4e"):
         assert result["limits"][name]["seconds"] > 0
@@ -58,6 +58,13 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     # the re-edit skipped detection, alignment and inversion: the pipeline cached them
     assert set(result["pipeline"]["reedit_cached"]) == {"encode_text", "map", "synthesize", "blend"}
     assert {"detect", "invert"} <= set(result["pipeline"]["edit_photo"])
+    # the live stages: a new prompt maps it; new strengths and Apply only synthesize and blend
+    assert set(result["pipeline"]["live_prompt"]) == {"encode_text", "map", "synthesize", "blend"}
+    assert set(result["pipeline"]["live_strength"]) == {"synthesize", "blend"}
+    assert set(result["pipeline"]["apply_cached"]) == {"synthesize", "blend"}
+    for name in bench.LIVE_STAGES:
+        limit = result["limits"]["g1024"]["seconds"]
+        assert result["ratios"][f"{name}_in_L"] == result["stages"][name]["seconds"] / limit
 
 
 def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir) -> None:

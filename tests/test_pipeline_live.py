@@ -11,7 +11,7 @@ from test_pipeline_model import FakeEngine  # noqa: E402 - sibling test module (
 
 from ffclip.engine.inference import Engine
 from ffclip.engine.pipeline import Pipeline
-from ffclip.plugin.protocol import Attribute, EditParams, EngineError
+from ffclip.plugin.protocol import Attribute, BadRequest, EditParams, EngineError
 
 PROMPT_CODES = {"smiling": 1.0, "grey hair": -2.0, "beard": 0.5}
 
@@ -145,3 +145,20 @@ def test_a_cancel_stops_the_synthesis_between_levels(photo: np.ndarray) -> None:
         pipeline.edit(params, photo, should_cancel=cancel_two_levels_in)
     assert info.value.code == "cancelled"
     assert checks["n"] == before_synthesis + 2  # nothing ran after the cancel
+
+
+def test_edit_command_takes_several_attributes(tmp_path, photos_dir, capsys) -> None:
+    from ffclip.engine.cli import main
+
+    assert Attribute.parse("grey hair=1.2") == Attribute("grey hair", 1.2)
+    assert Attribute.parse("smiling") == Attribute("smiling", 1.0)
+    assert Attribute.parse("e=mc2") == Attribute("e=mc2", 1.0)  # an "=" that belongs to the words
+    with pytest.raises(BadRequest):
+        Attribute.parse("smiling=nan")
+    out = tmp_path / "out.png"
+    argv = ["edit", str(photos_dir / "astronaut.png"), "-o", str(out), "--profile", "tiny", "--faces", "largest"]
+    assert main([*argv, "--edit", "a smiling face=0.8", "--edit", "grey hair=-1.5"]) == 0
+    assert out.is_file()
+    assert main(argv) == 2  # no PROMPT and no --edit
+    assert "give a PROMPT" in capsys.readouterr().err
+    assert main([*argv, "--edit", "a=1", "--edit", "b", "--edit", "c", "--edit", "d", "--edit", "e"]) == 2

@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,20 @@ from ffclip.engine.profiles import PROFILES, Profile
 
 WEIGHTS_NOTE = "synthetic weights (random init, real architectures and sizes): speeds only, outputs are meaningless"
 TINY_NOTE = "synthetic weights (tiny profile: narrow widths, seeded random init): speeds only, outputs are meaningless"
-BENCH_STAGES = ("g1024", "preview", "e4e", "text_cold", "text_cached", "mapper", "edit_photo", "reedit_cached")
+BENCH_STAGES = (
+    "g1024",
+    "preview",
+    "e4e",
+    "text_cold",
+    "text_cached",
+    "mapper",
+    "edit_photo",
+    "reedit_cached",
+    "live_prompt",
+    "live_strength",
+    "apply_cached",
+)
+LIVE_STAGES = ("live_prompt", "live_strength", "apply_cached")
 PHOTO = "obama.jpg"
 
 
@@ -419,8 +432,9 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     photo_path = Path(args.photo) if args.photo else default_photo()
     image = _photo(photo_path, args.min_pixels)
     if image is None:
-        log("no photo: edit_photo and reedit_cached not measured (give --photo)")
-        stages["edit_photo"] = stages["reedit_cached"] = {"seconds": None, "note": "no photo"}
+        log("no photo: the photo stages are not measured (give --photo)")
+        for name in ("edit_photo", "reedit_cached", *LIVE_STAGES):
+            stages[name] = {"seconds": None, "note": "no photo"}
     else:
         result["photo"] = {"path": str(photo_path), "width": image.shape[1], "height": image.shape[0]}
         faces = _known_faces(Path(args.faces), image) if args.faces else None
@@ -430,6 +444,11 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
 
     for name, key in (("g1024", "g1024_vs_conv"), ("e4e", "e4e_vs_conv")):
         result["ratios"][key] = result["limits"][name]["seconds"] / stages[name]["seconds"]
+    # the live-editing targets are in units of L, the G1024 dense limit of this same run
+    limit = result["limits"]["g1024"]["seconds"]
+    for name in LIVE_STAGES:
+        if stages[name]["seconds"] is not None:
+            result["ratios"][f"{name}_in_L"] = stages[name]["seconds"] / limit
     peak.note()
     result["peak_rss_mb"] = peak.engine_mb
     result["peak_rss_process_mb"] = peak.process_mb
@@ -495,7 +514,49 @@ def _bench_pipeline(
     breakdown["reedit_cached"].clear()
     stages["reedit_cached"] = _stat(median_time(lambda: edit("reedit_cached"), repeats, engine.device))
     breakdown["edit_photo"] = {k: v[1:] for k, v in breakdown["edit_photo"].items()}
+    breakdown.update(_bench_live(pipeline, image, repeats, stages, prompts, engine.device, log))
     return {name: {k: statistics.median(v) for k, v in d.items() if v} for name, d in breakdown.items()}
+
+
+def _bench_live(
+    pipeline: Any,
+    image: np.ndarray,
+    repeats: int,
+    stages: dict,
+    prompts: Iterator[str],
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, list[float]]]:
+    """What the live dialog asks of the daemon, on a photo whose face is cached: a preview with a new
+    prompt, a preview with new strengths (Δw cached), and Apply (full resolution, Δw cached). The
+    photo's cache key is computed once, as the daemon does for a session that reuses its image."""
+    from ffclip.engine.pipeline import image_key
+    from ffclip.plugin.protocol import Attribute, EditParams
+
+    key = image_key(image)
+    strengths = iter(np.linspace(-1.5, 1.5, 4 * repeats + 8))
+    breakdown: dict[str, dict[str, list[float]]] = {name: {} for name in LIVE_STAGES}
+    fixed = ("a smiling face", "grey hair")
+
+    def live(name: str, params: EditParams) -> None:
+        result = pipeline.edit(params, image, key=key)
+        for stage, seconds in result.timings.items():
+            breakdown[name].setdefault(stage, []).append(seconds)
+
+    def two(preview: bool) -> EditParams:
+        edits = tuple(Attribute(p, float(next(strengths))) for p in fixed)
+        return EditParams(edits, "largest", preview)
+
+    live("live_strength", two(True))  # the fixed prompts' Δw into the cache
+    breakdown["live_strength"].clear()
+    log("live_prompt (cached face, a new prompt, preview)")
+    new = lambda: EditParams((Attribute(next(prompts), 0.8),), "largest", True)  # noqa: E731
+    stages["live_prompt"] = _stat(median_time(lambda: live("live_prompt", new()), repeats, device))
+    log("live_strength (cached face and prompts, new strengths, preview)")
+    stages["live_strength"] = _stat(median_time(lambda: live("live_strength", two(True)), repeats, device))
+    log("apply_cached (cached face and prompts, full resolution)")
+    stages["apply_cached"] = _stat(median_time(lambda: live("apply_cached", two(False)), repeats, device))
+    return breakdown
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -59,21 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def edit_params(args: argparse.Namespace) -> EditParams:
     """PROMPT (with --strength) and every --edit PROMPT=STRENGTH, in that order."""
     edits = [Attribute(args.prompt, args.strength)] if args.prompt else []
-    edits += [parse_edit(text) for text in args.edit]
+    edits += [Attribute.parse(text) for text in args.edit]
     if not edits:
         raise EngineError("bad_request", 'give a PROMPT or at least one --edit "PROMPT=STRENGTH"')
     return EditParams(tuple(edits), args.faces, args.preview, selection=bool(args.selection))
-
-
-def parse_edit(text: str) -> Attribute:
-    """ "grey hair=1.2" -> Attribute("grey hair", 1.2); without "=NUMBER" the strength is 1."""
-    prompt, sep, strength = text.rpartition("=")
-    if not sep:
-        return Attribute(text)
-    try:
-        return Attribute(prompt, float(strength))
-    except ValueError:
-        return Attribute(text)  # an "=" that is part of the words
 
 
 def run(args: argparse.Namespace) -> int:

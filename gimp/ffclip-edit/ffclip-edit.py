@@ -175,6 +175,7 @@ def ffclip_edit(procedure, run_mode, image, drawables, config, data):
         face_index=config.get_property("face-index"),
         output=config.get_property("output"),
         url=config.get_property("engine-url") or None,
+        more_edits=config.get_property("more-edits") or "",
     )
     progress = GimpProgress()
     try:
@@ -267,6 +268,13 @@ class FfclipEdit(Gimp.PlugIn):
         procedure.add_choice_argument("output", "_Output", "What to create", output, "layer-mask", flags)
         procedure.add_string_argument(
             "engine-url", "_Engine URL", "Engine daemon URL; empty: the saved setting", "", flags
+        )
+        procedure.add_string_argument(
+            "more-edits",
+            "More attributes",
+            "Further attributes edited at once, one PROMPT=STRENGTH a line (up to three)",
+            "",
+            flags,
         )
         procedure.add_layer_return_value("layer", "Layer", "The new layer", False, flags)
         return procedure
