@@ -81,6 +81,17 @@ def entry_source() -> Path:
     raise FileNotFoundError(f"cannot find the GIMP entry {ENTRY} (looked in {looked})")
 
 
+def training_prompts_source() -> Path | None:
+    """engine/data/prompts.txt of the installed project (None when only the plug-in is at hand)."""
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("ffclip.engine") / "data" / "prompts.txt"))
+    except (ImportError, TypeError, ModuleNotFoundError):
+        return None
+    return path if path.is_file() else None
+
+
 def package_sources() -> dict[str, Path]:
     """Subpackage name -> source folder, for the copies under `<plug-in>/ffclip/`."""
     from ffclip import plugin
@@ -133,6 +144,9 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
             shutil.rmtree(old)
     for name, source in packages.items():
         shutil.copytree(source, target / PACKAGE / name, ignore=_NOT_SHIPPED)
+    prompts = training_prompts_source()
+    if prompts is not None:  # the dialog completes prompts from FFCLIP's training list
+        shutil.copyfile(prompts, target / PACKAGE / "gimp" / "prompts.txt")
     gimp_settings.save_settings(target, settings)
     return target
 

@@ -12,6 +12,7 @@ writes it, the dialog updates the engine URL in it. Keys:
 - `start_command`: argv list that starts the daemon (`ffclip-engine serve ...`).
 - `start_timeout`: seconds to wait for a started daemon to accept connections.
 - `timeout`: seconds of silence from the engine before a job is given up.
+- `recent_prompts`: prompts of the last applied edits, offered first by the dialog's completion.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DEFAULTS: dict = {
     "start_command": None,
     "start_timeout": 120.0,
     "timeout": 600.0,
+    "recent_prompts": [],  # the live dialog's completion, most recent first
 }
 
 

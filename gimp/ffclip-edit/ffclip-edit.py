@@ -8,7 +8,6 @@
 # project's ffclip.plugin and ffclip.gimp packages, standard library only). Installed by
 # `ffclip-engine install-gimp-plugin`; the engine daemon is `ffclip-engine serve`.
 
-import contextlib
 import os
 import sys
 import traceback
@@ -18,21 +17,14 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+from gi.repository import Gimp, GLib, GObject  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # the installed copies (or, from a checkout, the project installed)
 from ffclip.gimp import edit as gimp_edit  # noqa: E402
+from ffclip.gimp import layers  # noqa: E402
 from ffclip.gimp import settings as gimp_settings  # noqa: E402
 from ffclip.plugin import paths  # noqa: E402
-
-RGBA = "R'G'B'A u8"
-MASK = "Y u8"
-NEW_LAYER_TYPE = {
-    Gimp.ImageBaseType.RGB: Gimp.ImageType.RGBA_IMAGE,
-    Gimp.ImageBaseType.GRAY: Gimp.ImageType.GRAYA_IMAGE,
-    Gimp.ImageBaseType.INDEXED: Gimp.ImageType.INDEXEDA_IMAGE,
-}
 
 
 class GimpProgress(gimp_edit.Progress):
@@ -72,84 +64,6 @@ def _log_unexpected():
     return f" (details in {path})"
 
 
-def _read_layer(image, layer):
-    width, height = layer.get_width(), layer.get_height()
-    rgba = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, width, height), 1.0, RGBA, Gegl.AbyssPolicy.CLAMP)
-    selection = None
-    if not Gimp.Selection.is_empty(image):
-        _, ox, oy = layer.get_offsets()
-        # The selection lives in image coordinates; outside the canvas it reads as unselected.
-        selection = (
-            image.get_selection()
-            .get_buffer()
-            .get(Gegl.Rectangle.new(ox, oy, width, height), 1.0, MASK, Gegl.AbyssPolicy.NONE)
-        )
-    return bytes(rgba), width, height, (bytes(selection) if selection is not None else None)
-
-
-def _place_result(image, layer, name, outcome):
-    x, y, w, h = outcome.region
-    _, ox, oy = layer.get_offsets()
-    layer_type = NEW_LAYER_TYPE.get(image.get_base_type(), Gimp.ImageType.RGBA_IMAGE)
-    image.undo_group_start()
-    try:
-        new = Gimp.Layer.new(image, name, w, h, layer_type, 100.0, Gimp.LayerMode.NORMAL)
-        image.insert_layer(new, layer.get_parent(), image.get_item_position(layer))
-        new.set_offsets(ox + x, oy + y)
-        rect = Gegl.Rectangle.new(0, 0, w, h)
-        buffer = new.get_buffer()
-        buffer.set(rect, RGBA, outcome.layer_rgba)
-        buffer.flush()
-        new.update(0, 0, w, h)
-        if outcome.mask is not None:
-            mask = new.create_mask(Gimp.AddMaskType.WHITE)
-            new.add_mask(mask)
-            mask_buffer = mask.get_buffer()
-            mask_buffer.set(rect, MASK, outcome.mask)
-            mask_buffer.flush()
-            mask.update(0, 0, w, h)
-        image.set_selected_layers([new])
-    finally:
-        image.undo_group_end()
-    Gimp.displays_flush()
-    return new
-
-
-def _dialog(procedure, config, settings):
-    GimpUi.init("python-fu-ffclip-edit")
-    if not config.get_property("engine-url"):
-        config.set_property("engine-url", gimp_settings.resolve_url(None, settings))
-    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="FFCLIP Edit")
-    dialog.get_spin_scale("strength", 1.0)
-    hint = dialog.get_label(
-        "hint",
-        "Describe the change, e.g. <i>smiling, blond hair</i>. The edited faces go into a new layer "
-        "above this one; a selection limits the edit. <b>Filters → FFCLIP Cancel</b> stops it.",
-        True,
-        False,
-    )
-    hint.set_line_wrap(True)
-    hint.set_max_width_chars(52)
-    hint.set_xalign(0.0)
-    dialog.fill(["hint", "prompt", "strength", "faces", "face-index", "output", "engine-url"])
-    only_index = Gimp.ValueArray.new_from_values([GObject.Value(GObject.TYPE_STRING, "index")])
-    dialog.set_sensitive_if_in("face-index", None, "faces", only_index, True)
-    ok = dialog.run()
-    dialog.destroy()
-    return ok
-
-
-def _remember_url(settings, url):
-    try:
-        url = gimp_settings.normalize_url(url)
-    except ValueError:
-        return
-    if url != settings.get("url"):
-        settings["url"] = url
-        with contextlib.suppress(OSError):
-            gimp_settings.save_settings(HERE, settings)
-
-
 def ffclip_edit(procedure, run_mode, image, drawables, config, data):
     settings = gimp_settings.load_settings(HERE)
     layers = [d for d in drawables if isinstance(d, Gimp.Layer) and not isinstance(d, Gimp.LayerMask)]
@@ -159,15 +73,27 @@ def ffclip_edit(procedure, run_mode, image, drawables, config, data):
             "Select exactly one layer (not a mask or channel) to edit with FFCLIP.",
             Gimp.PDBStatusType.CALLING_ERROR,
         )
-    layer = layers[0]
-
     if run_mode == Gimp.RunMode.INTERACTIVE:
-        try:
-            if not _dialog(procedure, config, settings):
-                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
-            return _fail(procedure, "FFCLIP Edit could not show its dialog" + _log_unexpected())
+        return _live(procedure, image, layers[0], config, settings)
+    return _edit(procedure, image, layers[0], config, settings)
 
+
+def _live(procedure, image, layer, config, settings):
+    """The live dialog: previews on the canvas as the user types; Apply leaves the edited layer."""
+    try:
+        from ffclip.gimp.dialog import LiveDialog
+
+        first = (config.get_property("prompt") or "", config.get_property("strength"))
+        new = LiveDialog(image, layer, settings, HERE, first).run()
+    except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
+        return _fail(procedure, "FFCLIP Edit could not run its dialog" + _log_unexpected())
+    if new is None:
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    return _done(new)
+
+
+def _edit(procedure, image, layer, config, settings):
+    """A script's or a batch's edit: the procedure's arguments, no dialog."""
     args = gimp_edit.ProcedureArgs(
         prompt=config.get_property("prompt"),
         strength=config.get_property("strength"),
@@ -180,11 +106,11 @@ def ffclip_edit(procedure, run_mode, image, drawables, config, data):
     progress = GimpProgress()
     try:
         params = args.params()
-        if run_mode == Gimp.RunMode.INTERACTIVE and args.url:
-            _remember_url(settings, args.url)
-        rgba, width, height, selection = _read_layer(image, layer)
-        outcome = gimp_edit.run_edit(params, args.output, args.url, rgba, width, height, selection, settings, progress)
-        new = _place_result(image, layer, gimp_edit.layer_name(params), outcome)
+        px = layers.LayerPixels(image, layer)
+        new = gimp_edit.run_edit(
+            params, args.output, args.url, px.rgba, px.width, px.height, px.selection, settings, progress
+        )
+        return _done(layers.place_result(image, layer, gimp_edit.layer_name(params), new))
     except gimp_edit.Cancelled as exc:
         return _fail(procedure, str(exc), Gimp.PDBStatusType.CANCEL)
     except gimp_edit.PluginError as exc:
@@ -194,8 +120,10 @@ def ffclip_edit(procedure, run_mode, image, drawables, config, data):
     finally:
         progress.end()
 
+
+def _done(layer):
     return Gimp.ValueArray.new_from_values(
-        [GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS), GObject.Value(Gimp.Layer, new)]
+        [GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS), GObject.Value(Gimp.Layer, layer)]
     )
 
 

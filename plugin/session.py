@@ -1,0 +1,274 @@
+"""A live connection to the engine: requests go out without waiting, answers come back as events.
+
+What a live dialog needs of the daemon: a preview for every pause in typing, each superseding the
+one before, the photo sent once per connection (later requests say `reuse_image`), and the
+engine's state as it changes. One thread writes (so a 48 MB photo never blocks the caller) and one
+reads; every message becomes a typed event handed to `on_event`. `on_event` runs on those threads:
+a GUI re-posts it to its own main loop. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .protocol import (
+    PROTOCOL_VERSION,
+    BadRequest,
+    ConnectionFailed,
+    EditParams,
+    EditResult,
+    EngineError,
+    ImageSpec,
+    ProtocolViolation,
+    cancel_message,
+    decode,
+    encode,
+    error_from,
+    new_job_id,
+    status_request,
+)
+from .websocket import ConnectionClosed, HandshakeError, WebSocket, WebSocketError
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    status: dict  # the engine's `status` message
+
+
+@dataclass(frozen=True)
+class Queued:
+    job_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    stage: str
+    value: float
+
+
+@dataclass(frozen=True)
+class ResultReady:
+    job_id: str
+    result: EditResult
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: str | None  # None: an error about no job (a refused message)
+    error: EngineError
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    error: EngineError  # why; the next request connects again
+
+
+Event = StatusChanged | Queued | Progress | ResultReady | JobFailed | JobCancelled | Disconnected
+
+
+@dataclass
+class _Edit:
+    job_id: str
+    params: EditParams
+    image: bytes
+    spec: ImageSpec
+    selection: bytes | None
+
+
+class EngineSession:
+    """One connection for a live dialog. `submit`, `cancel` and `request_status` return at once."""
+
+    def __init__(
+        self,
+        url: str,
+        on_event: Callable[[Event], None],
+        token: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.connect_timeout = connect_timeout
+        self._on_event = on_event
+        self._outbox: deque[_Edit | dict] = deque()
+        self._wake = threading.Condition()
+        self._ws: WebSocket | None = None
+        self._image_sent: bytes | None = None  # the image this connection already holds
+        self._in_flight: set[str] = set()  # jobs sent on this connection that have not ended
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="ffclip-session-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(
+        self, params: EditParams, image: bytes, spec: ImageSpec, selection: bytes | None = None
+    ) -> str:
+        """Queue an edit of `image` (RGBA8 or PNG as `spec` says; `selection` an A8 mask); returns its
+        job id. The photo travels once per connection: later edits of the same `image` object reuse
+        it. A superseding edit also replaces older ones that have not been sent yet."""
+        job = _Edit(new_job_id(), params, image, spec, selection)
+        with self._wake:
+            if params.supersede:
+                self._drop_unsent_edits()
+            self._outbox.append(job)
+            self._wake.notify()
+        return job.job_id
+
+    def cancel(self, job_id: str) -> None:
+        with self._wake:
+            self._outbox.append(cancel_message(job_id))
+            self._wake.notify()
+
+    def request_status(self) -> None:
+        with self._wake:
+            if status_request() not in self._outbox:
+                self._outbox.append(status_request())
+                self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._outbox.clear()
+            self._wake.notify()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close()
+
+    def _drop_unsent_edits(self) -> None:
+        for item in [i for i in self._outbox if isinstance(i, _Edit)]:
+            self._outbox.remove(item)
+            self._emit(JobCancelled(item.job_id))
+
+    # ------------------------------------------------------------------ writer
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._outbox and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                item = self._outbox.popleft()
+            try:
+                ws = self._connection()
+                if isinstance(item, _Edit):
+                    self._send_edit(ws, item)
+                else:
+                    ws.send_text(encode(item))
+            except (EngineError, WebSocketError, OSError) as exc:
+                error = exc if isinstance(exc, EngineError) else ConnectionFailed(f"lost the engine: {exc}")
+                with self._lock:
+                    unsent = isinstance(item, _Edit) and item.job_id not in self._in_flight
+                self._drop_connection(error)  # ends the jobs in flight, this one too once sent
+                if unsent:
+                    self._emit(JobFailed(item.job_id, error))
+
+    def _send_edit(self, ws: WebSocket, job: _Edit) -> None:
+        reuse = self._image_sent is job.image
+        params = replace(job.params, selection=not reuse and job.selection is not None)
+        with self._lock:
+            self._in_flight.add(job.job_id)
+        ws.send_text(encode(params.to_message(job.job_id, None if reuse else job.spec)))
+        if not reuse:
+            ws.send_binary(job.image)
+            if job.selection is not None:
+                ws.send_binary(job.selection)
+            self._image_sent = job.image
+
+    def _connection(self) -> WebSocket:
+        if self._ws is not None and not self._ws.closed:
+            return self._ws
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            ws = WebSocket.connect(self.url, headers=headers, timeout=self.connect_timeout)
+        except HandshakeError as exc:
+            if exc.status in (401, 403):
+                raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
+            raise ConnectionFailed(f"{self.url} is not an FFCLIP engine ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise ConnectionFailed(f"cannot reach the FFCLIP engine at {self.url}: {exc}") from None
+        self._ws, self._image_sent = ws, None
+        threading.Thread(target=self._read_loop, args=(ws,), name="ffclip-session-reader", daemon=True).start()
+        return ws
+
+    def _drop_connection(self, error: EngineError) -> None:
+        """The connection is gone: its jobs end with `error`, the next request connects again."""
+        ws, self._ws = self._ws, None
+        self._image_sent = None
+        with self._lock:
+            lost, self._in_flight = sorted(self._in_flight), set()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.close()
+        if self._closed:
+            return
+        for job_id in lost:
+            self._emit(JobFailed(job_id, error))
+        if ws is not None:
+            self._emit(Disconnected(error))
+
+    # ------------------------------------------------------------------ reader
+
+    def _read_loop(self, ws: WebSocket) -> None:
+        try:
+            while not self._closed:
+                self._dispatch(ws, ws.recv(timeout=None))
+        except ConnectionClosed as exc:
+            if exc.code == 1008 and "unauthorized" in exc.reason:
+                error: EngineError = EngineError("unauthorized", exc.reason)
+            else:
+                error = ConnectionFailed(f"the FFCLIP engine closed the connection ({exc})")
+            self._lost(ws, error)
+        except (WebSocketError, OSError, EngineError) as exc:
+            self._lost(ws, exc if isinstance(exc, EngineError) else ConnectionFailed(str(exc)))
+
+    def _lost(self, ws: WebSocket, error: EngineError) -> None:
+        if self._ws is ws:
+            self._drop_connection(error)
+
+    def _dispatch(self, ws: WebSocket, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            return  # the frame of a result this session no longer reads: nothing to do
+        try:
+            message = decode(raw)
+        except BadRequest as exc:
+            raise ProtocolViolation(f"the engine sent {exc.message}") from None
+        kind, job_id = message["type"], message.get("id")
+        if kind == "status":
+            if message.get("protocol") != PROTOCOL_VERSION:
+                raise ProtocolViolation(f"the engine speaks protocol {message.get('protocol')!r}")
+            self._emit(StatusChanged(message))
+        elif kind == "queued":
+            self._emit(Queued(str(job_id), int(message.get("position", 0))))
+        elif kind == "progress":
+            self._emit(Progress(str(job_id), str(message.get("stage")), float(message.get("value", 0.0))))
+        elif kind == "result":
+            frame = ws.recv(timeout=None)
+            if not isinstance(frame, bytes):
+                raise ProtocolViolation("result without its binary frame")
+            self._emit(ResultReady(str(job_id), EditResult.from_message(message, frame)))
+        elif kind == "cancelled":
+            self._emit(JobCancelled(str(job_id)))
+        elif kind == "error":
+            self._emit(JobFailed(job_id if isinstance(job_id, str) else None, error_from(message)))
+
+    def _emit(self, event: Event) -> None:
+        if isinstance(event, ResultReady | JobFailed | JobCancelled) and event.job_id is not None:
+            with self._lock:
+                self._in_flight.discard(event.job_id)
+        with contextlib.suppress(Exception):  # a failing handler must not stop the threads
+            self._on_event(event)
