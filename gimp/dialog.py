@@ -275,7 +275,8 @@ class _Replay:
 
     Steps (JSON objects): {"type": TEXT, "row": N, "key_s": 0.08} types TEXT key by key into row N;
     {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"before": true|false};
-    {"wait_preview": true} until a new preview is drawn; {"shot": PATH} saves the screen as PNG;
+    {"wait_preview": true} until a new preview is drawn; {"shot": PATH, "area": [X, Y, W, H]} saves
+    the screen (or that part of it) as PNG;
     {"note": LABEL} logs the image's layers and the preview; {"move": [X, Y]} places the dialog;
     {"sleep": S}; {"apply": true}; {"cancel": true}."""
 
@@ -320,7 +321,8 @@ class _Replay:
             elif "shot" in step:
                 yield 0.5  # let the canvas and the dialog repaint
                 root = Gdk.get_default_root_window()
-                shot = Gdk.pixbuf_get_from_window(root, 0, 0, root.get_width(), root.get_height())
+                x, y, w, h = step.get("area") or (0, 0, root.get_width(), root.get_height())
+                shot = Gdk.pixbuf_get_from_window(root, x, y, w, h)
                 shot.savev(step["shot"], "png", [], [])
                 self._log({"step": "shot", "path": step["shot"]})
             elif "note" in step:

@@ -315,7 +315,7 @@ def test_installer_registers_menu_entries(session, installed):
     edit, cancel = reg["python-fu-ffclip-edit"], reg["python-fu-ffclip-cancel"]
     assert edit is not None, "python-fu-ffclip-edit is not registered:\n" + session["_log"][-3000:]
     assert edit["paths"] == ["<Image>/Filters"] and edit["label"] == "FFCLIP Edit\u2026"
-    assert edit["args"][3:] == ["prompt", "strength", "faces", "face-index", "output", "engine-url"]
+    assert edit["args"][3:] == ["prompt", "strength", "faces", "face-index", "output", "engine-url", "more-edits"]
     assert edit["returns"] == ["layer"]
     assert cancel is not None and cancel["paths"] == ["<Image>/Filters"] and cancel["label"] == "FFCLIP Cancel"
 
@@ -514,3 +514,150 @@ def test_dialog_under_xvfb(console, installed, photos, tmp_path):
             shutil.copyfile(png, REPO / "docs" / "gimp-dialog.png")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the live dialog in GIMP's window
+
+LIVE = r"""
+import hashlib, json, os, time
+import gi
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gimp, Gio, Gegl
+
+def sha(layer):
+    r = Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height())
+    return hashlib.sha1(bytes(layer.get_buffer().get(r, 1.0, "R'G'B'A u16", Gegl.AbyssPolicy.CLAMP))).hexdigest()
+
+def state(image):
+    layers = image.get_layers()
+    return {"layers": [l.get_name() for l in layers], "masks": [l.get_mask() is not None for l in layers],
+            "source": sha(layers[-1]), "dirty": image.is_dirty()}
+
+def wait_for(path):
+    for _ in range(600):
+        if os.path.exists(path):
+            return
+        time.sleep(0.1)
+
+image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(__PHOTO__))
+image.undo_disable()  # an image loaded by a script keeps its layer's creation as an undo step:
+image.undo_enable()  # start from an empty history, as an opened file has
+image.clean_all()
+Gimp.Display.new(image)
+Gimp.displays_flush()
+time.sleep(1.0)
+out = {"before": state(image)}
+proc = Gimp.get_pdb().lookup_procedure("python-fu-ffclip-edit")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [image.get_layers()[0]])
+out["status"] = proc.run(cfg).index(0).value_nick
+out["after"] = state(image)
+for n in (1, 2):  # the user presses ctrl+z in GIMP's window, twice
+    open(__SCRATCH__ + f"/undo{n}.ready", "w").close()
+    wait_for(__SCRATCH__ + f"/undo{n}.done")
+    out[f"undo{n}"] = state(image)
+print("LIVE " + json.dumps(out), flush=True)
+"""
+
+UNDO_KEYS = """
+( for n in 1 2; do
+    while [ ! -f {s}/undo$n.ready ]; do sleep 0.2; done
+    sleep 1; xdotool key ctrl+z; sleep 1.5; touch {s}/undo$n.done
+  done ) &
+"""
+
+
+def run_live_dialog(console, photo: str, steps: list[dict], tmp_path: Path) -> tuple[dict, list[dict], Path]:
+    """GIMP's window under Xvfb with the photo, FFCLIP Edit opened and driven by `steps` (the
+    dialog's scripted user), then ctrl+z pressed twice; returns (image states, dialog log, scratch)."""
+    have = (lambda p: (console.host(p)).exists()) if console.root is not None else shutil.which
+    need(bool(have("/usr/bin/xvfb-run") and have("/usr/bin/xdotool")), "xvfb-run and xdotool are needed")
+    gui = [c.replace("gimp-console", "gimp") for c in console.command]
+    profile = console.home_dir() / ".config" / "GIMP" / "3.0"
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "gimprc").write_text("(show-welcome-dialog no)\n(show-tips no)\n")
+    scratch = console.scratch()
+    s = console.inside(scratch)
+    (scratch / "steps.json").write_text(json.dumps(steps))
+    (scratch / "live.py").write_text(LIVE.replace("__PHOTO__", repr(photo)).replace("__SCRATCH__", repr(s)))
+    (scratch / "run.sh").write_text(
+        UNDO_KEYS.format(s=s)
+        + f"{' '.join(gui)} -n --no-splash --batch-interpreter python-fu-eval -b - --quit < {s}/live.py\nwait\n"
+    )
+    gimp = batch_edit.GimpConsole(console.command, console.root, console.home)
+    gimp.extra_env.update({"FFCLIP_DIALOG_SCRIPT": f"{s}/steps.json", "FFCLIP_DIALOG_LOG": f"{s}/dialog.log"})
+    argv, env = gimp.wrap(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "sh", f"{s}/run.sh"])
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    lines = result_lines(proc, "LIVE ")
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = scratch / "dialog.log"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return lines[0], records, scratch
+
+
+def _live_steps(scratch_inside: str | None, ending: dict) -> list[dict]:
+    area = [0, 0, 1430, 665]  # GIMP's window and the dialog beside it
+    shot = (lambda name: [{"shot": f"{scratch_inside}/{name}", "area": area}]) if scratch_inside else (lambda n: [])
+    return [
+        {"move": [860, 40]},
+        {"note": "opened"},
+        {"type": "a smiling face", "row": 0, "key_s": 0.06},  # a key at a time, as typed
+        {"wait_preview": True},
+        {"note": "typed"},
+        {"slider": 1.6, "row": 0},
+        {"wait_preview": True},
+        {"note": "slider"},
+        {"add_row": True},
+        {"type": "grey hair", "row": 1},
+        {"wait_preview": True},
+        {"note": "two attributes"},
+        *shot("live.png"),
+        {"before": True},
+        {"note": "before"},
+        *shot("before.png"),
+        {"before": False},
+        {"note": "after"},
+        ending,
+        {"sleep": 60},  # Apply's answer arrives meanwhile and closes the dialog
+    ]
+
+
+def _previews(records: list[dict]) -> dict[str, dict]:
+    return {r["label"]: r for r in records if r.get("step") == "note"}
+
+
+def test_live_dialog_apply_leaves_one_masked_layer_in_one_undo_step(console, installed, photos, tmp_path):
+    scratch_hint = console.scratch()  # where the screenshots go (GIMP's side of the chroot)
+    steps = _live_steps(console.inside(scratch_hint), {"apply": True})
+    out, records, _ = run_live_dialog(console, photos[ASTRONAUT], steps, tmp_path)
+    notes = _previews(records)
+    assert notes["opened"]["preview"] is None
+    typed, slider, two = notes["typed"]["preview"], notes["slider"]["preview"], notes["two attributes"]["preview"]
+    assert typed and slider and two and len({typed["sha1"], slider["sha1"], two["sha1"]}) == 3  # it changes
+    assert notes["typed"]["layers"] == ["FFCLIP preview", "Background"] and typed["visible"]
+    assert notes["before"]["preview"]["visible"] is False and notes["after"]["preview"]["visible"] is True
+    assert notes["typed"]["undo_enabled"] is False  # the preview never reaches the undo history
+    assert "untrained" in notes["typed"]["engine"]
+    assert out["status"] == "success"
+    assert out["after"]["layers"] == ["FFCLIP: a smiling face + grey hair", "Background"]
+    assert out["after"]["masks"] == [True, False] and out["after"]["source"] == out["before"]["source"]
+    assert out["undo1"]["layers"] == ["Background"]  # one ctrl+z takes the edit away...
+    assert out["undo2"] == out["undo1"]  # ... and there is nothing else to undo
+    for name in ("live.png", "before.png"):
+        shot = scratch_hint / name
+        assert shot.stat().st_size > 20000, name
+        shutil.copyfile(shot, tmp_path / name)
+        if os.environ.get("FFCLIP_UPDATE_SCREENSHOT"):
+            shutil.copyfile(shot, REPO / "docs" / f"gimp-{name}")
+    shutil.rmtree(scratch_hint, ignore_errors=True)
+
+
+def test_live_dialog_cancel_leaves_the_image_as_it_was(console, installed, photos, tmp_path):
+    out, records, _ = run_live_dialog(console, photos[ASTRONAUT], _live_steps(None, {"cancel": True}), tmp_path)
+    assert _previews(records)["two attributes"]["layers"] == ["FFCLIP preview", "Background"]
+    assert out["status"] == "cancel"
+    assert out["after"] == out["before"]  # same layers, bit-identical pixels, still unmodified
+    assert out["undo1"] == out["before"] and out["undo2"] == out["before"]  # no undo step was left
