@@ -145,9 +145,9 @@ def record_pid(ctx: Context, url: str) -> int | None:
 # --------------------------------------------------------------------------- fixes
 
 
-def serve_argv(target: Target) -> list[str]:
+def serve_argv(target: Target, profile: str | None = None) -> list[str]:
     """How to start the engine the plug-in expects: its start command as `ffclip-engine serve ...`,
-    with the port of the URL."""
+    with the port of the URL (and `profile`, when it is known to be another one)."""
     from ffclip.gimp.edit import command_for_url
 
     start = [str(c) for c in (target.settings.get("start_command") or [])]
@@ -157,6 +157,14 @@ def serve_argv(target: Target) -> list[str]:
         argv = ["ffclip-engine", "serve", "--port", "8765"]
     if "--port" not in argv:
         argv += ["--port", "8765"]
+    if profile in ("real", "tiny"):  # the running engine's profile, not the start command's
+        drop = ("--profile", "--models") if profile == "tiny" else ("--profile",)
+        for option in drop:
+            if option in argv:
+                i = argv.index(option)
+                del argv[i : i + 2]
+        if profile == "tiny":
+            argv[2:2] = ["--profile", "tiny"]
     return command_for_url(argv, target.url)
 
 
@@ -178,11 +186,11 @@ def start_fix(ctx: Context, target: Target) -> str:
     )
 
 
-def restart_fix(ctx: Context, target: Target) -> str:
+def restart_fix(ctx: Context, target: Target, profile: str | None = None) -> str:
     if unit_installed(ctx):
         return f"systemctl --user restart {UNIT_NAME}"
     pid = record_pid(ctx, target.url)
-    serve = command(serve_argv(target), ctx.platform)
+    serve = command(serve_argv(target, profile), ctx.platform)
     return f"kill {pid} && {serve}" if pid else f"stop the engine at {target.url}, then: {serve}"
 
 
@@ -295,7 +303,7 @@ def _version_check(ctx: Context, target: Target, status: dict, check) -> Check:
     if not gimp_settings.is_local_url(target.url):
         return check("version", INFO, f"the remote engine is {version}, this ffclip-engine {ctx.version}")
     text = f"the running engine is {version}, this ffclip-engine {ctx.version}: it was started before an upgrade"
-    return check("version", FAIL, text, restart_fix(ctx, target))
+    return check("version", FAIL, text, restart_fix(ctx, target, status.get("profile")))
 
 
 def state_check(ctx: Context, target: Target, status: dict, check) -> Check:
@@ -316,14 +324,15 @@ def state_check(ctx: Context, target: Target, status: dict, check) -> Check:
     models = status.get("models") or {}
     if state == "missing":
         missing = ", ".join(models.get("missing") or []) or "?"
-        restart = restart_fix(ctx, target)
+        restart = restart_fix(ctx, target, profile)
         fix = f"ffclip-engine models fetch   (then restart the engine: {restart})"
         text = f"missing models ({missing}): it refuses every edit"
         return check("state", FAIL, text, fix, "models.real", state=state, restart=restart)
     if state == "failed":
-        fix = f"read the last error in the engine log (below), then restart the engine: {restart_fix(ctx, target)}"
+        restart = restart_fix(ctx, target, profile)
+        fix = f"read the last error in the engine log (below), then restart the engine: {restart}"
         return check("state", FAIL, "the engine failed to load its models", fix, state=state)
-    return check("state", FAIL, f"unknown state {state!r}", restart_fix(ctx, target), state=state)
+    return check("state", FAIL, f"unknown state {state!r}", restart_fix(ctx, target, profile), state=state)
 
 
 def _gb(n) -> str:

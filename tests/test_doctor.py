@@ -215,6 +215,7 @@ def test_models_missing(tmp_path):
     assert "4 of 4 model files missing" in failed["models.real"].text
     assert failed["engine.state"].cause == "models.real"
     assert failed["engine.state"].fix.startswith("ffclip-engine models fetch   (then restart the engine")
+    assert "--profile tiny" not in failed["engine.state"].fix  # the restart keeps the engine's profile
 
 
 def test_models_present_but_engine_started_before(tmp_path):
@@ -486,15 +487,15 @@ def test_last_error_in_logs(tmp_path):
     log = tmp_path / "engine.log"
     log.write_text(
         "2025-01-02 10:00:00,001 ERROR ffclip.bridge: old failure\n"
-        "2025-01-02 10:00:01,001 WARNING ffclip.bridge: warm-up failed; the first edit will be slower\n"
-        "Traceback (most recent call last):\n"
-        '  File "x.py", line 1, in <module>\n'
-        "RuntimeError: only a warning\n"
         "2025-01-02 10:00:02,001 ERROR ffclip.bridge: job failed\n"
         "Traceback (most recent call last):\n"
         '  File "y.py", line 2, in run\n'
         "ValueError: bad value\n"
-        "2025-01-02 10:00:03,001 INFO ffclip.bridge: listening\n"
+        "2025-01-02 10:00:03,001 WARNING ffclip.bridge: warm-up failed; the first edit will be slower\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\n'
+        "RuntimeError: only a warning\n"
+        "2025-01-02 10:00:04,001 INFO ffclip.bridge: listening\n"
     )
     assert gd.last_error(log) == ("2025-01-02 10:00:02", "ffclip.bridge: job failed: ValueError: bad value")
     plugin = tmp_path / "plugin.log"
