@@ -9,6 +9,7 @@ checks; `render_text` / `to_json` in ffclip.gimp.doctor print them.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import sys
@@ -64,7 +65,8 @@ def engine_targets(ctx: Context, profiles: list[Profile]) -> list[Target]:
         target.profiles.append(profile)
     if not targets:
         url = gimp_settings.resolve_url(None, gimp_settings.DEFAULTS, ctx.environ)
-        return [Target(url, "the default: no plug-in installed")]
+        installed = any(p.settings is not None for p in profiles)
+        return [Target(url, "the default: " + ("no usable URL saved" if installed else "no plug-in installed"))]
     return list(targets.values())
 
 
@@ -255,8 +257,9 @@ def _greet_failed(ctx: Context, target: Target, exc: Exception, check, tls: Chec
         text = f"the engine needs a token and the plug-in has {had}"
         return [check("reachable", OK, "an FFCLIP engine answers"), check("token", FAIL, text, fix), tls]
     if code == "protocol":
-        fix = "use the same version on both sides: upgrade ffclip-edit where the engine runs, restart it, then " + (
-            "ffclip-engine install-gimp-plugin"
+        fix = (
+            "use the same version on both sides: upgrade ffclip-edit where the engine runs, restart it, "
+            "then: ffclip-engine install-gimp-plugin"
         )
         return [check("reachable", FAIL, f"the engine at {target.url} speaks another protocol: {message}", fix), tls]
     if port_open(host, port, ctx.timeout):
@@ -291,8 +294,6 @@ def _not_running(ctx: Context, target: Target, check) -> Check:
 
 
 def _which(program: str, ctx: Context) -> bool:
-    import shutil
-
     return shutil.which(program, path=ctx.environ.get("PATH")) is not None
 
 

@@ -124,8 +124,11 @@ class Profile:
 
 
 def discover_profiles(ctx: Context, extra: list[tuple[str, Path]] = ()) -> list[Profile]:
-    """Every GIMP 3 profile that exists, plus the profiles of the GIMPs that ran (`extra`)."""
+    """Every GIMP 3 profile that exists, plus the profiles of the GIMPs that ran (`extra`); with
+    $GIMP3_DIRECTORY set, only that one (GIMP then reads no other, nor does the installer write one)."""
     found = [(p.kind, p.path) for p in install.find_profiles(ctx.environ, ctx.home, ctx.platform)]
+    if any(kind == "GIMP3_DIRECTORY" for kind, _ in found):
+        found = [(kind, path) for kind, path in found if kind == "GIMP3_DIRECTORY"]
     seen = {_same(path) for _, path in found}
     for kind, path in extra:
         if _same(path) not in seen:
@@ -205,8 +208,7 @@ def _version_check(profile: Profile, ctx: Context, check, fix: str) -> Check:
         return check(
             "version",
             FAIL,
-            f"the plug-in records no version (installed by an ffclip-edit older than {ctx.version}); "
-            f"this engine is {ctx.version}",
+            f"the plug-in records no version (installed before versions were recorded); this engine is {ctx.version}",
             fix,
         )
     if found != ctx.version:
@@ -256,20 +258,20 @@ def _interpreter_check(entry: Path, check, fix: str) -> Check:
 
 def _settings_check(profile: Profile, ctx: Context, check) -> Check:
     path = profile.target / gimp_settings.SETTINGS_NAME
+    fix = install_fix(profile.plugin_dir, ctx, "--url", "ws://HOST:PORT", restart=False)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
-        url = gimp_settings.normalize_url(str(raw.get("url") or gimp_settings.DEFAULT_URL))
     except FileNotFoundError:
-        raw, url = None, None
+        raw = None
     except (OSError, ValueError) as exc:
-        return check(
-            "settings",
-            FAIL,
-            f"{path} is unusable ({exc}): the plug-in falls back to {gimp_settings.DEFAULT_URL}",
-            install_fix(profile.plugin_dir, ctx, "--url", "ws://HOST:PORT"),
-        )
+        text = f"{path} is unreadable ({exc}): the plug-in ignores it and uses {gimp_settings.DEFAULT_URL}"
+        return check("settings", FAIL, text, fix)
+    try:
+        url = gimp_settings.normalize_url(str((raw or {}).get("url") or gimp_settings.DEFAULT_URL))
+    except ValueError as exc:
+        return check("settings", FAIL, f"the saved engine URL is unusable ({exc}): every edit fails", fix)
     if raw is None:
         return check("settings", OK, f"no {gimp_settings.SETTINGS_NAME}: the plug-in uses {gimp_settings.DEFAULT_URL}")
     settings = profile.settings or {}

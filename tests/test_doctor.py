@@ -252,8 +252,20 @@ def test_broken_settings_file(setup):
     (target / "ffclip-edit.json").write_text("{not json")
     failed = failures(ed.diagnose(context(env, run_gimp=False)))
     # the plug-in falls back to the default URL, where whatever runs on this machine may answer
-    assert f"{NATIVE}.settings" in failed and "unusable" in failed[f"{NATIVE}.settings"].text
-    assert "--url ws://HOST:PORT" in failed[f"{NATIVE}.settings"].fix
+    assert f"{NATIVE}.settings" in failed and "unreadable" in failed[f"{NATIVE}.settings"].text
+    install_plugin(native_plugins(env), "ftp://nowhere")
+    check = by_id(ed.diagnose(context(env, run_gimp=False)))[f"{NATIVE}.settings"]
+    assert check.status == gd.FAIL and "unusable" in check.text
+    assert "--url ws://HOST:PORT" in check.fix
+
+
+def test_gimp3_directory_is_the_only_profile(tmp_path):
+    env = environment(tmp_path, GIMP3_DIRECTORY=str(tmp_path / "profile"))
+    (Path(env["HOME"]) / ".config/GIMP/3.0").mkdir(parents=True)  # not read by a GIMP with GIMP3_DIRECTORY
+    install_plugin(tmp_path / "profile" / "plug-ins", "ws://127.0.0.1:1/")
+    profiles, checks = gd.gimp_side(context(env, run_gimp=False))
+    assert [p.kind for p in profiles] == ["GIMP3_DIRECTORY"]
+    assert {c.id for c in checks if c.status == gd.FAIL} == set()
 
 
 def test_gimp_that_does_not_answer(setup):
