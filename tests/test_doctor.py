@@ -371,6 +371,24 @@ def test_port_taken_by_another_program(tmp_path):
     assert f"--port {port + 1}" in failed["engine.reachable"].fix
 
 
+def test_engine_of_another_protocol(tmp_path):
+    from websockets.sync.server import serve
+
+    def greet_v2(ws):
+        ws.send(json.dumps({"type": "status", "protocol": 2, "version": "9.0"}))
+        ws.recv()
+
+    env = environment(tmp_path)
+    with serve(greet_v2, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        install_plugin(native_plugins(env), f"ws://127.0.0.1:{server.socket.getsockname()[1]}/")
+        failed = failures(ed.diagnose(context(env, run_gimp=False)))
+        server.shutdown()
+    assert set(failed) == {"engine.reachable"}
+    assert "another protocol" in failed["engine.reachable"].text
+    assert "install-gimp-plugin" in failed["engine.reachable"].fix
+
+
 def _answer_http(listener: socket.socket) -> None:
     for _ in range(3):
         try:
