@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.add_argument("--no-gimp", action="store_true", help="do not run GIMP to ask what it registered")
     parser.add_argument("--url", help="check this engine URL instead of the plug-in's saved ones")
-    parser.add_argument("--models", metavar="DIR", help="model store to check (default: the engine's)")
+    parser.add_argument(
+        "--models", metavar="DIR", help="model store to check (default: the start command's --models, else the user's)"
+    )
     parser.add_argument("--hash", action="store_true", help="recompute each model file's sha256 (slower)")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds per engine connection")
     parser.add_argument("--gimp-timeout", type=float, default=180.0, metavar="S", help="seconds for the GIMP run")
