@@ -3,6 +3,9 @@
 The listening socket is bound before the models load, so a second `serve` on the same port learns
 at once that an engine is already running, and clients can connect (and queue work) while the models
 are still loading: their status says `"state": "loading"`.
+
+While it listens, the daemon keeps a record `<state>/engines/<pid>.json` (its URL and version), so
+that `ffclip-engine doctor` can name the engine that a plug-in's saved URL misses.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import json
 import logging
 import logging.handlers
 import os
 import signal
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ffclip.plugin.paths import ENGINE_LOG, state_dir
@@ -50,8 +56,7 @@ def bind(host: str, port: int) -> socket.socket:
 def already_running_message(host: str, port: int, token: str | None, exc: OSError) -> str:
     if exc.errno != errno.EADDRINUSE:
         return f"ffclip-engine serve: cannot listen on {host}:{port}: {exc.strerror or exc}"
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    url = f"ws://{_url_host(probe_host)}:{port}/"
+    url = f"ws://{_url_host(_probe_host(host))}:{port}/"
     from ffclip.plugin.client import EngineClient
     from ffclip.plugin.protocol import EngineError
 
@@ -72,6 +77,11 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _probe_host(host: str) -> str:
+    """The address a local client reaches a server bound to `host` at (not the wildcard)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+
+
 async def serve_until_signal(config: ServerConfig, loader, sock: socket.socket, log_path: Path | None) -> None:
     from ffclip.engine import __version__
 
@@ -88,9 +98,56 @@ async def serve_until_signal(config: ServerConfig, loader, sock: socket.socket, 
     url = f"ws://{host}:{server.port}/"
     print(f"ffclip-engine: listening on {url}", flush=True)
     log.info("listening on %s (log: %s)", url, log_path or "stderr only")
-    await stop.wait()
-    await server.stop()
+    with announce(f"ws://{_url_host(_probe_host(sock.getsockname()[0]))}:{server.port}/", __version__):
+        await stop.wait()
+        await server.stop()
     print("ffclip-engine: stopped", flush=True)
+
+
+def running_dir(environ: dict | None = None) -> Path:
+    return state_dir(environ) / "engines"
+
+
+@contextlib.contextmanager
+def announce(url: str, version: str) -> Iterator[Path]:
+    """Keep `<state>/engines/<pid>.json` while the body runs (the engine listens at `url`)."""
+    folder = running_dir()
+    path = folder / f"{os.getpid()}.json"
+    record = {"url": url, "pid": os.getpid(), "version": version, "started": time.time()}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _prune_dead(folder)
+        path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError as exc:  # a read-only state folder only costs the doctor a hint
+        log.debug("cannot write %s: %s", path, exc)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def running_engines(environ: dict | None = None) -> list[dict]:
+    """The records of engines that announced themselves, newest first (some may have died since)."""
+    records = []
+    for path in running_dir(environ).glob("*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("url"), str):
+            records.append(record)
+    return sorted(records, key=lambda r: -float(r.get("started") or 0))
+
+
+def _prune_dead(folder: Path) -> None:
+    """Drop the records of engines killed without cleaning up (Linux: their /proc entry is gone)."""
+    if not Path("/proc/self").is_dir():
+        return
+    for path in folder.glob("*.json"):
+        if path.stem.isdigit() and not Path("/proc", path.stem).exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def setup_logging(log_file: str | None, level: str) -> Path | None:

@@ -16,9 +16,9 @@ from .server import EngineServer, ServerConfig
 
 
 class ServerThread:
-    def __init__(self, loader: Callable[[], Backend], **config):
+    def __init__(self, loader: Callable[[], Backend], version: str = "test", **config):
         config.setdefault("port", 0)
-        self.server = EngineServer(ServerConfig(**config), loader, version="test")
+        self.server = EngineServer(ServerConfig(**config), loader, version=version)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
 

@@ -149,9 +149,11 @@ SPECS: tuple[ModelSpec, ...] = (
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
 
-def default_root() -> Path:
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"  # XDG: relative is invalid
+def default_root(environ: dict | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    xdg = environ.get("XDG_DATA_HOME", "")
+    home = Path(environ.get("HOME") or Path.home())
+    base = Path(xdg) if os.path.isabs(xdg) else home / ".local" / "share"  # XDG: relative is invalid
     return base / APP_DIR / "models"
 
 

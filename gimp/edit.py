@@ -58,15 +58,19 @@ STAGE_TEXT = {
     "blend": "Blending into the photo",
 }
 
+DOCTOR_HINT = "Run `ffclip-engine doctor` in a terminal to see what is wrong and how to fix it."
+
 ERROR_TEXT = {
     "no_face": "No face was found in the layer{where}. FFCLIP Edit needs a clearly visible face, "
     "roughly frontal and at least about 80 pixels wide.",
-    "models_missing": "The FFCLIP engine has no model weights yet. {message}",
+    "models_missing": "The FFCLIP engine has no model weights yet. {message}\n" + DOCTOR_HINT,
     "too_large": "The layer is too large for the engine. {message}",
     "bad_image": "The engine could not read the layer pixels. {message}",
     "bad_request": "The engine refused the request. {message}",
     "busy": "The FFCLIP engine is busy with other jobs; try again in a moment. {message}",
-    "unauthorized": "The FFCLIP engine refused the access token. Check the token in {settings}.",
+    "unauthorized": "The FFCLIP engine refused the access token. Check the token in {settings}.\n" + DOCTOR_HINT,
+    "protocol": "The FFCLIP engine and this plug-in do not match ({message}): they come from different "
+    "versions.\n" + DOCTOR_HINT,
     "cancelled": "The edit was cancelled.",
     "internal": "The FFCLIP engine failed while editing: {message}",
 }
@@ -268,7 +272,7 @@ def not_running_message(url: str | None, extra: str = "") -> str:
     )
     if extra:
         text += "\n\n" + extra
-    return text
+    return text + "\n\n" + DOCTOR_HINT
 
 
 # --------------------------------------------------------------------------- the job

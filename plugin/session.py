@@ -114,9 +114,7 @@ class EngineSession:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(
-        self, params: EditParams, image: bytes, spec: ImageSpec, selection: bytes | None = None
-    ) -> str:
+    def submit(self, params: EditParams, image: bytes, spec: ImageSpec, selection: bytes | None = None) -> str:
         """Queue an edit of `image` (RGBA8 or PNG as `spec` says; `selection` an A8 mask); returns its
         job id. The photo travels once per connection: later edits of the same `image` object reuse
         it. A superseding edit also replaces older ones that have not been sent yet."""

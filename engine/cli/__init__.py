@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ffclip.engine.cli.evaluate", "evaluate a mapper checkpoint"),
     "bench": ("ffclip.engine.cli.bench", "time each stage at real model sizes"),
     "install-gimp-plugin": ("ffclip.engine.cli.install_gimp_plugin", "install the GIMP 3 plug-in"),
+    "doctor": ("ffclip.engine.cli.doctor", "check the GIMP plug-in, the engine and the models; say how to fix"),
 }
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ffclip.gimp import settings as gimp_settings
-from ffclip.gimp.install import ENTRY, FLATPAK_APP, find_plugin_dirs, install, uninstall
+from ffclip.gimp.install import ENTRY, find_plugin_dirs, install, sandboxed, uninstall
 from ffclip.plugin.protocol import DEFAULT_URL
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="let the plug-in start the engine when it is not running (local URL only; the default, "
-        "except for the Flatpak GIMP, whose sandbox cannot run it)",
+        "except for a Flatpak or Snap GIMP, whose sandbox cannot run it)",
     )
     auto.add_argument("--no-autostart", dest="autostart", action="store_false", help="never start it")
     parser.add_argument(
@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
                 removed = uninstall(dest, dry_run=args.dry_run)
                 print(f"removed {removed}" if removed else f"nothing to remove in {dest}")
             else:
-                flatpak = FLATPAK_APP in dest.parts
-                target = install(dest, _settings_from_args(args), dry_run=args.dry_run, default_autostart=not flatpak)
+                autostart = not sandboxed(dest)  # a Flatpak or Snap GIMP cannot start the engine
+                target = install(dest, _settings_from_args(args), dry_run=args.dry_run, default_autostart=autostart)
                 print(f"installed {target / ENTRY}")
         except (OSError, ValueError) as exc:
             print(f"install-gimp-plugin: {dest}: {exc}", file=sys.stderr)
