@@ -73,15 +73,7 @@ class EngineClient:
     def connect(self) -> dict:
         """Open the connection; returns the engine's greeting status message."""
         self.close()
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            ws = WebSocket.connect(self.url, headers=headers, timeout=self.connect_timeout)
-        except HandshakeError as exc:
-            if exc.status in (401, 403):
-                raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
-            raise ConnectionFailed(f"{self.url} is not an FFCLIP engine ({exc})") from None
-        except (OSError, ValueError) as exc:
-            raise ConnectionFailed(f"cannot reach the FFCLIP engine at {self.url}: {exc}") from None
+        ws = open_engine_socket(self.url, self.token, self.connect_timeout)
         self._ws = ws
         try:
             greeting = self._receive_json(ws)
@@ -246,9 +238,7 @@ class EngineClient:
             raise TimeoutError(f"no answer from the FFCLIP engine for {timeout:g} s") from None
         except ConnectionClosed as exc:
             self._ws = None
-            if exc.code == 1008 and "unauthorized" in exc.reason:
-                raise EngineError("unauthorized", exc.reason) from None
-            raise ConnectionFailed(f"the FFCLIP engine closed the connection ({exc})") from None
+            raise closed_error(exc) from None
 
     def _receive_json(self, ws: WebSocket, deadline: float | None = None) -> dict:
         while True:
@@ -274,6 +264,26 @@ def edit_frames(
     if selection is not None and len(selection) != spec.pixels:
         raise ValueError(f"expected {spec.pixels} selection bytes, got {len(selection)}")
     return params.to_message(job_id, spec), [image] if selection is None else [image, selection]
+
+
+def open_engine_socket(url: str, token: str | None, timeout: float) -> WebSocket:
+    """A websocket to the engine at `url`, the token in the handshake; EngineError when refused."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return WebSocket.connect(url, headers=headers, timeout=timeout)
+    except HandshakeError as exc:
+        if exc.status in (401, 403):
+            raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
+        raise ConnectionFailed(f"{url} is not an FFCLIP engine ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise ConnectionFailed(f"cannot reach the FFCLIP engine at {url}: {exc}") from None
+
+
+def closed_error(exc: ConnectionClosed) -> EngineError:
+    """Why the engine closed a connection, as the error a job ends with."""
+    if exc.code == 1008 and "unauthorized" in exc.reason:
+        return EngineError("unauthorized", exc.reason)
+    return ConnectionFailed(f"the FFCLIP engine closed the connection ({exc})")
 
 
 def _decode(text: str) -> dict:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .client import closed_error, open_engine_socket
 from .protocol import (
     PROTOCOL_VERSION,
     BadRequest,
@@ -31,7 +32,7 @@ from .protocol import (
     new_job_id,
     status_request,
 )
-from .websocket import ConnectionClosed, HandshakeError, WebSocket, WebSocketError
+from .websocket import ConnectionClosed, WebSocket, WebSocketError
 
 # --------------------------------------------------------------------------- events
 
@@ -190,15 +191,7 @@ class EngineSession:
     def _connection(self) -> WebSocket:
         if self._ws is not None and not self._ws.closed:
             return self._ws
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            ws = WebSocket.connect(self.url, headers=headers, timeout=self.connect_timeout)
-        except HandshakeError as exc:
-            if exc.status in (401, 403):
-                raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
-            raise ConnectionFailed(f"{self.url} is not an FFCLIP engine ({exc})") from None
-        except (OSError, ValueError) as exc:
-            raise ConnectionFailed(f"cannot reach the FFCLIP engine at {self.url}: {exc}") from None
+        ws = open_engine_socket(self.url, self.token, self.connect_timeout)
         self._ws, self._image_sent = ws, None
         threading.Thread(target=self._read_loop, args=(ws,), name="ffclip-session-reader", daemon=True).start()
         return ws
@@ -226,11 +219,7 @@ class EngineSession:
             while not self._closed:
                 self._dispatch(ws, ws.recv(timeout=None))
         except ConnectionClosed as exc:
-            if exc.code == 1008 and "unauthorized" in exc.reason:
-                error: EngineError = EngineError("unauthorized", exc.reason)
-            else:
-                error = ConnectionFailed(f"the FFCLIP engine closed the connection ({exc})")
-            self._lost(ws, error)
+            self._lost(ws, closed_error(exc))
         except (WebSocketError, OSError, EngineError) as exc:
             self._lost(ws, exc if isinstance(exc, EngineError) else ConnectionFailed(str(exc)))
 
