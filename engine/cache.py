@@ -47,6 +47,10 @@ class LRUCache:
                 _, (_, dropped) = self._items.popitem(last=False)
                 self.used -= dropped
 
+    def values(self) -> list[Any]:
+        with self._lock:
+            return [value for value, _ in self._items.values()]
+
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._items

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,26 +73,14 @@ class _FaceEntry:
     aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop
     w: Any = None  # W+ latent (1, n_latent, dim) torch tensor on the CPU
     recon: dict[int, np.ndarray] = field(default_factory=dict)  # size -> G(w), (S, S, 3) float16 0..255
-    # prompt -> Δw (1, n_latent, dim) on the CPU, most recently used last: a change of strengths
-    # (a live slider) needs neither CLIP nor the mapper
-    deltas: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    # prompt -> Δw (1, n_latent, dim) on the CPU: a change of strengths (a live slider) needs
+    # neither CLIP nor the mapper
+    deltas: LRUCache = field(default_factory=lambda: LRUCache(DELTAS_PER_FACE))
 
     def nbytes(self) -> int:
         n = self.aligned.nbytes + sum(r.nbytes for r in self.recon.values())
-        tensors = ([self.w] if self.w is not None else []) + list(self.deltas.values())
+        tensors = ([self.w] if self.w is not None else []) + self.deltas.values()
         return n + sum(t.numel() * t.element_size() for t in tensors)
-
-    def delta(self, prompt: str) -> Any:
-        delta = self.deltas.get(prompt)
-        if delta is not None:
-            self.deltas.move_to_end(prompt)
-        return delta
-
-    def remember(self, prompt: str, delta: Any) -> None:
-        self.deltas[prompt] = delta
-        self.deltas.move_to_end(prompt)
-        while len(self.deltas) > DELTAS_PER_FACE:
-            self.deltas.popitem(last=False)
 
 
 @dataclass
@@ -386,7 +373,7 @@ class Pipeline:
         or CLIP and the mapper for the prompts they lack (the stages are skipped when none does)."""
         import torch
 
-        missing = [p for p in dict.fromkeys(params.prompts) if any(e.delta(p) is None for e in entries)]
+        missing = [p for p in dict.fromkeys(params.prompts) if any(e.deltas.get(p) is None for e in entries)]
         if missing:
             stages.begin("encode_text")
             text = self.engine.encode_text(missing)
@@ -395,7 +382,7 @@ class Pipeline:
             for i, prompt in enumerate(missing):
                 delta = self.engine.delta(w_all, text[i : i + 1]).float().cpu()
                 for n, entry in enumerate(entries):
-                    entry.remember(prompt, delta[n : n + 1].clone())
+                    entry.deltas.put(prompt, delta[n : n + 1].clone())
             for face, entry in zip(chosen, entries, strict=True):
                 self._store(key, face.index, entry)
             stages.end()
@@ -403,7 +390,7 @@ class Pipeline:
             stages.skip("encode_text")
             stages.skip("map")
         device = w_all.device
-        return {p: torch.cat([e.delta(p) for e in entries]).to(device) for p in dict.fromkeys(params.prompts)}
+        return {p: torch.cat([e.deltas.get(p) for e in entries]).to(device) for p in dict.fromkeys(params.prompts)}
 
     def _blend(
         self,
