@@ -170,20 +170,26 @@ def test_a_killed_two_rank_run_resumes_per_rank(photos: Path, reference: Path, t
     _assert_same_output(out, reference)
 
 
-def test_a_changed_world_size_resumes_too(photos: Path, reference: Path, tmp_path: Path, monkeypatch) -> None:
-    """The part of a rank that a later run does not have (it runs on fewer processes) is read
-    all the same: here an interrupted part renamed to rank 1's, resumed by a single process."""
+def test_progress_of_other_layouts_and_world_sizes_is_reused(
+    photos: Path, reference: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A single process resumes from (a) the one-folder progress of the version before ranks and
+    (b) the part of a rank that it does not have (an earlier run on more processes)."""
     out = tmp_path / "latents.npy"
     partial = tmp_path / "latents.npy.partial"
+    args = _invert_args(photos, out, "--workers", "0", "--flush-every", "1")
     monkeypatch.setattr(PhotoPipeline, "run", _stop_after(PhotoPipeline.run, 5))
-    assert main(_invert_args(photos, out, "--workers", "0", "--flush-every", "1")) == 130
+    assert main(args) == 130
+    for path in (partial / "rank00000").iterdir():  # (a): state.json and chunks in OUT.partial/
+        path.rename(partial / path.name)
+    (partial / "rank00000").rmdir()
+    assert main(args) == 130  # 5 reused, 5 more in rank00000/
+    (partial / "rank00000").rename(partial / "rank00001")  # (b)
     monkeypatch.undo()
-    (partial / "rank00000").rename(partial / "rank00001")
-    assert _finished_per_rank(partial) == {"rank00001": 5}
 
     assert main(_invert_args(photos, out, "--workers", "0", "--report", str(tmp_path / "r.json"))) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["reused"] == 5 and report["inverted_this_run"] == N_PHOTOS - 5
+    assert report["reused"] == 10 and report["inverted_this_run"] == N_PHOTOS - 10
     _assert_same_output(out, reference)
 
 
