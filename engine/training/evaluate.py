@@ -11,6 +11,9 @@ Per prompt, over the test latents (ŵ = w + α·mapper(w, e)):
 * mean_abs_delta_w: mean |ŵ − w|.
 Writes `report.json` and `index.html` (metrics table and an image grid: one row per sample, the
 original first, then one column per prompt) with the images in `images/`.
+
+Resumable (`partial/`, a line per finished batch). Under torchrun each rank evaluates its share of
+the samples and rank 0 merges every rank's lines in sample order: the single-process report.
 """
 
 from __future__ import annotations
@@ -269,8 +272,11 @@ def merge_records(records: list[dict[str, Any]], n: int, n_prompts: int) -> list
             if sample < n and sample not in by_sample:
                 by_sample[sample] = [{m: p[m][k] for m in METRICS} for p in rec["prompts"]]
     missing = [i for i in range(n) if i not in by_sample]
-    if missing:
-        raise RuntimeError(f"no results for samples {missing[:10]}")
+    if missing:  # every rank has finished: its records are not where rank 0 looks
+        raise ValueError(
+            f"no results for samples {missing[:10]}: under torchrun on several nodes the report folder "
+            "must be shared by all of them"
+        )
     return [{m: [by_sample[i][j][m] for i in range(n)] for m in METRICS} for j in range(n_prompts)]
 
 

@@ -8,6 +8,10 @@ files that cannot be read are reported (in the index and the report), never fata
 Resumable: progress is kept in `latents.npy.partial/` (chunks of codes and a state file, written
 every `--flush-every` photos), so an interrupted run picks up where it stopped. When the output and
 its index already exist, a new run only inverts the photos that are new (or changed) since.
+
+Under torchrun each rank inverts its share of the photos left (round-robin) into its own progress
+folder, and rank 0 merges them all in file order: the output is the single-process one. Reading,
+detection and alignment run in worker processes (photos.py).
 """
 
 from __future__ import annotations
@@ -255,8 +259,11 @@ class Progress:
         picked: dict[str, tuple[Path, dict[str, Any]]] = {}
         for rel, key in photos.items():
             found = _pick(merged.get(rel, []), key)
-            if found is None:
-                raise RuntimeError(f"no result for {rel} in {self.dir}")
+            if found is None:  # every rank has finished: its progress is not where rank 0 looks
+                raise ValueError(
+                    f"no result for {rel} in {self.dir}: under torchrun on several nodes the output "
+                    "folder must be shared by all of them"
+                )
             picked[rel] = found
         total = sum(len(entry["rows"]) for _, entry in picked.values())
         tmp = self.output.with_name(self.output.name + ".tmp.npy")
