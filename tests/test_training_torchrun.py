@@ -333,7 +333,8 @@ def test_every_rank_stops_with_rank_0s_error(eval_data: Path, tmp_path: Path) ->
     for who in ("error: ", "error (rank 1): "):
         assert f"{who}{out / 'partial'} holds an interrupted evaluation of something else" in proc.stderr
     assert "differs in: checkpoint, latents, prompts, strength" in proc.stderr and "--restart" in proc.stderr
-    # both ranks returned 2; the one traceback is torchrun's own report that they failed
-    assert proc.stderr.count("exitcode  : 2") == 2
+    # a rank returned 2 (torchrun may stop the other before it exits: its message is above); the
+    # one traceback is torchrun's own report of the failure
+    assert "exitcode  : 2" in proc.stderr
     assert proc.stderr.count("Traceback") == 1 and "ChildFailedError" in proc.stderr
     assert main(_eval_args(eval_data, out, "--restart", "--limit", "2")) == 0
