@@ -66,8 +66,9 @@ def test_interrupted_run_resumes_and_new_photos_are_added(photos: Path, tmp_path
 
     monkeypatch.setattr(FaceDetector, "detect", flaky)
     # astronaut.png, broken.jpg (unreadable: no detection) and noise.png done; sub/... interrupted
-    assert _invert(photos, out, "--flush-every", "1") == 130
-    assert (tmp_path / "latents.npy.partial" / "state.json").exists() and not out.exists()
+    # --workers 0: detection in this process, where the patched detector is
+    assert _invert(photos, out, "--flush-every", "1", "--workers", "0") == 130
+    assert (tmp_path / "latents.npy.partial" / "rank00000" / "state.json").exists() and not out.exists()
     monkeypatch.setattr(FaceDetector, "detect", original)
 
     assert _invert(photos, out, "--report", str(tmp_path / "r1.json")) == 0

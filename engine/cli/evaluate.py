@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ffclip.engine.inference import torch_threads
+from ffclip.engine.training import ddp
 from ffclip.engine.training.evaluate import evaluate, log
 
 
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thumb", type=int, default=160, help="side of the grid images in pixels")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--restart", action="store_true", help="discard the progress of an interrupted run")
+    parser.add_argument(
+        "--ddp-backend", default="auto", help="torch.distributed backend under torchrun (auto: nccl/gloo)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,12 +44,19 @@ def run(args: argparse.Namespace) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    info = None
     try:
+        info = ddp.setup(args.device, args.ddp_backend)  # a single process unless torchrun started us
         with torch_threads(args.threads):
-            report = evaluate(args)
+            report = evaluate(args, info)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(ddp.error_line(info, exc), file=sys.stderr)
         return 2
+    finally:
+        if info is not None:
+            ddp.cleanup(info)
+    if not info.is_main:
+        return 0
     mean = report["mean"]
     print(
         f"{len(report['prompts'])} prompts x {report['samples']} samples: clip_score {_f(mean['clip_score'])} "
@@ -52,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
         f"{_f(mean['psnr_outside'])} dB, SSIM outside {_f(mean['ssim_outside'])}, |Δw| "
         f"{_f(mean['mean_abs_delta_w'])}"
     )
+    if report["reused"]:
+        print(f"  {report['reused']} sample(s) reused from an interrupted run")
+    if report["world_size"] > 1:
+        for r in report["ranks"]:
+            print(f"  rank {r['rank']}: {r['samples']} sample(s), {r['seconds']} s")
     print(f"report: {Path(args.out) / 'report.json'}, page: {Path(args.out) / 'index.html'}")
     return 0
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ffclip.engine.inference import torch_threads
+from ffclip.engine.training import ddp
 from ffclip.engine.training.invert_folder import invert_folder
 from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS
 
@@ -31,15 +32,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes for reading, detection and alignment per rank (0: in this process; "
+        "default: this node's cores per rank, less one, at most 8)",
+    )
+    parser.add_argument(
+        "--ddp-backend", default="auto", help="torch.distributed backend under torchrun (auto: nccl/gloo)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with torch_threads(args.threads):
-            report = invert_folder(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if args.workers is not None and args.workers < 0:
+        print("error: --workers must be 0 or more", file=sys.stderr)
         return 2
+    info = None
+    try:
+        info = ddp.setup(args.device, args.ddp_backend)  # a single process unless torchrun started us
+        with torch_threads(args.threads):
+            report = invert_folder(args, info)
+    except (FileNotFoundError, ValueError) as exc:
+        print(ddp.error_line(info, exc), file=sys.stderr)
+        return 2
+    finally:
+        if info is not None:
+            ddp.cleanup(info)
+    if not info.is_main:
+        return 0 if report["faces"] else 1
     print(
         f"{report['faces']} face(s) from {report['photos_with_faces']} of {report['photos']} photo(s) -> "
         f"{report['output']} {tuple(report['shape'])}; index {report['index']}"
@@ -50,4 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  unreadable: {item['file']} ({item['reason']})")
     if report["reused"]:
         print(f"  {report['reused']} photo(s) reused from earlier progress ({report['resumed_from']})")
+    if report["world_size"] > 1:
+        for r in report["ranks"]:
+            print(f"  rank {r['rank']}: {r['photos']} photo(s), {r['faces']} face(s), {r['seconds']} s")
     return 0 if report["faces"] else 1

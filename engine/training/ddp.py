@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,7 @@ import torch.distributed as dist
 from ffclip.engine.inference import resolve_device
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,7 +46,10 @@ def launched_by_torchrun() -> bool:
 
 def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group when launched by torchrun; pick this process's device."""
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as exc:  # torch's message for a bad device string
+        raise ValueError(f"--device {device}: {exc}") from None
     if not launched_by_torchrun():
         return DistInfo(device=dev)
     rank = int(os.environ["RANK"])
@@ -90,3 +96,47 @@ def weight_agreement(info: DistInfo, module: torch.nn.Module) -> float:
     gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
     dist.all_gather(gathered, mine)
     return float(max((g - gathered[0]).abs().max().item() for g in gathered))
+
+
+def broadcast_object(info: DistInfo, obj: Any = None) -> Any:
+    """Rank 0's `obj` on every rank (pickled; for small control data, not tensors)."""
+    if not info.enabled or info.world_size == 1:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not info.enabled or info.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# Errors that a command reports as a clear message (exit code 2) rather than a traceback.
+REPORTED_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, ValueError)
+
+
+def on_main(info: DistInfo, fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only and hand its result to every rank. A reported error raised by `fn`
+    is raised again on every rank, so all of them stop with the same message instead of the
+    others waiting for rank 0 until the collective times out."""
+    result: tuple[str, Any] = ("", None)
+    if info.is_main:
+        try:
+            result = ("ok", fn())
+        except REPORTED_ERRORS as exc:
+            result = (type(exc).__name__, str(exc))
+    kind, value = broadcast_object(info, result)
+    if kind == "ok":
+        return value
+    cls = next((c for c in REPORTED_ERRORS if c.__name__ == kind), ValueError)
+    raise cls(value)
+
+
+def error_line(info: DistInfo | None, exc: Exception) -> str:
+    """A reported error as one line; ranks other than 0 say which they are."""
+    return f"error: {exc}" if info is None or info.is_main else f"error (rank {info.rank}): {exc}"

@@ -11,13 +11,20 @@ Per prompt, over the test latents (ŵ = w + α·mapper(w, e)):
 * mean_abs_delta_w: mean |ŵ − w|.
 Writes `report.json` and `index.html` (metrics table and an image grid: one row per sample, the
 original first, then one column per prompt) with the images in `images/`.
+
+Resumable (`partial/`, a line per finished batch). Under torchrun each rank evaluates its share of
+the samples and rank 0 merges every rank's lines in sample order: the single-process report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_latents
+from . import ddp
+from .data import Latents, load_latents
+from .ddp import DistInfo
 from .losses import id_crop
 from .metrics import clip_image_features, masked_psnr_ssim
 from .prompts import eval_prompts
@@ -77,88 +86,258 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+@dataclass
+class EvalContext:
+    """What every rank loads once: the networks, the latents, the prompts and their embeddings."""
+
+    args: argparse.Namespace
+    out: Path
+    nets: Any
+    mapper: Any
+    data: Latents
+    n: int
+    prompts: list[str]
+    text_raw: torch.Tensor  # the mapper's conditioning
+    text_unit: torch.Tensor
+    stop: int | None
+    device: torch.device
+
+    @property
+    def resolution(self) -> int:
+        return self.stop or self.nets.generator.size
+
+    @property
+    def grid_rows(self) -> int:
+        return min(self.args.grid_rows, self.n)
+
+    def synth(self, w: torch.Tensor) -> torch.Tensor:
+        return self.nets.generator([w], input_is_latent=True, randomize_noise=False, stop_at=self.stop)[0].float()
+
+
 @torch.no_grad()
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def load_context(args: argparse.Namespace, device: torch.device) -> EvalContext:
     import open_clip
 
-    from ffclip.engine.face.blend import change_mask
-    from ffclip.engine.inference import resolve_device
     from ffclip.engine.models.clip import MODEL_NAME
 
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     nets, mapper, _ = _load(args, device)
     g = nets.generator
     data = load_latents(args.latents, g.n_latent, g.style_dim)
     n = len(data) if args.limit is None else min(args.limit, len(data))
     prompts = eval_prompts(args.prompts, args.max_prompts)
     stop = args.render_size if args.render_size and args.render_size < g.size else None
-
     tokens = open_clip.get_tokenizer(MODEL_NAME)(prompts).to(device)
-    text_raw = nets.clip.encode_text(tokens).float()  # the mapper's conditioning
-    text_unit = F.normalize(text_raw, dim=-1)
+    text_raw = nets.clip.encode_text(tokens).float()
+    return EvalContext(
+        args, Path(args.out), nets, mapper, data, n, prompts, text_raw, F.normalize(text_raw, dim=-1), stop, device
+    )
 
-    def synth(w: torch.Tensor) -> torch.Tensor:
-        return g([w], input_is_latent=True, randomize_noise=False, stop_at=stop)[0].float()
 
-    per: dict[str, dict[str, list[float | None]]] = {p: {m: [] for m in METRICS} for p in prompts}
-    grid_rows = min(args.grid_rows, n)
-    grid: list[list[str]] = [[] for _ in range(grid_rows)]
+def grid_image(row: int, column: int | None) -> str:
+    """The grid image of sample `row`: the original (column None) or prompt `column`'s edit."""
+    return f"images/s{row:03d}_original.png" if column is None else f"images/s{row:03d}_p{column:02d}.png"
+
+
+@torch.no_grad()
+def evaluate_batch(ctx: EvalContext, idx: np.ndarray) -> dict[str, Any]:
+    """Every metric of samples `idx` for every prompt (a record: {"samples", "prompts": [{metric:
+    [value per sample]}]}); the grid images of the samples among the first rows are saved."""
+    from ffclip.engine.face.blend import change_mask
+
+    nets, args = ctx.nets, ctx.args
+    w = ctx.data.batch(idx, ctx.device)
+    x = ctx.synth(w)
+    x01 = (x.clamp(-1, 1) + 1) / 2
+    x_id = nets.arcface(id_crop(x)).float()
+    x_clip = clip_image_features(nets.clip, x)
+    x255 = (x01 * 255).permute(0, 2, 3, 1).cpu().numpy()
+    in_grid = [(i, int(row)) for i, row in enumerate(idx) if row < ctx.grid_rows]
+    for i, row in in_grid:
+        save_png(ctx.out / grid_image(row, None), _thumb(x[i], args.thumb))
+    record: dict[str, Any] = {"samples": [int(v) for v in idx], "prompts": []}
+    for j in range(len(ctx.prompts)):
+        e = ctx.text_raw[j].view(1, 1, -1).expand(len(idx), 1, -1)
+        w_hat = ctx.mapper.edit(w, e, args.strength)
+        y = ctx.synth(w_hat)
+        y01 = (y.clamp(-1, 1) + 1) / 2
+        clip_hat = clip_image_features(nets.clip, y)
+        identity = (nets.arcface(id_crop(y)).float() * x_id).sum(-1)
+        y255 = (y01 * 255).permute(0, 2, 3, 1).cpu().numpy()
+        masks = np.stack([change_mask(y255[i], x255[i]) for i in range(len(idx))])
+        keep = torch.from_numpy(1.0 - masks).to(ctx.device)[:, None]
+        psnr, ssim = masked_psnr_ssim(x01, y01, keep)
+        score, score0 = clip_hat @ ctx.text_unit[j], x_clip @ ctx.text_unit[j]
+        record["prompts"].append(
+            {
+                "clip_score": score.tolist(),
+                "clip_score_original": score0.tolist(),
+                "clip_score_gain": (score - score0).tolist(),
+                "identity": identity.tolist(),
+                "psnr_outside": psnr,
+                "ssim_outside": ssim,
+                "changed_fraction": masks.mean((1, 2)).tolist(),
+                "mean_abs_delta_w": (w_hat - w).abs().mean((1, 2)).tolist(),
+            }
+        )
+        for i, row in in_grid:
+            save_png(ctx.out / grid_image(row, j), _thumb(y[i], args.thumb))
+    return record
+
+
+# --- resumable progress --------------------------------------------------------------------------------
+#
+# `OUT/partial/`: config.json (what is evaluated: a later run must evaluate the same to reuse the
+# progress) and one append-only rankNNNNN.jsonl per writer, a line per finished batch, written after
+# the batch's grid images. A kill loses at most the batch in flight (a torn last line is ignored).
+
+
+def _file_id(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    st = p.stat()
+    return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def run_config(ctx: EvalContext) -> dict[str, Any]:
+    args = ctx.args
+    return {
+        "version": 1,
+        "checkpoint": _file_id(args.checkpoint),
+        "latents": _file_id(args.latents),
+        "prompts": ctx.prompts,
+        "strength": args.strength,
+        "resolution": ctx.resolution,
+        "profile": args.profile,
+        "models": args.models,
+        "generator": _file_id(args.generator),
+        "arcface": _file_id(args.arcface),
+        "clip": _file_id(args.clip),
+        "grid_rows": args.grid_rows,
+        "thumb": args.thumb,
+    }
+
+
+class EvalProgress:
+    def __init__(self, out: Path) -> None:
+        self.dir = out / "partial"
+
+    def part(self, rank: int) -> Path:
+        return self.dir / f"rank{rank:05d}.jsonl"
+
+    def plan(self, config: dict[str, Any], n: int, restart: bool) -> tuple[list[int], int]:
+        """Rank 0, before any rank writes: the samples left to evaluate, and how many are reused."""
+        if restart:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        path = self.dir / "config.json"
+        if path.exists():
+            try:
+                before = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                before = {}
+            changed = [k for k in config if before.get(k) != config[k]]
+            if changed:
+                raise ValueError(
+                    f"{self.dir} holds an interrupted evaluation of something else (differs in: "
+                    f"{', '.join(changed)}); use --restart to discard it"
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_json(path, config)
+        done = {s for rec in self.records() for s in rec["samples"] if s < n}
+        return [i for i in range(n) if i not in done], len(done)
+
+    def append(self, rank: int, record: dict[str, Any]) -> None:
+        with open(self.part(rank), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted(self.dir.glob("rank*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:  # a line torn by a kill
+                    continue
+        return out
+
+
+def merge_records(records: list[dict[str, Any]], n: int, n_prompts: int) -> list[dict[str, list[float | None]]]:
+    """Per prompt, every metric's values in sample order (0..n-1), whichever rank made them."""
+    by_sample: dict[int, list[dict[str, float | None]]] = {}
+    for rec in records:
+        for k, sample in enumerate(rec["samples"]):
+            if sample < n and sample not in by_sample:
+                by_sample[sample] = [{m: p[m][k] for m in METRICS} for p in rec["prompts"]]
+    missing = [i for i in range(n) if i not in by_sample]
+    if missing:  # every rank has finished: its records are not where rank 0 looks
+        raise ValueError(
+            f"no results for samples {missing[:10]}: under torchrun on several nodes the report folder "
+            "must be shared by all of them"
+        )
+    return [{m: [by_sample[i][j][m] for i in range(n)] for m in METRICS} for j in range(n_prompts)]
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace, info: DistInfo | None = None) -> dict[str, Any]:
+    """Evaluate; under torchrun (`info` from ddp.setup) each rank takes its share of the samples
+    and rank 0 merges every rank's metrics, in sample order, into the report."""
+    from ffclip.engine.inference import resolve_device
+
+    info = info or DistInfo(device=resolve_device(args.device))
     t0 = time.perf_counter()
-    for start in range(0, n, args.batch_size):
-        idx = np.arange(start, min(start + args.batch_size, n))
-        w = data.batch(idx, device)
-        x = synth(w)
-        x01 = (x.clamp(-1, 1) + 1) / 2
-        x_id = nets.arcface(id_crop(x)).float()
-        x_clip = clip_image_features(nets.clip, x)
-        x255 = (x01 * 255).permute(0, 2, 3, 1).cpu().numpy()
-        for i, row in enumerate(idx):
-            if row < grid_rows:
-                name = f"s{row:03d}_original.png"
-                save_png(out / "images" / name, _thumb(x[i], args.thumb))
-                grid[row].append(f"images/{name}")
-        for j, prompt in enumerate(prompts):
-            e = text_raw[j].view(1, 1, -1).expand(len(idx), 1, -1)
-            w_hat = mapper.edit(w, e, args.strength)
-            y = synth(w_hat)
-            y01 = (y.clamp(-1, 1) + 1) / 2
-            clip_hat = clip_image_features(nets.clip, y)
-            identity = (nets.arcface(id_crop(y)).float() * x_id).sum(-1)
-            y255 = (y01 * 255).permute(0, 2, 3, 1).cpu().numpy()
-            masks = np.stack([change_mask(y255[i], x255[i]) for i in range(len(idx))])
-            keep = torch.from_numpy(1.0 - masks).to(device)[:, None]
-            psnr, ssim = masked_psnr_ssim(x01, y01, keep)
-            m = per[prompt]
-            score, score0 = clip_hat @ text_unit[j], x_clip @ text_unit[j]
-            m["clip_score"] += score.tolist()
-            m["clip_score_original"] += score0.tolist()
-            m["clip_score_gain"] += (score - score0).tolist()
-            m["identity"] += identity.tolist()
-            m["psnr_outside"] += psnr
-            m["ssim_outside"] += ssim
-            m["changed_fraction"] += masks.mean((1, 2)).tolist()
-            m["mean_abs_delta_w"] += (w_hat - w).abs().mean((1, 2)).tolist()
-            for i, row in enumerate(idx):
-                if row < grid_rows:
-                    name = f"s{row:03d}_p{j:02d}.png"
-                    save_png(out / "images" / name, _thumb(y[i], args.thumb))
-                    grid[row].append(f"images/{name}")
-        log.info("evaluated %d/%d samples", idx[-1] + 1, n)
+    ctx = load_context(args, info.device)
+    progress = EvalProgress(ctx.out)
+    config = run_config(ctx)
 
-    results = [{"prompt": p, **{k: _mean(v) for k, v in per[p].items()}} for p in prompts]
+    def plan() -> tuple[list[int], int]:
+        (ctx.out / "images").mkdir(parents=True, exist_ok=True)
+        return progress.plan(config, ctx.n, args.restart)
+
+    todo, reused = ddp.on_main(info, plan)
+    mine = todo[info.rank :: info.world_size]
+    who = "" if info.world_size == 1 else f"rank {info.rank}: "
+    t_rank = time.perf_counter()
+    for k in range(0, len(mine), args.batch_size):
+        progress.append(info.rank, evaluate_batch(ctx, np.asarray(mine[k : k + args.batch_size])))
+        log.info("%sevaluated %d/%d samples", who, min(k + args.batch_size, len(mine)), len(mine))
+    stats = {"rank": info.rank, "samples": len(mine), "seconds": round(time.perf_counter() - t_rank, 2)}
+    ranks = ddp.all_gather_object(info, stats)  # also waits for every rank's last record
+    return ddp.on_main(info, lambda: _finish(ctx, info, progress, ranks, len(todo), reused, t0))
+
+
+def _finish(
+    ctx: EvalContext,
+    info: DistInfo,
+    progress: EvalProgress,
+    ranks: list[dict[str, Any]],
+    evaluated: int,
+    reused: int,
+    t0: float,
+) -> dict[str, Any]:
+    """Rank 0: the report from every rank's records; drop the progress."""
+    args = ctx.args
+    per = merge_records(progress.records(), ctx.n, len(ctx.prompts))
+    results = [{"prompt": p, **{k: _mean(v) for k, v in per[j].items()}} for j, p in enumerate(ctx.prompts)]
     overall = {k: _mean([r[k] for r in results]) for k in METRICS}
     report = {
         "checkpoint": str(args.checkpoint),
         "latents": str(args.latents),
-        "samples": n,
+        "samples": ctx.n,
         "strength": args.strength,
         "profile": args.profile,
         "untrained": args.profile == "tiny",
-        "resolution": stop or g.size,
-        "networks": nets.notes,
-        "device": str(device),
+        "resolution": ctx.resolution,
+        "networks": ctx.nets.notes,
+        "device": str(ctx.device),
+        "world_size": info.world_size,
+        "ranks": ranks,
+        "evaluated_this_run": evaluated,
+        "reused": reused,
         "seconds": round(time.perf_counter() - t0, 2),
         "metrics": {
             "clip_score": "cos(CLIP image of G(w_hat), CLIP text of the prompt), both l2-normalised, CLIP "
@@ -171,8 +350,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "prompts": results,
         "mean": overall,
     }
-    write_json(out / "report.json", report)
-    _write_html(out, report, prompts, grid)
+    grid = [
+        [grid_image(row, None)] + [grid_image(row, j) for j in range(len(ctx.prompts))] for row in range(ctx.grid_rows)
+    ]
+    write_json(ctx.out / "report.json", report)
+    _write_html(ctx.out, report, ctx.prompts, grid)
+    shutil.rmtree(progress.dir, ignore_errors=True)
     return report
 
 
