@@ -337,12 +337,13 @@ def test_fetch_cli_shows_the_licence_and_fetches_clip_through_open_clip(
     assert main(["models", "fetch", "--models", str(root), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "NVIDIA Source Code License-NC: non-commercial use only" in out
-    assert out.count("sha256 recorded") == 4
+    assert out.count("sha256 recorded") == 3  # ffclip, e4e, clip: the FFCLIP file carries its generator
     assert calls == [("timm/vit_base_patch32_clip_224.openai/", str(root / ".cache" / "open_clip"))]
     store = ModelStore(root)
     assert store.missing() == [] and not (root / ".cache" / "open_clip").exists()
+    assert not store.present("stylegan2") and not any(store.spec("stylegan2").drive_id in p for p, _ in drive.log)
     assert main(["models", "verify", "--models", str(root)]) == 0
-    assert capsys.readouterr().out.count("matches the recorded sha256") == 4
+    assert capsys.readouterr().out.count("matches the recorded sha256") == 3
 
 
 def test_a_second_fetch_of_the_same_file_stops_at_once(drive: Server, tmp_path: Path) -> None:
@@ -355,3 +356,27 @@ def test_a_second_fetch_of_the_same_file_stops_at_once(drive: Server, tmp_path: 
     assert result.status == "invalid" and "another process is downloading ffclip_ffhq.pt" in result.message
     assert drive.log == []
     assert store.fetch("ffclip", **FAST).ok and not (store.root / "ffclip_ffhq.pt.part.lock").exists()
+
+
+def test_fetch_brings_stylegan2_only_after_a_mapper_only_ffclip_file(
+    drive: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ffclip.engine.cli import main
+
+    full = S.official_size_files(1024)["ffclip"]
+    mapper = {k: v for k, v in full["state_dict"].items() if k.startswith("module.att_mapper.")}
+    buf = io.BytesIO()
+    S.save({"state_dict": mapper, "opts": {}}, buf)
+    drive.files[ModelStore.spec("ffclip").drive_id] = buf.getvalue()
+    def offline(*args: object, **kwargs: object) -> Path:
+        raise DownloadError("open_clip could not download ViT-B-32 (openai): offline")
+
+    monkeypatch.setattr("ffclip.engine.store.fetch_clip", offline)
+    root = tmp_path / "models"
+    assert main(["models", "fetch", "--models", str(root), "--quiet", "--retries", "0"]) == 1  # clip failed
+    out = capsys.readouterr().out
+    order = [line.split(":")[0] for line in out.splitlines() if " -> " in line]
+    assert order == ["ffclip", "stylegan2", "e4e", "clip"]
+    store = ModelStore(root)
+    assert store.present("stylegan2") and store.index()["stylegan2"]["sha256"]
+    assert store.missing() == ["clip"]
