@@ -163,8 +163,10 @@ class EngineClient:
         job_id: str | None = None,
         on_queued: Callable[[int], None] | None = None,
         image_format: str = "rgba8",
+        on_status: Callable[[dict], None] | None = None,
     ) -> EditResult:
-        """Run one edit; blocks until its result. Raises EngineError (Cancelled for cancel)."""
+        """Run one edit; blocks until its result. Raises EngineError (Cancelled for cancel).
+        `on_status` sees the status messages the engine pushes meanwhile (download progress)."""
         job_id = job_id or new_job_id()
         if image_format == "rgba8" and len(rgba) != width * height * 4:
             raise ValueError(f"expected {width * height * 4} RGBA bytes, got {len(rgba)}")
@@ -184,7 +186,7 @@ class EngineClient:
         frames = [rgba] if selection is None else [rgba, selection]
         ws = self._send_fresh(message, frames)
         try:
-            return self._await_result(ws, job_id, on_progress, on_queued)
+            return self._await_result(ws, job_id, on_progress, on_queued, on_status)
         except KeyboardInterrupt:
             with contextlib.suppress(EngineError):
                 self._send(ws, cancel_message(job_id))
@@ -221,6 +223,7 @@ class EngineClient:
         job_id: str,
         on_progress: ProgressCallback | None,
         on_queued: Callable[[int], None] | None,
+        on_status: Callable[[dict], None] | None = None,
     ) -> EditResult:
         skip_binary = False  # the binary frame of a result that is not ours (an abandoned job)
         while True:
@@ -234,6 +237,8 @@ class EngineClient:
             kind, mine = message["type"], message.get("id") == job_id
             if kind == "status":
                 self.last_status = message
+                if on_status is not None:
+                    on_status(message)
             elif kind == "result" and not mine:
                 skip_binary = True
             elif kind == "error" and (mine or "id" not in message):

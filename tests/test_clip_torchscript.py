@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from http_files import Server
 
 from ffclip.engine import store as store_module
 from ffclip.engine.checkpoints import CheckpointError, UnsafeCheckpointError
@@ -192,3 +193,16 @@ def test_a_truncated_archive_is_named(archive: Path, tmp_path: Path) -> None:
     plain = tmp_path / "plain.pt"
     plain.write_bytes(buffer.getvalue())
     assert not is_torchscript_archive(plain)  # a plain zip checkpoint is not mistaken for one
+
+
+def test_fetch_clip_from_a_mirror_of_openais_file(
+    archive: Path, server: Server, tmp_path: Path, tiny_clip_shapes: None
+) -> None:
+    server.files["/clip/models/ViT-B-32.pt"] = archive.read_bytes()
+    url = f"{server.base}/clip/models/ViT-B-32.pt"
+    store = ModelStore(tmp_path)
+    result = store.fetch("clip", url=url, progress=False, backoff=0.01)
+    assert result.status == "recorded", result.message
+    assert store.index()["clip"]["source"] == f"fetch: {url}"
+    assert set(load_clip_weights(store.path("clip"))) == set(L.clip_shapes())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_vit_b_32_openai.safetensors", "index.json"]
