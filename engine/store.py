@@ -195,7 +195,7 @@ class ModelStore:
 
     @staticmethod
     def spec(name: str) -> ModelSpec:
-        """A spec by store name or official file name."""
+        """A spec by store name or by its file name in the store."""
         if name in SPEC_BY_NAME:
             return SPEC_BY_NAME[name]
         for spec in SPECS:
