@@ -39,6 +39,8 @@ from .download import drive_view_url
 INDEX_NAME = "index.json"
 APP_DIR = "ffclip-edit"
 
+# what `serve`/`edit` always need, in fetch order (ModelStore.needed adds stylegan2 when required)
+SERVE_NEEDS = ("ffclip", "e4e", "clip")
 OPEN_CLIP_HF_URL = "https://huggingface.co/timm/vit_base_patch32_clip_224.openai"
 STYLEGAN2_LICENCE = (
     "Licence: the StyleGAN2 FFHQ weights (also inside the e4e and FFCLIP files) are NVIDIA's, under the\n"
@@ -57,7 +59,6 @@ class ModelSpec:
     source: str = ""
     expect: dict[str, Any] = field(default_factory=dict)  # what inspect_file must report
     licence: str | None = None
-    serving: bool = False  # always needed by `serve`/`edit` (see ModelStore.needed)
 
 
 SPECS: tuple[ModelSpec, ...] = (
@@ -80,7 +81,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "encoder4editing README",
         {"stylegan_size": 1024},
         STYLEGAN2_LICENCE,
-        serving=True,
     ),
     ModelSpec(
         "ffclip",
@@ -91,7 +91,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "FFCLIP README (Drive link)",
         {"n_latent": 18},
         STYLEGAN2_LICENCE,
-        serving=True,
     ),
     ModelSpec(
         "clip",
@@ -100,7 +99,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "CLIP ViT-B/32, OpenAI weights",
         None,
         "open_clip ('ViT-B-32', pretrained='openai', QuickGELU)",
-        serving=True,
     ),
     ModelSpec(
         "arcface",
@@ -218,7 +216,7 @@ class ModelStore:
         it carries its generator decides about stylegan2), e4e, CLIP; stylegan2 only when the
         store's FFCLIP file is mapper-only. The one rule `models list|fetch|verify`, Engine.load
         and the daemon's status all follow."""
-        names = ["ffclip", "e4e", "clip"]
+        names = list(SERVE_NEEDS)
         if self.ffclip_lacks_generator():
             names.insert(1, "stylegan2")
         return names

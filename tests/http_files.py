@@ -103,9 +103,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = data[start:]
         sent = 0
         for offset in b.pause_at:  # each pause: the test sees `holding`, clears it, sets `resume`
+            self.server.sent += offset - sent  # counted first: the client may be done before write returns
             self.wfile.write(body[sent:offset])
             self.wfile.flush()
-            self.server.sent += offset - sent
             sent = offset
             self.server.holding.set()
             self.server.resume.wait(30)
@@ -115,8 +115,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         drop = b.drop_after.pop(0) if b.drop_after else None
         stall = b.stall_after.pop(0) if b.stall_after else None
         cut = drop if drop is not None else stall
-        self.wfile.write(body[:cut] if cut is not None else body)
         self.server.sent += len(body[:cut] if cut is not None else body)
+        self.wfile.write(body[:cut] if cut is not None else body)
         self.wfile.flush()
         if stall is not None:
             self.server.release.wait(10)  # hold the connection open, sending nothing
