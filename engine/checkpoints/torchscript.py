@@ -134,7 +134,14 @@ class _ArchiveUnpickler(pickle.Unpickler):
             )
         if numel == 0:
             return torch.empty(0, dtype=kind.dtype)
-        return torch.frombuffer(bytearray(self.archive.read(info)), dtype=kind.dtype)
+        buffer = bytearray(info.file_size)  # read straight into the tensor's memory: one copy, not two
+        view, filled = memoryview(buffer), 0
+        with self.archive.open(info) as f:
+            while filled < info.file_size and (n := f.readinto(view[filled:])):
+                filled += n
+        if filled != info.file_size:
+            raise CheckpointError(f"{name} is shorter than the archive's directory says")
+        return torch.frombuffer(buffer, dtype=kind.dtype)
 
 
 def _declared_names(archive: zipfile.ZipFile, prefix: str, cls: str) -> set[str] | None:
