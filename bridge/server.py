@@ -61,6 +61,7 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     shutdown_grace: float = 10.0  # how long a running job may take to reach its next stage
+    download_status_interval: float = 0.5  # seconds between status messages pushed while downloading
 
     @property
     def max_frame(self) -> int:
@@ -300,6 +301,7 @@ class EngineServer:
         self._device: DeviceThread | None = None
         self._trim: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._downloaded = False  # a status said `downloading`: the end of loading is announced
         self.loaded = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -333,6 +335,9 @@ class EngineServer:
             return
         self.closing = True
         log.info("shutting down")
+        halt = getattr(self._loader, "stop", None)  # a loader that downloads model files stops there
+        if callable(halt):
+            halt()
         if self._server is not None:
             self._server.close(close_connections=False)
         for job in list(self.queue.waiting):
@@ -485,6 +490,7 @@ class EngineServer:
 
     async def _work(self) -> None:
         assert self._device is not None
+        announcer = asyncio.create_task(self._announce_downloads())
         try:
             self.backend = await self._device.submit(self._loader)
         except Exception as exc:  # noqa: BLE001 - the daemon keeps running and says why
@@ -493,7 +499,11 @@ class EngineServer:
             self.backend = UnavailableBackend(
                 "internal", f"the engine failed to load its models ({detail}); see its log", {"error": detail}
             )
+        finally:
+            announcer.cancel()
         self.loaded.set()
+        if self._downloaded:  # clients saw `downloading`: tell them how it ended
+            self._broadcast_status(droppable=False)
         log.info("engine state: %s", self.backend.describe())
         while True:
             job = await self.queue.next()
@@ -569,9 +579,39 @@ class EngineServer:
 
     # ------------------------------------------------------------------ status
 
+    def _loading_details(self) -> dict:
+        """What a loader that fetches model files says about itself (see bridge/provision.py)."""
+        describe = getattr(self._loader, "describe", None)
+        if not callable(describe):
+            return {}
+        try:
+            return describe() or {}
+        except Exception:  # noqa: BLE001 - a status message must never fail
+            log.debug("the loader's description failed", exc_info=True)
+            return {}
+
+    async def _announce_downloads(self) -> None:
+        """While the loader downloads, push a status message to every client now and then (edits
+        wait in the queue meanwhile, and their clients show the progress)."""
+        last = None
+        while True:
+            await asyncio.sleep(self.config.download_status_interval)
+            details = self._loading_details()
+            if (self._downloaded or details.get("state") == "downloading") and details != last:
+                self._broadcast_status()
+            last = details
+
+    def _broadcast_status(self, droppable: bool = True) -> None:
+        message = self.status_message()
+        for session in list(self.sessions):
+            session.deliver(message, droppable=droppable)
+
     def status_message(self) -> dict:
         if self.backend is None:
             info: dict = {"state": "loading", "models": {"state": "loading"}, "device": "loading"}
+            info.update(self._loading_details())
+            # a client told `downloading` is told how it ended, too (see _work)
+            self._downloaded = self._downloaded or info["state"] == "downloading"
             cache: dict = {}
         else:
             info, cache = self.backend.describe(), self.backend.cache_stats()
@@ -597,6 +637,8 @@ class EngineServer:
             },
             "memory": {"rss_bytes": rss_bytes()},
         }
+        if "download" in info:
+            fields["download"] = info["download"]
         return msg.status(msg.scrub_paths(fields))
 
 

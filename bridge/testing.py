@@ -22,10 +22,12 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="engine-loop", daemon=True)
 
-    def start(self) -> ServerThread:
+    def start(self, wait: bool = True) -> ServerThread:
+        """Start serving; `wait`: until the models are loaded (else clients meet `loading`)."""
         self._thread.start()
         self.call(self.server.start())
-        self.call(self.server.loaded.wait(), timeout=120)
+        if wait:
+            self.call(self.server.loaded.wait(), timeout=120)
         return self
 
     def call(self, coroutine, timeout: float = 30.0):
@@ -37,6 +39,8 @@ class ServerThread:
         return f"ws://127.0.0.1:{self.server.port}/"
 
     def stop(self) -> None:
+        if self.loop.is_closed():  # stopped already
+            return
         with contextlib.suppress(Exception):
             self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -19,11 +19,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from .checkpoints.safe_load import looks_like_html
+
+# (bytes in the .part file, the file's size or None): called as data arrives, on the download's thread
+ProgressCallback = Callable[[int, int | None], None]
 
 # Google Drive's direct-download endpoint; FFCLIP_DRIVE_URL points it elsewhere (tests, mirrors).
 DEFAULT_DRIVE_URL = "https://drive.usercontent.google.com/download"
@@ -183,8 +187,11 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
 
 
 class _Downloader:
-    def __init__(self, url: str, part: Path, stall_timeout: float, progress: Progress) -> None:
+    def __init__(
+        self, url: str, part: Path, stall_timeout: float, progress: Progress, on_progress: ProgressCallback | None
+    ) -> None:
         self.url, self.part, self.stall_timeout, self.progress = url, part, stall_timeout, progress
+        self.on_progress = on_progress
         self.cookies = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
         self.received = 0
@@ -231,6 +238,7 @@ class _Downloader:
         _, total = _content_range(response.headers.get("Content-Range"))
         if total is not None and total == offset:
             self.total = total
+            self._report(offset)
             return True
         self.part.unlink(missing_ok=True)  # the .part is longer than the file: start over
         raise _Transient(f"server cannot resume at byte {offset}; starting again")
@@ -259,6 +267,7 @@ class _Downloader:
                 done += len(chunk)
                 self.received += len(chunk)
                 self.progress.update(done, self.total)
+                self._report(done)
                 chunk = self._read(response)
         if self.total is not None and done < self.total:
             raise _Transient(f"connection closed at {done} of {self.total} bytes")
@@ -267,6 +276,10 @@ class _Downloader:
             raise DownloadError(f"received {done} bytes, more than the announced {self.total}")
         self.progress.update(done, self.total, final=True)
         return True
+
+    def _report(self, done: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, self.total)
 
 
 def download(
@@ -280,17 +293,22 @@ def download(
     max_backoff: float = 60.0,
     progress: bool = True,
     stream: IO[str] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> DownloadResult:
     """Download `url` into `part` (resuming what it holds); the caller verifies and renames it.
 
     `retries` counts consecutive failed attempts: an attempt that received data resets it, so a
-    long download over a flaky line keeps going as long as it makes progress.
+    long download over a flaky line keeps going as long as it makes progress. `on_progress(done,
+    total)` follows the bytes (the daemon's status); an exception it raises ends the download
+    there, the .part file kept for a later resume.
     """
     part = Path(part)
     part.parent.mkdir(parents=True, exist_ok=True)
     resumed_from = part.stat().st_size if part.exists() else 0
     bar = Progress(label or part.name.removesuffix(".part"), stream, progress)
-    loader = _Downloader(url, part, stall_timeout, bar)
+    loader = _Downloader(url, part, stall_timeout, bar, on_progress)
+    if on_progress is not None:
+        on_progress(resumed_from, None)
     failures = attempts = 0
     while True:
         attempts += 1

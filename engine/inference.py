@@ -97,8 +97,8 @@ def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Net
     from .store import ModelStore
 
     store = ModelStore(models_dir)
-    needed = ["e4e", "ffclip", "clip"]
-    missing = [name for name in needed if name in store.missing()]
+    needed = store.needed()  # stylegan2 only when the FFCLIP file is mapper-only
+    missing = store.missing(needed)
     if missing:
         raise ModelsMissing(missing, store.fetch_hint)
 
@@ -108,6 +108,8 @@ def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Net
     clip = build_clip(load_clip_weights(store.path("clip")), text_only=text_only_clip)
     mapper_sd, generator_sd = read_ffclip(store.path("ffclip"))
     if not generator_sd:  # an exported mapper-only file: the generator comes from the rosinality file
+        if not store.present("stylegan2"):  # the file changed since needed() looked at it
+            raise ModelsMissing(["stylegan2"], store.fetch_hint)
         generator_sd, _, _ = read_generator(store.path("stylegan2"))
     generator = generator_from_state_dict(generator_sd)
     del generator_sd

@@ -1,9 +1,19 @@
-"""The model store: one folder holding the official checkpoint files under their official names.
+"""The model store: one folder holding the checkpoint files, each under a fixed name.
+
+The names are the official ones where the projects publish one (`stylegan2-ffhq-config-f.pt`,
+`e4e_ffhq_encode.pt`, `model_ir_se50.pth`); the FFCLIP README links its checkpoints without naming
+the files (the official code saves `best_model.pt`), so those names (`ffclip_ffhq.pt`, ...) are
+ours. Files are recognised by their content, never by their name: `models import ANY.pt` puts a
+file where its layout belongs.
 
 Default location `$XDG_DATA_HOME/ffclip-edit/models` (`~/.local/share/...`), or `--models DIR`.
 `index.json` beside the files records, per model, the sha256 of the file the first time it passed
 the strict structural check (no checksums are published, so this pins what was verified), its size,
 its kind and where it came from. `verify` re-checks structure and compares with the pinned hash.
+
+What `serve` and `edit` need is decided in one place, `ModelStore.needed()`: e4e, the FFCLIP file
+and CLIP; the StyleGAN2 file only when the FFCLIP file is a mapper-only export (the FFCLIP Drive
+file carries the generator, `module.generator.*`).
 """
 
 from __future__ import annotations
@@ -22,10 +32,16 @@ from typing import IO, Any
 
 from .checkpoints.errors import CheckpointError
 from .checkpoints.layouts import Inspection, inspect_file
+from .checkpoints.safe_load import outline
+from .checkpoints.torchscript import OPENAI_VIT_B_32_SHA256, OPENAI_VIT_B_32_URL
+from .download import drive_view_url
 
 INDEX_NAME = "index.json"
 APP_DIR = "ffclip-edit"
 
+# what `serve`/`edit` always need, in fetch order (ModelStore.needed adds stylegan2 when required)
+SERVE_NEEDS = ("ffclip", "e4e", "clip")
+OPEN_CLIP_HF_URL = "https://huggingface.co/timm/vit_base_patch32_clip_224.openai"
 STYLEGAN2_LICENCE = (
     "Licence: the StyleGAN2 FFHQ weights (also inside the e4e and FFCLIP files) are NVIDIA's, under the\n"
     "NVIDIA Source Code License-NC: non-commercial use only (research and evaluation). See\n"
@@ -36,15 +52,13 @@ STYLEGAN2_LICENCE = (
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # store name used on the command line
-    filename: str  # the official file name
+    filename: str  # the file's name in the store (see the module docstring)
     kind: str  # checkpoint layout (see checkpoints.layouts.KINDS)
     description: str
     drive_id: str | None = None  # Google Drive id from the projects' READMEs
     source: str = ""
     expect: dict[str, Any] = field(default_factory=dict)  # what inspect_file must report
     licence: str | None = None
-    default: bool = True  # fetched by a plain `models fetch`
-    required: bool = True  # needed by `serve` / `edit` with the real models
 
 
 SPECS: tuple[ModelSpec, ...] = (
@@ -52,7 +66,7 @@ SPECS: tuple[ModelSpec, ...] = (
         "stylegan2",
         "stylegan2-ffhq-config-f.pt",
         "stylegan2",
-        "StyleGAN2 FFHQ 1024 generator",
+        "StyleGAN2 FFHQ 1024 generator (needed only with a mapper-only FFCLIP file)",
         "1EM87UquaoQmk17Q8d5kYIAHqu0dkYqdT",
         "rosinality conversion (FFCLIP/e4e READMEs)",
         {"size": 1024},
@@ -72,9 +86,9 @@ SPECS: tuple[ModelSpec, ...] = (
         "ffclip",
         "ffclip_ffhq.pt",
         "ffclip",
-        "FFCLIP FFHQ mapper (text -> W+ edit)",
+        "FFCLIP FFHQ mapper (text -> W+ edit) and its generator",
         "1oYMi5jsrUI_WyQ-xGf-F2T6myVGBx3od",
-        "FFCLIP README",
+        "FFCLIP README (Drive link)",
         {"n_latent": 18},
         STYLEGAN2_LICENCE,
     ),
@@ -94,8 +108,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn",
         "FFCLIP/e4e READMEs (TreB1eN)",
         {"input_size": 112},
-        default=False,
-        required=False,
     ),
     ModelSpec(
         "e4e-cars",
@@ -106,8 +118,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "encoder4editing README",
         {"stylegan_size": 512},
         STYLEGAN2_LICENCE,
-        default=False,
-        required=False,
     ),
     ModelSpec(
         "e4e-church",
@@ -118,8 +128,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "encoder4editing README",
         {"stylegan_size": 256},
         STYLEGAN2_LICENCE,
-        default=False,
-        required=False,
     ),
     ModelSpec(
         "ffclip-car",
@@ -127,11 +135,9 @@ SPECS: tuple[ModelSpec, ...] = (
         "ffclip",
         "FFCLIP car mapper",
         "11Zsx_bjMbIzzTjLxWDhOEgoXmnbNwH7t",
-        "FFCLIP README",
+        "FFCLIP README (Drive link)",
         {"n_latent": 16},
         STYLEGAN2_LICENCE,
-        default=False,
-        required=False,
     ),
     ModelSpec(
         "ffclip-church",
@@ -139,11 +145,9 @@ SPECS: tuple[ModelSpec, ...] = (
         "ffclip",
         "FFCLIP church mapper",
         "1ihmvppjLXh71ARx4NLnIMzJRAFLdQnmn",
-        "FFCLIP README",
+        "FFCLIP README (Drive link)",
         {"n_latent": 14},
         STYLEGAN2_LICENCE,
-        default=False,
-        required=False,
     ),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
@@ -191,7 +195,7 @@ class ModelStore:
 
     @staticmethod
     def spec(name: str) -> ModelSpec:
-        """A spec by store name or official file name."""
+        """A spec by store name or by its file name in the store."""
         if name in SPEC_BY_NAME:
             return SPEC_BY_NAME[name]
         for spec in SPECS:
@@ -209,9 +213,35 @@ class ModelStore:
     def present(self, name: str) -> bool:
         return self.path(name).is_file()
 
+    def needed(self) -> list[str]:
+        """Store names of what `serve`/`edit` need, in fetch order: the FFCLIP file first (whether
+        it carries its generator decides about stylegan2), e4e, CLIP; stylegan2 only when the
+        store's FFCLIP file is mapper-only. The one rule `models list|fetch|verify`, Engine.load
+        and the daemon's status all follow."""
+        names = list(SERVE_NEEDS)
+        if self.ffclip_lacks_generator():
+            names.insert(1, "stylegan2")
+        return names
+
+    def ffclip_lacks_generator(self) -> bool:
+        """True when the store's FFCLIP file is a mapper-only export (no `module.generator.*`).
+        Read from the index when the file was verified, else from the file's pickle alone (no
+        tensor data); an absent or unreadable file counts as the official one, with its generator."""
+        if not self.present("ffclip"):
+            return False
+        with contextlib.suppress(CheckpointError):
+            entry = self.index().get("ffclip", {})
+            if entry.get("size") == self.path("ffclip").stat().st_size and "generator_size" in entry.get("info", {}):
+                return entry["info"]["generator_size"] is None
+        try:
+            state_dict = outline(self.path("ffclip")).get("state_dict", {})
+        except (CheckpointError, AttributeError):
+            return False  # loading it will say what is wrong with it
+        return not any(str(k).startswith(("module.generator.", "generator.")) for k in state_dict)
+
     def missing(self, names: Iterable[str] | None = None) -> list[str]:
         """Store names of the models `serve`/`edit` need (or of `names`) whose file is absent."""
-        wanted = list(names) if names is not None else [s.name for s in SPECS if s.required]
+        wanted = list(names) if names is not None else self.needed()
         return [n for n in wanted if not self.present(n)]
 
     @property
@@ -309,28 +339,58 @@ class ModelStore:
     def import_file(
         self, src: str | os.PathLike[str], kind: str | None = None, name: str | None = None
     ) -> tuple[str, VerifyResult]:
-        """Check `src` strictly, copy it in under its official name and record its sha256."""
+        """Check `src` strictly, put it in the store where its content belongs and record its sha256.
+
+        Most files are copied as they are; CLIP in any other form than safetensors (OpenAI's
+        TorchScript `ViT-B-32.pt`, a pickled state_dict) is stored as safetensors. The result's
+        `info` describes `src`."""
         src = Path(src)
         if name is not None:
             spec = self.spec(name)
             if kind is not None and kind != spec.kind:
                 raise CheckpointError(f"{name} holds a {spec.kind} checkpoint, not {kind}")
-            self.check_file(spec.name, src)
+            found = self.check_file(spec.name, src)
         else:
-            spec = self.match_spec(inspect_file(src, kind))
+            found = inspect_file(src, kind)
+            spec = self.match_spec(found)
         dest = self.path(spec.name)
         self.root.mkdir(parents=True, exist_ok=True)
-        if src.resolve() != dest.resolve():
+        source = f"import: {src.resolve()}"
+        if spec.kind == "clip" and found.info.get("format") != "safetensors":
+            part = self.part_path(spec.name)
+            write_clip_safetensors(src, part, found.parts)
+            os.replace(part, dest)
+            source += clip_source_note(src, found.info.get("format"))
+        elif src.resolve() != dest.resolve():
             part = self.part_path(spec.name)
             shutil.copyfile(src, part)
             os.replace(part, dest)
         # an explicit import is the user vouching for the file: it replaces any earlier record
-        found = self.check_file(spec.name, dest)
+        stored = self.check_file(spec.name, dest)
         sha = sha256_file(dest)
-        self.record(spec.name, self._entry(spec, dest, sha, found.info, f"import: {src.resolve()}"))
+        self.record(spec.name, self._entry(spec, dest, sha, stored.info, source))
         return spec.name, VerifyResult(spec.name, "recorded", "", sha, found.info)
 
     # --- fetch ---
+
+    @property
+    def import_hint(self) -> str:
+        where = f" --models {self.root}" if self.custom_root else ""
+        return f"ffclip-engine models import{where} FILE"
+
+    def manual_route(self, name: str) -> str:
+        """How to get a model by hand when fetching fails: where to download it, then import."""
+        spec = self.spec(name)
+        if spec.kind == "clip":
+            where = (
+                f"download OpenAI's ViT-B-32.pt ({OPENAI_VIT_B_32_URL}) or open_clip_model.safetensors "
+                f"from {OPEN_CLIP_HF_URL}"
+            )
+        elif spec.drive_id:
+            where = f"open {drive_view_url(spec.drive_id)} in a browser and download the file"
+        else:  # pragma: no cover - every spec names a source
+            where = "get the file"
+        return f"manual route: {where}, then run `{self.import_hint}`"
 
     def fetch(
         self,
@@ -338,10 +398,14 @@ class ModelStore:
         *,
         out: IO[str] | None = None,
         fetcher: Callable[..., Path] | None = None,
+        url: str | None = None,
         **download_options: Any,
     ) -> VerifyResult:
-        """Download (resuming a .part file), check structure, move into place and record the sha256."""
-        from .download import DownloadError, download, drive_url, drive_view_url
+        """Download (resuming a .part file), check structure, move into place and record the sha256.
+
+        `url` takes the file from a mirror instead of its published source. Every failure comes
+        back as a VerifyResult whose message says what happened and the manual route."""
+        from .download import DownloadError, download, drive_url
 
         out = out or sys.stderr
         spec = self.spec(name)
@@ -354,27 +418,34 @@ class ModelStore:
             return result
         part = self.part_path(name)
         self.root.mkdir(parents=True, exist_ok=True)
-        hint = f" (manual download: {drive_view_url(spec.drive_id)})" if spec.drive_id else ""
+        manual = f"\n  {self.manual_route(name)}"
         try:
             with _exclusive(part):
-                if spec.kind == "clip":
+                if spec.kind == "clip" and url:
+                    fetch_clip_from(self, url, part, out=out, **download_options)
+                elif spec.kind == "clip":
                     (fetcher or fetch_clip)(self, part, out=out)
-                elif spec.drive_id:
-                    download(drive_url(spec.drive_id), part, label=spec.filename, stream=out, **download_options)
+                elif url or spec.drive_id:
+                    target = url or drive_url(spec.drive_id or "")
+                    download(target, part, label=spec.filename, stream=out, **download_options)
                 else:  # pragma: no cover - every spec names a source
                     raise DownloadError(f"no download source for {name}")
-                return self._adopt_download(spec, part)
+                return self._adopt_download(spec, part, url)
         except DownloadError as exc:
-            return VerifyResult(name, "invalid", f"{exc}{hint}")
+            return VerifyResult(name, "invalid", f"{exc}{manual}")
+        except CheckpointError as exc:  # e.g. a CLIP download in a form that cannot be read safely
+            return VerifyResult(name, "invalid", f"the downloaded file cannot be used: {exc}{manual}")
         except OSError as exc:  # disk full, permissions: keep the .part for a later resume
             return VerifyResult(name, "invalid", f"cannot write {part}: {exc}")
 
-    def _adopt_download(self, spec: ModelSpec, part: Path) -> VerifyResult:
+    def _adopt_download(self, spec: ModelSpec, part: Path, url: str | None = None) -> VerifyResult:
         try:
             found = self.check_file(spec.name, part)
         except CheckpointError as exc:
             part.unlink(missing_ok=True)  # a wrong file must not be resumed next time
-            return VerifyResult(spec.name, "invalid", f"the downloaded file was rejected: {exc}")
+            return VerifyResult(
+                spec.name, "invalid", f"the downloaded file was rejected: {exc}\n  {self.manual_route(spec.name)}"
+            )
         sha = sha256_file(part)
         old = self.index().get(spec.name, {})
         if old.get("sha256") and old["sha256"] != sha:
@@ -388,7 +459,10 @@ class ModelStore:
                 found.info,
             )
         os.replace(part, self.path(spec.name))
-        source = f"fetch: {spec.source}" + (f" (drive id {spec.drive_id})" if spec.drive_id else "")
+        if url:
+            source = f"fetch: {url}"
+        else:
+            source = f"fetch: {spec.source}" + (f" (drive id {spec.drive_id})" if spec.drive_id else "")
         self.record(spec.name, self._entry(spec, self.path(spec.name), sha, found.info, source))
         return VerifyResult(spec.name, "recorded", "", sha, found.info)
 
@@ -426,21 +500,54 @@ def fetch_clip(store: ModelStore, part: Path, *, out: IO[str] | None = None) -> 
     try:
         downloaded = Path(pretrained.download_pretrained(cfg, cache_dir=str(cache)))
     except Exception as exc:  # open_clip / huggingface_hub raise many types
-        raise DownloadError(f"open_clip could not download ViT-B-32 (openai): {exc}") from None
+        raise DownloadError(f"open_clip could not download ViT-B-32 (openai): {type(exc).__name__}: {exc}") from None
     if not downloaded.is_file():
         raise DownloadError("open_clip's download produced no file")
-    _as_safetensors(downloaded.resolve(), part)
-    shutil.rmtree(cache, ignore_errors=True)  # the store keeps its own copy
+    try:
+        write_clip_safetensors(downloaded.resolve(), part)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # the store keeps its own copy
     return part
 
 
-def _as_safetensors(src: Path, dest: Path) -> None:
-    from .checkpoints.safe_load import load_checkpoint, sniff
+def fetch_clip_from(store: ModelStore, url: str, part: Path, *, out: IO[str] | None = None, **options: Any) -> Path:
+    """CLIP from a mirror URL (any form `models import` takes), kept as safetensors at `part`."""
+    from .download import download
+
+    source = part.with_name(part.name.removesuffix(".part") + ".source.part")
+    download(url, source, label=store.spec("clip").filename, stream=out, **options)
+    try:
+        write_clip_safetensors(source, part)
+    except CheckpointError:
+        source.unlink(missing_ok=True)  # a wrong file must not be resumed next time
+        raise
+    source.unlink()
+    return part
+
+
+def write_clip_safetensors(src: Path, dest: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """The store's CLIP file (open_clip's layout, safetensors) from safetensors (copied), OpenAI's
+    TorchScript archive or a pickled state_dict (both read without running code and checked
+    strictly); `state_dict`: what inspecting `src` already read."""
+    from .checkpoints.safe_load import sniff
 
     if sniff(src) == "safetensors":
         shutil.copyfile(src, dest)
         return
+    import torch
     from safetensors.torch import save_file
 
-    state_dict = load_checkpoint(src)  # a pickled state_dict, read safely (TorchScript is refused)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(dest))
+    if state_dict is None:
+        state_dict = inspect_file(src, "clip").parts
+    # own, dense copies: archive tensors are views, and safetensors refuses shared storage
+    save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in state_dict.items()}, str(dest))
+
+
+def clip_source_note(src: Path, fmt: str | None) -> str:
+    """For the index: what the imported CLIP file was, and whether it is OpenAI's published one."""
+    if fmt != "torchscript":
+        return f" ({fmt or 'pickled'} state_dict, stored as safetensors)"
+    sha = sha256_file(src)
+    if sha == OPENAI_VIT_B_32_SHA256:
+        return " (OpenAI's TorchScript ViT-B-32.pt, sha256 as published; stored as safetensors)"
+    return f" (a TorchScript archive, sha256 {sha[:16]}…, not OpenAI's published file; stored as safetensors)"

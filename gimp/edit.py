@@ -49,6 +49,7 @@ STAGE_TEXT = {
     "start": "Starting the FFCLIP engine",
     "upload": "Sending the layer to the engine",
     "queued": "Waiting for the engine",
+    "loading": "The engine is loading its models",
     "detect": "Finding faces",
     "align": "Aligning faces",
     "invert": "Encoding faces",
@@ -158,6 +159,18 @@ class Progress:
         pass
 
 
+def download_text(status: dict) -> str | None:
+    """What to show while the engine downloads its model files (status `downloading`), else None."""
+    download = status.get("download") if status.get("state") == "downloading" else None
+    if not isinstance(download, dict):
+        return None
+    done, total = download.get("done") or 0, download.get("total")
+    sizes = f"{done / 1e6:.0f} of {total / 1e6:.0f} MB" if total else f"{done / 1e6:.0f} MB"
+    left = int(download.get("files_left") or 0)
+    files = f", {left} files to go" if left > 1 else ""
+    return f"Downloading model files ({sizes}{files})\u2026"
+
+
 class ProgressRelay:
     """Turns the engine's (stage, value) callbacks into monotone text and fraction updates."""
 
@@ -165,6 +178,22 @@ class ProgressRelay:
         self.sink = sink
         self.stage: str | None = None
         self.done = 0.0
+
+    def status(self, message: dict) -> None:
+        """A status the engine pushed while the job waits: the download's progress, then loading."""
+        text = download_text(message)
+        if text is None:
+            if message.get("state") == "loading" and self.stage == "download":
+                self.stage = "loading"
+                self.sink.text(stage_text("loading"))
+            return
+        self.stage = "download"  # the next pipeline stage shows its own text again
+        self.sink.text("FFCLIP: " + text)
+        download = message["download"]
+        if download.get("total"):
+            self.sink.fraction(min(1.0, (download.get("done") or 0) / download["total"]))
+        else:
+            self.sink.pulse()
 
     def __call__(self, stage: str, value: float = 0.0) -> None:
         if stage != self.stage:
@@ -436,6 +465,7 @@ def run_edit(
             on_progress=relay,
             on_queued=lambda position: relay("queued", position),
             job_id=job_id,
+            on_status=relay.status,
         )
     except PluginError:
         raise

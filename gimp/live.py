@@ -24,7 +24,7 @@ from typing import Protocol
 from ffclip.plugin import session as events
 from ffclip.plugin.protocol import MAX_EDITS, Attribute, BadRequest, EditParams, EditResult, EngineError
 
-from .edit import STRENGTH_DEFAULT, error_message, overall_progress, stage_text
+from .edit import STRENGTH_DEFAULT, download_text, error_message, overall_progress, stage_text
 
 DEBOUNCE_S = 0.3  # how long the input must be still before a preview is asked for
 STATUS_POLL_S = 1.0  # how often the engine's state is asked while it is not ready
@@ -242,11 +242,7 @@ def engine_state(status: dict) -> tuple[str, bool]:
     if state == "loading":
         return "The FFCLIP engine is loading its models\u2026", False
     if state == "downloading":
-        d = status.get("download") or {}
-        total = f" of {d['total'] / 1e6:.0f}" if d.get("total") else ""
-        left = d.get("files_left")
-        more = f", {left} file(s) left" if left else ""
-        return f"Downloading {d.get('file', 'model files')}: {d.get('done', 0) / 1e6:.0f}{total} MB{more}\u2026", False
+        return f"The FFCLIP engine is fetching its models: {download_text(status) or 'downloading'}", False
     if state == "missing":
         fetch = models.get("fetch") or "ffclip-engine models fetch"
         return f"The FFCLIP engine has no model weights yet: run {fetch}", False

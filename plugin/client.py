@@ -150,16 +150,18 @@ class EngineClient:
         on_progress: ProgressCallback | None = None,
         job_id: str | None = None,
         on_queued: Callable[[int], None] | None = None,
+        on_status: Callable[[dict], None] | None = None,
     ) -> EditResult:
         """Run one edit of `image` (a frame as `spec` describes it; with `selection`, its A8 mask
         frame: `params.selection` must say so; `image` and `spec` None: the image and selection of
         this connection's previous edit); blocks until its result. Raises EngineError
-        (Cancelled for cancel)."""
+        (Cancelled for cancel). `on_status` sees the status messages the engine pushes meanwhile
+        (download progress)."""
         job_id = job_id or new_job_id()
         message, frames = edit_frames(params, image, spec, selection, job_id)
         ws = self._send_fresh(message, frames)
         try:
-            return self._await_result(ws, job_id, on_progress, on_queued)
+            return self._await_result(ws, job_id, on_progress, on_queued, on_status)
         except KeyboardInterrupt:
             with contextlib.suppress(EngineError):
                 self._send(ws, cancel_message(job_id))
@@ -196,6 +198,7 @@ class EngineClient:
         job_id: str,
         on_progress: ProgressCallback | None,
         on_queued: Callable[[int], None] | None,
+        on_status: Callable[[dict], None] | None = None,
     ) -> EditResult:
         skip_binary = False  # the binary frame of a result that is not ours (an abandoned job)
         while True:
@@ -209,6 +212,8 @@ class EngineClient:
             kind, mine = message["type"], message.get("id") == job_id
             if kind == "status":
                 self.last_status = message
+                if on_status is not None:
+                    on_status(message)
             elif kind == "result" and not mine:
                 skip_binary = True
             elif kind == "error" and (mine or "id" not in message):

@@ -2,7 +2,8 @@
 
 It answers an edit with a fixed region (the middle half of the image) whose pixels are the colour
 inverse of the source and whose alpha is a blend mask that is 0 on the region's border and 255 in
-its middle. Prompts steer it: "noface" -> no_face error, "slow" -> long progress (for cancel).
+its middle. Prompts steer it: "noface" -> no_face error, "slow" -> long progress (for cancel), "download" ->
+status messages of a daemon that downloads its model files while the job waits.
 A cancel for a job id is honoured from any connection.
 """
 
@@ -138,6 +139,12 @@ class FakeEngine:
             pass
         await ws.send(json.dumps({"type": "queued", "id": job, "position": 0}))
         prompts = " ".join(str(e.get("prompt")) for e in msg.get("edits") or [msg])
+        if "download" in prompts:
+            for done in (100_000_000, 300_000_000):
+                download = {"file": "e4e_ffhq_encode.pt", "done": done, "total": 400_000_000, "files_left": 2}
+                status = {"type": "status", "protocol": 1, "state": "downloading", "download": download}
+                await ws.send(json.dumps(status))
+            await ws.send(json.dumps({"type": "status", "protocol": 1, "state": "loading"}))
         if "noface" in prompts:
             await ws.send(
                 json.dumps({"type": "error", "id": job, "code": "no_face", "message": "no face found in the image"})

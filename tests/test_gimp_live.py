@@ -188,7 +188,7 @@ def test_the_engine_state_is_shown_and_polled_until_ready(setup):
     assert view.named("set_engine")[-1] == ("set_engine", "The FFCLIP engine is loading its models\u2026", False)
     download = {"file": "e4e_ffhq_encode.pt", "done": 300e6, "total": 1200e6, "files_left": 2}
     editor.on_event(events.StatusChanged({"state": "downloading", "download": download}))
-    assert "300 of 1200 MB, 2 file(s) left" in view.named("set_engine")[-1][1]
+    assert "300 of 1200 MB, 2 files to go" in view.named("set_engine")[-1][1]
     editor.on_event(events.StatusChanged({"state": "ready", "device": "cpu", "untrained": True}))
     assert "untrained" in view.named("set_engine")[-1][1] and view.named("set_engine")[-1][2] is True
     run_for(editor, clock, 3.0)

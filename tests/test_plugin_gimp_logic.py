@@ -209,6 +209,35 @@ def test_run_edit_against_fake_engine(fake_engine):
     assert sent["faces"] == "all" and sent["selection_bytes"] is None
 
 
+def test_run_edit_shows_the_engines_download_while_the_job_waits(fake_engine):
+    w, h = 40, 30
+    rec = Recorder()
+    out = run(
+        gimp_edit.ProcedureArgs("download then smile", url=fake_engine.url),
+        image(w, h),
+        w,
+        h,
+        None,
+        dict(gimp_settings.DEFAULTS),
+        rec,
+    )
+    assert out.region == fake_region(w, h)
+    shown = rec.texts[rec.texts.index("FFCLIP: Downloading model files (100 of 400 MB, 2 files to go)\u2026") :]
+    assert shown[:3] == [
+        "FFCLIP: Downloading model files (100 of 400 MB, 2 files to go)\u2026",
+        "FFCLIP: Downloading model files (300 of 400 MB, 2 files to go)\u2026",
+        "FFCLIP: The engine is loading its models\u2026",
+    ]
+    assert shown[3] == gimp_edit.stage_text("detect")  # the edit's own progress follows
+    assert rec.fractions[:2] == [0.25, 0.75]  # the download's own fraction, then the edit's
+
+
+def test_download_text() -> None:
+    status = {"state": "downloading", "download": {"file": "x.pt", "done": 5_000_000, "total": None, "files_left": 1}}
+    assert gimp_edit.download_text(status) == "Downloading model files (5 MB)\u2026"
+    assert gimp_edit.download_text({"state": "ready"}) is None
+
+
 def test_run_edit_sends_selection_and_limits_mask(fake_engine):
     w, h = 20, 20
     selection = bytes(255 if x < 10 else 0 for y in range(h) for x in range(w))

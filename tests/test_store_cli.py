@@ -227,7 +227,7 @@ def test_store_location_and_hints(
     assert default_root() == tmp_path / "home" / ".local" / "share" / "ffclip-edit" / "models"
     store = ModelStore(tmp_path / "m")
     assert store.fetch_hint == f"ffclip-engine models fetch --models {tmp_path / 'm'}"
-    assert store.missing() == ["stylegan2", "e4e", "ffclip", "clip"]
+    assert store.missing() == ["ffclip", "e4e", "clip"]  # the FFCLIP file brings its generator
     assert store.path("e4e") == store.path("e4e_ffhq_encode.pt") == tmp_path / "m" / "e4e_ffhq_encode.pt"
     store.root.mkdir()
     store.part_path("ffclip").write_bytes(b"x" * 1500)
@@ -236,3 +236,50 @@ def test_store_location_and_hints(
     assert "missing; partial download 1.5 KB" in out and "(optional)" in out
     assert f"`ffclip-engine models fetch --models {store.root}`" in out
     assert run("verify", "nonexistent", "--models", str(store.root)) == 2
+
+
+def test_files_are_recognised_by_content_not_by_name(official: dict[str, Path], tmp_path: Path) -> None:
+    """The FFCLIP Drive file's name is not published (the official code saves best_model.pt)."""
+    root = tmp_path / "store"
+    for kind, name in (("ffclip", "best_model.pt"), ("e4e", "download (1).pt"), ("stylegan2", "ffclip_ffhq.pt")):
+        renamed = tmp_path / name
+        renamed.write_bytes(official[kind].read_bytes())
+        assert run("import", str(renamed), "--models", str(root)) == 0
+    store = ModelStore(root)
+    assert store.path("ffclip").read_bytes() == official["ffclip"].read_bytes()
+    assert store.path("stylegan2").read_bytes() == official["stylegan2"].read_bytes()  # despite its name
+    assert store.path("e4e").read_bytes() == official["e4e"].read_bytes()
+
+
+def _mapper_only(path: Path) -> None:
+    full = S.official_size_files(1024)["ffclip"]
+    mapper = {k: v for k, v in full["state_dict"].items() if k.startswith("module.att_mapper.")}
+    S.save({"state_dict": mapper, "opts": {}}, path)
+
+
+@pytest.mark.parametrize("how", ["imported", "copied in"])
+def test_stylegan2_is_needed_only_with_a_mapper_only_ffclip_file(
+    official: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    from ffclip.engine.inference import Engine, ModelsMissing
+
+    store = ModelStore(tmp_path / "store")
+    assert store.needed() == ["ffclip", "e4e", "clip"]  # nothing there: the Drive file carries a generator
+    assert run("import", str(official["ffclip"]), "--models", str(store.root)) == 0
+    assert store.needed() == ["ffclip", "e4e", "clip"]
+    _mapper_only(tmp_path / "mapper.pt")
+    if how == "imported":  # the index records generator_size None
+        assert run("import", str(tmp_path / "mapper.pt"), "--models", str(store.root)) == 0
+    else:  # unverified: read from the file's pickle
+        store.path("ffclip").write_bytes((tmp_path / "mapper.pt").read_bytes())
+    assert store.needed() == ["ffclip", "stylegan2", "e4e", "clip"]
+    capsys.readouterr()
+    assert run("list", "--models", str(store.root)) == 0
+    out = capsys.readouterr().out
+    assert (
+        "serve/edit need: ffclip, stylegan2, e4e, clip (stylegan2: the FFCLIP file in the store is mapper-only)" in out
+    )
+    assert "missing for serve/edit: stylegan2, e4e, clip" in out
+    with pytest.raises(ModelsMissing) as info:  # Engine.load follows the same rule
+        Engine.load("real", models_dir=store.root)
+    assert info.value.missing == ["stylegan2", "e4e", "clip"]

@@ -5,132 +5,20 @@ its quota page."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import os
-import threading
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from http_files import QUOTA_PAGE, Behaviour, Server
 
 from ffclip.engine.checkpoints import synthetic as S
 from ffclip.engine.download import DownloadError, confirm_url, download, drive_url
 from ffclip.engine.store import ModelStore, sha256_file
 
-
-@dataclass
-class Behaviour:
-    drop_after: list[int] = field(default_factory=list)  # per request: close after N body bytes
-    stall_after: list[int] = field(default_factory=list)  # per request: stop sending after N bytes
-    fail_times: int = 0  # answer 503 this many times first
-    ignore_range: bool = False
-    drive_confirm: bool = False  # answer the first request with Drive's virus-scan page
-    html_instead: str | None = None  # always answer this HTML page
-
-
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.behaviour: dict[str, Behaviour] = {}
-        self.log: list[tuple[str, str | None]] = []  # (path + query, Range header)
-        self.sent = 0
-        self.release = threading.Event()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-VIRUS_PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>
-<p>Google Drive can't scan this file for viruses.</p>
-<form id="download-form" action="{action}" method="get">
-<input type="submit" id="uc-download-link" value="Download anyway"/>
-<input type="hidden" name="id" value="{id}"><input type="hidden" name="export" value="download">
-<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="5e1f-77aa">
-</form></body></html>"""
-QUOTA_PAGE = """<html><head><title>Google Drive - Quota exceeded</title></head><body>
-Too many users have viewed or downloaded this file recently. Please try again later.</body></html>"""
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    server: Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        url = urllib.parse.urlsplit(self.path)
-        query = dict(urllib.parse.parse_qsl(url.query))
-        key = query.get("id", url.path)
-        self.server.log.append((self.path, self.headers.get("Range")))
-        if key not in self.server.files:
-            return self._send(404, b"not found", "text/plain")
-        b = self.server.behaviour.setdefault(key, Behaviour())
-        if b.html_instead is not None:
-            return self._send(200, b.html_instead.encode(), "text/html; charset=utf-8")
-        if b.fail_times > 0:
-            b.fail_times -= 1
-            return self._send(503, b"busy", "text/plain")
-        if b.drive_confirm and not (query.get("confirm") == "t" and query.get("uuid") == "5e1f-77aa"):
-            page = VIRUS_PAGE.format(action=f"{self.server.base}/download", id=key)
-            return self._send(200, page.encode(), "text/html; charset=utf-8")
-        self._send_file(self.server.files[key], b)
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_file(self, data: bytes, b: Behaviour) -> None:
-        start = 0
-        rng = self.headers.get("Range")
-        if rng and not b.ignore_range:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        body = data[start:]
-        drop = b.drop_after.pop(0) if b.drop_after else None
-        stall = b.stall_after.pop(0) if b.stall_after else None
-        cut = drop if drop is not None else stall
-        self.wfile.write(body[:cut] if cut is not None else body)
-        self.server.sent += len(body[:cut] if cut is not None else body)
-        self.wfile.flush()
-        if stall is not None:
-            self.server.release.wait(10)  # hold the connection open, sending nothing
-        if cut is not None:
-            self.close_connection = True
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.shutdown()
-    srv.server_close()
-
+# the fixtures `server` (a local HTTP server, tests/http_files.py) and `drive` (the store's Drive ids
+# served by it, official-layout files behind the virus-scan page) come from tests/conftest.py
 
 FAST = {"backoff": 0.01, "progress": False}
 MB = 1 << 20
@@ -238,28 +126,6 @@ def test_progress_bar_on_a_stream(server: Server, tmp_path: Path) -> None:
 # --- `models fetch` end to end ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def official_bytes() -> dict[str, bytes]:
-    """Full-size synthetic FFHQ files (zero-stride tensors: tens of KB each), by store name."""
-    out = {}
-    for spec_name, ckpt in S.official_size_files(1024).items():
-        buf = io.BytesIO()
-        S.save(ckpt, buf)
-        out[spec_name] = buf.getvalue()
-    return out
-
-
-@pytest.fixture
-def drive(server: Server, official_bytes: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> Server:
-    """The store's Drive ids served locally, behind the virus-scan confirm page."""
-    monkeypatch.setenv("FFCLIP_DRIVE_URL", f"{server.base}/download")
-    for spec_name, data in official_bytes.items():
-        drive_id = ModelStore.spec(spec_name).drive_id
-        server.files[drive_id] = data
-        server.behaviour[drive_id] = Behaviour(drive_confirm=True)
-    return server
-
-
 def test_fetch_downloads_verifies_and_records(drive: Server, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     e4e_id = store.spec("e4e").drive_id
@@ -337,12 +203,13 @@ def test_fetch_cli_shows_the_licence_and_fetches_clip_through_open_clip(
     assert main(["models", "fetch", "--models", str(root), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "NVIDIA Source Code License-NC: non-commercial use only" in out
-    assert out.count("sha256 recorded") == 4
+    assert out.count("sha256 recorded") == 3  # ffclip, e4e, clip: the FFCLIP file carries its generator
     assert calls == [("timm/vit_base_patch32_clip_224.openai/", str(root / ".cache" / "open_clip"))]
     store = ModelStore(root)
     assert store.missing() == [] and not (root / ".cache" / "open_clip").exists()
+    assert not store.present("stylegan2") and not any(store.spec("stylegan2").drive_id in p for p, _ in drive.log)
     assert main(["models", "verify", "--models", str(root)]) == 0
-    assert capsys.readouterr().out.count("matches the recorded sha256") == 4
+    assert capsys.readouterr().out.count("matches the recorded sha256") == 3
 
 
 def test_a_second_fetch_of_the_same_file_stops_at_once(drive: Server, tmp_path: Path) -> None:
@@ -355,3 +222,46 @@ def test_a_second_fetch_of_the_same_file_stops_at_once(drive: Server, tmp_path: 
     assert result.status == "invalid" and "another process is downloading ffclip_ffhq.pt" in result.message
     assert drive.log == []
     assert store.fetch("ffclip", **FAST).ok and not (store.root / "ffclip_ffhq.pt.part.lock").exists()
+
+
+def test_fetch_brings_stylegan2_only_after_a_mapper_only_ffclip_file(
+    drive: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ffclip.engine.cli import main
+
+    full = S.official_size_files(1024)["ffclip"]
+    mapper = {k: v for k, v in full["state_dict"].items() if k.startswith("module.att_mapper.")}
+    buf = io.BytesIO()
+    S.save({"state_dict": mapper, "opts": {}}, buf)
+    drive.files[ModelStore.spec("ffclip").drive_id] = buf.getvalue()
+
+    def offline(*args: object, **kwargs: object) -> Path:
+        raise DownloadError("open_clip could not download ViT-B-32 (openai): offline")
+
+    monkeypatch.setattr("ffclip.engine.store.fetch_clip", offline)
+    root = tmp_path / "models"
+    assert main(["models", "fetch", "--models", str(root), "--quiet", "--retries", "0"]) == 1  # clip failed
+    out = capsys.readouterr().out
+    order = [line.split(":")[0] for line in out.splitlines() if " -> " in line]
+    assert order == ["ffclip", "stylegan2", "e4e", "clip"]
+    store = ModelStore(root)
+    assert store.present("stylegan2") and store.index()["stylegan2"]["sha256"]
+    assert store.missing() == ["clip"]
+
+
+def test_fetch_from_a_mirror(
+    server: Server, official_bytes: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ffclip.engine.cli import main
+
+    server.files["/mirror/e4e.pt"] = official_bytes["e4e"]
+    server.behaviour["/mirror/e4e.pt"] = Behaviour(drop_after=[40_000])
+    root = tmp_path / "models"
+    url = f"{server.base}/mirror/e4e.pt"
+    assert main(["models", "fetch", "e4e", "--from", url, "--models", str(root), "--quiet"]) == 0
+    store = ModelStore(root)
+    assert store.index()["e4e"]["source"] == f"fetch: {url}"
+    assert store.index()["e4e"]["sha256"] == hashlib.sha256(official_bytes["e4e"]).hexdigest()
+    assert [r for _, r in server.log] == [None, "bytes=40000-"]  # resumed from the mirror too
+    assert main(["models", "fetch", "e4e", "ffclip", "--from", url, "--models", str(root)]) == 2
+    assert "--from URL takes exactly one model NAME" in capsys.readouterr().err

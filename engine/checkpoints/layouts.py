@@ -5,10 +5,11 @@
 | stylegan2 | stylegan2-ffhq-config-f.pt    | {'g_ema': state_dict, 'latent_avg': [512]}  (rosinality)     |
 | e4e       | e4e_ffhq_encode.pt            | {'state_dict': {encoder.*, decoder.*}, 'latent_avg': [L, 512], |
 |           |                               |  'opts': dict}                                               |
-| ffclip    | ffclip_ffhq.pt (FFCLIP README)| {'state_dict': {module.att_mapper.*, module.generator.*},    |
+| ffclip    | (Drive file; name unknown)    | {'state_dict': {module.att_mapper.*, module.generator.*},    |
 |           |                               |  'opts': pickled OmegaConf}                                  |
 | arcface   | model_ir_se50.pth             | plain IR-SE-50 state_dict (TreB1eN)                          |
-| clip      | open_clip ViT-B-32 (OpenAI)   | plain open_clip state_dict (safetensors)                     |
+| clip      | open_clip ViT-B-32 (OpenAI)   | plain open_clip state_dict (safetensors), or OpenAI's        |
+|           |                               | TorchScript ViT-B-32.pt (tensors read without its code)      |
 
 The expected {key: shape} comes from our own model classes, built on the meta device (no memory,
 no time), so a file is accepted only when it fits the model that will load it. Architecture
@@ -32,6 +33,7 @@ import torch
 from .errors import CheckpointError
 from .report import Shape, check_state_dict, shape_of
 from .safe_load import load_any, load_checkpoint, safetensors_shapes, sniff, to_plain
+from .torchscript import is_torchscript_archive, openai_to_open_clip, read_torchscript_state_dict
 
 KINDS = ("stylegan2", "e4e", "ffclip", "arcface", "clip")
 # body units per IR-SE depth (stage units 3+4+14+3, 3+13+30+3, 3+8+36+3)
@@ -383,7 +385,8 @@ def _summary(kind: str, parts: Any) -> dict[str, Any]:
 def inspect_file(path: str | os.PathLike[str], kind: str | None = None) -> Inspection:
     """Load a file safely, find (or check) its layout and verify it strictly; CheckpointError if not."""
     what = os.path.basename(os.fspath(path))
-    if kind == "clip" or (kind is None and sniff(path) == "safetensors"):
+    fmt = sniff(path)
+    if kind == "clip" or (kind is None and (fmt == "safetensors" or (fmt == "zip" and is_torchscript_archive(path)))):
         return _inspect_clip(path, what)
     obj = load_any(path)
     if not isinstance(obj, dict):
@@ -403,16 +406,26 @@ def inspect_file(path: str | os.PathLike[str], kind: str | None = None) -> Inspe
 
 
 def _parse_clip_dict(ckpt: Mapping[str, Any], what: str) -> dict[str, Any]:
-    check_clip_shapes({k: shape_of(v) for k, v in ckpt.items()}, what)  # type: ignore[misc]
-    return dict(ckpt)
+    """An open_clip or OpenAI CLIP state_dict, in open_clip's layout, checked strictly."""
+    state_dict = openai_to_open_clip(ckpt)
+    check_clip_shapes({k: shape_of(v) for k, v in state_dict.items()}, what)  # type: ignore[misc]
+    return state_dict
 
 
 def _inspect_clip(path: str | os.PathLike[str], what: str) -> Inspection:
-    if sniff(path) == "safetensors":
+    """CLIP ViT-B/32 as safetensors (shapes from the header), OpenAI's TorchScript archive (its
+    tensors, read without running it) or a pickled state_dict; `parts` is the state_dict, except
+    for safetensors (the file itself is the store's format)."""
+    info = {"model": "ViT-B-32", "pretrained": "openai"}
+    fmt = sniff(path)
+    if fmt == "safetensors":
         check_clip_shapes(safetensors_shapes(path), what)
-    else:
-        _parse_clip_dict(load_checkpoint(path), what)
-    return Inspection("clip", {"model": "ViT-B-32", "pretrained": "openai"})
+        return Inspection("clip", {**info, "format": "safetensors"})
+    if fmt == "zip" and is_torchscript_archive(path):
+        what = f"{what} (a TorchScript archive, read as OpenAI's CLIP ViT-B/32)"
+        state_dict = _parse_clip_dict(read_torchscript_state_dict(path), what)
+        return Inspection("clip", {**info, "format": "torchscript"}, state_dict)
+    return Inspection("clip", {**info, "format": "pickle"}, _parse_clip_dict(load_checkpoint(path), what))
 
 
 def read_generator(

@@ -18,8 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--models", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", parents=[common], help="show each model file and its state")
-    imp = sub.add_parser("import", parents=[common], help="check a checkpoint and copy it into the store")
-    imp.add_argument("path", metavar="PATH")
+    imp = sub.add_parser(
+        "import", parents=[common], help="check a checkpoint (recognised by its content) and put it in the store"
+    )
+    imp.add_argument("path", metavar="PATH", help="any file name; OpenAI's TorchScript ViT-B-32.pt too")
     imp.add_argument("--kind", choices=KINDS, help="expected layout (default: detected)")
     imp.add_argument("--name", choices=[s.name for s in SPECS], help="store entry (default: from the layout)")
     ver = sub.add_parser("verify", parents=[common], help="check structure and recorded sha256 of the files")
@@ -33,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"any of {', '.join(s.name for s in SPECS)} (default: what serve/edit need)",
     )
     fet.add_argument("--all", action="store_true", help="every known model (training, other domains)")
+    fet.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="download the one NAME given from this mirror instead of its published source",
+    )
     fet.add_argument("--retries", type=int, default=5, help="attempts without progress before giving up")
     fet.add_argument(
         "--stall-timeout",
@@ -89,8 +97,10 @@ def cmd_list(store: ModelStore, out: IO[str]) -> int:
         print(f"warning: {exc}", file=sys.stderr)
         index = {}
     print(f"model store: {store.root}", file=out)
+    needed = store.needed()
     rows = [
-        (s.name, s.filename, s.kind, _state(store, s.name, index), "" if s.required else "(optional)") for s in SPECS
+        (s.name, s.filename, s.kind, _state(store, s.name, index), "" if s.name in needed else "(optional)")
+        for s in SPECS
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
@@ -101,10 +111,17 @@ def cmd_list(store: ModelStore, out: IO[str]) -> int:
             + " ".join(row[3:]).rstrip(),
             file=out,
         )
-    missing = store.missing()
+    print(f"serve/edit need: {', '.join(needed)}{_stylegan2_note(needed)}", file=out)
+    missing = store.missing(needed)
     if missing:
         print(f"missing for serve/edit: {', '.join(missing)}; get them with `{store.fetch_hint}`", file=out)
     return 0
+
+
+def _stylegan2_note(needed: list[str]) -> str:
+    if "stylegan2" in needed:
+        return " (stylegan2: the FFCLIP file in the store is mapper-only)"
+    return " (stylegan2 only with a mapper-only FFCLIP file)"
 
 
 def cmd_import(store: ModelStore, path: str, kind: str | None, name: str | None, out: IO[str]) -> int:
@@ -140,24 +157,37 @@ def cmd_verify(store: ModelStore, names: list[str], accept: bool, out: IO[str]) 
         result = store.verify(name, accept=accept)
         _report(result, out)
         failed += not result.ok
-    required_absent = [n for n in absent if store.spec(n).required]
+    required_absent = [n for n in absent if n in store.needed()]
     if required_absent:
         print(f"not in the store: {', '.join(required_absent)} (`{store.fetch_hint}`)", file=out)
     return 1 if failed else 0
 
 
 def cmd_fetch(store: ModelStore, args: argparse.Namespace, out: IO[str]) -> int:
-    wanted = args.names or [s.name for s in SPECS if args.all or s.default]
-    specs = [store.spec(n) for n in wanted]
-    notices = {s.licence for s in specs if s.licence and not store.present(s.name)}
-    for notice in sorted(notices):
-        print(notice + "\n", file=out)
+    if args.source and len(args.names) != 1:
+        print("error: --from URL takes exactly one model NAME", file=sys.stderr)
+        return 2
+    explicit = args.names or ([s.name for s in SPECS] if args.all else [])
+    for name in explicit:
+        store.spec(name)  # unknown names fail before any download
     options = {"retries": args.retries, "stall_timeout": args.stall_timeout, "progress": not args.quiet}
+    if args.source:
+        options["url"] = args.source
+    shown: set[str | None] = set()
+    done: list[str] = []
     failed = 0
-    for spec in specs:
+    # without names: what serve/edit need, asked again after each file (a mapper-only FFCLIP file
+    # brings stylegan2 in)
+    while name := next((n for n in (explicit or store.needed()) if n not in done), None):
+        spec = store.spec(name)
+        if spec.licence not in shown and not store.present(name):
+            shown.add(spec.licence)
+            if spec.licence:
+                print(spec.licence + "\n", file=out)
         print(f"{spec.name}: {spec.description} -> {store.path(spec.name)}", file=out)
         out.flush()
         result = store.fetch(spec.name, **options)
         _report(result, out)
         failed += not result.ok
+        done.append(name)
     return 1 if failed else 0

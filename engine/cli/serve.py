@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tiny = small seeded untrained networks for tests and smoke runs",
     )
     models.add_argument("--fake-engine", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-fetch",
+        action="store_true",
+        help="do not download missing model files (default: the daemon fetches them in the background)",
+    )
     parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (needed off loopback)")
     parser.add_argument("--token-file", metavar="F", help="read the token from a file instead")
     parser.add_argument(
@@ -90,4 +95,9 @@ def make_loader(args: argparse.Namespace):
         return functools.partial(FakeBackend, args.fake_stage_seconds, max_pixels=args.max_pixels)
     from ffclip.bridge.backend import load_engine_backend
 
-    return functools.partial(load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels)
+    load = functools.partial(load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels)
+    if args.profile != "real" or args.editor != "model" or args.no_fetch:
+        return load
+    from ffclip.bridge.provision import Provisioner
+
+    return Provisioner(load, args.models)  # fetches what the store lacks, then loads
