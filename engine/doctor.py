@@ -383,11 +383,11 @@ def models_checks(ctx: Context, profile: str, models_dir: str | None, why: str) 
 
 
 def real_models_check(ctx: Context, models_dir: str | None) -> Check:
-    from ffclip.engine.store import SPECS, ModelStore, default_root, sha256_file
+    from ffclip.engine.store import ModelStore, default_root, sha256_file
 
     store = ModelStore(Path(models_dir).expanduser() if models_dir else default_root(ctx.environ))
     where = f" --models {store.root}" if models_dir else ""
-    required = [s.name for s in SPECS if s.required]
+    required = store.needed()  # the one rule for what serve/edit need
     group = "Models and device"
     missing = store.missing(required)
     if missing:
