@@ -148,6 +148,31 @@ def load_real(
     return Networks(generator, encoder, latent_avg, mapper, clip, sources)
 
 
+def network_bytes(profile: Profile) -> int:
+    """What `Engine.nbytes()` will be for `profile` (float32 weights and buffers of the generator,
+    e4e and the mapper), computed on the meta device before loading anything: the daemon's memory
+    budget decides what to evict from it."""
+    with torch.device("meta"):
+        g = Generator(
+            profile.size,
+            profile.style_dim,
+            n_mlp=profile.n_mlp,
+            channel_multiplier=profile.channel_multiplier,
+            channel_base=profile.channel_base,
+        )
+        enc = Encoder4Editing(
+            stylegan_size=profile.size,
+            style_dim=profile.style_dim,
+            stages=profile.e4e_stages,
+            input_width=profile.e4e_input_width,
+        )
+        mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
+    tensors = [t for m in (g, enc, mapper) for t in (*m.parameters(), *m.buffers())]
+    # latent_avg: one W per layer in the e4e files, one W in the tiny profile
+    avg = profile.style_dim * (1 if profile.untrained else g.n_latent)
+    return sum(t.numel() * t.element_size() for t in tensors) + avg * 4
+
+
 def generator_from_state_dict(state_dict: dict[str, Tensor]) -> Generator:
     """A rosinality g_ema state_dict -> its Generator, configured from the keys, loaded strictly."""
     from .checkpoints.layouts import generator_config
