@@ -98,6 +98,17 @@ SPECS: tuple[ModelSpec, ...] = (
         required=False,
     ),
     ModelSpec(
+        "moco",
+        "moco_v2_800ep_pretrain.pt",
+        "moco",
+        "MoCo v2 ResNet-50 (training similarity loss of cars and churches)",
+        "18rLcNGdteX5LwT7sv_F7HWr12HpVEzVe",
+        "encoder4editing README (facebookresearch/moco)",
+        {"arch": "resnet50"},
+        default=False,
+        required=False,
+    ),
+    ModelSpec(
         "e4e-cars",
         "e4e_cars_encode.pt",
         "e4e",
