@@ -56,6 +56,7 @@ class DomainBackend:
         self._load_image = load_image
         self._lock = threading.Lock()
         self._loaded: OrderedDict[str, EngineBackend] = OrderedDict()  # least recently used first
+        self._bytes: dict[str, int] = {}  # Engine.nbytes() of each loaded domain
         self._states: dict[str, dict[str, Any]] = {}
         self._text: Any = None  # the CLIP text encoder every domain's engine shares
         self._face_models: dict[str, Any] = {"profile": profile, "device": device}
@@ -87,10 +88,11 @@ class DomainBackend:
             raise EngineError("internal", f"the {domain} models failed to load ({text}); see the engine log") from None
         if warm_up:
             _warm_up(backend)
+        nbytes = backend.engine.nbytes() if backend.engine is not None else 0
         with self._lock:
             self._loaded[domain] = backend
+            self._bytes[domain] = nbytes
             self.loads += 1
-        nbytes = backend.engine.nbytes() if backend.engine is not None else 0
         self._set_state(domain, state="ready", bytes=nbytes, seconds=round(time.monotonic() - started, 2))
         if domain == "face" and backend.engine is not None:
             self._face_models = dict(backend.engine.describe())
@@ -151,6 +153,7 @@ class DomainBackend:
             domain, backend = next(iter(self._loaded.items()))
             with self._lock:
                 del self._loaded[domain]
+                del self._bytes[domain]
                 self.evictions += 1
             self._set_state(domain, state="available", bytes=0)
             log.info("evicted the %s domain (memory budget %.0f MB)", domain, self.budget / 1e6)
@@ -163,7 +166,7 @@ class DomainBackend:
 
     def used_bytes(self) -> int:
         with self._lock:
-            return sum(b.engine.nbytes() for b in self._loaded.values() if b.engine is not None)
+            return sum(self._bytes.values())
 
     def _set_state(self, domain: str, **fields: Any) -> None:
         with self._lock:

@@ -117,6 +117,7 @@ class LiveDialog:
         port = _EnginePort(self.session, self.pixels)
         self.editor = live.LiveEditor(port, self, self, self.pixels.width, start_engine=start)
         self.shown = 0  # previews drawn, for the scripted runs
+        self.faces_listed = False
         self._completion_model = Gtk.ListStore(str)
         training = live.training_prompts()
         for prompt in live.suggestions(settings.get("recent_prompts") or [], training):
@@ -219,6 +220,8 @@ class LiveDialog:
         if (self.domain.get_active_id() or "face") != "face":
             self.faces.set_active_id("all")
             self.faces_row.hide()
+        elif self.faces_listed:  # back to faces: the chooser the photo's faces filled
+            self.faces_row.show_all()
         self.changed()
 
     def _response(self, _dialog, response: int) -> None:
@@ -239,9 +242,10 @@ class LiveDialog:
     def set_engine(self, text: str, ready: bool) -> None:
         self.engine_label.set_text(text)
 
-    def set_faces(self, labels: list[tuple[int, str]]) -> None:  # only ever for faces
+    def set_faces(self, labels: list[tuple[int, str]]) -> None:  # once, and only for faces
         for index, label in labels:
             self.faces.append(f"face:{index}", label)
+        self.faces_listed = True
         self.faces_row.show_all()
 
     def set_busy(self, busy: bool) -> None:

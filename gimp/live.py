@@ -110,7 +110,6 @@ class LiveEditor:
             self.faces = faces
         if domain is not None and domain != self.domain:
             self.domain = domain
-            self.known_faces = []
             if self.last_status:  # is the new domain ready? (its networks load on first use)
                 self._engine_status(self.last_status)
         self.due = self.clock() + self.debounce
