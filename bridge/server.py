@@ -635,10 +635,12 @@ class EngineServer:
                 "max_text_bytes": self.config.max_text,
                 "max_queue": self.config.max_queue,
             },
-            "memory": {"rss_bytes": rss_bytes()},
+            "memory": {"rss_bytes": rss_bytes(), **info.get("memory", {})},
         }
         if "download" in info:
             fields["download"] = info["download"]
+        if "domains" in info:  # per domain: ready, loading, available, missing (and what to fetch), failed
+            fields["domains"] = info["domains"]
         return msg.status(msg.scrub_paths(fields))
 
 

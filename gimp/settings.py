@@ -13,6 +13,7 @@ writes it, the dialog updates the engine URL in it. Keys:
 - `start_timeout`: seconds to wait for a started daemon to accept connections.
 - `timeout`: seconds of silence from the engine before a job is given up.
 - `recent_prompts`: prompts of the last applied edits, offered first by the dialog's completion.
+- `domain`: what the last applied edit edited (face, car, church); the dialog opens with it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ DEFAULTS: dict = {
     "start_timeout": 120.0,
     "timeout": 600.0,
     "recent_prompts": [],  # the live dialog's completion, most recent first
+    "domain": "face",  # the live dialog's last domain
 }
 
 

@@ -48,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-queue", type=int, default=32, metavar="N", help="jobs allowed to wait")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--domain-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory for the domains' networks (face, car, church) loaded at once; the least recently used "
+        "domain is evicted to make room (default 2.5: two real domains)",
+    )
     parser.add_argument("--editor", choices=("model", "passthrough"), default="model", help=argparse.SUPPRESS)
     parser.add_argument("--log-file", metavar="F", help="log file (default: the XDG state folder's engine.log)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -68,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.max_pixels < 256 or args.max_queue < 1:
-        print("ffclip-engine serve: --max-pixels and --max-queue are too small", file=sys.stderr)
+    if args.max_pixels < 256 or args.max_queue < 1 or (args.domain_memory is not None and args.domain_memory <= 0):
+        print("ffclip-engine serve: --max-pixels, --max-queue or --domain-memory is too small", file=sys.stderr)
         return EXIT_USAGE
     log_path = setup_logging(args.log_file, args.log_level)
     try:
@@ -95,7 +103,10 @@ def make_loader(args: argparse.Namespace):
         return functools.partial(FakeBackend, args.fake_stage_seconds, max_pixels=args.max_pixels)
     from ffclip.bridge.backend import load_engine_backend
 
-    load = functools.partial(load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels)
+    budget = None if args.domain_memory is None else int(args.domain_memory * 1e9)
+    load = functools.partial(
+        load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels, budget
+    )
     if args.profile != "real" or args.editor != "model" or args.no_fetch:
         return load
     from ffclip.bridge.provision import Provisioner
