@@ -58,6 +58,9 @@ class DomainBackend:
         self._loaded: OrderedDict[str, EngineBackend] = OrderedDict()  # least recently used first
         self._bytes: dict[str, int] = {}  # Engine.nbytes() of each loaded domain
         self._states: dict[str, dict[str, Any]] = {}
+        # domain -> {"download_errors": {name: why}, "manual": {name: how}}: why the daemon's own
+        # fetch of those files failed (bridge/provision.py), said with every models_missing
+        self._fetch_notes: dict[str, dict[str, dict[str, str]]] = {}
         self._text: Any = None  # the CLIP text encoder every domain's engine shares
         self._face_models: dict[str, Any] = {"profile": profile, "device": device}
         self.evictions = 0
@@ -113,25 +116,41 @@ class DomainBackend:
         return EngineBackend(engine, pipeline, self._load_image)
 
     def _check_files(self, domain: str) -> None:
-        missing = self.missing_files(domain)
+        missing = self.missing_names(domain)
         if missing:
             hint = self.fetch_hint(domain)
             self._set_state(domain, state="missing", missing=missing, fetch=hint)
             what = "faces" if domain == "face" else f"the {domain} domain"
-            raise EngineError(
-                "models_missing", f"{what} needs model files that are not here ({', '.join(missing)}); run: {hint}"
-            )
+            files = ", ".join(self.missing_files(domain))
+            lines = [f"{what} needs model files that are not here ({files}); run: {hint}"]
+            notes = self._fetch_notes.get(domain, {})
+            for name in self.missing_names(domain):
+                if name in notes.get("download_errors", {}):
+                    lines.append(f"{name}: the engine could not download it: {notes['download_errors'][name]}")
+                if name in notes.get("manual", {}):
+                    lines.append(f"{name}: {notes['manual'][name]}")
+            raise EngineError("models_missing", "\n".join(lines))
 
-    def missing_files(self, domain: str) -> list[str]:
-        """Official file names of the domain's models that the store lacks (none for the tiny profile
-        and the passthrough editor)."""
+    def note_fetch_failures(self, domain: str, errors: dict[str, str], manual: dict[str, str]) -> None:
+        """What went wrong when the daemon fetched the domain's files itself, and the manual route."""
+        self._fetch_notes[domain] = {"download_errors": dict(errors), "manual": dict(manual)}
+
+    def missing_names(self, domain: str) -> list[str]:
+        """Store names of the domain's models that the store lacks (none for the tiny profile and the
+        passthrough editor)."""
         if self.profile == "tiny" or self.editor == "passthrough":
             return []
-        from ffclip.engine.domains import needed_models
         from ffclip.engine.store import ModelStore
 
         store = ModelStore(self.models_dir)
-        return [store.spec(name).filename for name in needed_models(domain) if not store.present(name)]
+        return store.missing(store.needed(domain))
+
+    def missing_files(self, domain: str) -> list[str]:
+        """Official file names of the domain's models that the store lacks."""
+        from ffclip.engine.store import ModelStore
+
+        store = ModelStore(self.models_dir)
+        return [store.spec(name).filename for name in self.missing_names(domain)]
 
     def fetch_hint(self, domain: str) -> str:
         from ffclip.engine.store import ModelStore
@@ -183,7 +202,7 @@ class DomainBackend:
         state = {"missing": "missing", "failed": "failed"}.get(face.get("state"), "ready")
         models = dict(self._face_models)
         if face.get("state") == "missing":
-            models.update(missing=face["missing"], fetch=face["fetch"])
+            models.update(missing=face["missing"], fetch=face["fetch"], **self._fetch_notes.get("face", {}))
         models["editor"] = self.editor
         with self._lock:
             loaded = list(self._loaded)
@@ -197,7 +216,7 @@ class DomainBackend:
             states = {d: dict(s) for d, s in self._states.items()}
         for domain in DOMAINS:
             if states.get(domain, {}).get("state") in (None, "missing"):  # files may have come since
-                missing = self.missing_files(domain)
+                missing = self.missing_names(domain)
                 if missing:
                     states[domain] = {"state": "missing", "missing": missing, "fetch": self.fetch_hint(domain)}
                 else:
