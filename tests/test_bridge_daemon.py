@@ -8,8 +8,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +30,15 @@ class Daemon:
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
         )
+        # the daemon logs to stderr as it works: read it as it comes, or a full pipe would stop it
+        self.log: deque[str] = deque(maxlen=500)
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
         line = self.proc.stdout.readline()
         match = re.search(r"listening on ws://[^:]+:(\d+)/", line)
         if not match:
             self.proc.kill()
-            raise AssertionError(f"no listening line: {line!r} {self.proc.stderr.read()}")
+            self.proc.wait()
+            raise AssertionError(f"no listening line: {line!r} {''.join(self.log)}")
         self.port = int(match.group(1))
         self.url = f"ws://127.0.0.1:{self.port}/"
 

@@ -91,13 +91,15 @@ def engine(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("engine") / "engine.log"
     cmd = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    console = log.with_name("console.txt")  # a file, not an unread pipe that would fill and stop it
+    with open(console, "wb") as out:
+        proc = subprocess.Popen([*cmd, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=out)
     url = f"ws://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"the tiny engine exited ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"the tiny engine exited ({proc.returncode}): {console.read_text()[-2000:]}")
             try:
                 client = EngineClient(url, timeout=10)
                 status = client.connect()
