@@ -117,8 +117,6 @@ SPECS: tuple[ModelSpec, ...] = (
         "18rLcNGdteX5LwT7sv_F7HWr12HpVEzVe",
         "encoder4editing README (facebookresearch/moco)",
         {"arch": "resnet50"},
-        default=False,
-        required=False,
     ),
     ModelSpec(
         "e4e-cars",
