@@ -46,7 +46,7 @@ class Job:
     user: str = ""  # the token's owner: the scheduler's fairness is between users
     connection: int = 0  # the connection that submitted it (a lane inside the user's)
     sequence: int = 0  # submission order (the scheduler's)
-    moved: bool = False  # run by a worker that did not hold its photo while one did (scheduler.py)
+    moved: int | None = None  # taken from busy holders of its photo with this many jobs ahead (scheduler.py)
     worker: int | None = None  # the worker running it
 
     @property

@@ -134,8 +134,9 @@ class Scheduler:
         job.state = "running"
         self.running[worker] = job
         holders = self.holders(job)
-        job.moved = bool(holders) and worker not in holders
-        self.stats["moved" if job.moved else "routed" if holders else "new"] += 1
+        if holders and worker not in holders:  # a steal: how long it would have waited, for the log
+            job.moved = min(self._ahead_for(h, job) for h in holders)
+        self.stats["moved" if job.moved is not None else "routed" if holders else "new"] += 1
         if job.photo is not None and self.workers > 1:
             self._holders.setdefault(job.photo, set()).add(worker)
             self._holders.move_to_end(job.photo)

@@ -614,7 +614,7 @@ class EngineServer:
         while True:
             job = await self.queue.next(worker.index)
             job.worker, worker.job, worker.stage = worker.index, job, None
-            moved = " (moved: its photo's worker was busy)" if job.moved else ""
+            moved = "" if job.moved is None else f" (moved: its photo's worker had {job.moved} jobs ahead)"
             log.info("job %s started on worker %d%s%s", job.id, worker.index, _as(job.user), moved)
             try:
                 await self._run(worker, job)
