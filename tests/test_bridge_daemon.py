@@ -23,16 +23,14 @@ PHOTO = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
 
 
 class Daemon:
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, stderr: int = subprocess.PIPE):
         command = [sys.executable, "-m", "ffclip.engine", "serve", *args]
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
-        )
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env or _env())
         line = self.proc.stdout.readline()
         match = re.search(r"listening on ws://[^:]+:(\d+)/", line)
         if not match:
             self.proc.kill()
-            raise AssertionError(f"no listening line: {line!r} {self.proc.stderr.read()}")
+            raise AssertionError(f"no listening line: {line!r} {self.proc.stderr and self.proc.stderr.read()}")
         self.port = int(match.group(1))
         self.url = f"ws://127.0.0.1:{self.port}/"
 

@@ -174,7 +174,10 @@ def make_loader(args: argparse.Namespace, device: str | None = None, first: bool
     if args.fake_engine:
         from ffclip.bridge.fake import FakeBackend
 
-        return functools.partial(FakeBackend, args.fake_stage_seconds, max_pixels=args.max_pixels, device=device)
+        photos = 64  # cached per worker, as the real 512 MB inversion cache holds dozens
+        return functools.partial(
+            FakeBackend, args.fake_stage_seconds, photos, max_pixels=args.max_pixels, device=device
+        )
     from ffclip.bridge.backend import load_engine_backend
 
     budget = None if args.domain_memory is None else int(args.domain_memory * 1e9)
