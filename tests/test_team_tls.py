@@ -296,3 +296,16 @@ def test_doctor_checks_tls_the_way_the_plugin_connects(engine, certs, tmp_path):
     settings = json.loads((native_plugins(env) / "ffclip-edit" / "ffclip-edit.json").read_text())
     assert settings["tls_ca_file"] == str(certs.ca)
     assert Path(settings["tls_ca_file"]).is_file()
+
+
+def test_service_unit_for_a_team_server(certs, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {TOKEN}\n")
+    common = ("service", "install", "--host", "0.0.0.0", "--unit-dir", str(tmp_path / "units"), "--no-systemctl")
+    plain = run_cli(*common, "--tokens-file", str(tokens))
+    assert plain.returncode == 2 and "--tls-cert" in plain.stderr
+    team = ("--tokens-file", str(tokens), "--tls-cert", str(certs.cert), "--tls-key", str(certs.key))
+    installed = run_cli(*common, *team, "--devices", "cuda:0,cuda:1")
+    assert installed.returncode == 0, installed.stderr
+    unit = (tmp_path / "units" / "ffclip-engine.service").read_text()
+    assert f"--tokens-file {tokens} --tls-cert {certs.cert} --tls-key {certs.key} --devices cuda:0,cuda:1" in unit
