@@ -162,6 +162,13 @@ def load_engine_backend(
 
     from .domains import DEFAULT_BUDGET, load_domain_backend
 
-    device = str(resolve_device(device))
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is not None:
+        import torch
+
+        # This runs on the worker's own device thread, where its jobs run too: CUDA's current device
+        # is per thread, so each worker's kernels, streams and graphs stay on its GPU.
+        torch.cuda.set_device(resolved)
+    device = str(resolved)
     budget = DEFAULT_BUDGET if budget is None else budget
     return load_domain_backend(profile, models_dir, device, editor, max_pixels, budget, load_image)

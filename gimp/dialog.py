@@ -112,7 +112,12 @@ class LiveDialog:
         self.preview = PreviewLayer(self.pixels)
         self.new_layer: Gimp.Layer | None = None
         self.url = gimp_settings.resolve_url(None, settings)
-        self.session = EngineSession(self.url, lambda e: GLib.idle_add(self._event, e), token=settings.get("token"))
+        self.session = EngineSession(
+            self.url,
+            lambda e: GLib.idle_add(self._event, e),
+            token=settings.get("token"),
+            tls=gimp_edit.session_tls(settings),
+        )
         start = self._start_engine if settings.get("autostart") and gimp_settings.is_local_url(self.url) else None
         port = _EnginePort(self.session, self.pixels)
         self.editor = live.LiveEditor(port, self, self, self.pixels.width, start_engine=start)

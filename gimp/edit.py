@@ -77,6 +77,8 @@ ERROR_TEXT = {
     "bad_request": "The engine refused the request. {message}",
     "busy": "The FFCLIP engine is busy with other jobs; try again in a moment. {message}",
     "unauthorized": "The FFCLIP engine refused the access token. Check the token in {settings}.\n" + DOCTOR_HINT,
+    "certificate": "The plug-in refused the FFCLIP engine's certificate: {message}\nThe certificate settings "
+    "(tls_ca_file, tls_fingerprint) are in {settings}.\n" + DOCTOR_HINT,
     "protocol": "The FFCLIP engine and this plug-in do not match ({message}): they come from different "
     "versions.\n" + DOCTOR_HINT,
     "cancelled": "The edit was cancelled.",
@@ -378,9 +380,20 @@ def _default_factory(settings: dict):
 
     def factory(url: str):
         timeout = float(settings.get("timeout") or 600)
-        return client.EngineClient(url, token=settings.get("token"), timeout=timeout)
+        tls = _tls_verify(settings)
+        return client.EngineClient(url, token=settings.get("token"), timeout=timeout, tls=tls)
 
     return factory
+
+
+def _tls_verify(settings: dict):
+    try:
+        return gimp_settings.tls_verify(settings)
+    except ValueError as exc:
+        raise PluginError(f"The plug-in's tls_fingerprint setting is not usable: {exc}") from None
+
+
+session_tls = _tls_verify  # the live dialog's EngineSession verifies the same way
 
 
 def _is_unreachable(exc: BaseException) -> bool:

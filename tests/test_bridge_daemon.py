@@ -77,6 +77,7 @@ def test_token_on_all_interfaces_refuses_clients_without_it(tmp_path):
         "0",
         "--token",
         "tok",
+        "--insecure-plain-token",  # plain ws:// off loopback needs it (tests/test_team_tls.py: the refusal)
         "--fake-engine",
         "--log-file",
         str(tmp_path / "e.log"),

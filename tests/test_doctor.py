@@ -26,6 +26,7 @@ from ffclip.gimp import edit as gimp_edit
 from ffclip.gimp import install
 from ffclip.gimp.settings import url_port
 from ffclip.plugin.protocol import ConnectionFailed, EngineError, ProtocolViolation
+from ffclip.plugin.tls import TLSVerify
 
 FAKE_GIMP = Path(__file__).resolve().parent / "fake_gimp_console.py"
 GB = 1 << 30
@@ -448,7 +449,7 @@ def test_tls_certificate_trust(tmp_path):
         env = environment(tmp_path)
         install_plugin(native_plugins(env), f"wss://localhost:{port}/")
         failed = failures(ed.diagnose(context(env, run_gimp=False)))
-        trusted = ed.tls_probe("localhost", port, 3.0, ssl.create_default_context(cafile=str(cert)))
+        trusted = ed.tls_probe("localhost", port, 3.0, TLSVerify(ca_file=str(cert)))
     assert set(failed) == {"engine.tls", "engine.reachable"}
     assert "not trusted" in failed["engine.tls"].text and "self-signed" in failed["engine.tls"].text
     assert failed["engine.reachable"].cause == "engine.tls"

@@ -70,6 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse larger images (default %(default)s)",
     )
     parser.add_argument("--url", help=f"send the job to a running daemon, e.g. {DEFAULT_URL}")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="wss:// daemon: the CA file its certificate must chain to (default $FFCLIP_TLS_CA, else the "
+        "system's trust store)",
+    )
+    parser.add_argument(
+        "--tls-fingerprint",
+        metavar="SHA256",
+        help="wss:// daemon: accept only the certificate with this SHA-256 fingerprint, as `serve` prints it "
+        "(default $FFCLIP_TLS_FINGERPRINT)",
+    )
 
 
 def edit_params(args: argparse.Namespace) -> EditParams:
@@ -106,9 +118,23 @@ def _run_remote(args: argparse.Namespace) -> int:
 
     if args.selection:
         raise EngineError("bad_request", "--selection is not sent to a daemon yet; run without --url")
-    summary = edit_file(args.url, args.input, edit_params(args), args.output, mask_out=args.mask_out)
+    summary = edit_file(
+        args.url, args.input, edit_params(args), args.output, mask_out=args.mask_out, tls=tls_options(args)
+    )
     print(f"wrote {args.output} (daemon {args.url}): {summary}")
     return 0
+
+
+def tls_options(args: argparse.Namespace):
+    """--tls-ca / --tls-fingerprint (or their environment variables) for a wss:// daemon."""
+    from ffclip.plugin.tls import TLSVerify
+
+    ca = args.tls_ca or os.environ.get("FFCLIP_TLS_CA")
+    pin = args.tls_fingerprint or os.environ.get("FFCLIP_TLS_FINGERPRINT")
+    try:
+        return TLSVerify.make(ca, pin)
+    except ValueError as exc:
+        raise EngineError("bad_request", str(exc)) from None
 
 
 def _load_engine(args: argparse.Namespace):

@@ -85,6 +85,8 @@ def _live(procedure, image, layer, config, settings):
 
         first = (config.get_property("prompt") or "", config.get_property("strength"))
         new = LiveDialog(image, layer, settings, HERE, first, config.get_property("domain")).run()
+    except gimp_edit.PluginError as exc:  # e.g. an unusable certificate setting
+        return _fail(procedure, str(exc))
     except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
         return _fail(procedure, "FFCLIP Edit could not run its dialog" + _log_unexpected())
     if new is None:
