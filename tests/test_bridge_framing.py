@@ -97,3 +97,41 @@ def test_empty_oversize_continuation_and_big_lengths():
     filt, out = run(stream, 4096, binary_limit=65536)
     (frame_,) = parse(out)
     assert filt.oversize_of(frame_[2]) == ("binary", 70000)
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 20])
+def test_the_limits_are_inclusive(chunk):
+    """A message of exactly the limit passes; one byte more is replaced, also when fragmented."""
+    exact = frame(OP_BINARY, bytes(1000)) + frame(OP_TEXT, b"t" * 100)
+    split = frame(OP_BINARY, bytes(600), fin=False) + frame(OP_CONT, bytes(400))
+    _, out = run(HANDSHAKE + exact + split, chunk)
+    assert out == exact + split
+    over = frame(OP_BINARY, bytes(600), fin=False) + frame(OP_CONT, bytes(401))
+    filt, out = run(HANDSHAKE + frame(OP_TEXT, b"t" * 101) + over, chunk)
+    frames = parse(out)
+    assert filt.oversize_of(frames[0][2]) == ("text", 101)
+    assert frames[1] == (False, OP_BINARY, bytes(600)) and filt.oversize_of(bytes(600) + frames[2][2]) == (
+        "binary",
+        1001,
+    )
+
+
+def test_a_marker_counts_only_at_the_end_of_a_message():
+    filt = FrameFilter(10, 10)
+    marker = filt.prefix.encode() + b"b5"
+    assert filt.oversize_of(marker) == ("binary", 5)
+    assert filt.oversize_of(b"x" * 1000 + marker) == ("binary", 5)
+    assert filt.oversize_of(marker + b"0" * 100) is None  # the prefix far from the end: client data
+    assert filt.oversize_of(filt.prefix + "t7") == ("text", 7)
+    assert filt.oversize_of(filt.prefix + "t7x") is None
+
+
+def test_an_unmasked_frame_does_not_desynchronise_the_filter():
+    """Clients must mask; an unmasked frame passes unchanged for websockets to refuse, and the frame
+    after it is still parsed at the right place (an odd length must not be read as a mask bit)."""
+    unmasked = frame_header(OP_BINARY, 5, True, None) + b"abcde"
+    stream = HANDSHAKE + unmasked + frame(OP_BINARY, bytes(5000)) + frame(OP_TEXT, b"after")
+    filt, out = run(stream, 3)
+    assert out.startswith(unmasked)
+    frames = parse(out[len(unmasked) :])
+    assert filt.oversize_of(frames[0][2]) == ("binary", 5000) and frames[1][2] == b"after"
