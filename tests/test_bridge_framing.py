@@ -135,3 +135,27 @@ def test_an_unmasked_frame_does_not_desynchronise_the_filter():
     assert out.startswith(unmasked)
     frames = parse(out[len(unmasked) :])
     assert filt.oversize_of(frames[0][2]) == ("binary", 5000) and frames[1][2] == b"after"
+
+
+def test_a_handshake_is_buffered_up_to_64_kib_then_passed_on():
+    """An overlong request is not buffered forever: past 64 KiB it goes on to websockets, which refuses
+    it, and what follows is parsed as frames."""
+    filt = FrameFilter(10, 10)
+    assert filt.feed(b"G" * (1 << 16)) == b""  # still a possible request
+    assert filt.feed(b"G") == b"G" * ((1 << 16) + 1)
+    (marker,) = parse(filt.feed(frame(OP_BINARY, bytes(50))))
+    assert filt.oversize_of(marker[2]) == ("binary", 50)
+
+
+def test_the_handshake_ends_at_the_first_blank_line():
+    filt = FrameFilter(10, 10)
+    out = filt.feed(b"\r\n\r\n" + frame(OP_TEXT, b"x" * 20))
+    assert out[:4] == b"\r\n\r\n" and filt.oversize_of(parse(out[4:])[0][2]) == ("text", 20)
+
+
+def test_the_marker_secret_is_128_random_bits():
+    prefixes = {FrameFilter(1, 1).prefix for _ in range(50)}
+    assert len(prefixes) == 50
+    for prefix in prefixes:
+        secret = prefix.removeprefix("\x00ffclip-oversize:").removesuffix(":")
+        assert len(secret) == 32 and int(secret, 16) >= 0
