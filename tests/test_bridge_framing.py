@@ -159,3 +159,14 @@ def test_the_marker_secret_is_128_random_bits():
     for prefix in prefixes:
         secret = prefix.removeprefix("\x00ffclip-oversize:").removesuffix(":")
         assert len(secret) == 32 and int(secret, 16) >= 0
+
+
+def test_a_fragmented_text_message_is_limited_like_a_whole_one():
+    """The FIN bit is bit 7 of the first byte alone: a non-final TEXT frame (opcode 1) is not final."""
+    stream = HANDSHAKE + frame(OP_TEXT, b"a" * 60, fin=False) + frame(OP_CONT, b"b" * 60) + frame(OP_TEXT, b"ok")
+    filt, out = run(stream, 7)
+    frames = parse(out)
+    assert frames[0] == (False, OP_TEXT, b"a" * 60)
+    fin, opcode, payload = frames[1]
+    assert fin and opcode == OP_CONT and filt.oversize_of("a" * 60 + payload.decode("latin-1")) == ("text", 120)
+    assert frames[2] == (True, OP_TEXT, b"ok")
