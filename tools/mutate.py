@@ -37,6 +37,7 @@ TESTS: dict[str, list[str]] = {
     "engine/checkpoints/safe_load.py": [
         "tests/test_checkpoints_safe_load.py",
         "tests/test_checkpoints_allow_list.py",
+        "tests/test_checkpoints_edges.py",
         "tests/test_checkpoints_layouts.py",
     ],
     "bridge/framing.py": [
