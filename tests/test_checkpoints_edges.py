@@ -5,16 +5,29 @@ boundaries, and reading configuration placeholders that are cyclic, deep or stat
 
 from __future__ import annotations
 
+import argparse
 import io
+import pickle
+import struct
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from ffclip.engine.checkpoints import CheckpointError, load_checkpoint, to_plain
-from ffclip.engine.checkpoints.safe_load import HEAD_BYTES, inert_class, load_any, safetensors_shapes, sniff
+from ffclip.engine.checkpoints.safe_load import (
+    HEAD_BYTES,
+    inert_class,
+    load_any,
+    safe_pickle_loads,
+    safetensors_shapes,
+    sniff,
+)
 
 # --- safetensors ---------------------------------------------------------------------------------
 
@@ -158,3 +171,82 @@ def test_a_placeholder_without_state_reads_as_its_name() -> None:
     paired = inert_class("omegaconf.listconfig", "ListConfig")()
     paired.__setstate__(({"_content": [1, 2]}, {"slot": 1}))
     assert to_plain(paired) == [1, 2]
+
+
+# --- corrupt files: always a CheckpointError -----------------------------------------------------
+
+# What torch's loaders raised on randomly corrupted files (the fuzz test below finds them)
+LOADER_ERRORS = [
+    EOFError("x"),
+    pickle.UnpicklingError("x"),
+    RuntimeError("x"),
+    OSError("x"),
+    ValueError("x"),
+    UnicodeDecodeError("utf-8", b"\xff", 0, 1, "x"),
+    struct.error("x"),
+    KeyError("x"),
+    AttributeError("x"),
+    TypeError("x"),
+    IndexError("x"),
+    AssertionError("storage key '1' not found in deserialized_objects"),
+    MemoryError(),
+]
+
+
+@pytest.mark.parametrize("error", LOADER_ERRORS, ids=lambda e: type(e).__name__)
+def test_every_error_of_the_loader_becomes_a_checkpoint_error(tmp_path: Path, monkeypatch, error) -> None:
+    path = tmp_path / "c.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert type(info.value) is CheckpointError
+    assert f"({type(error).__name__}: " in str(info.value) and "truncated or corrupt" in str(info.value)
+
+
+def _checkpoint_bytes(legacy: bool) -> bytes:
+    buf = io.BytesIO()
+    ckpt = {"w": torch.arange(12.0).reshape(4, 3), "opts": argparse.Namespace(size=256, lr=[0.1, 0.2]), "n": 3}
+    torch.save(ckpt, buf, _use_new_zipfile_serialization=not legacy)
+    return buf.getvalue()
+
+
+CHECKPOINTS = {legacy: _checkpoint_bytes(legacy) for legacy in (False, True)}
+
+
+@given(
+    legacy=st.booleans(),
+    edits=st.lists(st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4),
+)
+@settings(max_examples=150)
+def test_a_corrupted_checkpoint_loads_or_is_refused_in_words(tmp_path_factory, legacy: bool, edits) -> None:
+    """Random bytes changed anywhere in a zip or legacy file: a dict, or a CheckpointError; never a
+    traceback of another type, and never anything run."""
+    data = bytearray(CHECKPOINTS[legacy])
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    path = tmp_path_factory.mktemp("fuzz") / "c.pt"
+    path.write_bytes(bytes(data))
+    try:
+        out = load_checkpoint(path)
+    except CheckpointError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert isinstance(out, dict)
+
+
+def test_a_huge_memo_index_does_not_allocate_memory() -> None:
+    """LONG_BINPUT with index 2**26: the C unpickler grows its memo array to 1 GiB (2**32: tens of GB,
+    a corrupt checkpoint that takes the machine down); the loader's memo is a dict."""
+    payload = b"\x80\x02}r" + (1 << 26).to_bytes(4, "little") + b"."
+    tracemalloc.start()
+    try:
+        assert safe_pickle_loads(payload) == {}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak >> 20} MiB allocated"

@@ -277,7 +277,11 @@ def _torch_attr(module: str, name: str) -> Any:
     return obj
 
 
-class SafeUnpickler(pickle.Unpickler):
+class SafeUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler: its memo is a dict, where the C one is an array that a corrupt
+    LONG_BINPUT index (up to 2**32) grows to tens of GB. Checkpoint pickles are small (the tensor
+    data is not in them), so the speed does not matter."""
+
     def find_class(self, module: str, name: str) -> Any:
         return resolve_global(module, name)
 
@@ -305,7 +309,7 @@ def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # a corrupt directory
         raise CheckpointError(
             f"{path} is a truncated or corrupt torch archive ({exc}); an interrupted download? Fetch or copy it again"
         ) from None
@@ -336,6 +340,8 @@ def _torch_load(path: Path) -> Any:
         AttributeError,
         TypeError,
         IndexError,
+        AssertionError,  # torch's legacy loader asserts on storage keys that a corrupt file lacks
+        MemoryError,  # a corrupt length asks the unpickler for an impossible string
     ) as exc:
         raise CheckpointError(
             f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
