@@ -158,3 +158,11 @@ def test_the_plugin_client_sends_its_token(server) -> None:
     with pytest.raises(EngineError) as info:
         EngineClient(server.url, token=TOKEN[:-1], timeout=10).connect()
     assert info.value.code == "unauthorized"
+
+
+def test_a_refused_web_page_is_logged_with_its_origin_cut_short(server, caplog) -> None:
+    origin = "http://evil.example/" + "x" * 300
+    with caplog.at_level("WARNING", logger="ffclip.bridge"), pytest.raises(HandshakeError):
+        WebSocket.connect(server.url, headers={"Origin": origin, "origin": "http://second.example"})
+    (record,) = [r for r in caplog.records if "web page" in r.getMessage()]
+    assert record.getMessage() == f"refused a connection from a web page (Origin: {origin[:100]})"

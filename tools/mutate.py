@@ -137,13 +137,11 @@ def run(args: argparse.Namespace, module: str, tests: list[str], home: Path, ses
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` is a running mutate.py (a stale lock's pid may be gone, or reused by another program)."""
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError):
+        return b"mutate.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 # --- the scratch copy ----------------------------------------------------------------------------
