@@ -132,6 +132,9 @@ def test_a_smaller_reconstruction_is_sampled_in_place_pixel_exactly() -> None:
     px = np.arange(x, x + paste.region[2], dtype=np.float64)
     inner = slice(10, 95)
     np.testing.assert_allclose(paste.reference[50, inner, 1], ((px - 40.0) / 100.0 * 32 - 0.5)[inner], atol=0.05)
+    down = warp_to_photo(t, np.zeros((64, 64, 3), np.float32), None, PHOTO, DEFAULT, recon=ramp.transpose(1, 0, 2))
+    py = np.arange(paste.region[1], paste.region[1] + paste.region[3], dtype=np.float64)
+    np.testing.assert_allclose(down.reference[inner, 50, 0], ((py - 30.0) / 100.0 * 32 - 0.5)[inner], atol=0.05)
 
 
 @pytest.mark.parametrize("x0", [-300.0, 260.0])
@@ -190,6 +193,16 @@ def test_a_local_colour_error_is_matched_locally() -> None:
     assert corr[mid, 5] > 20.0 and corr[mid, -6] < 10.0 and (corr >= -1e-3).all()
 
 
+def test_a_paste_one_pixel_high_is_matched() -> None:
+    """A big face cut by the photo's edge down to one row: the reduced grid keeps at least one cell."""
+    paste = FacePaste((0, 0, 300, 1), np.full((1, 300), 0.5, np.float32), np.full((1, 300, 3), 90.0, np.float32))
+    match_colours(paste, np.full((1, 300, 3), 100.0, np.float32), 960.0, DEFAULT)
+    np.testing.assert_allclose(paste.content, 100.0, atol=1e-3)
+    tall = FacePaste((0, 0, 1, 300), np.full((300, 1), 0.5, np.float32), np.full((300, 1, 3), 90.0, np.float32))
+    match_colours(tall, np.full((300, 1, 3), 80.0, np.float32), 960.0, DEFAULT)
+    np.testing.assert_allclose(tall.content, 80.0, atol=1e-3)
+
+
 def test_without_a_seam_or_without_a_limit_nothing_changes() -> None:
     for alpha_scale, config in ((0.0, DEFAULT), (1.0, BlendConfig(colour_limit=0.0))):
         paste, before, photo = _paste(alpha_scale)
@@ -229,12 +242,12 @@ def test_later_faces_are_pasted_over_earlier_ones() -> None:
     np.testing.assert_allclose(layer[0, :, 0], [100.0, 100.0, 150.0, 150.0, 200.0, 200.0], atol=1e-4)
 
 
-def test_half_over_half_gives_three_quarters() -> None:
+def test_a_quarter_over_a_half_is_the_over_operator() -> None:
     comp = Compositor([(0, 0, 2, 2)])
     comp.add(_flat((0, 0, 2, 2), 40.0, 0.5))
-    comp.add(_flat((0, 0, 2, 2), 200.0, 0.5))
-    np.testing.assert_allclose(comp.alpha, 0.75)
-    np.testing.assert_allclose(comp.layer()[..., 0], (40.0 * 0.25 + 200.0 * 0.5) / 0.75, atol=1e-4)
+    comp.add(_flat((0, 0, 2, 2), 200.0, 0.25))
+    np.testing.assert_allclose(comp.alpha, 1.0 - 0.5 * 0.75)
+    np.testing.assert_allclose(comp.layer()[..., 0], (40.0 * 0.5 * 0.75 + 200.0 * 0.25) / 0.625, atol=1e-4)
 
 
 def test_a_weight_scales_the_alpha_and_a_window_slices_the_layer() -> None:
@@ -248,6 +261,22 @@ def test_a_weight_scales_the_alpha_and_a_window_slices_the_layer() -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def test_the_documented_defaults() -> None:
+    """The widths and limits docs/architecture.md and the field comments give (tuned on real photos)."""
+    assert BlendConfig() == BlendConfig(
+        crop_margin=0.01,
+        crop_feather=0.08,
+        change_low=6.0,
+        change_high=16.0,
+        change_smooth=1 / 256,
+        change_dilate=0.03,
+        change_feather=0.02,
+        colour_sigma=0.08,
+        colour_limit=48.0,
+        oversample=2.0,
+    )
 
 
 def test_gaussian_and_prefilter() -> None:
