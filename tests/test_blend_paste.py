@@ -193,6 +193,16 @@ def test_a_local_colour_error_is_matched_locally() -> None:
     assert corr[mid, 5] > 20.0 and corr[mid, -6] < 10.0 and (corr >= -1e-3).all()
 
 
+def test_only_the_seam_ring_decides_the_correction() -> None:
+    """A difference where the alpha is 1 (inside the face, where the edit shows) is not a colour error."""
+    paste, before, photo = _paste()
+    inside = paste.alpha >= 0.999
+    assert inside.mean() > 0.5
+    photo[inside] += 30.0
+    match_colours(paste, photo, 100.0, DEFAULT)
+    assert float(np.abs(paste.content - before).max()) < 0.5
+
+
 def test_a_paste_one_pixel_high_is_matched() -> None:
     """A big face cut by the photo's edge down to one row: the reduced grid keeps at least one cell."""
     paste = FacePaste((0, 0, 300, 1), np.full((1, 300), 0.5, np.float32), np.full((1, 300, 3), 90.0, np.float32))
