@@ -236,7 +236,7 @@ def _flat(region: tuple[int, int, int, int], colour: float, alpha: float) -> Fac
 
 
 def test_the_compositor_box_is_the_union_of_the_regions() -> None:
-    comp = Compositor([(10, 20, 30, 40), (25, 5, 10, 10), (0, 0, 0, 5)])  # the empty one is ignored
+    comp = Compositor([(10, 20, 30, 40), (25, 5, 10, 10), (0, 0, 0, 5), (60, 90, 5, 0)])  # empty ones are ignored
     assert comp.box == (10, 5, 30, 55)
     assert comp.alpha.shape == (55, 30) and comp.premul.shape == (55, 30, 3)
     assert Compositor([]).box == (0, 0, 0, 0)
