@@ -183,14 +183,31 @@ def test_the_correction_follows_the_photo_minus_the_reconstruction_not_the_edit(
     np.testing.assert_allclose(paste.content, before + 30.0, atol=1e-3)
 
 
-def test_a_local_colour_error_is_matched_locally() -> None:
-    """Left half of the photo +30 red: the correction is larger on the left seam than on the right."""
-    paste, before, photo = _paste()
-    photo[:, : photo.shape[1] // 2, 0] += 30.0
-    match_colours(paste, photo, 100.0, DEFAULT)
+@pytest.mark.parametrize("q", [100.0, 400.0])
+def test_a_local_colour_error_is_matched_locally(q: float) -> None:
+    """Left half of the photo +30 red: the correction follows it on the left seam, not on the right
+    (the low-pass width is a fraction of the face, also when the face is large and matched on a grid)."""
+    t = square(40.0, 30.0, q)
+    content = np.random.default_rng(6).uniform(60.0, 200.0, (64, 64, 3)).astype(np.float32)
+    paste = warp_to_photo(t, content, None, (int(q) + 100, int(q) + 80), DEFAULT, recon=content)
+    before, photo = paste.content.copy(), paste.reference.copy()
+    x0, y0 = paste.region[:2]
+    photo[:, : int(40 + q / 2) - x0, 0] += 30.0  # the left half of the face
+    match_colours(paste, photo, q, DEFAULT)
     corr = paste.content[..., 0] - before[..., 0]
-    mid = corr.shape[0] // 2
-    assert corr[mid, 5] > 20.0 and corr[mid, -6] < 10.0 and (corr >= -1e-3).all()
+    seam = int(30 + 0.05 * q) - y0  # the top seam, where the crop alpha is 1/2
+    left, right = int(40 + 0.2 * q) - x0, int(40 + 0.8 * q) - x0  # 0.3 q (~3 low-pass widths) from the middle
+    assert corr[seam, left] > 27.0 and corr[seam, right] < 3.0 and (corr >= -1e-3).all()
+
+
+def test_a_small_seam_on_a_coarse_grid_is_matched_exactly() -> None:
+    """A 20 px paste of a big face (grid step 10): its seam sums to less than one grid cell, and the
+    uniform colour error must still be matched in full."""
+    alpha = np.ones((20, 20), np.float32)
+    alpha[:, 0] = alpha[:, -1] = alpha[0, :] = alpha[-1, :] = 0.5
+    paste = FacePaste((0, 0, 20, 20), alpha, np.full((20, 20, 3), 90.0, np.float32))
+    match_colours(paste, np.full((20, 20, 3), 130.0, np.float32), 960.0, DEFAULT)
+    np.testing.assert_allclose(paste.content, 130.0, atol=0.05)
 
 
 def test_only_the_seam_ring_decides_the_correction() -> None:
