@@ -112,3 +112,20 @@ def test_thresholds_apply_to_the_mean_over_the_colour_channels() -> None:
     one_channel = recon.copy()
     one_channel[..., 0] += 3 * 11.0  # mean over RGB: 11 levels, halfway up the default ramp
     np.testing.assert_allclose(change_mask(one_channel, recon), 0.5, atol=1e-4)
+
+
+def test_isolated_noisy_pixels_are_smoothed_below_the_threshold() -> None:
+    """GAN noise: single pixels 12 levels off (above change_low on their own) are blurred (σ = 1 px at
+    256²) below it before thresholding, so they do not blend in."""
+    recon = _recon(256, 7)
+    edit = recon.copy()
+    rng = np.random.default_rng(7)
+    ys, xs = rng.integers(8, 248, 40), rng.integers(8, 248, 40)
+    edit[ys, xs] += 12.0
+    assert float(change_mask(edit, recon).max()) == 0.0
+    assert float(change_mask(edit, recon, BlendConfig(change_smooth=0.0)).max()) > 0.5  # unsmoothed, they would
+
+
+def test_without_a_config_the_defaults_apply() -> None:
+    recon = _recon(64, 8)
+    np.testing.assert_array_equal(change_mask(recon + 11.0, recon), change_mask(recon + 11.0, recon, DEFAULT))

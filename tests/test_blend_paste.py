@@ -97,6 +97,25 @@ def test_the_alpha_is_the_crop_alpha_at_each_photo_pixel() -> None:
     assert paste.reference is None
 
 
+def test_the_config_is_honoured_and_defaults_when_absent() -> None:
+    t = square(40.0, 30.0, 100.0)
+    content = np.full((64, 64, 3), 9.0, np.float32)
+    wide = BlendConfig(crop_margin=0.05, crop_feather=0.3)
+    paste = warp_to_photo(t, content, None, PHOTO, wide)
+    x, y, w, h = paste.region
+    px, py = np.meshgrid(np.arange(x, x + w, dtype=np.float64), np.arange(y, y + h, dtype=np.float64))
+    np.testing.assert_allclose(paste.alpha, crop_alpha((px - 40.0) / 100.0, (py - 30.0) / 100.0, wide), atol=1e-5)
+    assert np.array_equal(
+        warp_to_photo(t, content, None, PHOTO).alpha, warp_to_photo(t, content, None, PHOTO, DEFAULT).alpha
+    )
+    plain, _, photo = _paste()
+    match_colours(plain, photo + 100.0, 100.0)  # default limit: 48
+    np.testing.assert_allclose(plain.content - _paste()[1], 48.0, atol=1e-3)
+    loose, before, photo = _paste()
+    match_colours(loose, photo + 100.0, 100.0, BlendConfig(colour_limit=70.0))
+    np.testing.assert_allclose(loose.content - before, 70.0, atol=1e-3)
+
+
 def test_the_change_mask_of_another_size_is_sampled_in_place() -> None:
     """A 32² change mask that is 1 on the left half of the crop: the alpha keeps only the left half."""
     t = square(40.0, 30.0, 100.0)
