@@ -72,7 +72,7 @@ def test_drift_below_the_low_threshold_is_exactly_zero(
 def test_at_or_above_the_high_threshold_is_fully_changed(size: int, d: float, config: BlendConfig) -> None:
     recon = _recon(size, 2)
     mask = change_mask(recon + np.float32(config.change_high + d), recon, config)
-    assert float(mask.min()) >= 1.0 - 1e-5 and float(mask.max()) <= 1.0
+    assert float(mask.min()) >= 1.0 - 1e-4 and float(mask.max()) <= 1.0  # float32 blur rounding
 
 
 @given(seed=st.integers(0, 2**16), scale=st.floats(1.0, 4.0))
@@ -95,7 +95,7 @@ def test_a_local_change_is_dilated_and_feathered_by_the_configured_widths() -> N
     mask = change_mask(edit, recon)
     radius = round(DEFAULT.change_dilate * size)  # 8 px
     sigma = DEFAULT.change_feather * size  # ~5 px
-    assert (mask[96:160, 96:160] >= 0.95).all()  # its corners are rounded by the elliptic dilation
+    assert (mask[96:160, 96:160] >= 0.9).all()  # its corners are rounded by the dilation and the feather
     inner = 96 - radius + int(3 * sigma)  # inside the dilated square by three feather sigmas
     assert (mask[inner : 160 + radius - int(3 * sigma), inner : 160 + radius - int(3 * sigma)] >= 0.99).all()
     outer = 96 - radius - int(3 * sigma) - 2  # beyond the dilation and the feather's reach
@@ -105,6 +105,7 @@ def test_a_local_change_is_dilated_and_feathered_by_the_configured_widths() -> N
     edge = mask[128, 64:96]  # the feathered edge rises monotonically, through 1/2 at the dilated edge
     assert (np.diff(edge) >= -1e-6).all()
     assert abs(64 + int(np.argmax(edge >= 0.5)) - (96 - radius)) <= 1
+    np.testing.assert_allclose(mask[64:96, 128], edge, atol=1e-6)  # the same in y: a round dilation
 
 
 def test_thresholds_apply_to_the_mean_over_the_colour_channels() -> None:
