@@ -55,7 +55,7 @@ TESTS: dict[str, list[str]] = {
     "engine/models/mapper.py": [
         "tests/test_models.py tests/test_checkpoints_layouts.py -k 'mapper or ffclip or float64'"
     ],
-    "bridge/messages.py": ["tests/test_bridge_messages.py", "tests/test_bridge_protocol.py"],
+    "bridge/messages.py": ["tests/test_bridge_requests.py", "tests/test_bridge_protocol.py"],
 }
 
 # Operators left out, with the reason (docs/testing.md repeats it):
