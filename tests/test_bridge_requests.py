@@ -203,3 +203,12 @@ def test_progress_values_are_clamped_to_0_1_and_rounded() -> None:
                 break
         sock.close()
     assert values[:3] == [0.3333, 0.0, 1.0]
+
+
+def test_a_refused_edit_without_an_image_announces_no_frame(ws) -> None:
+    """So a binary frame after it is not swallowed as its image: it is reported as unannounced."""
+    ws.send_text(json.dumps(_edit(image=DROP)))
+    assert json.loads(ws.recv(20))["code"] == "bad_request"
+    ws.send_binary(IMAGE)
+    reply = json.loads(ws.recv(20))
+    assert reply["code"] == "bad_request" and "without an edit announcement" in reply["message"]
