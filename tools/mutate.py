@@ -53,7 +53,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_pipeline_synthetic.py",
     ],
     "engine/models/mapper.py": [
-        "tests/test_models.py tests/test_checkpoints_layouts.py -k 'mapper or ffclip or float64'"
+        "tests/test_mapper.py tests/test_models.py tests/test_checkpoints_layouts.py -k 'mapper or ffclip or float64'"
     ],
     "bridge/messages.py": ["tests/test_bridge_requests.py", "tests/test_bridge_protocol.py"],
 }
