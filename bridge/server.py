@@ -433,13 +433,14 @@ class EngineServer:
         return GuardedConnection(protocol, server, frame_filter=frame_filter, **kwargs)
 
     def _check_request(self, connection: GuardedConnection, request):
-        origin = request.headers.get("Origin")
-        if origin is not None:
+        origins = request.headers.get_all("Origin")  # get() would raise on a repeated header
+        if origins:
             # Browsers always send Origin; native clients (the plug-in, scripts) do not. Refusing it
             # keeps any web page the user visits from driving the engine.
-            log.warning("refused a connection from a web page (Origin: %s)", origin[:100])
+            log.warning("refused a connection from a web page (Origin: %s)", origins[0][:100])
             return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
-        connection.identity = self._identify(request.headers.get("Authorization"))
+        authorization = request.headers.get_all("Authorization")  # two of them: neither counts
+        connection.identity = self._identify(authorization[0] if len(authorization) == 1 else None)
         return None
 
     def _identify(self, header: str | None) -> Identity | None:

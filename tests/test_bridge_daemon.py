@@ -130,7 +130,6 @@ def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
         ws.send_text(json.dumps(message))
         ws.send_binary(PHOTO.tobytes())
     time.sleep(0.5)
-    started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
     ends = {}
     with pytest.raises(ConnectionClosed) as closed:
@@ -142,9 +141,11 @@ def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
                     assert message["id"] not in ends
                     ends[message["id"]] = message.get("code", message["type"])
     assert closed.value.code == 1001
-    assert ends == {job: "cancelled" for job in jobs}
-    assert daemon.proc.wait(10) == 0 and time.monotonic() - started < 5
+    assert ends == {job: "cancelled" for job in jobs}  # none was run to its end first
+    assert daemon.proc.wait(10) == 0
     assert "stopped" in daemon.proc.stdout.read()
+    log = (tmp_path / "l").read_text()
+    assert " done in " not in log, log  # no job was finished on the device before stopping
 
 
 def test_a_200mb_frame_does_not_grow_the_daemon(tmp_path):

@@ -55,13 +55,10 @@ def looks_like_html(head: bytes) -> bool:
 
 def _is_text(head: bytes) -> bool:
     try:
-        text = head.decode("utf-8")
+        # final=False: a multi-byte character cut at the end of the sample is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
-        # a multi-byte character cut at the end of the sample is still text
-        try:
-            text = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
-            return False
+        return False
     return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
 
 
@@ -280,7 +277,11 @@ def _torch_attr(module: str, name: str) -> Any:
     return obj
 
 
-class SafeUnpickler(pickle.Unpickler):
+class SafeUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler: its memo is a dict, where the C one is an array that a corrupt
+    LONG_BINPUT index (up to 2**32) grows to tens of GB. Checkpoint pickles are small (the tensor
+    data is not in them), so the speed does not matter."""
+
     def find_class(self, module: str, name: str) -> Any:
         return resolve_global(module, name)
 
@@ -308,7 +309,7 @@ def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # a corrupt directory
         raise CheckpointError(
             f"{path} is a truncated or corrupt torch archive ({exc}); an interrupted download? Fetch or copy it again"
         ) from None
@@ -339,6 +340,8 @@ def _torch_load(path: Path) -> Any:
         AttributeError,
         TypeError,
         IndexError,
+        AssertionError,  # torch's legacy loader asserts on storage keys that a corrupt file lacks
+        MemoryError,  # a corrupt length asks the unpickler for an impossible string
     ) as exc:
         raise CheckpointError(
             f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
@@ -358,17 +361,24 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes from a safetensors header, without reading the data; checks the file length."""
+    """Keys and shapes from a safetensors header, without reading the data; checks the file length
+    (exactly: safetensors itself refuses a file longer than its header describes)."""
     path = Path(path)
     size = path.stat().st_size
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+        shapes = {k: tuple(v["shape"]) for k, v in header.items()}
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path} has an unreadable safetensors header ({type(exc).__name__}: {exc})") from None
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: {size} bytes, the header describes {8 + n + end}")
-    return {k: tuple(v["shape"]) for k, v in header.items()}
+    if 8 + n + end < size:
+        raise CheckpointError(f"{path} has {size - 8 - n - end} bytes after the data its header describes")
+    return shapes
 
 
 def load_any(path: str | os.PathLike[str]) -> Any:

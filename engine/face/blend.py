@@ -41,7 +41,9 @@ def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0.3:
         return img
     radius = max(int(3.0 * sigma + 0.5), 1)
-    return cv2.GaussianBlur(img, (2 * radius + 1, 2 * radius + 1), sigma, sigma, cv2.BORDER_REFLECT)
+    # by keyword: the 4th positional parameter is `dst`, so positionally sigmaY became BORDER_REFLECT (2)
+    size = (2 * radius + 1, 2 * radius + 1)
+    return cv2.GaussianBlur(img, size, sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
 
 def crop_alpha(u: np.ndarray, v: np.ndarray, config: BlendConfig) -> np.ndarray:
