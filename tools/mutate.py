@@ -2,7 +2,7 @@
 """Mutation testing of one module with cosmic-ray, against the tests that guard it.
 
     python tools/mutate.py engine/checkpoints/safe_load.py            # run (or resume), then report
-    python tools/mutate.py bridge/server.py --only _token_ok _check_request
+    python tools/mutate.py bridge/server.py --only _check_request _identify
     python tools/mutate.py engine/face/blend.py --report              # report an earlier run only
     python tools/mutate.py engine/face/blend.py --tests tests/test_blend_change_mask.py
 
@@ -44,7 +44,13 @@ TESTS: dict[str, list[str]] = {
         "tests/test_bridge_framing.py",
         "tests/test_bridge_protocol.py -k 'framing or oversized or bad_inputs or never_reads'",
     ],
-    "bridge/server.py": ["tests/test_bridge_auth.py", "tests/test_bridge_protocol.py -k 'auth or token'"],
+    # the authentication: `--only _check_request _identify` (the token comparison is tokens.py's)
+    "bridge/server.py": [
+        "tests/test_bridge_auth.py",
+        "tests/test_team_tokens.py",
+        "tests/test_bridge_protocol.py -k 'auth or token'",
+    ],
+    "bridge/tokens.py": ["tests/test_team_tokens.py", "tests/test_bridge_auth.py"],
     "engine/face/blend.py": [
         "tests/test_blend_change_mask.py",
         "tests/test_blend_paste.py",
@@ -55,7 +61,20 @@ TESTS: dict[str, list[str]] = {
     "engine/models/mapper.py": [
         "tests/test_mapper.py tests/test_models.py tests/test_checkpoints_layouts.py -k 'mapper or ffclip or float64'"
     ],
-    "bridge/messages.py": ["tests/test_bridge_requests.py", "tests/test_bridge_protocol.py"],
+    # the protocol parser: what reads a client's messages (`--only`: see docs/testing.md) ...
+    "plugin/protocol.py": [
+        "tests/test_protocol_parser.py",
+        "tests/test_plugin_client.py::test_protocol_helpers",
+        "tests/test_pipeline_inputs.py::test_bad_requests",
+        "tests/test_domains.py::test_domain_travels_in_the_edit_and_faces_stay_as_they_were",
+        "tests/test_bridge_requests.py",
+    ],
+    # ... and the engine's side of it, `--only parse_edit announced_frames frames`
+    "bridge/messages.py": [
+        "tests/test_protocol_parser.py",
+        "tests/test_bridge_requests.py",
+        "tests/test_bridge_protocol.py",
+    ],
 }
 
 # Operators left out, with the reason (docs/testing.md repeats it):
