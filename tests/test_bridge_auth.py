@@ -52,6 +52,7 @@ def near_misses(draw: st.DrawFn, token: str) -> str:
     credential = draw(
         st.sampled_from(
             [
+                token,  # the token itself, after a wrong scheme
                 token[:cut],  # a prefix (also the empty credential)
                 token[cut:],  # a suffix
                 token + other,  # the token and more
@@ -75,6 +76,15 @@ def test_only_the_exact_token_opens(token: str, data: st.DataObject | None) -> N
     else:
         header = data.draw(st.one_of(near_misses(token), st.text(HEADER_CHARS, max_size=60)))
     assert token_ok(token, header) == accepts(header, token), header
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer s", "Bearer s3cre", "Bearer s3cret!", "Bearers3cret", "Bearer\ts3cret", "bearer s3cret", "Bearer: s3cret"],
+)
+def test_near_misses_of_the_scheme_and_the_token(header: str) -> None:
+    """The mistakes a comparison makes most easily, each spelled out (the property may not draw them)."""
+    assert not token_ok(TOKEN, header) and not accepts(header, TOKEN)
 
 
 @given(token=tokens, before=blanks, after=blanks)
