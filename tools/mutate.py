@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rerun-survivors", action="store_true", help="run the surviving mutants again (after adding tests)"
     )
+    parser.add_argument(
+        "--rerun-timeouts",
+        action="store_true",
+        help="run the timed-out mutants again (with a longer --timeout: a slow run on a loaded machine times out)",
+    )
     args = parser.parse_args(argv)
 
     module = args.module.replace(os.sep, "/")
@@ -145,7 +150,9 @@ def run(args: argparse.Namespace, module: str, tests: list[str], home: Path, ses
         cosmic_filter("cr-filter-operators", [str(session), str(config)], work, env)
         skip_mutants(session, annotation_spans(REPO / module), set(args.only or ()))
     if args.rerun_survivors:
-        forget_survivors(session)
+        forget(session, "test_outcome = 'SURVIVED'")
+    if args.rerun_timeouts:
+        forget(session, "output = 'timeout'")
     print(f"mutating {module} in {work} ({pending(session)} mutants to run, {timeout:.0f} s timeout each)")
     print(f"tests: {command}", flush=True)
     cosmic(["exec", str(config), str(session)], work, env)
@@ -283,12 +290,13 @@ def skip_mutants(session: Path, annotations: list, functions: set[str]) -> None:
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=reason))
 
 
-def forget_survivors(session: Path) -> None:
-    """Drop the survivors' results so that `exec` runs them again (cosmic-ray stores enum names)."""
+def forget(session: Path, where: str) -> None:
+    """Drop some results (survivors, timeouts) so that `exec` runs those mutants again (cosmic-ray
+    stores enum names; a timeout is a KILLED result whose output is "timeout")."""
     import sqlite3
 
     with sqlite3.connect(session) as db:
-        db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+        db.execute(f"DELETE FROM work_results WHERE {where}")
 
 
 def pending(session: Path) -> int:
@@ -308,6 +316,7 @@ def report(session: Path, module: str) -> str:
 
     outcomes: Counter[str] = Counter()
     survivors = []
+    timeouts = []
     with use_db(str(session), WorkDB.Mode.open) as db:
         outcomes["pending"] = sum(1 for _ in db.pending_work_items)
         for item, result in db.completed_work_items:
@@ -319,6 +328,11 @@ def report(session: Path, module: str) -> str:
                 survivors.append((mutation.start_pos[0], mutation.definition_name, mutation.operator_name, result.diff))
             elif result.test_outcome == TestOutcome.KILLED:
                 outcomes["killed"] += 1
+                if result.output == "timeout":
+                    outcomes["timeout"] += 1
+                    timeouts.append(
+                        (mutation.start_pos[0], mutation.definition_name, mutation.operator_name, result.diff)
+                    )
             else:  # the worker itself failed (cosmic-ray's "incompetent"): no verdict on the tests
                 outcomes["error"] += 1
     ran = outcomes["killed"] + outcomes["survived"]
@@ -327,15 +341,22 @@ def report(session: Path, module: str) -> str:
         f"### {module}",
         "",
         f"{ran} mutants run: {outcomes['killed']} killed, {outcomes['survived']} survived: "
-        f"**{score:.1f} % killed**. Skipped by filters: {outcomes['skipped']}; "
+        f"**{score:.1f} % killed** (of the killed, {outcomes['timeout']} by a timeout). "
+        f"Skipped by filters: {outcomes['skipped']}; "
         f"no mutation possible: {outcomes['no-test']}; worker errors: {outcomes['error']}; "
         f"pending: {outcomes['pending']}.",
         "",
     ]
-    for line, definition, operator, diff in sorted(survivors, key=lambda s: (s[0], s[2])):
-        changed = [d[1:].strip() for d in (diff or "").splitlines() if d[:1] in "+-" and d[:3] not in ("+++", "---")]
-        lines.append(f"- line {line} (`{definition}`), {operator.split('/')[-1]}: `{' → '.join(changed)}`")
+    lines += [_describe(*survivor) for survivor in sorted(survivors, key=lambda s: (s[0], s[2]))]
+    if timeouts:
+        lines += ["", "Killed by a timeout (a hang, or a slow run on a loaded machine: `--rerun-timeouts`):", ""]
+        lines += [_describe(*timeout) for timeout in sorted(timeouts, key=lambda s: (s[0], s[2]))]
     return "\n".join(lines)
+
+
+def _describe(line: int, definition: str, operator: str, diff: str | None) -> str:
+    changed = [d[1:].strip() for d in (diff or "").splitlines() if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+    return f"- line {line} (`{definition}`), {operator.split('/')[-1]}: `{' → '.join(changed)}`"
 
 
 if __name__ == "__main__":
