@@ -3,6 +3,7 @@ the log names the owner and never the token, the comparison stays constant-time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -68,6 +69,88 @@ def test_identify_compares_every_entry_in_constant_time(monkeypatch):
         calls.clear()
         book.identify(header)
         assert calls == [32, 32, 32]  # every entry, equal-length digests, whichever matched (or none)
+
+
+def test_token_and_name_lengths_at_their_limits():
+    assert tk.MIN_TOKEN_LENGTH == 16  # docs/deployment.md: at least 16 characters
+    assert tk.parse_tokens("a " + "t" * 16) == {"a": tk.token_digest("t" * 16)}
+    with pytest.raises(tk.TokensFileError, match="line 1: a's token is shorter than 16 characters"):
+        tk.parse_tokens("a " + "t" * 15)
+    assert set(tk.parse_tokens("n" * 64 + " " + ALICE)) == {"n" * 64}
+    with pytest.raises(tk.TokensFileError, match="a name is"):
+        tk.parse_tokens("n" * 65 + " " + ALICE)
+    with pytest.raises(tk.TokensFileError, match="line 3: expected 'NAME TOKEN' \\(two words\\), got 1"):
+        tk.parse_tokens(f"# team\nalice {ALICE}\nbob")  # comments count as lines
+
+
+def test_an_identity_is_held_while_its_owner_keeps_the_same_token():
+    book = tk.TokenBook(tk.parse_tokens(f"alice {ALICE}\nbob {BOB}"))
+    alice = book.identify(bearer(ALICE))
+    assert alice == tk.Identity("alice", tk.token_digest(ALICE)) and book.holds(alice)
+    assert not book.holds(tk.Identity("alice", tk.token_digest(BOB)))  # bob's token under alice's name
+    assert not book.holds(tk.Identity("carol", tk.token_digest(ALICE)))  # nobody of that name
+    assert book.identify(bearer(f" {BOB}\t")).owner == "bob"  # blanks around the token: HTTP trims them
+    assert tk.TokenBook.single("x").identify("Bearer x") == tk.Identity(tk.SINGLE_OWNER, tk.token_digest("x"))
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a session's identity cannot be rewritten
+        alice.owner = "bob"
+
+
+def test_from_file_names_what_is_wrong(tmp_path):
+    missing = tmp_path / "none"
+    with pytest.raises(tk.TokensFileError) as info:
+        tk.TokenBook.from_file(missing)
+    assert str(info.value) == f"cannot read the tokens file {missing}: No such file or directory"
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"alice \xff\xfe")
+    with pytest.raises(tk.TokensFileError, match=f"cannot read the tokens file {binary}: 'utf-8' codec"):
+        tk.TokenBook.from_file(binary)
+    empty = tmp_path / "empty"
+    empty.write_text("# nobody yet\n\n")
+    with pytest.raises(tk.TokensFileError, match="names nobody"):
+        tk.TokenBook.from_file(empty)
+    write(empty, f"alice {ALICE}\n")
+    assert tk.TokenBook.from_file(empty).owners == ["alice"]
+
+
+def test_refresh_reports_every_change_and_fails_closed(tmp_path, caplog):
+    """refresh() is True exactly when the accepted tokens changed: the server then closes the
+    connections whose token went, also when the file breaks (everyone's did)."""
+    path = tmp_path / "tokens"
+    write(path, f"alice {ALICE}\nbob {BOB}\n")
+    book = tk.TokenBook.from_file(path)
+    assert book.refresh() is False and tk.TokenBook.single(ALICE).refresh() is False
+    write(path, f"alice {ALICE}\nbob {BOB}\n")  # rewritten, the same tokens
+    with caplog.at_level(logging.INFO, logger="ffclip.bridge"):
+        assert book.refresh() is False
+        assert "re-read" not in caplog.text
+        write(path, f"bob {BOB2}\ncarol {ALICE}\n")
+        assert book.refresh() is True
+    assert "tokens file re-read: 2 tokens; added carol; revoked alice; changed bob" in caplog.text
+    assert book.owners == ["bob", "carol"] and book.error is None
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ffclip.bridge"):
+        write(path, f"bob {BOB2}\ndave {BOB}\n")
+        assert book.refresh() is True
+    assert "tokens file re-read: 2 tokens; added dave; revoked carol; changed none" in caplog.text
+    write(path, f"bob {BOB2}\ndave\n")  # half-edited: nobody, until it is fixed
+    assert book.refresh() is True and book.owners == [] and "line 2" in book.error
+    assert book.identify(bearer(BOB2)) is None
+    write(path, "dave\n")  # still broken: nothing more changes
+    assert book.refresh() is False and "line 1" in book.error
+    path.unlink()
+    assert book.refresh() is False and book.error.startswith(f"cannot read {path}")
+    write(path, f"bob {BOB2}\n")
+    assert book.refresh() is True and book.owners == ["bob"] and book.error is None
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True)])
+def test_a_tokens_file_others_can_read_is_warned_about(tmp_path, caplog, mode, warned):
+    path = tmp_path / "tokens"
+    write(path, f"alice {ALICE}\n")
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="ffclip.bridge"):
+        tk.TokenBook.from_file(path)
+    assert ("readable by other users: chmod 600 it" in caplog.text) == warned
 
 
 def test_serve_refuses_an_unusable_tokens_file(tmp_path):
