@@ -279,6 +279,8 @@ def test_a_result_is_read_with_its_frame() -> None:
     odd = EditResult.from_message(result_message(stages=["map", "dream"], domain="horse", size=None), bytes(48))
     assert odd.stages == ["map"] and odd.domain == "face" and odd.size == 0
     assert EditResult.from_message(result_message(region=[0, 0, 0, 0]), b"").region == (0, 0, 0, 0)
+    # a frame larger than CPython's cached small ints: its length is compared by value, not identity
+    assert EditResult.from_message(result_message(region=[5, 6, 30, 20]), bytes(2400)).region == (5, 6, 30, 20)
 
 
 @pytest.mark.parametrize(
