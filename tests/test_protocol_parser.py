@@ -102,8 +102,9 @@ def test_edit_params_hold_one_to_four_attributes() -> None:
             EditParams((one,), **{name: 1})
     assert EditParams((one,), faces=[1], domain="face").faces == (1,)
     assert EditParams((one,), domain="car").faces == "all"
-    with pytest.raises(BadRequest, match="a car edit takes the selection"):
-        EditParams((one,), faces="largest", domain="car")
+    for faces in ("largest", [0], (2, 3)):
+        with pytest.raises(BadRequest, match="a car edit takes the selection"):
+            EditParams((one,), faces=faces, domain="car")
 
 
 def test_the_label_shows_strengths_other_than_one() -> None:
@@ -189,6 +190,12 @@ def test_image_sizes() -> None:
     refused(p.check_image_size, 16, 17, 256, code="too_large", match="16x17 = 0.0 MP exceeds")
     error = refused(p.check_image_size, 4000, 3000, 10_000_000, code="too_large")
     assert error.message == ("image of 4000x3000 = 12.0 MP exceeds the engine's limit of 10.0 MP (--max-pixels)")
+    assert refused(p.check_image_size, 1600, 1000, 1_500_000, code="too_large").message == (
+        "image of 1600x1000 = 1.6 MP exceeds the engine's limit of 1.5 MP (--max-pixels)"
+    )
+    assert refused(p.check_image_size, 16, 1, None, code="bad_image").message == (
+        "image of 16x1 is too small (at least 16 px a side)"  # one pixel high: small, not empty
+    )
     assert refused(p.check_image_size, 15, 16, None, code="bad_image").message == (
         "image of 15x16 is too small (at least 16 px a side)"
     )
