@@ -193,9 +193,10 @@ def test_image_sizes() -> None:
     assert refused(p.check_image_size, 1600, 1000, 1_500_000, code="too_large").message == (
         "image of 1600x1000 = 1.6 MP exceeds the engine's limit of 1.5 MP (--max-pixels)"
     )
-    assert refused(p.check_image_size, 16, 1, None, code="bad_image").message == (
-        "image of 16x1 is too small (at least 16 px a side)"  # one pixel high: small, not empty
-    )
+    for width, height in ((16, 1), (1, 16)):  # one pixel high or wide: small, not empty
+        assert refused(p.check_image_size, width, height, None, code="bad_image").message == (
+            f"image of {width}x{height} is too small (at least 16 px a side)"
+        )
     assert refused(p.check_image_size, 15, 16, None, code="bad_image").message == (
         "image of 15x16 is too small (at least 16 px a side)"
     )
