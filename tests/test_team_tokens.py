@@ -132,6 +132,16 @@ def test_refresh_reports_every_change_and_fails_closed(tmp_path, caplog):
         write(path, f"bob {BOB2}\ndave {BOB}\n")
         assert book.refresh() is True
     assert "tokens file re-read: 2 tokens; added dave; revoked carol; changed none" in caplog.text
+    for text, line in (
+        (f"bob {BOB}\ndave {BOB2}\n", "2 tokens; added none; revoked none; changed bob, dave"),  # each way
+        (f"bob {BOB}\ndave {BOB2}\nerin {ALICE}\n", "3 tokens; added erin; revoked none; changed none"),
+        (f"bob {BOB2}\ndave {BOB}\n", "2 tokens; added none; revoked erin; changed bob, dave"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ffclip.bridge"):
+            write(path, text)
+            assert book.refresh() is True
+        assert f"tokens file re-read: {line}" in caplog.text
     write(path, f"bob {BOB2}\ndave\n")  # half-edited: nobody, until it is fixed
     assert book.refresh() is True and book.owners == [] and "line 2" in book.error
     assert book.identify(bearer(BOB2)) is None
