@@ -217,6 +217,12 @@ def test_a_local_colour_error_is_matched_locally(q: float) -> None:
     seam = int(30 + 0.05 * q) - y0  # the top seam, where the crop alpha is 1/2
     left, right = int(40 + 0.2 * q) - x0, int(40 + 0.8 * q) - x0  # 0.3 q (~3 low-pass widths) from the middle
     assert corr[seam, left] > 27.0 and corr[seam, right] < 3.0 and (corr >= -1e-3).all()
+    # inside the face, where the seam weight is 0, the correction is the low-passed seam's, so it
+    # differs between the halves (without the low-pass it would be the whole ring's mean everywhere)
+    middle = int(30 + 0.5 * q) - y0
+    inner_left, inner_right = int(40 + 0.15 * q) - x0, int(40 + 0.85 * q) - x0
+    assert paste.alpha[middle, inner_left] > 0.999 and paste.alpha[middle, inner_right] > 0.999
+    assert corr[middle, inner_left] > corr[middle, inner_right] + 10.0
 
 
 def test_a_small_seam_on_a_coarse_grid_is_matched_exactly() -> None:
