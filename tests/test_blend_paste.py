@@ -193,6 +193,9 @@ def test_the_correction_is_limited() -> None:
     paste, before, photo = _paste()
     match_colours(paste, photo + 100.0, 100.0, DEFAULT)
     np.testing.assert_allclose(paste.content - before, DEFAULT.colour_limit, atol=1e-3)
+    paste, before, photo = _paste()  # a limit of one level is a limit, not "no correction"
+    match_colours(paste, photo + 100.0, 100.0, BlendConfig(colour_limit=1.0))
+    np.testing.assert_allclose(paste.content - before, 1.0, atol=1e-3)
 
 
 def test_the_correction_follows_the_photo_minus_the_reconstruction_not_the_edit() -> None:
