@@ -272,9 +272,12 @@ class EditParams:
             not isinstance(selection, dict) or selection.get("format") not in SELECTION_FORMATS
         ):
             raise BadRequest('\'selection\' must be {"format": "a8"}')
+        faces = message.get("faces", "all")
+        if not (faces in FACE_MODES or isinstance(faces, list)):  # the wire's forms; text like "0,2" is the CLI's
+            raise BadRequest('\'faces\' must be "all", "largest" or a non-empty list of face indices >= 0')
         return cls(
             edits,
-            message.get("faces", "all"),
+            faces,
             _bool(message.get("preview", False), "preview"),
             selection is not None,
             _bool(message.get("supersede", False), "supersede"),

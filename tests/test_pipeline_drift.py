@@ -17,7 +17,8 @@ from test_pipeline_model import FakeEngine  # noqa: E402 - sibling test module
 
 from ffclip.engine.face.align import AlignTransform
 from ffclip.engine.imageio import load_image
-from ffclip.engine.pipeline import EditRequest, Pipeline
+from ffclip.engine.pipeline import Pipeline
+from ffclip.plugin.protocol import EditParams
 
 
 class DriftingEngine(FakeEngine):
@@ -28,9 +29,9 @@ class DriftingEngine(FakeEngine):
         super().__init__()
         self.drift, self.band = drift, band
 
-    def map(self, w: torch.Tensor, e: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        edited = super().map(w, e, strength) if self.band else w.clone()
-        return edited - strength * self.drift / 127.5  # darker: clear of the 255 clamp of bright skin
+    def delta(self, w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        edit = super().delta(w, e) if self.band else torch.zeros_like(w)
+        return edit - self.drift / 127.5  # darker: clear of the 255 clamp of bright skin
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,14 @@ def _face_centre_mask(result) -> float:
 
 def test_a_drift_under_the_low_threshold_blends_nothing(photo: np.ndarray) -> None:
     """4 levels everywhere (a quarter of the way to change_high): 0 %, the photo is returned as is."""
-    result = Pipeline(DriftingEngine(4.0, band=False), editor="model").edit(EditRequest(photo, "drift"))
+    result = Pipeline(DriftingEngine(4.0, band=False), editor="model").edit(EditParams.single("drift"), photo)
     assert int(result.mask.max()) == 0
     assert np.array_equal(result.image, photo)
     assert result.region == (0, 0, 0, 0)
 
 
 def test_a_drift_does_not_carry_an_edit_beyond_its_region(photo: np.ndarray) -> None:
-    result = Pipeline(DriftingEngine(4.0, band=True), editor="model").edit(EditRequest(photo, "hair"))
+    result = Pipeline(DriftingEngine(4.0, band=True), editor="model").edit(EditParams.single("hair"), photo)
     face = result.faces[0]
     x, y, w, h = face.box
     mouth = result.mask[y + int(0.75 * h) : y + h, x + w // 3 : x + 2 * w // 3]
@@ -65,5 +66,5 @@ def test_a_drift_does_not_carry_an_edit_beyond_its_region(photo: np.ndarray) -> 
 @pytest.mark.parametrize(("drift", "expected"), [(5.0, 0), (11.0, 128), (16.0, 255), (24.0, 255)])
 def test_the_blend_follows_the_thresholds(photo: np.ndarray, drift: float, expected: int) -> None:
     """Mid-face (crop alpha 1) the blend is the ramp: 0 below 6 levels, half at 11, full from 16."""
-    result = Pipeline(DriftingEngine(drift, band=False), editor="model").edit(EditRequest(photo, "drift"))
+    result = Pipeline(DriftingEngine(drift, band=False), editor="model").edit(EditParams.single("drift"), photo)
     assert abs(_face_centre_mask(result) - expected) <= 3, _face_centre_mask(result)
