@@ -146,6 +146,8 @@ def exception_text(exc: BaseException) -> str:
     is the repr of the key, which could be a tensor of the file: slow and large to format)."""
     args = exc.args
     text = args[0] if len(args) == 1 and isinstance(args[0], str) and not isinstance(exc, KeyError) else ""
+    if isinstance(exc, EOFError) and not text:
+        return "its data ends too early (EOFError)"
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 

@@ -16,7 +16,7 @@ hashed, and a pickle can set attributes of shared objects. So:
 - tuples and frozensets nest at most MAX_NESTING deep;
 - it is the pure-Python unpickler, reading from a source that never hands out more bytes than it
   holds: the C unpickler allocates the length a BINBYTES8 or BYTEARRAY8 opcode claims, and a
-  table of `2 x` the largest memo index, before it reads anything.
+  table of `2 x` the largest memo index, before it reads anything; text is decoded in chunks.
 """
 
 from __future__ import annotations
@@ -224,6 +224,22 @@ def _opcode(code: bytes) -> int:
     return code[0]
 
 
+TEXT_CHUNK = 1 << 16
+
+
+def decode_text(raw: bytes, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """bytes.decode in chunks: decoding a megabyte of tensor data that a lying length swept into a
+    string fails at once, but only after a buffer of its size is allocated, and the error copies
+    all of it; chunk by chunk, a failure costs one chunk."""
+    if len(raw) <= TEXT_CHUNK or raw.isascii():
+        return str(raw, encoding, errors)
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    view = memoryview(raw)
+    parts = [decoder.decode(view[i : i + TEXT_CHUNK]) for i in range(0, len(view), TEXT_CHUNK)]
+    parts.append(decoder.decode(b"", final=True))
+    return "".join(parts)
+
+
 class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """The pure-Python unpickler with the allow-list and the checks of this module's docstring.
 
@@ -382,12 +398,35 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self.stack.append(state)
         super().load_build()
 
-    def load_bytearray8(self) -> None:
-        (size,) = struct.unpack("<Q", self.read(8))
-        data = self.read(size)  # what the source holds, not what the length claims
+    def _counted(self, width: int, what: str) -> bytes:
+        """The bytes of a counted value: its length, then exactly that many (the source hands out
+        no more than it holds, so a lying length allocates nothing)."""
+        (size,) = struct.unpack("<I" if width == 4 else "<Q", self.read(width))
+        data = self.read(size)
         if len(data) != size:
-            raise pickle.UnpicklingError(f"BYTEARRAY8 of {size} bytes in a pickle that holds {len(data)} more")
-        self.append(bytearray(data))
+            raise pickle.UnpicklingError(f"{what} of {size} bytes where {len(data)} are left")
+        return data
+
+    def load_binbytes(self) -> None:
+        self.append(self._counted(4, "a bytes value"))
+
+    def load_binbytes8(self) -> None:
+        self.append(self._counted(8, "a bytes value"))
+
+    def load_binunicode(self) -> None:
+        self.append(decode_text(self._counted(4, "a text value"), "utf-8", "surrogatepass"))
+
+    def load_binunicode8(self) -> None:
+        self.append(decode_text(self._counted(8, "a text value"), "utf-8", "surrogatepass"))
+
+    def load_unicode(self) -> None:
+        self.append(decode_text(self.readline()[:-1], "raw-unicode-escape"))
+
+    def _decode_string(self, value: bytes) -> Any:  # Python 2 str (BINSTRING, STRING)
+        return decode_text(value, self.encoding, self.errors)
+
+    def load_bytearray8(self) -> None:
+        self.append(bytearray(self._counted(8, "a bytearray")))
 
     for _code, _method in (
         (pickle.REDUCE, load_reduce),
@@ -405,6 +444,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         (pickle.ADDITEMS, load_additems),
         (pickle.BUILD, load_build),
         (pickle.BYTEARRAY8, load_bytearray8),
+        (pickle.BINBYTES, load_binbytes),
+        (pickle.BINBYTES8, load_binbytes8),
+        (pickle.BINUNICODE, load_binunicode),
+        (pickle.BINUNICODE8, load_binunicode8),
+        (pickle.UNICODE, load_unicode),
     ):
         dispatch[_opcode(_code)] = _method
     del _code, _method

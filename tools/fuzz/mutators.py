@@ -11,6 +11,7 @@ import io
 import pickletools
 import random
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -249,7 +250,8 @@ def zip_members(data: bytes) -> list[tuple[str, bytes, int]]:
 def pack_zip(members: list[tuple[str, bytes, int]]) -> bytes:
     """A zip with correct checksums (what a mutated member looks like inside a sound archive)."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
+    with warnings.catch_warnings(), zipfile.ZipFile(out, "w") as zf:
+        warnings.simplefilter("ignore")  # a duplicated member is one of the mutations
         for name, content, compression in members:
             zf.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), content, compress_type=compression)
     return out.getvalue()
