@@ -7,10 +7,8 @@ from the event loop for status messages and must be cheap and never raise.
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -154,35 +152,23 @@ class UnavailableBackend:
         raise EngineError(self.code, self.message)
 
 
-def load_engine_backend(profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int) -> Backend:
-    """Load the models once; missing real checkpoints give an UnavailableBackend, not a crash."""
+def load_engine_backend(
+    profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int, budget: int | None = None
+) -> Backend:
+    """Load the face models now and every other domain on first use (bridge/domains.py), within
+    `budget` bytes of domain networks; missing checkpoints are reported per domain, not a crash."""
     from ffclip.engine.imageio import load_image
-    from ffclip.engine.inference import Engine, ModelsMissing, resolve_device
-    from ffclip.engine.pipeline import Pipeline
+    from ffclip.engine.inference import resolve_device
 
-    device = str(resolve_device(device))
-    engine = None
-    if editor != "passthrough" or profile == "tiny":
-        try:
-            engine = Engine.load(profile=profile, models_dir=models_dir, device=device)
-        except ModelsMissing as exc:
-            names = [_name(m) for m in exc.missing]
-            log.warning("model files missing: %s; fetch them with `%s`", ", ".join(names), exc.hint)
-            message = f"the engine has no model weights ({', '.join(names)}); fetch them with: {exc.hint}"
-            models = {"profile": profile, "device": device, "missing": names, "fetch": exc.hint}
-            return UnavailableBackend("models_missing", message, models)
-    pipeline = Pipeline(engine, editor=editor, max_pixels=max_pixels)
-    started = time.monotonic()
-    try:
-        pipeline.warm_up()
-    except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first edit
-        log.warning("warm-up failed; the first edit will be slower", exc_info=True)
-    else:
-        log.info("warm-up done in %.1f s", time.monotonic() - started)
-    return EngineBackend(engine, pipeline, load_image)
+    from .domains import DEFAULT_BUDGET, load_domain_backend
 
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is not None:
+        import torch
 
-def _name(missing: Any) -> str:
-    """A missing-model entry without any directory of this machine."""
-    text = str(missing)
-    return os.path.basename(text.rstrip("/\\")) or text
+        # This runs on the worker's own device thread, where its jobs run too: CUDA's current device
+        # is per thread, so each worker's kernels, streams and graphs stay on its GPU.
+        torch.cuda.set_device(resolved)
+    device = str(resolved)
+    budget = DEFAULT_BUDGET if budget is None else budget
+    return load_domain_backend(profile, models_dir, device, editor, max_pixels, budget, load_image)

@@ -20,13 +20,19 @@ import logging.handlers
 import os
 import signal
 import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ffclip.plugin.paths import ENGINE_LOG, state_dir
 
 from .server import EngineServer, ServerConfig
+
+if TYPE_CHECKING:
+    from .backend import Backend
 
 log = logging.getLogger("ffclip.bridge")
 
@@ -46,6 +52,42 @@ def is_loopback(host: str) -> bool:
         return False  # a host name could resolve anywhere: treat it as exposed
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """The daemon's TLS: the context it serves with and its certificate's SHA-256 fingerprint (which
+    clients may pin; serve prints it)."""
+
+    context: ssl.SSLContext
+    fingerprint: str  # 64 lowercase hex digits
+
+
+@dataclass(frozen=True)
+class Listener:
+    sock: socket.socket
+    tls: ServerTLS | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.tls is not None else "ws"
+
+
+def server_tls(cert: str, key: str) -> ServerTLS:
+    """A server TLS context (TLS 1.2 or later) from a PEM certificate chain and its key; ValueError
+    with a readable message when they cannot be used."""
+    from ffclip.plugin.tls import pem_fingerprint
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+        fingerprint = pem_fingerprint(cert)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"cannot use the TLS certificate {cert} with the key {key}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return ServerTLS(context, fingerprint)
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host.strip("[]"), port), family=family, backlog=64)
@@ -53,15 +95,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def already_running_message(host: str, port: int, token: str | None, exc: OSError) -> str:
+def already_running_message(host: str, port: int, token: str | None, exc: OSError, tls: ServerTLS | None = None) -> str:
     if exc.errno != errno.EADDRINUSE:
         return f"ffclip-engine serve: cannot listen on {host}:{port}: {exc.strerror or exc}"
-    url = f"ws://{_url_host(_probe_host(host))}:{port}/"
+    url = f"{'wss' if tls else 'ws'}://{_url_host(_probe_host(host))}:{port}/"
     from ffclip.plugin.client import EngineClient
     from ffclip.plugin.protocol import EngineError
+    from ffclip.plugin.tls import TLSVerify
 
+    verify = TLSVerify(fingerprint=tls.fingerprint) if tls else None  # an engine with our own certificate
     try:
-        with EngineClient(url, token=token, timeout=3.0) as client:
+        with EngineClient(url, token=token, timeout=3.0, tls=verify) as client:
             status = client.last_status
         return (
             f"ffclip-engine serve: the engine is already running at {url} "
@@ -82,10 +126,19 @@ def _probe_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
 
 
-async def serve_until_signal(config: ServerConfig, loader, sock: socket.socket, log_path: Path | None) -> None:
+async def serve_until_signal(
+    config: ServerConfig,
+    loaders: Callable[[], Backend] | Sequence[Callable[[], Backend]],
+    listener: Listener | socket.socket,
+    log_path: Path | None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; `loaders`: one per worker (device)."""
     from ffclip.engine import __version__
+    from ffclip.plugin.tls import format_fingerprint
 
-    server = EngineServer(config, loader, __version__)
+    listener = listener if isinstance(listener, Listener) else Listener(listener)
+    sock = listener.sock
+    server = EngineServer(config, loaders, __version__)
     await server.start(sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,10 +148,16 @@ async def serve_until_signal(config: ServerConfig, loader, sock: socket.socket, 
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     host = _url_host(sock.getsockname()[0])
-    url = f"ws://{host}:{server.port}/"
+    url = f"{listener.scheme}://{host}:{server.port}/"
     print(f"ffclip-engine: listening on {url}", flush=True)
-    log.info("listening on %s (log: %s)", url, log_path or "stderr only")
-    with announce(f"ws://{_url_host(_probe_host(sock.getsockname()[0]))}:{server.port}/", __version__):
+    if listener.tls is not None:  # what clients pin (plug-in settings: tls_fingerprint)
+        pin = format_fingerprint(listener.tls.fingerprint)
+        print(f"ffclip-engine: TLS certificate SHA-256 fingerprint {pin}", flush=True)
+        log.info("TLS certificate SHA-256 fingerprint %s", pin)
+    workers = len(loaders) if isinstance(loaders, Sequence) else 1
+    log.info("listening on %s, %d worker(s) (log: %s)", url, workers, log_path or "stderr only")
+    local = f"{listener.scheme}://{_url_host(_probe_host(sock.getsockname()[0]))}:{server.port}/"
+    with announce(local, __version__, listener.tls.fingerprint if listener.tls else None):
         await stop.wait()
         await server.stop()
     print("ffclip-engine: stopped", flush=True)
@@ -109,11 +168,14 @@ def running_dir(environ: dict | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def announce(url: str, version: str) -> Iterator[Path]:
-    """Keep `<state>/engines/<pid>.json` while the body runs (the engine listens at `url`)."""
+def announce(url: str, version: str, fingerprint: str | None = None) -> Iterator[Path]:
+    """Keep `<state>/engines/<pid>.json` while the body runs (the engine listens at `url`; a wss://
+    engine records its certificate's fingerprint, so the doctor can greet it)."""
     folder = running_dir()
     path = folder / f"{os.getpid()}.json"
     record = {"url": url, "pid": os.getpid(), "version": version, "started": time.time()}
+    if fingerprint:
+        record["fingerprint"] = fingerprint
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _prune_dead(folder)

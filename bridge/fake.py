@@ -22,15 +22,18 @@ from .messages import EditAnnouncement
 
 
 class FakeBackend:
-    def __init__(self, stage_seconds: float = 0.0, cache_entries: int = 8, max_pixels: int = 1 << 62):
+    def __init__(
+        self, stage_seconds: float = 0.0, cache_entries: int = 8, max_pixels: int = 1 << 62, device: str = "cpu"
+    ):
         self.stage_seconds = stage_seconds
+        self.device = "cpu" if device in ("auto", "") else device  # a label: nothing runs on a device
         self.max_pixels = max_pixels
         self._cache = LRUCache(cache_entries)  # photo and faces -> the face box
         self._prompts = LRUCache(cache_entries)
 
     def describe(self) -> dict:
         models = {"profile": "fake", "untrained": True, "note": "no models: a test stand-in"}
-        return {"state": "ready", "models": models, "device": "cpu"}
+        return {"state": "ready", "models": models, "device": self.device}
 
     def cache_stats(self) -> dict:
         return {"inversion": self._cache.stats(), "text": {"entries": len(self._prompts)}}

@@ -1,8 +1,8 @@
-"""Jobs, the bounded queue and the single worker that runs them.
+"""Jobs and the device threads that run them (the queue is scheduler.py).
 
-The device is the bottleneck, so one worker thread runs one job at a time; the event loop only
-queues, reports positions and forwards progress. Every job ends in exactly one terminal message:
-`Job.finish` is the only way out and ignores a second call.
+A device is the bottleneck, so each worker (one per device) runs one job at a time on its own
+thread; the event loop only queues, reports positions and forwards progress. Every job ends in
+exactly one terminal message: `Job.finish` is the only way out and ignores a second call.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -44,10 +43,20 @@ class Job:
     position: int | None = None  # last position reported to the owner
     cancel_requested: bool = False  # by a client (→ `cancelled`), as opposed to a shutdown
     memo: dict = field(default_factory=dict)  # the backend's notes on the image frame, shared by reuses
+    user: str = ""  # the token's owner: the scheduler's fairness is between users
+    connection: int = 0  # the connection that submitted it (a lane inside the user's)
+    sequence: int = 0  # submission order (the scheduler's)
+    moved: int | None = None  # taken from busy holders of its photo with this many jobs ahead (scheduler.py)
+    worker: int | None = None  # the worker running it
 
     @property
     def id(self) -> str:
         return self.request.id
+
+    @property
+    def photo(self) -> str | None:
+        """The image frame's key for routing (None: not computed yet, or a single worker)."""
+        return self.memo.get("photo")
 
     @property
     def nbytes(self) -> int:
@@ -71,73 +80,6 @@ class Job:
 
 class QueueFull(Exception):
     pass
-
-
-class JobQueue:
-    """Waiting jobs in order, the running one, and a registry of live ids (ids are global)."""
-
-    def __init__(self, max_jobs: int, max_bytes: int, on_positions: Callable[[list[Job]], None]):
-        self.max_jobs = max_jobs
-        self.max_bytes = max_bytes
-        self.waiting: deque[Job] = deque()
-        self.running: Job | None = None
-        self.by_id: dict[str, Job] = {}
-        self._on_positions = on_positions
-        self._wakeup = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self.waiting)
-
-    @property
-    def waiting_bytes(self) -> int:
-        return sum(job.nbytes for job in self.waiting)
-
-    def submit(self, job: Job) -> None:
-        if len(self.waiting) >= self.max_jobs:
-            raise QueueFull(f"the engine queue is full ({self.max_jobs} jobs waiting)")
-        if self.waiting and self.waiting_bytes + job.nbytes > self.max_bytes:
-            raise QueueFull(f"the engine queue holds too many pixels (limit {self.max_bytes >> 20} MiB)")
-        self.waiting.append(job)
-        self.by_id[job.id] = job
-        self._report()
-        self._wakeup.set()
-
-    def remove(self, job: Job) -> bool:
-        """Take a waiting job out of the queue; False when it is not waiting."""
-        try:
-            self.waiting.remove(job)
-        except ValueError:
-            return False
-        self.by_id.pop(job.id, None)
-        self._report()
-        return True
-
-    async def next(self) -> Job:
-        while not self.waiting:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        job = self.waiting.popleft()
-        job.state = "running"
-        self.running = job
-        self._report()
-        return job
-
-    def release(self, job: Job) -> None:
-        """The worker is done with `job`."""
-        if self.running is job:
-            self.running = None
-        self.by_id.pop(job.id, None)
-
-    def _report(self) -> None:
-        """Tell owners whose position changed; position = jobs that run before this one."""
-        ahead = 1 if self.running is not None else 0
-        changed = []
-        for index, job in enumerate(self.waiting):
-            if job.position != ahead + index:
-                job.position = ahead + index
-                changed.append(job)
-        if changed:
-            self._on_positions(changed)
 
 
 class DeviceThread:

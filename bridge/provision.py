@@ -122,6 +122,13 @@ class Provisioner:
     def _report_failures(self, backend: Backend) -> Backend:
         """A models_missing backend that also says why the daemon's own fetch failed, and how to
         get the files by hand."""
+        from .domains import DomainBackend
+
+        if isinstance(backend, DomainBackend) and self.failures:
+            missing = backend.missing_names("face")
+            errors = {n: m.splitlines()[0] for n, m in self.failures.items() if n in missing}
+            backend.note_fetch_failures("face", errors, {n: self.store.manual_route(n) for n in missing})
+            return backend
         if not (isinstance(backend, UnavailableBackend) and backend.code == "models_missing" and self.failures):
             return backend
         missing = list(backend.models.get("missing", []))

@@ -1,22 +1,25 @@
-"""The websocket server: connections, the protocol state machine, the job queue and its worker.
+"""The websocket server: connections, the protocol state machine, the job queue and its workers.
 
-Threads: everything here runs on the asyncio event loop except `Backend.run`, which runs on the
-single device thread. The worker never waits on a client: results and progress are queued on the
+Threads: everything here runs on the asyncio event loop except `Backend.run`, which runs on a
+worker's device thread (one worker per device, `serve --devices`, each with its own backend: its
+own model copy and caches). Workers never wait on a client: results and progress are queued on the
 client's own outbox and a per-connection sender task writes them, so a slow or vanished client only
-ever delays itself.
+ever delays itself. Which worker runs which job is scheduler.py's (fair between users, affine to
+the worker holding a photo's inversion); who may connect is tokens.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import hashlib
 import logging
 import os
+import ssl
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 
@@ -39,8 +42,10 @@ from ffclip.plugin.protocol import (
 from . import messages as msg
 from .backend import Backend, UnavailableBackend
 from .framing import FrameFilter
-from .jobs import DeviceThread, Job, JobQueue, QueueFull, release_memory
+from .jobs import DeviceThread, Job, QueueFull, release_memory
 from .messages import EditAnnouncement
+from .scheduler import Scheduler
+from .tokens import Identity, TokenBook
 
 log = logging.getLogger("ffclip.bridge")
 
@@ -51,10 +56,13 @@ _PROGRESS_BACKLOG = 64  # queued messages beyond which a client's in-stage progr
 class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    token: str | None = None
+    token: str | None = None  # one token (owner "token"); `tokens` names several
+    tokens: TokenBook | None = None  # named tokens (serve --tokens-file), re-read when the file changes
+    tls: ssl.SSLContext | None = None  # wss:// (serve --tls-cert/--tls-key)
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_queue: int = 32  # jobs waiting (the running one not counted)
-    max_queue_bytes: int = 2 << 30  # pixels held by waiting jobs
+    max_queue: int = 32  # jobs waiting per user (the running ones not counted)
+    max_queue_bytes: int = 2 << 30  # pixels held by one user's waiting jobs
+    steal_after: int = 2  # jobs ahead for a busy worker before another worker takes its photo's job
     max_text: int = 1 << 20  # a JSON message
     max_backlog: int = 1 << 30  # bytes waiting to be sent to one client before it is dropped
     progress_interval: float = 0.05  # seconds between two progress messages within a stage
@@ -62,6 +70,7 @@ class ServerConfig:
     ping_timeout: float | None = 20.0
     shutdown_grace: float = 10.0  # how long a running job may take to reach its next stage
     download_status_interval: float = 0.5  # seconds between status messages pushed while downloading
+    tokens_interval: float = 1.0  # seconds between two looks at the tokens file (revocations)
 
     @property
     def max_frame(self) -> int:
@@ -75,7 +84,7 @@ class GuardedConnection(ServerConnection):
     def __init__(self, *args, frame_filter: FrameFilter, **kwargs):
         super().__init__(*args, **kwargs)
         self.frame_filter = frame_filter
-        self.authorized = False
+        self.identity: Identity | None = None  # set by the handshake check when the token is valid
 
     def data_received(self, data: bytes) -> None:
         data = self.frame_filter.feed(data)
@@ -99,6 +108,8 @@ class Session:
     def __init__(self, server: EngineServer, ws: GuardedConnection):
         self.server = server
         self.ws = ws
+        self.identity = ws.identity
+        self.user = ws.identity.owner if ws.identity is not None else ""
         self.filter = ws.frame_filter
         self.jobs: weakref.WeakSet[Job] = weakref.WeakSet()
         self.pending: Pending | None = None
@@ -106,6 +117,7 @@ class Session:
         # sends its photo once); one image per connection, released with it.
         self.last_frames: tuple[ImageSpec, list[bytes], dict] | None = None
         self.closed = False
+        self.revoked = False  # its token was revoked: nothing it sends counts any more
         self._outbox: deque[tuple[str, bytes | None]] = deque()
         self._wake = asyncio.Event()
         self._backlog = 0
@@ -176,6 +188,8 @@ class Session:
             sender.cancel()
 
     def on_message(self, data: str | bytes) -> None:
+        if self.revoked:
+            return
         oversize = self.filter.oversize_of(data)
         if oversize is not None and oversize[0] == "text":
             self._abandon_pending("a text message arrived instead")
@@ -285,31 +299,73 @@ class Session:
             self.reply(BadRequest(text, job_id=pending.request.id))
 
 
+@dataclass(eq=False)
+class Worker:
+    """One device: its thread, its backend (own model copy and caches) and what it is doing."""
+
+    index: int
+    loader: Callable[[], Backend]
+    thread: DeviceThread
+    backend: Backend | None = None
+    job: Job | None = None
+    stage: str | None = None
+    done: int = 0  # jobs it ended
+    task: asyncio.Task | None = None
+
+    def describe(self) -> dict:
+        """For `status.workers`: the device, the state, the running job's user and stage (never its id:
+        ids let anyone cancel)."""
+        info = self.backend.describe() if self.backend is not None else {"state": "loading", "device": "loading"}
+        entry: dict = {"index": self.index, "device": info.get("device", "cpu"), "state": info.get("state", "ready")}
+        job = self.job
+        entry["job"] = None if job is None else {"user": job.user or None, "stage": self.stage}
+        entry["jobs_done"] = self.done
+        if self.backend is not None:
+            entry["cache"] = self.backend.cache_stats()
+        return entry
+
+
 class EngineServer:
-    def __init__(self, config: ServerConfig, loader: Callable[[], Backend], version: str = "0"):
+    def __init__(
+        self,
+        config: ServerConfig,
+        loader: Callable[[], Backend] | Sequence[Callable[[], Backend]],
+        version: str = "0",
+    ):
         self.config = config
         self.version = version
-        self.backend: Backend | None = None
         self.sessions: set[Session] = set()
         self.pending_ids: dict[str, Session] = {}
         self.stats: Counter[str] = Counter()
         self.closing = False
-        self.queue = JobQueue(config.max_queue, config.max_queue_bytes, self._positions)
-        self._loader = loader
+        self.tokens = config.tokens or (TokenBook.single(config.token) if config.token else None)
+        # one loader per worker; the first may fetch model files (provision.py) before the others load
+        self._loaders = list(loader) if isinstance(loader, Sequence) else [loader]
+        self._loader = self._loaders[0]
+        self.queue = Scheduler(
+            config.max_queue, config.max_queue_bytes, self._positions, len(self._loaders), config.steal_after
+        )
+        self.workers: list[Worker] = []
         self._server = None
-        self._worker: asyncio.Task | None = None
-        self._device: DeviceThread | None = None
+        self._tasks: list[asyncio.Task] = []
         self._trim: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._downloaded = False  # a status said `downloading`: the end of loading is announced
         self.loaded = asyncio.Event()
 
+    @property
+    def backend(self) -> Backend | None:
+        """The first worker's backend (what status reports the models of)."""
+        return self.workers[0].backend if self.workers else None
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, sock=None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._device = DeviceThread()
-        self._worker = asyncio.create_task(self._work())
+        self.workers = [Worker(i, load, DeviceThread(f"ffclip-worker-{i}")) for i, load in enumerate(self._loaders)]
+        self._tasks = [asyncio.create_task(self._load_all())]
+        if self.tokens is not None and self.tokens.path is not None:
+            self._tasks.append(asyncio.create_task(self._watch_tokens()))
         where = {"sock": sock} if sock is not None else {"host": self.config.host, "port": self.config.port}
         self._server = await serve(
             self._handle,
@@ -321,6 +377,7 @@ class EngineServer:
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
             server_header="ffclip-engine",
+            ssl=self.config.tls,
             **where,
         )
 
@@ -343,14 +400,15 @@ class EngineServer:
         for job in list(self.queue.waiting):
             self.queue.remove(job)
             self._finish(job, msg.error("cancelled", "the engine is shutting down", job.id), "cancelled")
-        running = self.queue.running
-        if running is not None:
-            running.cancel_event.set()
-            deadline = time.monotonic() + self.config.shutdown_grace
-            while not running.done and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            self._finish(running, msg.error("cancelled", "the engine is shutting down", running.id), "cancelled")
-        for task in (self._worker, self._trim):
+        running = list(self.queue.running.values())
+        for job in running:
+            job.cancel_event.set()
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while not all(job.done for job in running) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for job in running:
+            self._finish(job, msg.error("cancelled", "the engine is shutting down", job.id), "cancelled")
+        for task in (*self._tasks, *(w.task for w in self.workers), self._trim):
             if task is not None:
                 task.cancel()
         deadline = time.monotonic() + 2.0
@@ -365,8 +423,8 @@ class EngineServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
             except TimeoutError:
                 log.warning("some connections did not close in time")
-        if self._device is not None:
-            self._device.stop()
+        for worker in self.workers:
+            worker.thread.stop()
 
     # ------------------------------------------------------------------ connections
 
@@ -375,26 +433,27 @@ class EngineServer:
         return GuardedConnection(protocol, server, frame_filter=frame_filter, **kwargs)
 
     def _check_request(self, connection: GuardedConnection, request):
-        origin = request.headers.get("Origin")
-        if origin is not None:
+        origins = request.headers.get_all("Origin")  # get() would raise on a repeated header
+        if origins:
             # Browsers always send Origin; native clients (the plug-in, scripts) do not. Refusing it
             # keeps any web page the user visits from driving the engine.
-            log.warning("refused a connection from a web page (Origin: %s)", origin[:100])
+            log.warning("refused a connection from a web page (Origin: %s)", origins[0][:100])
             return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
-        connection.authorized = self._token_ok(request.headers.get("Authorization"))
+        authorization = request.headers.get_all("Authorization")  # two of them: neither counts
+        connection.identity = self._identify(authorization[0] if len(authorization) == 1 else None)
         return None
 
-    def _token_ok(self, header: str | None) -> bool:
-        token = self.config.token
-        if not token:
-            return True
-        if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+    def _identify(self, header: str | None) -> Identity | None:
+        """Who the handshake's token belongs to (constant-time, tokens.py); everyone is the same
+        anonymous user on an engine without tokens."""
+        if self.tokens is None:
+            return Identity("", b"")
+        self.tokens.refresh()  # an edited tokens file counts from the next connection on
+        return self.tokens.identify(header)
 
     async def _handle(self, ws: GuardedConnection) -> None:
-        if not ws.authorized:
-            log.warning("refused a client without a valid token (%s)", ws.remote_address)
+        if ws.identity is None:
+            log.warning("refused a client without a valid token (%s)", _address(ws))
             hint = "this engine needs a token: send the header 'Authorization: Bearer <token>'"
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(msg.encode(msg.error("unauthorized", hint)))
@@ -405,13 +464,38 @@ class EngineServer:
             return
         session = Session(self, ws)
         self.sessions.add(session)
-        log.info("client %s connected (%d connected)", session.peer, len(self.sessions))
+        log.info("client %s connected%s (%d connected)", session.peer, _as(session.user), len(self.sessions))
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
             self._abandon(session)
-            log.info("client %s disconnected", session.peer)
+            log.info("client %s%s disconnected", session.peer, _as(session.user))
+
+    async def _watch_tokens(self) -> None:
+        """Look at the tokens file now and then: a revoked token's connections are closed."""
+        assert self.tokens is not None
+        while True:
+            await asyncio.sleep(self.config.tokens_interval)
+            if self.tokens.refresh():
+                self._revoke()
+
+    def _revoke(self) -> None:
+        assert self.tokens is not None
+        for session in list(self.sessions):
+            if session.identity is not None and not session.revoked and not self.tokens.holds(session.identity):
+                log.warning("closing client %s (%s): its token was revoked", session.peer, session.user)
+                session.revoked = True
+                session.deliver(msg.error("unauthorized", "this engine no longer accepts your token"))
+                self._abandon(session)
+                asyncio.get_running_loop().create_task(self._close_revoked(session))
+
+    async def _close_revoked(self, session: Session) -> None:
+        deadline = time.monotonic() + 2.0  # let the error reach the client first
+        while not session.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        session.closed = True
+        await session.ws.close(1008, "unauthorized: token revoked")
 
     def _abandon(self, session: Session) -> None:
         """A client left: its queued jobs go, its running job stops at the next stage."""
@@ -440,7 +524,8 @@ class EngineServer:
             if self.closing:
                 raise EngineError("busy", "the engine is shutting down", request.id)
             selection = frames[1] if request.params.selection else None
-            job = Job(request, frames[0], selection, session, memo=memo if memo is not None else {})
+            memo = memo if memo is not None else {}
+            job = Job(request, frames[0], selection, session, memo=memo, user=session.user, connection=id(session))
             if request.params.supersede:
                 self._supersede(session)
             try:
@@ -454,6 +539,19 @@ class EngineServer:
         session.jobs.add(job)
         session.last_frames = (request.image, frames, job.memo)
         self.stats["accepted"] += 1
+        log.info("job %s queued%s (%d waiting)", job.id, _as(job.user), len(self.queue))
+        if len(self.workers) > 1 and "photo" not in memo:
+            memo["photo"] = None  # being computed: the job waits for its key (scheduler.py)
+            asyncio.get_running_loop().create_task(self._key_photo(memo, frames[0]))
+
+    async def _key_photo(self, memo: dict, frame: bytes) -> None:
+        """The frame's SHA-256, off the event loop (50 ms for a 12 MP photo), for routing."""
+        try:
+            memo["photo"] = await asyncio.to_thread(lambda: hashlib.sha256(frame).hexdigest())
+        finally:
+            if memo.get("photo") is None:
+                memo["photo"] = ""  # never leave a job unroutable: "" is a photo no worker holds yet
+            self.queue.changed()
 
     def _supersede(self, session: Session) -> None:
         """A newer request of the same connection takes over: its earlier jobs that have not ended
@@ -488,42 +586,56 @@ class EngineServer:
         if job.finish(message, binary):
             self.stats[outcome] += 1
 
-    async def _work(self) -> None:
-        assert self._device is not None
+    async def _load_all(self) -> None:
+        """Load every worker's backend: the first one first (its loader may fetch the model files
+        every worker then reads), the others together; each worker starts taking jobs once loaded."""
         announcer = asyncio.create_task(self._announce_downloads())
         try:
-            self.backend = await self._device.submit(self._loader)
-        except Exception as exc:  # noqa: BLE001 - the daemon keeps running and says why
-            log.exception("loading the models failed")
-            detail = msg.scrub_paths(f"{type(exc).__name__}: {exc}")[:300]
-            self.backend = UnavailableBackend(
-                "internal", f"the engine failed to load its models ({detail}); see its log", {"error": detail}
-            )
+            await self._load(self.workers[0])
         finally:
             announcer.cancel()
         self.loaded.set()
         if self._downloaded:  # clients saw `downloading`: tell them how it ended
             self._broadcast_status(droppable=False)
-        log.info("engine state: %s", self.backend.describe())
+        await asyncio.gather(*(self._load(w) for w in self.workers[1:]))
+
+    async def _load(self, worker: Worker) -> None:
+        try:
+            worker.backend = await worker.thread.submit(worker.loader)
+        except Exception as exc:  # noqa: BLE001 - the daemon keeps running and says why
+            log.exception("loading the models of worker %d failed", worker.index)
+            detail = msg.scrub_paths(f"{type(exc).__name__}: {exc}")[:300]
+            worker.backend = UnavailableBackend(
+                "internal", f"the engine failed to load its models ({detail}); see its log", {"error": detail}
+            )
+        log.info("worker %d: engine state: %s", worker.index, worker.backend.describe())
+        worker.task = asyncio.create_task(self._work(worker))
+
+    async def _work(self, worker: Worker) -> None:
         while True:
-            job = await self.queue.next()
+            job = await self.queue.next(worker.index)
+            job.worker, worker.job, worker.stage = worker.index, job, None
+            moved = "" if job.moved is None else f" (moved: its photo's worker had {job.moved} jobs ahead)"
+            log.info("job %s started on worker %d%s%s", job.id, worker.index, _as(job.user), moved)
             try:
-                await self._run(job)
+                await self._run(worker, job)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the worker must survive anything
                 log.exception("worker failure on job %s", job.id)
                 self._finish(job, msg.error("internal", "the engine failed while editing", job.id), "failed")
             finally:
-                self.queue.release(job)
+                worker.job, worker.done = None, worker.done + 1
+                self.queue.release(worker.index, job)
 
-    async def _run(self, job: Job) -> None:
-        assert self._device is not None and self.backend is not None
+    async def _run(self, worker: Worker, job: Job) -> None:
+        assert worker.backend is not None
         started = time.monotonic()
-        relay = self._relay(job)
+        relay = self._relay(worker, job)
+        backend = worker.backend
         try:
-            result = await self._device.submit(
-                self.backend.run, job.request, job.image, job.selection, relay, job.cancel_event.is_set, job.memo
+            result = await worker.thread.submit(
+                backend.run, job.request, job.image, job.selection, relay, job.cancel_event.is_set, job.memo
             )
         except EngineError as exc:
             if job.cancel_requested:
@@ -543,7 +655,13 @@ class EngineServer:
             else:
                 result.id, result.seconds = job.id, time.monotonic() - started
                 self._finish(job, result.to_message(), "done", result.rgba)
-                log.info("job %s done in %.2f s (ran %s)", job.id, result.seconds, ",".join(result.stages))
+                log.info(
+                    "job %s done on worker %d in %.2f s (ran %s)",
+                    job.id,
+                    worker.index,
+                    result.seconds,
+                    ",".join(result.stages),
+                )
             del result
         if not self.queue.waiting and (self._trim is None or self._trim.done()):
             self._trim = asyncio.create_task(self._release_when_idle())
@@ -552,10 +670,10 @@ class EngineServer:
         """Give freed memory back to the OS once the engine has been idle a moment (it costs about a
         second with torch loaded, so never between two queued jobs)."""
         await asyncio.sleep(1.0)
-        if not self.queue.waiting and self.queue.running is None and self._device is not None:
-            await self._device.submit(release_memory)
+        if not self.queue.waiting and not self.queue.running and self.workers:
+            await self.workers[0].thread.submit(release_memory)  # malloc_trim is process-wide
 
-    def _relay(self, job: Job) -> Callable[[str, float], None]:
+    def _relay(self, worker: Worker, job: Job) -> Callable[[str, float], None]:
         """The pipeline's progress callback (device thread) → progress messages (event loop)."""
         loop = self._loop
         interval = self.config.progress_interval
@@ -568,11 +686,13 @@ class EngineServer:
                 return
             last["stage"], last["time"] = stage, now
             with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-                loop.call_soon_threadsafe(self._progress, job, stage, float(value))
+                loop.call_soon_threadsafe(self._progress, worker, job, stage, float(value))
 
         return relay
 
-    def _progress(self, job: Job, stage: str, value: float) -> None:
+    def _progress(self, worker: Worker, job: Job, stage: str, value: float) -> None:
+        if worker.job is job:
+            worker.stage = stage
         if job.done or job.cancel_requested or stage not in STAGES:
             return
         job.owner.deliver(msg.progress(job.id, stage, value), droppable=0.0 < value < 1.0)
@@ -607,39 +727,70 @@ class EngineServer:
             session.deliver(message, droppable=droppable)
 
     def status_message(self) -> dict:
-        if self.backend is None:
+        backend = self.backend
+        if backend is None:
             info: dict = {"state": "loading", "models": {"state": "loading"}, "device": "loading"}
             info.update(self._loading_details())
-            # a client told `downloading` is told how it ended, too (see _work)
+            # a client told `downloading` is told how it ended, too (see _load_all)
             self._downloaded = self._downloaded or info["state"] == "downloading"
             cache: dict = {}
         else:
-            info, cache = self.backend.describe(), self.backend.cache_stats()
+            info, cache = backend.describe(), self._cache_stats()
         models = info.get("models", {})
+        workers = [w.describe() for w in self.workers]
+        devices = [str(w["device"]) for w in workers if w["state"] != "loading"] or [info.get("device", "cpu")]
         fields = {
             "version": self.version,
             "state": info.get("state", "ready"),
-            "device": info.get("device", "cpu"),
+            "device": ",".join(devices) if len(workers) > 1 else info.get("device", "cpu"),
             "profile": models.get("profile"),
             "untrained": bool(models.get("untrained", False)),
             "models": models,
             "queue": len(self.queue),
-            "running": self.queue.running is not None,
+            "running": bool(self.queue.running),
             "cache": cache,
             "jobs": dict(self.stats),
             "clients": len(self.sessions),
-            "auth": bool(self.config.token),
+            "auth": self.tokens is not None,
             "limits": {
                 "max_pixels": self.config.max_pixels,
                 "max_frame_bytes": self.config.max_frame,
                 "max_text_bytes": self.config.max_text,
                 "max_queue": self.config.max_queue,
             },
-            "memory": {"rss_bytes": rss_bytes()},
+            "memory": {"rss_bytes": rss_bytes(), **info.get("memory", {})},
+            "workers": workers,
+            "routing": dict(self.queue.stats),
         }
+        if self.tokens is not None:
+            fields["users"] = len(self.tokens.owners)
         if "download" in info:
             fields["download"] = info["download"]
+        if "domains" in info:  # per domain: ready, loading, available, missing (and what to fetch), failed
+            fields["domains"] = info["domains"]
         return msg.status(msg.scrub_paths(fields))
+
+    def _cache_stats(self) -> dict:
+        """The workers' caches together (each worker also reports its own in `workers`)."""
+        total: dict = {}
+        for worker in self.workers:
+            if worker.backend is None:
+                continue
+            for name, stats in worker.backend.cache_stats().items():
+                into = total.setdefault(name, {})
+                for key, value in stats.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        into[key] = into.get(key, 0) + value
+        return total
+
+
+def _as(user: str) -> str:
+    return f" as {user}" if user else ""
+
+
+def _address(ws: GuardedConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
 
 
 def _check_frames(request: EditAnnouncement, frames: list[bytes]) -> None:

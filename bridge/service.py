@@ -28,9 +28,15 @@ def serve_command(args: argparse.Namespace) -> list[str]:
         command += ["--models", str(Path(args.models).expanduser().resolve())]
     elif args.profile != "real":
         command += ["--profile", args.profile]
-    if args.token_file:
-        command += ["--token-file", str(Path(args.token_file).expanduser().resolve())]
-    if args.device != "auto":
+    for option in ("token_file", "tokens_file", "tls_cert", "tls_key"):
+        value = getattr(args, option, None)
+        if value:
+            command += ["--" + option.replace("_", "-"), str(Path(value).expanduser().resolve())]
+    if getattr(args, "insecure_plain_token", False):
+        command.append("--insecure-plain-token")
+    if getattr(args, "devices", None):
+        command += ["--devices", args.devices]
+    elif args.device != "auto":
         command += ["--device", args.device]
     return command
 

@@ -36,7 +36,8 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.port}/"
+        scheme = "wss" if self.server.config.tls is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.server.port}/"
 
     def stop(self) -> None:
         if self.loop.is_closed():  # stopped already

@@ -21,6 +21,7 @@ from ffclip.gimp import doctor as gd
 from ffclip.gimp import settings as gimp_settings
 from ffclip.gimp.doctor import FAIL, INFO, OK, Check, Context, Profile, command, install_fix
 from ffclip.plugin import paths
+from ffclip.plugin.tls import CertificateRefused, TLSVerify, certificate_fingerprint, format_fingerprint
 
 GB = 1 << 30
 # What an engine needs to start and run one edit (docs/performance.md: real peak RSS 2.57 GB on the
@@ -74,11 +75,11 @@ def engine_targets(ctx: Context, profiles: list[Profile]) -> list[Target]:
 # --------------------------------------------------------------------------- talking to an engine
 
 
-def greet(url: str, token: str | None, timeout: float) -> dict:
+def greet(url: str, token: str | None, timeout: float, tls: TLSVerify | None = None) -> dict:
     """The engine's status greeting (raises what EngineClient.connect raises)."""
     from ffclip.plugin.client import EngineClient
 
-    client = EngineClient(url, token=token, timeout=timeout, connect_timeout=timeout)
+    client = EngineClient(url, token=token, timeout=timeout, connect_timeout=timeout, tls=tls)
     try:
         return client.connect()
     finally:
@@ -93,22 +94,30 @@ def port_open(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def tls_probe(host: str, port: int, timeout: float, context: ssl.SSLContext | None = None) -> tuple[bool, str]:
-    """(trusted, detail): a TLS handshake with the system's trust store, as the plug-in makes it."""
-    context = context or ssl.create_default_context()
+def tls_probe(host: str, port: int, timeout: float, verify: TLSVerify | None = None) -> tuple[bool, str]:
+    """(trusted, detail): the TLS handshake and checks the plug-in makes (plugin/tls.py: the system's
+    trust store, the settings' CA file and/or pinned fingerprint)."""
+    verify = verify or TLSVerify()
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
+            verify.context().wrap_socket(raw, server_hostname=host) as tls,
         ):
+            verify.check_peer(tls, f"{host}:{port}")
+            der = tls.getpeercert(binary_form=True) or b""
             cert = tls.getpeercert() or {}
     except ssl.SSLCertVerificationError as exc:
-        return False, exc.verify_message or str(exc)
+        return False, f"{exc.verify_message or exc}, checked against {verify.describe()}"
+    except CertificateRefused as exc:
+        return False, exc.message
     except (OSError, ssl.SSLError) as exc:
         return False, str(exc)
+    pin = f"fingerprint {format_fingerprint(certificate_fingerprint(der))}"
+    if verify.fingerprint:  # not verified against a chain: the handshake shows no parsed fields
+        return True, f"{pin}, the pinned one"
     issuer = dict(pair[0] for pair in cert.get("issuer", ()) if pair)
     return True, f"issued by {issuer.get('organizationName') or issuer.get('commonName') or '?'}, " + (
-        f"valid until {cert.get('notAfter', '?')}"
+        f"valid until {cert.get('notAfter', '?')}, {pin}"
     )
 
 
@@ -122,8 +131,10 @@ def other_engines(ctx: Context, url: str) -> list[tuple[str, dict]]:
         other = record["url"]
         if _endpoint(other) == here:
             continue
+        pin = record.get("fingerprint")  # a wss:// engine's own certificate (bridge/daemon.py)
+        verify = TLSVerify(fingerprint=pin) if isinstance(pin, str) and pin else None
         try:
-            out.append((other, greet(other, None, min(ctx.timeout, 3.0))))
+            out.append((other, greet(other, None, min(ctx.timeout, 3.0), verify)))
         except Exception as exc:  # noqa: BLE001 - a token-protected engine still counts
             if getattr(exc, "code", None) == "unauthorized":
                 out.append((other, {"auth": True}))
@@ -219,21 +230,18 @@ def engine_checks(ctx: Context, target: Target, n: int) -> tuple[list[Check], di
 
     parts = urlsplit(target.url)
     host, port = parts.hostname or "127.0.0.1", gimp_settings.url_port(target.url)
+    try:
+        verify = gimp_settings.tls_verify(target.settings)
+    except ValueError as exc:
+        fix = settings_fix(ctx, target, "--tls-fingerprint", "'AB:CD:…' (as the engine prints it)")
+        tls = check("tls", FAIL, f"the plug-in's tls_fingerprint setting is not usable: {exc}", fix)
+        return [check("reachable", FAIL, f"no TLS connection to {target.url}: {tls.text}", fix, tls.id), tls], None
     if parts.scheme == "wss":
-        trusted, detail = tls_probe(host, port, ctx.timeout)
-        tls = check(
-            "tls",
-            OK if trusted else FAIL,
-            f"TLS certificate trusted ({detail})" if trusted else f"TLS certificate not trusted: {detail}",
-            None
-            if trusted
-            else "add the engine's certificate (or its CA) to this system's trust store, or use a "
-            "certificate from a trusted CA",
-        )
+        tls = _tls_check(ctx, target, host, port, verify, check)
     else:
         tls = check("tls", INFO, "TLS not checked (ws:// URL: the connection is not encrypted)")
     try:
-        status = greet(target.url, target.settings.get("token"), ctx.timeout)
+        status = greet(target.url, target.settings.get("token"), ctx.timeout, verify)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a check
         return _greet_failed(ctx, target, exc, check, tls, host, port), None
     version = str(status.get("version") or "?")
@@ -244,6 +252,29 @@ def engine_checks(ctx: Context, target: Target, n: int) -> tuple[list[Check], di
     else:
         checks.append(check("token", OK, "no token needed"))
     return [*checks, tls], status
+
+
+def _tls_check(ctx: Context, target: Target, host: str, port: int, verify: TLSVerify, check) -> Check:
+    """The certificate, verified as the plug-in verifies it, with the fix for each way it fails."""
+    trusted, detail = tls_probe(host, port, ctx.timeout, verify)
+    if trusted:
+        return check("tls", OK, f"TLS certificate trusted ({detail})")
+    if verify.fingerprint and "pinned" in detail:
+        fix = (
+            "if the engine's certificate was replaced on purpose, pin the fingerprint it prints at start:\n"
+            + settings_fix(ctx, target, "--tls-fingerprint", "NEW-FINGERPRINT")
+            + "\notherwise something else answers at that address: do not use it"
+        )
+    elif verify.ca_file:
+        fix = "give the CA that signed the engine's certificate:\n" + settings_fix(ctx, target, "--tls-ca", "CA.pem")
+    else:
+        fix = (
+            "add the engine's CA to this system's trust store, or give it to the plug-in:\n"
+            + settings_fix(ctx, target, "--tls-ca", "CA.pem")
+            + "\nor pin the engine's certificate: "
+            + settings_fix(ctx, target, "--tls-fingerprint", "FINGERPRINT")
+        )
+    return check("tls", FAIL, f"TLS certificate not trusted: {detail}", fix)
 
 
 def _greet_failed(ctx: Context, target: Target, exc: Exception, check, tls: Check, host: str, port: int) -> list[Check]:
@@ -383,11 +414,11 @@ def models_checks(ctx: Context, profile: str, models_dir: str | None, why: str) 
 
 
 def real_models_check(ctx: Context, models_dir: str | None) -> Check:
-    from ffclip.engine.store import SPECS, ModelStore, default_root, sha256_file
+    from ffclip.engine.store import ModelStore, default_root, sha256_file
 
     store = ModelStore(Path(models_dir).expanduser() if models_dir else default_root(ctx.environ))
     where = f" --models {store.root}" if models_dir else ""
-    required = [s.name for s in SPECS if s.required]
+    required = store.needed()  # the one rule for what serve/edit need
     group = "Models and device"
     missing = store.missing(required)
     if missing:

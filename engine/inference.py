@@ -23,7 +23,7 @@ from .models.clip import TextEncoder, build_clip, build_tiny_clip, load_clip_wei
 from .models.e4e import Encoder4Editing
 from .models.mapper import DynamicMapper
 from .models.stylegan2 import Generator
-from .profiles import PROFILES, TINY_SEED, Profile
+from .profiles import TINY_DOMAIN_SEED, TINY_SEED, Profile, profile_for
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,11 @@ class Networks:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def build_tiny(profile: Profile, seed: int = TINY_SEED) -> Networks:
-    """The tiny profile: real architectures, narrow widths, seeded random weights."""
+def build_tiny(profile: Profile, seed: int | None = None, clip: Any = None) -> Networks:
+    """The tiny profile: real architectures, narrow widths, seeded random weights (each domain its
+    own seed; the CLIP text tower is the same for every domain, as the real ViT-B/32)."""
+    if seed is None:
+        seed = TINY_DOMAIN_SEED.get(profile.domain, TINY_SEED)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         g = Generator(
@@ -73,7 +76,8 @@ def build_tiny(profile: Profile, seed: int = TINY_SEED) -> Networks:
             latent_avg = g.mean_latent(4096)[0]
             normalise_untrained_rgb(g, latent_avg)
         mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
-    clip = build_tiny_clip(seed, embed_dim=profile.style_dim)
+    if clip is None:
+        clip = build_tiny_clip(TINY_SEED, embed_dim=profile.style_dim)
     return Networks(g, enc, latent_avg, mapper, clip, sources={"all": "tiny (seeded, untrained)"})
 
 
@@ -91,36 +95,82 @@ def normalise_untrained_rgb(g: Generator, latent_avg: Tensor) -> None:
     g.to_rgb1.bias.sub_(image.mean(dim=(0, 2, 3)).view(1, 3, 1, 1) * scale)
 
 
-def load_real(models_dir: str | Path | None, text_only_clip: bool = True) -> Networks:
-    """The official checkpoints from the model store, loaded strictly and safely."""
-    from .checkpoints.layouts import read_e4e, read_ffclip, read_generator
+def load_real(
+    models_dir: str | Path | None, text_only_clip: bool = True, domain: str = "face", clip: Any = None
+) -> Networks:
+    """The official checkpoints of `domain` from the model store, loaded strictly and safely.
+    `clip`: an already loaded CLIP model to share (every domain uses the same ViT-B/32)."""
+    from .checkpoints.layouts import parse_e4e, read_e4e, read_ffclip, read_generator
+    from .checkpoints.safe_load import load_checkpoint
+    from .domains import domain_spec
     from .store import ModelStore
 
+    spec = domain_spec(domain)
     store = ModelStore(models_dir)
-    needed = store.needed()  # stylegan2 only when the FFCLIP file is mapper-only
+    needed = store.needed(domain)  # faces: stylegan2 only when the FFCLIP file is mapper-only
     missing = store.missing(needed)
     if missing:
-        raise ModelsMissing(missing, store.fetch_hint)
+        hint = store.fetch_hint if domain == "face" else f"{store.fetch_hint} {domain}"
+        raise ModelsMissing(missing, hint)
 
     # Peak memory: CLIP first (its full state_dict and model are transient), then each network
     # built without initialisation (meta device) and given the checkpoint's own tensors
     # (assign=True), every state_dict released as soon as it is used: no network is held twice.
-    clip = build_clip(load_clip_weights(store.path("clip")), text_only=text_only_clip)
-    mapper_sd, generator_sd = read_ffclip(store.path("ffclip"))
-    if not generator_sd:  # an exported mapper-only file: the generator comes from the rosinality file
+    if clip is None:
+        clip = build_clip(load_clip_weights(store.path("clip")), text_only=text_only_clip)
+    mapper_sd, generator_sd = read_ffclip(store.path(spec.ffclip))
+    if not generator_sd and domain == "face":  # a mapper-only export: the rosinality file's generator
         if not store.present("stylegan2"):  # the file changed since needed() looked at it
             raise ModelsMissing(["stylegan2"], store.fetch_hint)
         generator_sd, _, _ = read_generator(store.path("stylegan2"))
-    generator = generator_from_state_dict(generator_sd)
+    generator = generator_from_state_dict(generator_sd) if generator_sd else None
     del generator_sd
     n_latent = int(mapper_sd["att_mapper.0.attention_layer.k_matrix.weight"].shape[0])
     mapper = _assigned(lambda: DynamicMapper(n_latent=n_latent), mapper_sd)
     del mapper_sd
-    enc_sd, latent_avg, size = read_e4e(store.path("e4e"))
+    if generator is None:  # a mapper-only car/church export: the e4e file carries the generator
+        parts = parse_e4e(load_checkpoint(store.path(spec.e4e)), store.path(spec.e4e).name)
+        if parts.decoder is None:
+            raise ModelsMissing([spec.ffclip], f"{store.fetch_hint} {domain}")
+        generator = generator_from_state_dict(parts.decoder)
+        enc_sd, latent_avg, size = parts.encoder, parts.latent_avg, parts.stylegan_size
+        del parts
+    else:
+        enc_sd, latent_avg, size = read_e4e(store.path(spec.e4e))
     encoder = _assigned(lambda: Encoder4Editing(stylegan_size=size), enc_sd)
     del enc_sd
+    if not generator.n_latent == mapper.n_latent == latent_avg.shape[0] == spec.n_latent:
+        raise ValueError(
+            f"the {domain} files do not fit together: generator {generator.n_latent}, mapper {mapper.n_latent}, "
+            f"e4e {latent_avg.shape[0]} W+ layers ({spec.n_latent} expected)"
+        )
     sources = {name: store.path(name).name for name in needed}
     return Networks(generator, encoder, latent_avg, mapper, clip, sources)
+
+
+def network_bytes(profile: Profile) -> int:
+    """What `Engine.nbytes()` will be for `profile` (float32 weights and buffers of the generator,
+    e4e and the mapper), computed on the meta device before loading anything: the daemon's memory
+    budget decides what to evict from it."""
+    with torch.device("meta"):
+        g = Generator(
+            profile.size,
+            profile.style_dim,
+            n_mlp=profile.n_mlp,
+            channel_multiplier=profile.channel_multiplier,
+            channel_base=profile.channel_base,
+        )
+        enc = Encoder4Editing(
+            stylegan_size=profile.size,
+            style_dim=profile.style_dim,
+            stages=profile.e4e_stages,
+            input_width=profile.e4e_input_width,
+        )
+        mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
+    tensors = [t for m in (g, enc, mapper) for t in (*m.parameters(), *m.buffers())]
+    # latent_avg: one W per layer in the e4e files, one W in the tiny profile
+    avg = profile.style_dim * (1 if profile.untrained else g.n_latent)
+    return sum(t.numel() * t.element_size() for t in tensors) + avg * 4
 
 
 def generator_from_state_dict(state_dict: dict[str, Tensor]) -> Generator:
@@ -186,8 +236,10 @@ class Engine:
         autocast: bool = False,
         threads: int | None = None,
         cuda_graphs: bool = False,
+        text: TextEncoder | None = None,
     ) -> None:
-        """`autocast`: run the networks in float16 autocast (CUDA only; parity tolerance in
+        """`text`: the CLIP text encoder (and its prompt cache) of another domain's engine, shared
+        (nets.clip is then not used). `autocast`: run the networks in float16 autocast (CUDA only; parity tolerance in
         docs/performance.md). `cuda_graphs`: replay synthesis from a CUDA graph captured once per
         (batch, preview) shape (CUDA only; the weights must not change afterwards). `threads`: torch
         intra-op threads, process-wide (default: every CPU this process may use; 0 or a negative
@@ -206,7 +258,7 @@ class Engine:
         self.encoder = nets.encoder.eval().to(self.device)
         self.mapper = nets.mapper.eval().to(self.device)
         self.latent_avg = nets.latent_avg.to(self.device)
-        self.text = TextEncoder(nets.clip, self.device)
+        self.text = text if text is not None else TextEncoder(nets.clip, self.device)
         self.sources = nets.sources
         for module in (self.generator, self.encoder, self.mapper, self.text.model):
             module.requires_grad_(False)
@@ -222,10 +274,15 @@ class Engine:
         autocast: bool = False,
         threads: int | None = None,
         cuda_graphs: bool = False,
+        domain: str = "face",
+        text: TextEncoder | None = None,
     ) -> Engine:
-        prof = PROFILES[profile]
-        nets = build_tiny(prof) if prof.untrained else load_real(models_dir)
-        return cls(nets, prof, device, autocast=autocast, threads=threads, cuda_graphs=cuda_graphs)
+        """The networks of `domain` (face, car, church) in `profile`; `text` shares another engine's
+        CLIP text encoder instead of loading CLIP again."""
+        prof = profile_for(profile, domain)
+        clip = text.model if text is not None else None
+        nets = build_tiny(prof, clip=clip) if prof.untrained else load_real(models_dir, domain=domain, clip=clip)
+        return cls(nets, prof, device, autocast=autocast, threads=threads, cuda_graphs=cuda_graphs, text=text)
 
     def _amp(self) -> contextlib.AbstractContextManager:
         if self.autocast:
@@ -236,6 +293,25 @@ class Engine:
     @property
     def untrained(self) -> bool:
         return self.profile.untrained
+
+    @property
+    def domain(self) -> str:
+        return self.profile.domain
+
+    @property
+    def encoder_input(self) -> tuple[int, int]:
+        """(width, height) of e4e's input in this domain (a car's 4:3 frame is 256 × 192)."""
+        from .domains import domain_spec
+
+        return domain_spec(self.domain).encoder_input
+
+    def nbytes(self) -> int:
+        """Memory of this domain's own networks (generator, e4e, mapper), not of the CLIP text
+        encoder, which every domain shares."""
+        tensors = [self.latent_avg]
+        for module in (self.generator, self.encoder, self.mapper):
+            tensors += [*module.parameters(), *module.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
     def n_latent(self) -> int:
@@ -254,6 +330,7 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         return {
             "profile": self.profile.name,
+            "domain": self.domain,
             "untrained": self.untrained,
             "device": str(self.device),
             "autocast": self.autocast,

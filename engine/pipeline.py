@@ -8,6 +8,9 @@ second edit of the same photo with another prompt or strength only maps, synthes
 `editor="passthrough"` replaces invert/map/synthesize by the aligned crop itself, rendered from
 the photo at the resolution the paste-back expects, with the whole crop counted as changed: the
 warp, the paste-back and the seam can then be measured on real photos without any weights.
+
+A pipeline edits one domain (its engine's): faces, or a car or church — there `detect` frames the
+selection (engine/scene.py) and `align` renders the frame for e4e; everything after is shared.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import cv2
 import numpy as np
 
 from ffclip.engine.cache import LRUCache
+from ffclip.engine.domains import domain_spec
 from ffclip.engine.face.align import AlignTransform, align_face
 from ffclip.engine.face.blend import BlendConfig, Compositor, change_mask, match_colours, warp_to_photo
 from ffclip.engine.face.detect import DetectorConfig, FaceDetector, FaceInfo
 from ffclip.engine.imageio import LUMA, as_hwc, as_rgb8, rgb_float, to_uint8
 from ffclip.engine.interface import EditEngine
+from ffclip.engine.scene import SceneCrop, frame_scene, render_frame
 from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, BadRequest, EditParams, EditResult, EngineError, check_image_size
 
 ENCODER_SIZE = 256  # e4e's input resolution
@@ -45,10 +50,11 @@ class PhotoEdit:
     mask: np.ndarray  # (H, W) uint8 final blend mask
     region: tuple[int, int, int, int]  # x, y, w, h bounding box of mask > 0
     rgba: np.ndarray  # (h, w, 4) uint8 edited region (RGB) with alpha = blend mask
-    faces: list[FaceInfo]  # the faces that were edited
+    faces: list[FaceInfo | SceneCrop]  # the faces (or the framed car / church) that were edited
     stages: list[str]  # stages actually run (cache hits skip detect/align/invert)
     size: int = 0  # resolution the faces were synthesized at
     untrained: bool = False  # the engine is a random model (tiny profile): edits are noise
+    domain: str = "face"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage run
     debug: list[dict[str, np.ndarray]] = field(default_factory=list)  # per face, when requested
 
@@ -62,6 +68,7 @@ class PhotoEdit:
             preview=params.preview,
             size=self.size,
             untrained=self.untrained,
+            domain=self.domain,
         )
 
 
@@ -70,7 +77,7 @@ class _FaceEntry:
     """Per (photo, face) cache entry; `w`, `recon` and `deltas` are filled on first use."""
 
     transform: AlignTransform
-    aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop
+    aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop (a car's: 192 × 256)
     w: Any = None  # W+ latent (1, n_latent, dim) torch tensor on the CPU
     recon: dict[int, np.ndarray] = field(default_factory=dict)  # size -> G(w), (S, S, 3) float16 0..255
     # prompt -> Δw (1, n_latent, dim) on the CPU: a change of strengths (a live slider) needs
@@ -156,17 +163,25 @@ class Pipeline:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         detector: DetectorConfig | None = None,
         blend: BlendConfig | None = None,
+        domain: str | None = None,
+        cache: LRUCache | None = None,
     ) -> None:
+        """`domain`: what this pipeline edits (default: the engine's, else faces). `cache`: an
+        inversion cache shared with other domains' pipelines (their keys never collide)."""
         if editor not in ("model", "passthrough"):
             raise ValueError(f"editor must be 'model' or 'passthrough', not {editor!r}")
         if editor == "model" and engine is None:
             raise ValueError("the model editor needs an engine")
+        engine_domain = getattr(engine, "domain", None) if engine is not None else None
+        if domain is not None and engine_domain is not None and domain != engine_domain:
+            raise ValueError(f"a {domain} pipeline needs a {domain} engine, not a {engine_domain} one")
+        self.domain = domain_spec(domain or engine_domain or "face").name
         self.engine = engine
         self.editor = editor
         self.max_pixels = max_pixels
         self.detector = FaceDetector(detector)
         self.blend_config = blend or BlendConfig()
-        self._cache = LRUCache(cache_bytes)
+        self._cache = cache if cache is not None else LRUCache(cache_bytes)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -174,13 +189,15 @@ class Pipeline:
         """Pay the one-time costs before the first edit: dlib's models (~1 s), and one pass of every
         network on a blank face with the shapes an edit uses (oneDNN's kernel selection, first
         touches of the weights, CUDA graphs). The daemon runs this while its status is "loading"."""
-        self.detector.load_models()
+        if self.domain == "face":
+            self.detector.load_models()
         if self.editor != "model":
             return
         import torch
 
         engine = self.engine
-        w = engine.invert(torch.zeros(1, 3, ENCODER_SIZE, ENCODER_SIZE))
+        width, height = _encoder_input(engine)
+        w = engine.invert(torch.zeros(1, 3, height, width))
         w_hat = engine.map(w, engine.encode_text([WARM_UP_PROMPT]))
         size, low = _synthesis_sizes(engine, preview=False)
         engine.synthesize_levels(w_hat, (size, low))
@@ -212,21 +229,27 @@ class Pipeline:
         inside `selection` ((H, W) uint8, 0 = must not change, 255 = free; None = everywhere).
         `debug` fills PhotoEdit.debug with per-face crops and masks. `key` is `image_key(image)`
         when the caller has it already (hashing a 12 MP photo costs ~50 ms per live preview)."""
+        if params.domain != self.domain:
+            raise BadRequest(f"this pipeline edits the {self.domain} domain, not {params.domain}")
         image = self._validate_image(image)
         selection = _validate_selection(selection, image)
         stages = _Stages(progress, should_cancel)
         key = key or image_key(image)
         rgb8 = _Rgb8(image)  # made only if detection or alignment runs (not on a re-edit)
 
-        faces = self._detect(key, rgb8, stages)
-        chosen = self._choose(faces, params.faces, selection, image.shape[1], image.shape[0])
-        entries = self._align(key, rgb8, chosen, stages)
+        if self.domain == "face":
+            faces = self._detect(key, rgb8, stages)
+            chosen = self._choose(faces, params.faces, selection, image.shape[1], image.shape[0])
+            entries = self._align(key, rgb8, chosen, stages)
+        else:
+            chosen, entries = self._frame(key, rgb8, selection, image.shape[1], image.shape[0], stages)
         size, generated = self._generate(params, key, image, chosen, entries, stages)
 
         stages.begin("blend")
         result = self._blend(image, chosen, entries, generated, selection, debug)
         stages.end()
         result.stages, result.timings, result.untrained, result.size = stages.run, stages.timings, self.untrained, size
+        result.domain = self.domain
         return result
 
     # -- validation -----------------------------------------------------------------------------
@@ -274,7 +297,7 @@ class Pipeline:
         return [faces[i] for i in dict.fromkeys(wanted)]
 
     def _align(self, key: str, rgb8: _Rgb8, chosen: list[FaceInfo], stages: _Stages) -> list[_FaceEntry]:
-        entries = [self._cache.get(("face", key, f.index)) for f in chosen]
+        entries = [self._cache.get(_entry_key(key, f)) for f in chosen]
         if all(e is not None for e in entries):
             stages.skip("align")
             return entries
@@ -283,13 +306,33 @@ class Pipeline:
             if entries[n] is None:
                 aligned, transform = align_face(rgb8.get(), face.quad, face.qsize, output_size=ENCODER_SIZE)
                 entries[n] = _FaceEntry(transform, aligned)
-                self._store(key, face.index, entries[n])
+                self._store(key, face, entries[n])
             stages.report((n + 1) / len(chosen))
         stages.end()
         return entries
 
-    def _store(self, key: str, index: int, entry: _FaceEntry) -> None:
-        self._cache.put(("face", key, index), entry, entry.nbytes())
+    def _frame(
+        self, key: str, rgb8: _Rgb8, selection: np.ndarray | None, width: int, height: int, stages: _Stages
+    ) -> tuple[list[SceneCrop], list[_FaceEntry]]:
+        """A car's or church's detect and align: frame the selection (or the whole image), render the
+        frame at e4e's input size; both cached per (photo, frame) like a face."""
+        spec = domain_spec(self.domain)
+        crop = frame_scene(selection, width, height, spec, self.blend_config)
+        entry = self._cache.get(_entry_key(key, crop))
+        if entry is not None:
+            stages.skip("detect")
+            stages.skip("align")
+            return [crop], [entry]
+        stages.begin("detect")  # framing is instant; reported so that every stage runs in order
+        stages.end()
+        stages.begin("align")
+        entry = _FaceEntry(crop.transform, render_frame(rgb8.get(), crop, *spec.encoder_input))
+        self._store(key, crop, entry)
+        stages.end()
+        return [crop], [entry]
+
+    def _store(self, key: str, item: FaceInfo | SceneCrop, entry: _FaceEntry) -> None:
+        self._cache.put(_entry_key(key, item), entry, entry.nbytes())
 
     def _generate(
         self,
@@ -327,7 +370,7 @@ class Pipeline:
             w = engine.invert(batch).detach().float().cpu()
             for j, n in enumerate(todo):
                 entries[n].w = w[j : j + 1].clone()
-                self._store(key, chosen[n].index, entries[n])
+                self._store(key, chosen[n], entries[n])
             stages.end()
         else:
             stages.skip("invert")
@@ -352,7 +395,7 @@ class Pipeline:
             if recon is None:
                 recon = _to_image(engine.synthesize(w_all[n : n + 1], size=low)).astype(np.float16)
                 entry.recon[low] = recon
-                self._store(key, chosen[n].index, entry)
+                self._store(key, chosen[n], entry)
             recon = recon.astype(np.float32)
             change = change_mask(_to_image(levels[low]), recon, self.blend_config)
             generated.append(_Generated(_to_image(levels[size]), change, recon))
@@ -384,7 +427,7 @@ class Pipeline:
                 for n, entry in enumerate(entries):
                     entry.deltas.put(prompt, delta[n : n + 1].clone())
             for face, entry in zip(chosen, entries, strict=True):
-                self._store(key, face.index, entry)
+                self._store(key, face, entry)
             stages.end()
         else:
             stages.skip("encode_text")
@@ -404,8 +447,9 @@ class Pipeline:
         height, width = image.shape[:2]
         pastes = []
         for face, entry, gen in zip(chosen, entries, generated, strict=True):
+            crop = face.crop_alpha(self.blend_config) if isinstance(face, SceneCrop) else None
             paste = warp_to_photo(
-                entry.transform, gen.content, gen.change, (width, height), self.blend_config, gen.reference
+                entry.transform, gen.content, gen.change, (width, height), self.blend_config, gen.reference, crop
             )
             if paste is not None:
                 x, y, w, h = paste.region
@@ -427,6 +471,18 @@ class Pipeline:
                 _debug_images(entry, gen, paste) for entry, gen, paste in zip(entries, generated, pastes, strict=True)
             ]
         return result
+
+
+def _entry_key(key: str, item: FaceInfo | SceneCrop) -> tuple:
+    """The cache key of one face (by detection index) or framed scene (by domain and frame)."""
+    if isinstance(item, SceneCrop):
+        return (*item.cache_id, key)
+    return ("face", key, item.index)
+
+
+def _encoder_input(engine: Any) -> tuple[int, int]:
+    """(width, height) of the engine's e4e input (a face's 256², a car's 256 × 192)."""
+    return tuple(getattr(engine, "encoder_input", (ENCODER_SIZE, ENCODER_SIZE)))
 
 
 def _validate_selection(selection: Any, image: np.ndarray) -> np.ndarray | None:

@@ -110,6 +110,15 @@ SPECS: tuple[ModelSpec, ...] = (
         {"input_size": 112},
     ),
     ModelSpec(
+        "moco",
+        "moco_v2_800ep_pretrain.pt",
+        "moco",
+        "MoCo v2 ResNet-50 (training similarity loss of cars and churches)",
+        "18rLcNGdteX5LwT7sv_F7HWr12HpVEzVe",
+        "encoder4editing README (facebookresearch/moco)",
+        {"arch": "resnet50"},
+    ),
+    ModelSpec(
         "e4e-cars",
         "e4e_cars_encode.pt",
         "e4e",
@@ -213,11 +222,16 @@ class ModelStore:
     def present(self, name: str) -> bool:
         return self.path(name).is_file()
 
-    def needed(self) -> list[str]:
-        """Store names of what `serve`/`edit` need, in fetch order: the FFCLIP file first (whether
-        it carries its generator decides about stylegan2), e4e, CLIP; stylegan2 only when the
-        store's FFCLIP file is mapper-only. The one rule `models list|fetch|verify`, Engine.load
-        and the daemon's status all follow."""
+    def needed(self, domain: str = "face") -> list[str]:
+        """Store names of what `serve`/`edit` need for `domain`, in fetch order. Faces: the FFCLIP
+        file first (whether it carries its generator decides about stylegan2), e4e, CLIP;
+        stylegan2 only when the store's FFCLIP file is mapper-only. A car or a church: its e4e and
+        FFCLIP files and CLIP (a mapper-only file takes the e4e file's generator). The one rule
+        `models list|fetch|verify`, Engine.load and the daemon's status all follow."""
+        if domain != "face":
+            from .domains import needed_models
+
+            return list(needed_models(domain))
         names = list(SERVE_NEEDS)
         if self.ffclip_lacks_generator():
             names.insert(1, "stylegan2")

@@ -2,6 +2,7 @@
 """Edit every photo of a folder with one prompt, through GIMP 3 and the FFCLIP Edit plug-in.
 
     python3 gimp/batch_edit.py PHOTOS/ "smiling, blond hair" -o EDITED/ [--edit "grey hair=1.2"]
+    python3 gimp/batch_edit.py CHURCHES/ "a gothic cathedral" -o EDITED/ --domain church
 
 Runs one `gimp-console-3.0 -i --batch-interpreter python-fu-eval -b - --quit` for the whole folder;
 inside it, each file is opened, `python-fu-ffclip-edit` runs non-interactively on its (selected or
@@ -346,6 +347,27 @@ def install_plugin(console: GimpConsole, url: str | None) -> None:
     print(f"installed {install.install(console.plugin_dir(), given)}")
 
 
+def procedure_args(args: argparse.Namespace) -> dict:
+    """The plug-in procedure's arguments (besides the prompt) for the command line's options."""
+    faces = args.faces.strip().lower()
+    proc_args: dict = {"strength": args.strength, "output": args.output}
+    if args.edit:
+        proc_args["more-edits"] = "\n".join(args.edit)
+    if faces in ("all", "largest"):
+        proc_args["faces"] = faces
+    elif faces.isdigit():
+        proc_args.update({"faces": "index", "face-index": int(faces)})
+    else:
+        raise ValueError("--faces must be all, largest or a face number")
+    if args.domain != "face":  # a face batch sends what it always sent (older plug-ins lack the argument)
+        if faces != "all":
+            raise ValueError(f"--faces chooses faces; a {args.domain} edit takes the selection or the whole layer")
+        proc_args["domain"] = args.domain
+    if args.url:
+        proc_args["engine-url"] = args.url
+    return proc_args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="batch_edit.py", description="Edit every photo of a folder with FFCLIP Edit in GIMP 3."
@@ -362,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         help='a further attribute edited at once, e.g. --edit "grey hair=1.2" (up to three)',
     )
     parser.add_argument("--faces", default="all", help="all, largest or a face number (default all)")
+    parser.add_argument(
+        "--domain",
+        choices=("face", "car", "church"),
+        default="face",
+        help="what to edit: faces (default), or a car / church: the layer's selection, or the whole layer",
+    )
     parser.add_argument("--output", choices=("layer-mask", "layer"), default="layer-mask")
     parser.add_argument("--format", choices=("png", "xcf", "jpg"), default="png", help="output format")
     parser.add_argument("--url", help="engine URL (default: the plug-in's saved setting)")
@@ -374,18 +402,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    faces = args.faces.strip().lower()
-    proc_args: dict = {"strength": args.strength, "output": args.output}
-    if args.edit:
-        proc_args["more-edits"] = "\n".join(args.edit)
-    if faces in ("all", "largest"):
-        proc_args["faces"] = faces
-    elif faces.isdigit():
-        proc_args.update({"faces": "index", "face-index": int(faces)})
-    else:
-        parser.error("--faces must be all, largest or a face number")
-    if args.url:
-        proc_args["engine-url"] = args.url
+    try:
+        proc_args = procedure_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         console = GimpConsole.find(args.gimp, args.gimp_root, args.gimp_home)
         if args.install_plugin:

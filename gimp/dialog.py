@@ -1,11 +1,12 @@
 """FFCLIP Edit's live dialog: GTK widgets (through GimpUi) bound to live.LiveEditor.
 
-Up to four attribute rows (a prompt with completion, a strength slider), a face chooser once the
-photo shows several faces, a before/after switch, the engine's state and the job's progress. The
-preview is a temporary layer on the canvas (layers.PreviewLayer); Apply leaves one masked layer in
-one undo step, Cancel leaves the image as it was. Every decision is LiveEditor's; this module only
-reads widgets, draws what it is told, and carries engine events from the session's threads to
-GTK's main loop. Runs only inside GIMP.
+Up to four attribute rows (a prompt with completion, a strength slider), what to edit (faces, or
+the car / church in the selection), a face chooser once the photo shows several faces, a
+before/after switch, the engine's state and the job's progress. The preview is a temporary layer
+on the canvas (layers.PreviewLayer); Apply leaves one masked layer in one undo step, Cancel leaves
+the image as it was. Every decision is LiveEditor's; this module only reads widgets, draws what it
+is told, and carries engine events from the session's threads to GTK's main loop. Runs only inside
+GIMP.
 
 `FFCLIP_DIALOG_SCRIPT` (a JSON file of steps) makes the dialog act out a user's session on its own
 widgets — typing, sliders, buttons, screenshots — which the real-GIMP tests and the documentation
@@ -91,8 +92,18 @@ class _Row:
 class LiveDialog:
     """live.Canvas and live.View for LiveEditor; `run()` returns the new layer or None."""
 
-    def __init__(self, image: Gimp.Image, layer: Gimp.Layer, settings: dict, plugin_dir: str, first: tuple) -> None:
+    def __init__(
+        self,
+        image: Gimp.Image,
+        layer: Gimp.Layer,
+        settings: dict,
+        plugin_dir: str,
+        first: tuple,
+        domain: str | None = None,
+    ) -> None:
         GimpUi.init("python-fu-ffclip-edit")
+        # a script's explicit domain, else the one of the last dialog (settings)
+        self.first_domain = domain if domain not in (None, "face") else settings.get("domain") or "face"
         self.image, self.source = image, layer
         self.settings, self.plugin_dir = settings, plugin_dir
         self.pixels = LayerPixels(image, layer)
@@ -101,11 +112,17 @@ class LiveDialog:
         self.preview = PreviewLayer(self.pixels)
         self.new_layer: Gimp.Layer | None = None
         self.url = gimp_settings.resolve_url(None, settings)
-        self.session = EngineSession(self.url, lambda e: GLib.idle_add(self._event, e), token=settings.get("token"))
+        self.session = EngineSession(
+            self.url,
+            lambda e: GLib.idle_add(self._event, e),
+            token=settings.get("token"),
+            tls=gimp_edit.session_tls(settings),
+        )
         start = self._start_engine if settings.get("autostart") and gimp_settings.is_local_url(self.url) else None
         port = _EnginePort(self.session, self.pixels)
         self.editor = live.LiveEditor(port, self, self, self.pixels.width, start_engine=start)
         self.shown = 0  # previews drawn, for the scripted runs
+        self.faces_listed = False
         self._completion_model = Gtk.ListStore(str)
         training = live.training_prompts()
         for prompt in live.suggestions(settings.get("recent_prompts") or [], training):
@@ -132,6 +149,20 @@ class LiveDialog:
         self.add_button = Gtk.Button.new_with_mnemonic("_Add an attribute")
         self.add_button.connect("clicked", lambda *_: self.add_row("", gimp_edit.STRENGTH_DEFAULT))
         box.pack_start(self.add_button, False, False, 0)
+
+        self.domain = Gtk.ComboBoxText()
+        for nick, label in gimp_edit.DOMAIN_CHOICES:
+            self.domain.append(nick, label)
+        if not self.domain.set_active_id(self.first_domain):
+            self.domain.set_active_id("face")
+        self.domain.set_tooltip_text(
+            "Faces are found in the layer; a car or a church is the selection (or the whole layer)"
+        )
+        self.domain.connect("changed", lambda *_: self._domain_changed())
+        domain_row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        domain_row.pack_start(Gtk.Label(label="Edit:"), False, False, 0)
+        domain_row.pack_start(self.domain, True, True, 0)
+        box.pack_start(domain_row, False, False, 0)
 
         self.faces = Gtk.ComboBoxText()
         self.faces.append("all", "All faces")
@@ -187,7 +218,16 @@ class LiveDialog:
     def changed(self) -> None:
         choice = self.faces.get_active_id() or "all"
         faces: Any = (int(choice.split(":")[1]),) if choice.startswith("face:") else choice
-        self.editor.input_changed([row.value for row in self.rows], faces)
+        domain = self.domain.get_active_id() or "face"
+        self.editor.input_changed([row.value for row in self.rows], faces, domain)
+
+    def _domain_changed(self) -> None:
+        if (self.domain.get_active_id() or "face") != "face":
+            self.faces.set_active_id("all")
+            self.faces_row.hide()
+        elif self.faces_listed:  # back to faces: the chooser the photo's faces filled
+            self.faces_row.show_all()
+        self.changed()
 
     def _response(self, _dialog, response: int) -> None:
         if response == Gtk.ResponseType.OK:
@@ -207,13 +247,14 @@ class LiveDialog:
     def set_engine(self, text: str, ready: bool) -> None:
         self.engine_label.set_text(text)
 
-    def set_faces(self, labels: list[tuple[int, str]]) -> None:
+    def set_faces(self, labels: list[tuple[int, str]]) -> None:  # once, and only for faces
         for index, label in labels:
             self.faces.append(f"face:{index}", label)
+        self.faces_listed = True
         self.faces_row.show_all()
 
     def set_busy(self, busy: bool) -> None:
-        for widget in (self.rows_box, self.add_button, self.faces, self.apply_button):
+        for widget in (self.rows_box, self.add_button, self.faces, self.domain, self.apply_button):
             widget.set_sensitive(not busy)
 
     def close(self, applied: bool) -> None:
@@ -235,6 +276,7 @@ class LiveDialog:
         self.preview.close(changed=True)  # the undo history back first: the new layer is its one new step
         new = self.pixels.new_layer(result, "layer-mask")
         self.new_layer = place_result(self.image, self.source, gimp_edit.layer_name(params), new)
+        self.settings["domain"] = params.domain  # the next dialog opens with it
         self.settings["recent_prompts"] = live.remember_prompts(
             self.settings.get("recent_prompts") or [], params.prompts
         )
@@ -274,7 +316,7 @@ class _Replay:
     """A user's session acted out on the dialog's own widgets, one step at a time on the main loop.
 
     Steps (JSON objects): {"type": TEXT, "row": N, "key_s": 0.08} types TEXT key by key into row N;
-    {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"before": true|false};
+    {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"}; {"before": true|false};
     {"wait_preview": true} until a new preview is drawn; {"shot": PATH, "area": [X, Y, W, H]} saves
     the screen (or that part of it) as PNG;
     {"note": LABEL} logs the image's layers and the preview; {"move": [X, Y]} places the dialog;
@@ -309,6 +351,8 @@ class _Replay:
                 d.add_button.clicked()
             elif "faces" in step:
                 d.faces.set_active_id(step["faces"])
+            elif "domain" in step:
+                d.domain.set_active_id(step["domain"])
             elif "before" in step:
                 d.before.set_active(step["before"])
             elif "wait_preview" in step:
@@ -351,6 +395,7 @@ class _Replay:
             "undo_enabled": d.image.undo_is_enabled(),
             "dirty": d.image.is_dirty(),
             "engine": d.engine_label.get_text(),
+            "domain": d.domain.get_active_id(),
             "status": d.progress.get_text(),
         }
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from ffclip.plugin import paths
 from ffclip.plugin.protocol import (
     DEFAULT_URL,
+    DOMAINS,
     STAGES,
     Attribute,
     BadRequest,
@@ -41,6 +42,12 @@ CANCEL_MENU_LABEL = "FFCLIP Cancel"
 LAYER_PREFIX = "FFCLIP: "
 
 FACE_MODES = (("all", "All faces"), ("largest", "Largest face"), ("index", "Face number"))
+DOMAIN_CHOICES = (
+    ("face", "Faces"),
+    ("car", "A car (the selection, or the whole layer)"),
+    ("church", "A church (the selection, or the whole layer)"),
+)
+assert tuple(d for d, _ in DOMAIN_CHOICES) == DOMAINS
 OUTPUT_MODES = (("layer-mask", "New layer with mask"), ("layer", "New layer without mask"))
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_DEFAULT = 0.0, 2.0, 1.0
 
@@ -70,6 +77,8 @@ ERROR_TEXT = {
     "bad_request": "The engine refused the request. {message}",
     "busy": "The FFCLIP engine is busy with other jobs; try again in a moment. {message}",
     "unauthorized": "The FFCLIP engine refused the access token. Check the token in {settings}.\n" + DOCTOR_HINT,
+    "certificate": "The plug-in refused the FFCLIP engine's certificate: {message}\nThe certificate settings "
+    "(tls_ca_file, tls_fingerprint) are in {settings}.\n" + DOCTOR_HINT,
     "protocol": "The FFCLIP engine and this plug-in do not match ({message}): they come from different "
     "versions.\n" + DOCTOR_HINT,
     "cancelled": "The edit was cancelled.",
@@ -95,6 +104,7 @@ class ProcedureArgs:
     output: str = "layer-mask"
     url: str | None = None
     more_edits: str = ""  # further attributes, one "PROMPT=STRENGTH" a line (batch_edit.py --edit)
+    domain: str = "face"  # face, car or church (batch_edit.py --domain)
 
     def params(self, selection: bool = False) -> EditParams:
         """The edit these arguments ask for; PluginError (a message for the user) when they don't fit."""
@@ -110,12 +120,16 @@ class ProcedureArgs:
             raise PluginError(f"Output must be layer-mask or layer, not {self.output!r}.")
         if self.face_mode == "index" and int(self.face_index) < 0:
             raise PluginError("The face number must be 0 or more (0 is the most confident face).")
+        if self.domain not in DOMAINS:
+            raise PluginError(f"Domain must be one of {', '.join(DOMAINS)}, not {self.domain!r}.")
         faces = [int(self.face_index)] if self.face_mode == "index" else self.face_mode
+        if self.domain != "face":  # a car or church is the selection (or the layer): no face choice
+            faces = "all"
         try:
             more = [Attribute.parse(line) for line in (self.more_edits or "").splitlines() if line.strip()]
             if any(not STRENGTH_MIN <= a.strength <= STRENGTH_MAX for a in more):
                 raise PluginError(f"Every strength must be between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}.")
-            return EditParams((Attribute(self.prompt, strength), *more), faces, selection=selection)
+            return EditParams((Attribute(self.prompt, strength), *more), faces, selection=selection, domain=self.domain)
         except BadRequest as exc:
             raise PluginError(f"FFCLIP Edit cannot send this edit: {exc.message}.") from None
 
@@ -366,9 +380,20 @@ def _default_factory(settings: dict):
 
     def factory(url: str):
         timeout = float(settings.get("timeout") or 600)
-        return client.EngineClient(url, token=settings.get("token"), timeout=timeout)
+        tls = _tls_verify(settings)
+        return client.EngineClient(url, token=settings.get("token"), timeout=timeout, tls=tls)
 
     return factory
+
+
+def _tls_verify(settings: dict):
+    try:
+        return gimp_settings.tls_verify(settings)
+    except ValueError as exc:
+        raise PluginError(f"The plug-in's tls_fingerprint setting is not usable: {exc}") from None
+
+
+session_tls = _tls_verify  # the live dialog's EngineSession verifies the same way
 
 
 def _is_unreachable(exc: BaseException) -> bool:

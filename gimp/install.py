@@ -7,7 +7,7 @@ the menu entry "never appears". This command writes exactly that layout:
     <plug-ins>/ffclip-edit/ffclip-edit.py        the GIMP entry (gimp/ffclip-edit/ffclip-edit.py)
     <plug-ins>/ffclip-edit/ffclip/plugin/        a copy of ffclip.plugin: protocol and client
     <plug-ins>/ffclip-edit/ffclip/gimp/          a copy of ffclip.gimp's modules: the plug-in's logic
-    <plug-ins>/ffclip-edit/ffclip-edit.json      settings: engine URL, token, autostart
+    <plug-ins>/ffclip-edit/ffclip-edit.json      settings: engine URL, token, TLS, autostart
     <plug-ins>/ffclip-edit/VERSION               the ffclip-edit version that installed it (the doctor's check)
 
 Both copies are standard library only; the entry puts its folder first on sys.path, so GIMP's

@@ -11,6 +11,8 @@ it, so every decision here is tested with plain Python and a fake clock.
 - Only the newest request's answer is shown; a stale one is dropped.
 - Apply asks for the full resolution with the same parameters (the engine has their Δw cached)
   and ends the dialog with the result; Cancel cancels what runs and removes the preview.
+- The domain (faces, a car, a church) goes into every request; the engine's readiness is judged
+  per domain (a car's networks may be loading, or missing, while faces are ready).
 Standard library only.
 """
 
@@ -80,6 +82,7 @@ class LiveEditor:
         self.clock, self.debounce = clock, debounce
         self.rows: list[tuple[str, float]] = [("", STRENGTH_DEFAULT)]
         self.faces: str | tuple[int, ...] = "all"
+        self.domain = "face"
         self.show_before = False
         self.due: float | None = None  # when the next preview is to be asked for
         self.latest: str | None = None  # the newest preview request
@@ -91,16 +94,24 @@ class LiveEditor:
         self.engine_ready = False
         self.last_poll = float("-inf")
         self.known_faces: list[dict] = []
+        self.last_status: dict = {}
 
     # ------------------------------------------------------------------ user input
 
-    def input_changed(self, rows: Sequence[tuple[str, float]], faces: str | tuple[int, ...] | None = None) -> None:
-        """The attribute rows (prompt, strength) or the face choice changed: preview after a pause."""
+    def input_changed(
+        self, rows: Sequence[tuple[str, float]], faces: str | tuple[int, ...] | None = None, domain: str | None = None
+    ) -> None:
+        """The attribute rows (prompt, strength), the face choice or the domain changed: preview after
+        a pause."""
         if self.applying or self.closed:
             return
         self.rows = [(str(p), float(s)) for p, s in rows][:ROWS_MAX]
         if faces is not None:
             self.faces = faces
+        if domain is not None and domain != self.domain:
+            self.domain = domain
+            if self.last_status:  # is the new domain ready? (its networks load on first use)
+                self._engine_status(self.last_status)
         self.due = self.clock() + self.debounce
 
     def toggle_before(self, show_before: bool) -> None:
@@ -161,8 +172,9 @@ class LiveEditor:
         attributes = [Attribute(p, s) for p, s in self.rows if " ".join(p.split())]
         if not attributes:
             return None
+        faces = self.faces if self.domain == "face" else "all"
         try:
-            return EditParams(tuple(attributes), self.faces, preview=preview, supersede=True)
+            return EditParams(tuple(attributes), faces, preview=preview, supersede=True, domain=self.domain)
         except BadRequest as exc:
             self.view.set_status(f"This edit cannot be sent: {exc.message}.")
             return None
@@ -173,11 +185,7 @@ class LiveEditor:
         if self.closed:
             return
         if isinstance(event, events.StatusChanged):
-            was_ready = self.engine_ready
-            text, self.engine_ready = engine_state(event.status)
-            self.view.set_engine(text, self.engine_ready)
-            if self.engine_ready and not was_ready and self.shown is None and not self.applying:
-                self.requested, self.due = None, self.clock()  # (again) now that it can edit
+            self._engine_status(event.status)
         elif isinstance(event, events.Progress | events.Queued):
             self._progress(event)
         elif isinstance(event, events.ResultReady):
@@ -190,6 +198,14 @@ class LiveEditor:
         elif isinstance(event, events.Disconnected):
             self.engine_ready = False
             self.view.set_engine(error_message(event.error), False)
+
+    def _engine_status(self, status: dict) -> None:
+        self.last_status = status
+        was_ready = self.engine_ready
+        text, self.engine_ready = engine_state(status, self.domain)
+        self.view.set_engine(text, self.engine_ready)
+        if self.engine_ready and not was_ready and self.shown is None and not self.applying:
+            self.requested, self.due = None, self.clock()  # (again) now that it can edit
 
     def _progress(self, event: events.Progress | events.Queued) -> None:
         if event.job_id not in (self.latest, self.applying):
@@ -207,7 +223,7 @@ class LiveEditor:
         elif job_id == self.latest:
             self.shown = self.requested
             self.canvas.show_preview(result, visible=not self.show_before)
-            if self.faces == "all" and len(result.faces) > 1 and not self.known_faces:
+            if self.domain == "face" and self.faces == "all" and len(result.faces) > 1 and not self.known_faces:
                 self.known_faces = result.faces
                 self.view.set_faces(face_labels(result.faces, self.width))
             self.view.set_status(preview_note(result), 1.0)
@@ -235,10 +251,12 @@ class LiveEditor:
 # --------------------------------------------------------------------------- words for the view
 
 
-def engine_state(status: dict) -> tuple[str, bool]:
-    """(a line about the engine's state, whether it can edit now)."""
+def engine_state(status: dict, domain: str = "face") -> tuple[str, bool]:
+    """(a line about the engine's state, whether it can edit `domain` now)."""
     state = status.get("state", "ready")
     models = status.get("models") or {}
+    if domain != "face" and state not in ("loading", "downloading"):
+        return _domain_state(status, domain)
     if state == "loading":
         return "The FFCLIP engine is loading its models\u2026", False
     if state == "downloading":
@@ -254,8 +272,29 @@ def engine_state(status: dict) -> tuple[str, bool]:
     return f"Engine ready on {device}.", True
 
 
+def _domain_state(status: dict, domain: str) -> tuple[str, bool]:
+    """A car's or church's readiness: its networks load on the first edit (or may be missing)."""
+    info = (status.get("domains") or {}).get(domain)
+    if info is None:
+        return f"This FFCLIP engine edits faces only; update it to edit a {domain}.", False
+    state = info.get("state")
+    if state == "missing":
+        fetch = info.get("fetch") or f"ffclip-engine models fetch {domain}"
+        return f"The FFCLIP engine has no {domain} model weights yet: run {fetch}", False
+    if state == "failed":
+        return f"The FFCLIP engine could not load its {domain} models; see its log (engine.log).", False
+    untrained = " tiny profile, untrained networks — the edits are noise." if status.get("untrained") else ""
+    if state == "loading":
+        return f"Loading the {domain} models…{untrained}", True  # the edit waits for them
+    device = status.get("device", "?")
+    first = " (its models load with the first preview)" if state == "available" else ""
+    return f"Engine ready on {device} for a {domain}{first}.{untrained}", True
+
+
 def preview_note(result: EditResult) -> str:
     size = f"{result.size} px" if result.size else "low resolution"
+    if result.domain != "face":
+        return f"Preview: the {result.domain} drawn at {size}; Apply renders it at full resolution."
     return f"Preview: faces drawn at {size}; Apply renders them at full resolution."
 
 

@@ -8,11 +8,16 @@ writes it, the dialog updates the engine URL in it. Keys:
 - `url`: engine websocket URL (default `ffclip.plugin.protocol.DEFAULT_URL`); `FFCLIP_ENGINE_URL` overrides it
   when the caller gives no URL.
 - `token`: optional bearer token for the daemon.
+- `tls_ca_file`: for a `wss://` URL, the CA file that signed the engine's certificate (default: the
+  system's trust store).
+- `tls_fingerprint`: for a `wss://` URL, the engine certificate's pinned SHA-256 fingerprint
+  (`AB:CD:…`, as `serve` prints it); any other certificate is refused before anything is sent.
 - `autostart`: start the engine when it is not reachable (only for a local URL).
 - `start_command`: argv list that starts the daemon (`ffclip-engine serve ...`).
 - `start_timeout`: seconds to wait for a started daemon to accept connections.
 - `timeout`: seconds of silence from the engine before a job is given up.
 - `recent_prompts`: prompts of the last applied edits, offered first by the dialog's completion.
+- `domain`: what the last applied edit edited (face, car, church); the dialog opens with it.
 """
 
 from __future__ import annotations
@@ -27,16 +32,20 @@ from urllib.parse import urlsplit
 
 from ffclip.plugin.paths import JOB_STATE, runtime_dir
 from ffclip.plugin.protocol import DEFAULT_PORT, DEFAULT_URL
+from ffclip.plugin.tls import TLSVerify
 
 SETTINGS_NAME = "ffclip-edit.json"
 DEFAULTS: dict = {
     "url": DEFAULT_URL,
     "token": None,
+    "tls_ca_file": None,
+    "tls_fingerprint": None,
     "autostart": False,
     "start_command": None,
     "start_timeout": 120.0,
     "timeout": 600.0,
     "recent_prompts": [],  # the live dialog's completion, most recent first
+    "domain": "face",  # the live dialog's last domain
 }
 
 
@@ -60,6 +69,12 @@ def save_settings(plugin_dir: str | os.PathLike, settings: dict) -> Path:
     data = {k: settings.get(k, v) for k, v in DEFAULTS.items()}
     _write_json_atomic(path, data)
     return path
+
+
+def tls_verify(settings: dict) -> TLSVerify:
+    """How a wss:// engine's certificate is checked (ValueError for a malformed fingerprint)."""
+    ca, pin = settings.get("tls_ca_file"), settings.get("tls_fingerprint")
+    return TLSVerify.make(ca if isinstance(ca, str) else None, pin if isinstance(pin, str) else None)
 
 
 def resolve_url(given: str | None, settings: dict, environ: dict | None = None) -> str:

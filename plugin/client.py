@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -32,10 +33,12 @@ from .protocol import (
     new_job_id,
     status_request,
 )
+from .tls import CertificateRefused, TLSVerify, refusal
 from .websocket import ConnectionClosed, HandshakeError, WebSocket, WebSocketError
 
 __all__ = [
     "Cancelled",
+    "CertificateRefused",
     "ConnectionFailed",
     "EditResult",
     "EngineClient",
@@ -50,7 +53,8 @@ class EngineClient:
     """One connection to the daemon. Not for concurrent edits; `cancel` may come from any thread.
 
     `timeout` is an inactivity limit: how long to wait for any sign of life (a message or the
-    engine's keep-alive ping) before giving up with TimeoutError.
+    engine's keep-alive ping) before giving up with TimeoutError. `tls`: how a wss:// engine's
+    certificate is verified (a CA file, a pinned fingerprint; default the system's trust store).
     """
 
     def __init__(
@@ -59,9 +63,11 @@ class EngineClient:
         token: str | None = None,
         timeout: float = 600.0,
         connect_timeout: float = 10.0,
+        tls: TLSVerify | None = None,
     ):
         self.url = url
         self.token = token
+        self.tls = tls
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.last_status: dict = {}
@@ -73,7 +79,7 @@ class EngineClient:
     def connect(self) -> dict:
         """Open the connection; returns the engine's greeting status message."""
         self.close()
-        ws = open_engine_socket(self.url, self.token, self.connect_timeout)
+        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls)
         self._ws = ws
         try:
             greeting = self._receive_json(ws)
@@ -271,11 +277,14 @@ def edit_frames(
     return params.to_message(job_id, spec), [image] if selection is None else [image, selection]
 
 
-def open_engine_socket(url: str, token: str | None, timeout: float) -> WebSocket:
-    """A websocket to the engine at `url`, the token in the handshake; EngineError when refused."""
+def open_engine_socket(url: str, token: str | None, timeout: float, tls: TLSVerify | None = None) -> WebSocket:
+    """A websocket to the engine at `url`, the token in the handshake; EngineError when refused
+    (CertificateRefused when a wss:// engine's certificate fails `tls`: then nothing was sent)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        return WebSocket.connect(url, headers=headers, timeout=timeout)
+        return WebSocket.connect(url, headers=headers, timeout=timeout, tls=tls)
+    except ssl.SSLCertVerificationError as exc:
+        raise refusal(exc, url, tls) from None
     except HandshakeError as exc:
         if exc.status in (401, 403):
             raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
@@ -307,6 +316,7 @@ def edit_file(
     token: str | None = None,
     timeout: float = 600.0,
     on_progress: ProgressCallback | None = None,
+    tls: TLSVerify | None = None,
 ) -> dict:
     """Edit a photo file with a running daemon; writes `out_path` (and the blend mask to `mask_out`).
 
@@ -320,7 +330,7 @@ def edit_file(
     is_png = data[:8] == png.SIGNATURE
     spec = ImageSpec(width, height, "png" if is_png else "rgba8")
     started = time.monotonic()
-    with EngineClient(url, token=token, timeout=timeout) as client:
+    with EngineClient(url, token=token, timeout=timeout, tls=tls) as client:
         result = client.edit(params, data if is_png else base, spec, on_progress=on_progress)
     edited = imageops.composite(base, width, height, result.region, result.rgba)
     imageops.encode_file(out_path, width, height, edited, keep_alpha=not imageops.is_opaque(base))

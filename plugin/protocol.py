@@ -40,6 +40,10 @@ ERROR_CODES = (
 IMAGE_FORMATS = ("rgba8", "png")
 SELECTION_FORMATS = ("a8",)
 FACE_MODES = ("all", "largest")
+# What an edit works on: faces (FFHQ), or the paper's other domains, a car or a church in the
+# selection (or the whole image). Every domain has its own e4e encoder, FFCLIP mapper and StyleGAN2.
+DOMAINS = ("face", "car", "church")
+DEFAULT_DOMAIN = "face"
 
 # Field limits: clients build within them, the engine refuses anything outside them.
 MAX_ID_LENGTH = 128
@@ -114,6 +118,14 @@ def _bool(value: Any, name: str) -> bool:
     return value
 
 
+def parse_domain(value: Any) -> str:
+    """ "face", "car" or "church" (any case, surrounding spaces ignored)."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in DOMAINS:
+        raise BadRequest(f"'domain' must be one of {', '.join(DOMAINS)}, not {value!r}")
+    return text
+
+
 def parse_faces(value: Any) -> str | tuple[int, ...]:
     """Which faces: "all", "largest", face indices (ints ≥ 0, most confident first), an int, or text
     like "0,2" -> "all" | "largest" | a non-empty tuple of indices."""
@@ -180,7 +192,8 @@ class Attribute:
 @dataclass(frozen=True)
 class EditParams:
     """What to edit: 1–4 attributes, which faces, preview or full resolution, whether a selection
-    mask comes with the image, and whether this request supersedes the connection's earlier ones.
+    mask comes with the image, whether this request supersedes the connection's earlier ones, and the
+    domain (faces, or a car or church in the selection; `faces` then must stay "all").
 
     The plug-in and the command line build it, the wire carries it, the pipeline takes it; building
     one validates it (the same rules on both sides)."""
@@ -190,6 +203,7 @@ class EditParams:
     preview: bool = False
     selection: bool = False
     supersede: bool = False
+    domain: str = DEFAULT_DOMAIN
 
     def __post_init__(self) -> None:
         edits = tuple(self.edits) if isinstance(self.edits, list | tuple) else ()
@@ -199,6 +213,9 @@ class EditParams:
         object.__setattr__(self, "faces", parse_faces(self.faces))
         for name in ("preview", "selection", "supersede"):
             _bool(getattr(self, name), name)
+        object.__setattr__(self, "domain", parse_domain(self.domain))
+        if self.domain != "face" and self.faces != "all":
+            raise BadRequest(f"'faces' chooses faces; a {self.domain} edit takes the selection (or the whole image)")
 
     @classmethod
     def single(cls, prompt: str, strength: float = 1.0, **fields: Any) -> EditParams:
@@ -232,6 +249,8 @@ class EditParams:
             message["selection"] = {"format": "a8"}
         if self.supersede:
             message["supersede"] = True
+        if self.domain != DEFAULT_DOMAIN:  # a face edit reads exactly as before the field existed
+            message["domain"] = self.domain
         return message
 
     @classmethod
@@ -259,6 +278,7 @@ class EditParams:
             _bool(message.get("preview", False), "preview"),
             selection is not None,
             _bool(message.get("supersede", False), "supersede"),
+            message.get("domain", DEFAULT_DOMAIN),
         )
 
 
@@ -320,6 +340,7 @@ class EditResult:
     untrained: bool = False  # made by the tiny profile's random networks
     seconds: float = 0.0
     id: str = ""
+    domain: str = DEFAULT_DOMAIN  # what was edited: faces, or the car / church of the selection
 
     @property
     def skipped(self) -> list[str]:
@@ -341,6 +362,7 @@ class EditResult:
             "size": self.size,
             "untrained": self.untrained,
             "seconds": round(self.seconds, 3),
+            "domain": self.domain,
         }
 
     @classmethod
@@ -370,6 +392,7 @@ class EditResult:
             untrained=bool(message.get("untrained", False)),
             seconds=float(message.get("seconds") or 0.0),
             id=str(message.get("id") or ""),
+            domain=message.get("domain") if message.get("domain") in DOMAINS else DEFAULT_DOMAIN,
         )
 
 

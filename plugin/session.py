@@ -32,6 +32,7 @@ from .protocol import (
     new_job_id,
     status_request,
 )
+from .tls import TLSVerify
 from .websocket import ConnectionClosed, WebSocket, WebSocketError
 
 # --------------------------------------------------------------------------- events
@@ -98,9 +99,11 @@ class EngineSession:
         on_event: Callable[[Event], None],
         token: str | None = None,
         connect_timeout: float = 10.0,
+        tls: TLSVerify | None = None,
     ) -> None:
         self.url = url
         self.token = token
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self._on_event = on_event
         self._outbox: deque[_Edit | dict] = deque()
@@ -191,7 +194,7 @@ class EngineSession:
     def _connection(self) -> WebSocket:
         if self._ws is not None and not self._ws.closed:
             return self._ws
-        ws = open_engine_socket(self.url, self.token, self.connect_timeout)
+        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls)
         self._ws, self._image_sent = ws, None
         threading.Thread(target=self._read_loop, args=(ws,), name="ffclip-session-reader", daemon=True).start()
         return ws

@@ -14,10 +14,11 @@ import hashlib
 import os
 import select
 import socket
-import ssl
 import struct
 import threading
 from urllib.parse import urlsplit
+
+from .tls import TLSVerify
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -115,14 +116,19 @@ class WebSocket:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_message: int = 1 << 31,
+        tls: TLSVerify | None = None,
     ) -> WebSocket:
-        """Open the TCP (or TLS) connection and run the opening handshake."""
+        """Open the TCP (or TLS) connection and run the opening handshake. For wss://, `tls` says how
+        the certificate is verified (default: the system's trust store); it is checked before a byte
+        of the handshake (and its Authorization header) is sent."""
         host, port, path, secure = parse_url(url)
         sock = socket.create_connection((host, port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if secure:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                verify = tls or TLSVerify()
+                sock = verify.context().wrap_socket(sock, server_hostname=host)
+                verify.check_peer(sock, f"{host}:{port}")
             leftover = _handshake(sock, host, port, path, headers or {})
         except BaseException:
             sock.close()
@@ -226,7 +232,7 @@ class WebSocket:
         """
         while not self._buffer and not self.closed:
             readable, _, _ = select.select([self.sock], [], [], 0)
-            if not readable:
+            if not readable and not _tls_pending(self.sock):
                 return
             if not self._fill(1 << 16):
                 self._abort()
@@ -380,6 +386,12 @@ def _peek_header(buffer: bytearray) -> tuple[bool, int, int] | None:
     if buffer[1] & 0x80:
         offset += 4
     return bool(buffer[0] & 0x80), buffer[0] & 0x0F, offset + length
+
+
+def _tls_pending(sock: socket.socket) -> bool:
+    """Bytes already decrypted inside a TLS socket (select cannot see them)."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending()) if callable(pending) else False
 
 
 def _handshake(sock: socket.socket, host: str, port: int, path: str, headers: dict[str, str]) -> bytes:

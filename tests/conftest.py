@@ -4,11 +4,18 @@ local HTTP server that serves official-layout model files the way Google Drive d
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: no per-example deadline (a wall-clock limit, and flaky on a shared 2-core machine);
+# in CI the examples are derived from the test's name, so a run is reproducible.
+settings.register_profile("ffclip", deadline=None, derandomize=bool(os.environ.get("CI")), print_blob=True)
+settings.load_profile("ffclip")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_files import Behaviour, Server, start_server, stop_server  # noqa: E402

@@ -8,8 +8,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +30,15 @@ class Daemon:
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
         )
+        # the daemon logs to stderr as it works: read it as it comes, or a full pipe would stop it
+        self.log: deque[str] = deque(maxlen=500)
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
         line = self.proc.stdout.readline()
         match = re.search(r"listening on ws://[^:]+:(\d+)/", line)
         if not match:
             self.proc.kill()
-            raise AssertionError(f"no listening line: {line!r} {self.proc.stderr.read()}")
+            self.proc.wait()
+            raise AssertionError(f"no listening line: {line!r} {''.join(self.log)}")
         self.port = int(match.group(1))
         self.url = f"ws://127.0.0.1:{self.port}/"
 
@@ -71,6 +77,7 @@ def test_token_on_all_interfaces_refuses_clients_without_it(tmp_path):
         "0",
         "--token",
         "tok",
+        "--insecure-plain-token",  # plain ws:// off loopback needs it (tests/test_team_tls.py: the refusal)
         "--fake-engine",
         "--log-file",
         str(tmp_path / "e.log"),
@@ -123,7 +130,6 @@ def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
         ws.send_text(json.dumps(message))
         ws.send_binary(PHOTO.tobytes())
     time.sleep(0.5)
-    started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
     ends = {}
     with pytest.raises(ConnectionClosed) as closed:
@@ -135,9 +141,11 @@ def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
                     assert message["id"] not in ends
                     ends[message["id"]] = message.get("code", message["type"])
     assert closed.value.code == 1001
-    assert ends == {job: "cancelled" for job in jobs}
-    assert daemon.proc.wait(10) == 0 and time.monotonic() - started < 5
+    assert ends == {job: "cancelled" for job in jobs}  # none was run to its end first
+    assert daemon.proc.wait(10) == 0
     assert "stopped" in daemon.proc.stdout.read()
+    log = (tmp_path / "l").read_text()
+    assert " done in " not in log, log  # no job was finished on the device before stopping
 
 
 def test_a_200mb_frame_does_not_grow_the_daemon(tmp_path):

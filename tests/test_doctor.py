@@ -26,6 +26,7 @@ from ffclip.gimp import edit as gimp_edit
 from ffclip.gimp import install
 from ffclip.gimp.settings import url_port
 from ffclip.plugin.protocol import ConnectionFailed, EngineError, ProtocolViolation
+from ffclip.plugin.tls import TLSVerify
 
 FAKE_GIMP = Path(__file__).resolve().parent / "fake_gimp_console.py"
 GB = 1 << 30
@@ -213,7 +214,7 @@ def test_models_missing(tmp_path):
         failed = failures(ed.diagnose(context(env)))
     assert set(failed) == {"engine.state", "models.real"}
     assert failed["models.real"].fix == "ffclip-engine models fetch"
-    assert "4 of 4 model files missing" in failed["models.real"].text
+    assert "3 of 3 model files missing" in failed["models.real"].text  # ffclip, e4e, clip: store.needed()
     assert failed["engine.state"].cause == "models.real"
     assert failed["engine.state"].fix.startswith("ffclip-engine models fetch   (then restart the engine")
     assert "--profile tiny" not in failed["engine.state"].fix  # the restart keeps the engine's profile
@@ -448,7 +449,7 @@ def test_tls_certificate_trust(tmp_path):
         env = environment(tmp_path)
         install_plugin(native_plugins(env), f"wss://localhost:{port}/")
         failed = failures(ed.diagnose(context(env, run_gimp=False)))
-        trusted = ed.tls_probe("localhost", port, 3.0, ssl.create_default_context(cafile=str(cert)))
+        trusted = ed.tls_probe("localhost", port, 3.0, TLSVerify(ca_file=str(cert)))
     assert set(failed) == {"engine.tls", "engine.reachable"}
     assert "not trusted" in failed["engine.tls"].text and "self-signed" in failed["engine.tls"].text
     assert failed["engine.reachable"].cause == "engine.tls"
@@ -472,14 +473,13 @@ def _tls_accept(listener: socket.socket, server_ctx: ssl.SSLContext) -> None:
 
 
 def fill_store(root: Path) -> None:
-    from ffclip.engine.store import SPECS, ModelStore
+    from ffclip.engine.store import ModelStore
 
     store = ModelStore(root)
     root.mkdir(parents=True)
-    for spec in SPECS:
-        if spec.required:
-            store.path(spec.name).write_bytes(spec.name.encode() * 10)
-            store.record(spec.name, {"sha256": "x" * 64, "size": store.path(spec.name).stat().st_size})
+    for name in store.needed():
+        store.path(name).write_bytes(name.encode() * 10)
+        store.record(name, {"sha256": "x" * 64, "size": store.path(name).stat().st_size})
 
 
 def test_real_models_verified_and_changed(tmp_path):
@@ -492,7 +492,7 @@ def test_real_models_verified_and_changed(tmp_path):
     hashed = ed.real_models_check(context({"HOME": str(tmp_path)}, hash_models=True), str(root))
     assert hashed.status == gd.FAIL and "sha256" in hashed.text  # the recorded hashes are fake
     store = ModelStore(root)
-    for name in ("stylegan2", "e4e", "ffclip", "clip"):
+    for name in store.needed():
         store.record(name, {**store.index()[name], "sha256": sha256_file(store.path(name))})
     assert ed.real_models_check(context({"HOME": str(tmp_path)}, hash_models=True), str(root)).status == gd.OK
     with open(store.path("e4e"), "ab") as f:

@@ -84,7 +84,12 @@ class World:
         if profile is None:
             return
         cmd = [PYTHON, "-m", "ffclip.engine", "serve", "--profile", profile, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if profile == "real":
+            cmd.append("--no-fetch")  # an engine without models, not one downloading them (no network here)
+        # the engine's console goes to a file: an unread pipe would fill and stop it
+        self.engine_out = self.scratch / f"engine-{profile}.out"
+        with open(self.engine_out, "wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=out)
         self.profile = profile
         self._wait_ready()
 
@@ -95,7 +100,7 @@ class World:
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:
-                pytest.fail(f"the engine exited: {self.proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"the engine exited: {self.engine_out.read_text()[-2000:]}")
             try:
                 with EngineClient(self.url, timeout=10) as client:
                     if client.last_status.get("state") in ("ready", "missing"):

@@ -55,7 +55,7 @@ def _match(face: dict, ref_faces: list[dict]) -> tuple[int, float]:
 
 
 def test_every_photo_has_a_reference(photos_dir: Path, reference: dict) -> None:
-    assert _photos(photos_dir), "no photos found"
+    assert [p.name for p in _photos(photos_dir)] == sorted(KNOWN_COUNTS)
     for photo in _photos(photos_dir):
         assert photo.name in reference, f"{photo.name} has no entry in faces.json"
 

@@ -91,13 +91,15 @@ def engine(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("engine") / "engine.log"
     cmd = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    console = log.with_name("console.txt")  # a file, not an unread pipe that would fill and stop it
+    with open(console, "wb") as out:
+        proc = subprocess.Popen([*cmd, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=out)
     url = f"ws://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"the tiny engine exited ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"the tiny engine exited ({proc.returncode}): {console.read_text()[-2000:]}")
             try:
                 client = EngineClient(url, timeout=10)
                 status = client.connect()
@@ -315,7 +317,8 @@ def test_installer_registers_menu_entries(session, installed):
     edit, cancel = reg["python-fu-ffclip-edit"], reg["python-fu-ffclip-cancel"]
     assert edit is not None, "python-fu-ffclip-edit is not registered:\n" + session["_log"][-3000:]
     assert edit["paths"] == ["<Image>/Filters"] and edit["label"] == "FFCLIP Edit\u2026"
-    assert edit["args"][3:] == ["prompt", "strength", "faces", "face-index", "output", "engine-url", "more-edits"]
+    args = ["prompt", "strength", "faces", "face-index", "output", "engine-url", "more-edits", "domain"]
+    assert edit["args"][3:] == args
     assert edit["returns"] == ["layer"]
     assert cancel is not None and cancel["paths"] == ["<Image>/Filters"] and cancel["label"] == "FFCLIP Cancel"
 

@@ -406,7 +406,7 @@ def test_cancel_reaches_the_running_job_from_another_connection(fake_engine):
         time.sleep(0.05)
     state = gimp_settings.read_job_state()
     assert state is not None and state["url"] == gimp_settings.normalize_url(fake_engine.url)
-    assert "Asked" in gimp_edit.cancel_running()
+    assert gimp_edit.cancel_running() == "Asked the FFCLIP engine to cancel the running edit."
     thread.join(20)
     assert len(errors) == 1 and isinstance(errors[0], gimp_edit.Cancelled)
     assert state["id"] in fake_engine.cancelled

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ffclip.engine.checkpoints.layouts import read_ffclip
+from ffclip.engine.inference import build_tiny
+from ffclip.engine.profiles import TINY
 
 
 def test_torchrun_two_processes_agree_on_the_weights(tmp_path: Path) -> None:
@@ -61,4 +63,5 @@ def test_torchrun_two_processes_agree_on_the_weights(tmp_path: Path) -> None:
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2]  # written once, by rank 0
     assert [r["kind"] for r in log].count("val") == 1  # validation over both ranks' shards, reduced
     mapper, generator = read_ffclip(out / "checkpoints" / "last.pt")
-    assert mapper and generator
+    tiny = build_tiny(TINY)
+    assert set(mapper) == set(tiny.mapper.state_dict()) and set(generator) == set(tiny.generator.state_dict())

@@ -131,7 +131,8 @@ def test_checkpoints_have_the_official_layout(run_dir: Path) -> None:
     assert opts["loss"]["id_lambda"] == 0.9 and opts["train"]["learning_rate"] == 5e-4
     json.dumps(opts)  # primitives only
     mapper, generator = read_ffclip(ckpts / "best_model.pt")
-    assert mapper and generator
+    tiny = build_tiny(TINY)  # the trained mapper and the frozen generator, in our classes' keys
+    assert set(mapper) == set(tiny.mapper.state_dict()) and set(generator) == set(tiny.generator.state_dict())
     only = load_checkpoint(run_dir / "mapper_only.pt")
     assert all(k.startswith("module.att_mapper.") for k in only["state_dict"])
     assert read_ffclip(run_dir / "mapper_only.pt")[1] == {}

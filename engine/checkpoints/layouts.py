@@ -10,6 +10,8 @@
 | arcface   | model_ir_se50.pth             | plain IR-SE-50 state_dict (TreB1eN)                          |
 | clip      | open_clip ViT-B-32 (OpenAI)   | plain open_clip state_dict (safetensors), or OpenAI's        |
 |           |                               | TorchScript ViT-B-32.pt (tensors read without its code)      |
+| moco      | moco_v2_800ep_pretrain.pt     | {'state_dict': {module.encoder_q.* (ResNet-50 + MLP head),   |
+|           |                               |  module.encoder_k.*, module.queue*}, 'arch', 'epoch', ...}   |
 
 The expected {key: shape} comes from our own model classes, built on the meta device (no memory,
 no time), so a file is accepted only when it fits the model that will load it. Architecture
@@ -35,7 +37,8 @@ from .report import Shape, check_state_dict, shape_of
 from .safe_load import load_any, load_checkpoint, safetensors_shapes, sniff, to_plain
 from .torchscript import is_torchscript_archive, openai_to_open_clip, read_torchscript_state_dict
 
-KINDS = ("stylegan2", "e4e", "ffclip", "arcface", "clip")
+KINDS = ("stylegan2", "e4e", "ffclip", "arcface", "clip", "moco")
+MOCO_PREFIX = "module.encoder_q."  # the query encoder; its `fc` is MoCo v2's projection head
 # body units per IR-SE depth (stage units 3+4+14+3, 3+13+30+3, 3+8+36+3)
 IRSE_DEPTH_BY_UNITS = {24: 50, 49: 100, 50: 152}
 
@@ -330,6 +333,36 @@ def check_clip_shapes(shapes: Mapping[str, Shape], what: str = "CLIP ViT-B/32 we
     check_state_dict(shapes, clip_shapes(), what)
 
 
+# --- MoCo v2 ResNet-50 (e4e's similarity loss for cars and churches) -----------------------------
+
+
+@lru_cache(maxsize=1)
+def moco_backbone_shapes() -> dict[str, Shape]:
+    """torchvision's ResNet-50 without its classifier (`fc`): what e4e's MocoLoss keeps."""
+    from torchvision.models import resnet50
+
+    return {k: v for k, v in module_shapes(lambda: resnet50(weights=None)).items() if not k.startswith("fc.")}
+
+
+def parse_moco(ckpt: Mapping[str, Any], what: str = "MoCo v2 checkpoint") -> dict[str, Any]:
+    """The ResNet-50 backbone state_dict of a MoCo v2 checkpoint: `module.encoder_q.*` without the
+    projection head, renamed as e4e's MocoLoss does, checked strictly."""
+    state_dict = _dict_entry(ckpt, "state_dict", what)
+    backbone = {
+        k[len(MOCO_PREFIX) :]: v
+        for k, v in state_dict.items()
+        if k.startswith(MOCO_PREFIX) and not k.startswith(MOCO_PREFIX + "fc.")
+    }
+    if not backbone:
+        raise CheckpointError(f"{what}: no '{MOCO_PREFIX}' keys: not a MoCo checkpoint")
+    check_state_dict(backbone, moco_backbone_shapes(), f"{what} (encoder_q)")
+    return backbone
+
+
+def read_moco(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return parse_moco(load_checkpoint(path), os.path.basename(os.fspath(path)))
+
+
 # --- detection and the public readers -----------------------------------------------------------
 
 
@@ -344,6 +377,8 @@ def detect_kind(ckpt: Mapping[str, Any]) -> str:
             return "e4e"
         if any(k.startswith(("module.att_mapper.", "att_mapper.")) for k in keys):
             return "ffclip"
+        if any(k.startswith(MOCO_PREFIX) for k in keys):
+            return "moco"
     if "input_layer.0.weight" in ckpt and "output_layer.3.weight" in ckpt:
         return "arcface"
     if "token_embedding.weight" in ckpt and "visual.conv1.weight" in ckpt:
@@ -379,6 +414,8 @@ def _summary(kind: str, parts: Any) -> dict[str, Any]:
         return {"n_latent": parts.n_latent, "generator_size": gen["size"] if gen else None}
     if kind == "arcface":
         return dict(parts[1])
+    if kind == "moco":
+        return {"arch": "resnet50", "tensors": len(parts)}
     return {}
 
 
@@ -400,6 +437,7 @@ def inspect_file(path: str | os.PathLike[str], kind: str | None = None) -> Inspe
         "ffclip": parse_ffclip,
         "arcface": parse_arcface,
         "clip": _parse_clip_dict,
+        "moco": parse_moco,
     }[found]
     parts = parser(obj, what)
     return Inspection(found, _summary(found, parts), parts)

@@ -19,6 +19,7 @@ CheckpointError (not a checkpoint at all).
 
 from __future__ import annotations
 
+import codecs
 import errno
 import html
 import json
@@ -64,13 +65,10 @@ def looks_like_html(head: bytes) -> bool:
 
 def _is_text(head: bytes) -> bool:
     try:
-        text = head.decode("utf-8")
+        # final=False: a multi-byte character cut at the end of the sample is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
-        # a multi-byte character cut at the end of the sample is still text
-        try:
-            text = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
-            return False
+        return False
     return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
 
 
@@ -137,7 +135,7 @@ def _cannot_read(path: Path, exc: OSError) -> CheckpointError:
     """An OSError while parsing: a seek to where a lying offset points is the file's fault; a
     failing disk or a permission is not."""
     if exc.errno in (None, errno.EINVAL):
-        return DamagedCheckpointError(f"{exc.strerror or exc}", path)
+        return DamagedCheckpointError(f"{type(exc).__name__}: {exc.strerror or exc}", path)
     return CheckpointError(f"cannot read {path}: {exc.strerror or exc}")
 
 
@@ -189,11 +187,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise DamagedCheckpointError(f"not a valid safetensors file ({str(exc)[:200]})", path) from None
+        raise DamagedCheckpointError(f"a corrupt or truncated safetensors file ({str(exc)[:200]})", path) from None
 
 
 def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes from a safetensors header, without reading the data; checks the file length."""
+    """Keys and shapes from a safetensors header, without reading the data; checks the file length
+    (exactly: safetensors itself refuses a file longer than its header describes)."""
     path = Path(path)
     return read_guarded(path, lambda: _safetensors_header(path))
 
@@ -204,9 +203,25 @@ def _safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > size - 8:
             raise DamagedCheckpointError(f"its header claims {n} bytes of a {size}-byte file")
-        header = json.loads(f.read(n))
+        raw = f.read(n)
+    try:
+        shapes, end = _safetensors_entries(json.loads(raw))
+    except CheckpointError:  # a ValueError too, but already in words
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        said = f"no {str(exc.args[0])[:40]!r} field" if isinstance(exc, KeyError) else exception_text(exc)
+        raise DamagedCheckpointError(f"an unreadable safetensors header ({said})") from None
+    if 8 + n + end > size:
+        raise DamagedCheckpointError(f"it is truncated: {size} bytes, the header describes {8 + n + end}")
+    if 8 + n + end < size:  # safetensors itself refuses a file longer than its header describes
+        raise DamagedCheckpointError(f"it has {size - 8 - n - end} bytes after the data its header describes")
+    return shapes
+
+
+def _safetensors_entries(header: Any) -> tuple[dict[str, tuple[int, ...]], int]:
+    """{key: shape} of a parsed safetensors header, and where its data ends."""
     if not isinstance(header, dict):
-        raise DamagedCheckpointError("its header is not a JSON object")
+        raise DamagedCheckpointError("an unreadable safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     shapes, end = {}, 0
     for key, entry in header.items():
@@ -217,9 +232,7 @@ def _safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise DamagedCheckpointError(f"tensor {key[:80]!r} has a malformed shape")
         shapes[key], end = tuple(shape), max(end, stop)
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: {size} bytes, the header describes {8 + n + end}")
-    return shapes
+    return shapes, end
 
 
 def load_any(path: str | os.PathLike[str]) -> Any:

@@ -177,6 +177,11 @@ def resolve_global(module: str, name: str) -> Any:
         return vars(torch)[name]
     if module.partition(".")[0] in INERT_PACKAGES:
         return inert_class(module, name)
+    if (module, name) in TENSOR_REBUILDS:
+        raise UnsafeCheckpointError(
+            f"the pickle references {module}.{name}, a tensor where only plain values may be; refused "
+            "(only a checkpoint's unpickler rebuilds tensors, with its own checked functions)"
+        )
     raise UnsafeCheckpointError(
         f"the file's pickle references {module}.{name}, which is not a tensor, container or "
         "configuration type; unpickling it could import and run arbitrary code, so the file is "

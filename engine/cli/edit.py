@@ -1,4 +1,5 @@
-"""`ffclip-engine edit IN "PROMPT" -o OUT`: edit the faces of one photo.
+"""`ffclip-engine edit IN "PROMPT" -o OUT [--domain face|car|church]`: edit the faces of one photo,
+or the car or church in its selection (or the whole photo).
 
 Runs the whole pipeline in this process (models loaded here), or with `--url` sends the job to a
 running daemon. `--editor passthrough` needs no weights: the aligned crop goes straight back into
@@ -17,7 +18,15 @@ import numpy as np
 from ffclip.engine.imageio import LUMA, load_image, save_image
 from ffclip.engine.inference import resolve_device
 from ffclip.engine.pipeline import PhotoEdit, Pipeline
-from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, DEFAULT_URL, MAX_EDITS, Attribute, EditParams, EngineError
+from ffclip.plugin.protocol import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_URL,
+    DOMAINS,
+    MAX_EDITS,
+    Attribute,
+    EditParams,
+    EngineError,
+)
 
 UNTRAINED_NOTE = (
     "note: the '{profile}' profile is a random, untrained model; its edits look like noise inside the "
@@ -38,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f'an attribute and its strength, e.g. --edit "smiling=0.8" --edit "grey hair=1.2" (up to {MAX_EDITS} '
         "with PROMPT; w + sum of strength x delta)",
     )
+    parser.add_argument(
+        "--domain",
+        default="face",
+        choices=DOMAINS,
+        help="face (default), or car / church: the selection's bounding box (or the whole photo) is edited "
+        "with that domain's e4e, FFCLIP mapper and StyleGAN2",
+    )
     parser.add_argument("--faces", default="all", help="all | largest | indices in score order, e.g. 0,2")
     parser.add_argument("--preview", action="store_true", help="fast low-resolution synthesis")
     parser.add_argument("--selection", help="8-bit mask image: 0 = must not change (optional)")
@@ -54,6 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse larger images (default %(default)s)",
     )
     parser.add_argument("--url", help=f"send the job to a running daemon, e.g. {DEFAULT_URL}")
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="wss:// daemon: the CA file its certificate must chain to (default $FFCLIP_TLS_CA, else the "
+        "system's trust store)",
+    )
+    parser.add_argument(
+        "--tls-fingerprint",
+        metavar="SHA256",
+        help="wss:// daemon: accept only the certificate with this SHA-256 fingerprint, as `serve` prints it "
+        "(default $FFCLIP_TLS_FINGERPRINT)",
+    )
 
 
 def edit_params(args: argparse.Namespace) -> EditParams:
@@ -62,7 +90,9 @@ def edit_params(args: argparse.Namespace) -> EditParams:
     edits += [Attribute.parse(text) for text in args.edit]
     if not edits:
         raise EngineError("bad_request", 'give a PROMPT or at least one --edit "PROMPT=STRENGTH"')
-    return EditParams(tuple(edits), args.faces, args.preview, selection=bool(args.selection))
+    return EditParams(
+        tuple(edits), args.faces, args.preview, selection=bool(args.selection), domain=getattr(args, "domain", "face")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,9 +118,23 @@ def _run_remote(args: argparse.Namespace) -> int:
 
     if args.selection:
         raise EngineError("bad_request", "--selection is not sent to a daemon yet; run without --url")
-    summary = edit_file(args.url, args.input, edit_params(args), args.output, mask_out=args.mask_out)
+    summary = edit_file(
+        args.url, args.input, edit_params(args), args.output, mask_out=args.mask_out, tls=tls_options(args)
+    )
     print(f"wrote {args.output} (daemon {args.url}): {summary}")
     return 0
+
+
+def tls_options(args: argparse.Namespace):
+    """--tls-ca / --tls-fingerprint (or their environment variables) for a wss:// daemon."""
+    from ffclip.plugin.tls import TLSVerify
+
+    ca = args.tls_ca or os.environ.get("FFCLIP_TLS_CA")
+    pin = args.tls_fingerprint or os.environ.get("FFCLIP_TLS_FINGERPRINT")
+    try:
+        return TLSVerify.make(ca, pin)
+    except ValueError as exc:
+        raise EngineError("bad_request", str(exc)) from None
 
 
 def _load_engine(args: argparse.Namespace):
@@ -99,7 +143,9 @@ def _load_engine(args: argparse.Namespace):
     from ffclip.engine.inference import Engine, ModelsMissing
 
     try:
-        return Engine.load(profile=args.profile, models_dir=args.models, device=resolve_device(args.device))
+        return Engine.load(
+            profile=args.profile, models_dir=args.models, device=resolve_device(args.device), domain=args.domain
+        )
     except ModelsMissing as exc:
         print(f"error [models_missing]: missing {', '.join(exc.missing)}; run `{exc.hint}`", file=sys.stderr)
         raise SystemExit(3) from None
@@ -142,7 +188,7 @@ def _run_local(args: argparse.Namespace) -> int:
     engine = _load_engine(args)
     if engine is not None and engine.untrained:
         print(UNTRAINED_NOTE.format(profile=args.profile), file=sys.stderr)
-    pipeline = Pipeline(engine, editor=args.editor, max_pixels=args.max_pixels)
+    pipeline = Pipeline(engine, editor=args.editor, max_pixels=args.max_pixels, domain=params.domain)
     result = pipeline.edit(params, image, selection, progress=_Progress(), debug=bool(args.debug_dir))
     out = _output_array(result.image, Path(args.output))
     save_image(args.output, out)
@@ -169,12 +215,15 @@ def _write_debug(folder: Path, result: PhotoEdit) -> None:
         save_image(folder / "region.png", result.rgba)
     for face, images in zip(result.faces, result.debug, strict=True):
         for name, arr in images.items():
-            save_image(folder / f"face{face.index}.{name}.png", arr)
+            save_image(folder / f"{result.domain}{face.index}.{name}.png", arr)
 
 
 def _summary(args: argparse.Namespace, result: PhotoEdit) -> None:
-    faces = ", ".join(f"{f.index} (box {list(f.box)})" for f in result.faces)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    print(f"wrote {args.output}: faces {faces}; region {list(result.region)}; {timings}")
+    if result.domain == "face":
+        what = "faces " + ", ".join(f"{f.index} (box {list(f.box)})" for f in result.faces)
+    else:
+        what = f"{result.domain} framed at {list(result.faces[0].box)}" if result.faces else result.domain
+    print(f"wrote {args.output}: {what}; region {list(result.region)}; {timings}")
     if result.untrained:
         print("the edit comes from an UNTRAINED model (tiny profile)")

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", help="StyleGAN2 file (default: the checkpoint's own generator)")
     parser.add_argument("--arcface", help="ArcFace IR-SE-50 file")
     parser.add_argument("--clip", help="CLIP ViT-B/32 weights")
+    parser.add_argument("--domain", default="face", choices=("face", "car", "church"), help="default face")
+    parser.add_argument(
+        "--similarity", choices=("arcface", "moco", "clip"), help="identity network (default: the domain's)"
+    )
+    parser.add_argument("--moco", help="MoCo v2 checkpoint for --similarity moco")
     parser.add_argument("--limit", type=int, help="use the first N latents only")
     parser.add_argument("--strength", type=float, default=1.0, help="edit strength α (default 1)")
     parser.add_argument("--batch-size", type=int, default=4)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ffclip.gimp import settings as gimp_settings
 from ffclip.gimp.install import ENTRY, find_plugin_dirs, install, sandboxed, uninstall
 from ffclip.plugin.protocol import DEFAULT_URL
+from ffclip.plugin.tls import format_fingerprint, normalize_fingerprint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uninstall", action="store_true", help="remove the plug-in instead")
     parser.add_argument("--url", help=f"engine URL the plug-in uses (default {DEFAULT_URL})")
     parser.add_argument("--token", help="access token, when the daemon runs with --token")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="wss:// engine: the CA file that signed its certificate ('' to clear)"
+    )
+    parser.add_argument(
+        "--tls-fingerprint",
+        metavar="SHA256",
+        help="wss:// engine: pin its certificate's SHA-256 fingerprint, as `serve` prints it ('' to clear)",
+    )
     auto = parser.add_mutually_exclusive_group()
     auto.add_argument(
         "--autostart",
@@ -68,6 +77,11 @@ def _settings_from_args(args: argparse.Namespace) -> dict:
         given["url"] = gimp_settings.normalize_url(args.url)
     if args.token is not None:
         given["token"] = args.token or None
+    if args.tls_ca is not None:
+        given["tls_ca_file"] = str(Path(args.tls_ca).expanduser().resolve()) if args.tls_ca else None
+    if args.tls_fingerprint is not None:
+        pin = args.tls_fingerprint.strip()
+        given["tls_fingerprint"] = format_fingerprint(normalize_fingerprint(pin)) if pin else None
     if args.autostart is not None:
         given["autostart"] = bool(args.autostart)
     if args.start_command:

@@ -8,6 +8,7 @@ from typing import IO
 
 from ffclip.engine.checkpoints.errors import CheckpointError
 from ffclip.engine.checkpoints.layouts import KINDS
+from ffclip.engine.domains import DOMAINS, needed_models
 from ffclip.engine.store import SPECS, ModelStore, VerifyResult
 
 
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"any of {', '.join(s.name for s in SPECS)} (default: what serve/edit need)",
+        help=f"any of {', '.join(s.name for s in SPECS)}, or a domain ({', '.join(DOMAINS)}: its e4e, FFCLIP "
+        "and CLIP files) (default: what serve/edit need for faces)",
     )
     fet.add_argument("--all", action="store_true", help="every known model (training, other domains)")
     fet.add_argument(
@@ -163,11 +165,19 @@ def cmd_verify(store: ModelStore, names: list[str], accept: bool, out: IO[str]) 
     return 1 if failed else 0
 
 
+def expand_domains(names: list[str]) -> list[str]:
+    """Store names, a domain name (face, car, church) standing for the files its edits need."""
+    expanded: list[str] = []
+    for name in names:
+        expanded += needed_models(name) if name in DOMAINS else [name]
+    return list(dict.fromkeys(expanded))
+
+
 def cmd_fetch(store: ModelStore, args: argparse.Namespace, out: IO[str]) -> int:
     if args.source and len(args.names) != 1:
         print("error: --from URL takes exactly one model NAME", file=sys.stderr)
         return 2
-    explicit = args.names or ([s.name for s in SPECS] if args.all else [])
+    explicit = expand_domains(args.names) or ([s.name for s in SPECS] if args.all else [])
     for name in explicit:
         store.spec(name)  # unknown names fail before any download
     options = {"retries": args.retries, "stall_timeout": args.stall_timeout, "progress": not args.quiet}

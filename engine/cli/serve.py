@@ -8,14 +8,17 @@ import functools
 import sys
 
 from ffclip.bridge.daemon import (
+    Listener,
     already_running_message,
     bind,
     is_loopback,
     read_token,
     serve_until_signal,
+    server_tls,
     setup_logging,
 )
 from ffclip.bridge.server import ServerConfig
+from ffclip.bridge.tokens import TokenBook, TokensFileError
 from ffclip.plugin.protocol import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT
 
 EXIT_USAGE = 2
@@ -44,59 +47,144 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (needed off loopback)")
     parser.add_argument("--token-file", metavar="F", help="read the token from a file instead")
     parser.add_argument(
+        "--tokens-file",
+        metavar="F",
+        help="named tokens, one 'NAME TOKEN' a line (one per artist); re-read when it changes: delete a line "
+        "to revoke that token at once. The log names the owner, never the token",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate (chain) ...")
+    parser.add_argument("--tls-key", metavar="PEM", help="... and its private key")
+    parser.add_argument(
+        "--insecure-plain-token",
+        action="store_true",
+        help="allow tokens over plain ws:// on a non-loopback address (anyone on the network can read them)",
+    )
+    parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N", help="largest image accepted"
     )
-    parser.add_argument("--max-queue", type=int, default=32, metavar="N", help="jobs allowed to wait")
+    parser.add_argument("--max-queue", type=int, default=32, metavar="N", help="jobs allowed to wait (per token)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="several devices, e.g. cuda:0,cuda:1: one worker per device on one queue, each with its own "
+        "copy of the models and caches (overrides --device)",
+    )
+    parser.add_argument(
+        "--domain-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory for the domains' networks (face, car, church) loaded at once; the least recently used "
+        "domain is evicted to make room (default 2.5: two real domains)",
+    )
     parser.add_argument("--editor", choices=("model", "passthrough"), default="model", help=argparse.SUPPRESS)
     parser.add_argument("--log-file", metavar="F", help="log file (default: the XDG state folder's engine.log)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--fake-stage-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
+class UsageError(Exception):
+    """A refusal to start, with the message for the user (exit 2)."""
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        token = read_token(args.token, args.token_file)
-    except OSError as exc:
-        print(f"ffclip-engine serve: cannot read the token file: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    if not is_loopback(args.host) and not token:
-        print(
-            f"ffclip-engine serve: refusing to listen on {args.host} without --token: anyone on the network "
-            "could use the engine. Pass --token (clients send 'Authorization: Bearer TOKEN') or keep the "
-            "default --host 127.0.0.1.",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    if args.max_pixels < 256 or args.max_queue < 1:
-        print("ffclip-engine serve: --max-pixels and --max-queue are too small", file=sys.stderr)
+        devices = parse_devices(args.devices or args.device)
+        token, tokens = access(args)
+        check_exposure(args, token or tokens)
+        check_limits(args)
+        tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except (UsageError, ValueError) as exc:
+        print(f"ffclip-engine serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log_path = setup_logging(args.log_file, args.log_level)
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
-        print(already_running_message(args.host, args.port, token, exc), file=sys.stderr)
+        print(already_running_message(args.host, args.port, token, exc, tls), file=sys.stderr)
         return EXIT_RUNNING
     config = ServerConfig(
-        host=args.host, port=args.port, token=token, max_pixels=args.max_pixels, max_queue=args.max_queue
+        host=args.host,
+        port=args.port,
+        token=token,
+        tokens=tokens,
+        tls=tls.context if tls is not None else None,
+        max_pixels=args.max_pixels,
+        max_queue=args.max_queue,
     )
-    loader = make_loader(args)
+    loaders = [make_loader(args, device, first=i == 0) for i, device in enumerate(devices)]
     try:
-        asyncio.run(serve_until_signal(config, loader, sock, log_path))
+        asyncio.run(serve_until_signal(config, loaders, Listener(sock, tls), log_path))
     finally:
         sock.close()
     return 0
 
 
-def make_loader(args: argparse.Namespace):
+def parse_devices(text: str) -> list[str]:
+    devices = [part.strip() for part in text.split(",")]
+    if not all(devices):
+        raise UsageError(f"--devices takes a comma-separated list such as cuda:0,cuda:1, not {text!r}")
+    return devices
+
+
+def access(args: argparse.Namespace) -> tuple[str | None, TokenBook | None]:
+    """The one token (--token, --token-file, $FFCLIP_TOKEN) or the named tokens (--tokens-file)."""
+    if args.tokens_file:
+        if args.token or args.token_file:
+            raise UsageError("give --tokens-file or --token/--token-file, not both")
+        try:
+            return None, TokenBook.from_file(args.tokens_file)
+        except TokensFileError as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        return read_token(args.token, args.token_file), None
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file: {exc.strerror}") from None
+
+
+def check_exposure(args: argparse.Namespace, secured: object) -> None:
+    """Off loopback: a token is required, and it may only travel encrypted (or when told it may not)."""
+    if is_loopback(args.host):
+        return
+    if not secured:
+        raise UsageError(
+            f"refusing to listen on {args.host} without --token: anyone on the network could use the engine. "
+            "Pass --token or --tokens-file (clients send 'Authorization: Bearer TOKEN') or keep the default "
+            "--host 127.0.0.1."
+        )
+    if not (args.tls_cert or args.tls_key) and not args.insecure_plain_token:
+        raise UsageError(
+            f"refusing to send tokens over plain ws:// on {args.host}: anyone on the network could read them. "
+            "Serve wss:// with --tls-cert CERT.pem --tls-key KEY.pem (docs/deployment.md), or accept the risk "
+            "with --insecure-plain-token."
+        )
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    if args.max_pixels < 256 or args.max_queue < 1 or (args.domain_memory is not None and args.domain_memory <= 0):
+        raise UsageError("--max-pixels, --max-queue or --domain-memory is too small")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+
+
+def make_loader(args: argparse.Namespace, device: str | None = None, first: bool = True):
+    """The loader of one worker; only the first fetches missing model files (the others load after it)."""
+    device = device or args.device
     if args.fake_engine:
         from ffclip.bridge.fake import FakeBackend
 
-        return functools.partial(FakeBackend, args.fake_stage_seconds, max_pixels=args.max_pixels)
+        photos = 64  # cached per worker, as the real 512 MB inversion cache holds dozens
+        return functools.partial(
+            FakeBackend, args.fake_stage_seconds, photos, max_pixels=args.max_pixels, device=device
+        )
     from ffclip.bridge.backend import load_engine_backend
 
-    load = functools.partial(load_engine_backend, args.profile, args.models, args.device, args.editor, args.max_pixels)
-    if args.profile != "real" or args.editor != "model" or args.no_fetch:
+    budget = None if args.domain_memory is None else int(args.domain_memory * 1e9)
+    load = functools.partial(
+        load_engine_backend, args.profile, args.models, device, args.editor, args.max_pixels, budget
+    )
+    if not first or args.profile != "real" or args.editor != "model" or args.no_fetch:
         return load
     from ffclip.bridge.provision import Provisioner
 

@@ -27,7 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--models", metavar="DIR", help="model store folder for the service")
     models.add_argument("--profile", choices=("real", "tiny"), default="real")
     parser.add_argument("--token-file", metavar="F", help="token file for the service to read")
+    parser.add_argument("--tokens-file", metavar="F", help="named tokens file (serve --tokens-file)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate ...")
+    parser.add_argument("--tls-key", metavar="PEM", help="... and its key")
+    parser.add_argument("--insecure-plain-token", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--devices", metavar="LIST", help="one worker per device, e.g. cuda:0,cuda:1")
     parser.add_argument("--unit-dir", metavar="DIR", help="unit folder (default: systemd user dir)")
     parser.add_argument("--no-systemctl", action="store_true", help="write/remove the unit file only")
     parser.add_argument("--print", dest="print_only", action="store_true", help="print, change nothing")
@@ -36,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         return status(args)
-    if not is_loopback(args.host) and not args.token_file:
-        print("ffclip-engine service: a non-loopback --host needs --token-file", file=sys.stderr)
+    refusal = exposure_refusal(args)
+    if refusal:
+        print(f"ffclip-engine service: {refusal}", file=sys.stderr)
         return 2
     command = serve_command(args)
     if not sys.platform.startswith("linux"):
@@ -47,3 +53,16 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "install":
         return install(unit_path, unit_text(command), args)
     return uninstall(unit_path, args)
+
+
+def exposure_refusal(args: argparse.Namespace) -> str | None:
+    """What `serve` would refuse at every start, said once at install (see cli/serve.py)."""
+    if args.action != "install" or is_loopback(args.host):
+        return None
+    if not (args.token_file or args.tokens_file):
+        return "a non-loopback --host needs --token-file or --tokens-file"
+    if not args.tls_cert and not args.insecure_plain_token:
+        return "a non-loopback --host sends tokens: give --tls-cert and --tls-key (wss://)"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    return None

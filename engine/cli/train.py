@@ -34,6 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--clip", help="CLIP ViT-B/32 weights (open_clip state_dict, .safetensors/.pt)")
     models.add_argument("--parsenet", help="face-parsing U-Net (parsenet.pth): turns the background loss on")
     models.add_argument("--init", help="start the mapper from this FFCLIP checkpoint (official or ours)")
+    models.add_argument(
+        "--domain",
+        default="face",
+        choices=("face", "car", "church"),
+        help="the domain's generator (its FFCLIP or e4e file) and identity term (default face)",
+    )
+    models.add_argument(
+        "--similarity",
+        choices=("arcface", "moco", "clip"),
+        help="the identity term's network: arcface (faces' default), moco (MoCo v2, e4e's loss: cars' and "
+        "churches' default), clip (the named replacement when MoCo v2 weights cannot be had)",
+    )
+    models.add_argument("--moco", help="MoCo v2 checkpoint (moco_v2_800ep_pretrain.pt) for --similarity moco")
 
     loss = parser.add_argument_group("objective (defaults: the official train_configs.yaml)")
     loss.add_argument("--id-lambda", type=float, default=0.9)

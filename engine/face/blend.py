@@ -9,6 +9,7 @@ by a smooth field that matches its low frequencies to the photo's on the seam ri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -40,7 +41,9 @@ def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0.3:
         return img
     radius = max(int(3.0 * sigma + 0.5), 1)
-    return cv2.GaussianBlur(img, (2 * radius + 1, 2 * radius + 1), sigma, sigma, cv2.BORDER_REFLECT)
+    # by keyword: the 4th positional parameter is `dst`, so positionally sigmaY became BORDER_REFLECT (2)
+    size = (2 * radius + 1, 2 * radius + 1)
+    return cv2.GaussianBlur(img, size, sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
 
 def crop_alpha(u: np.ndarray, v: np.ndarray, config: BlendConfig) -> np.ndarray:
@@ -90,12 +93,14 @@ def warp_to_photo(
     photo_size: tuple[int, int],
     config: BlendConfig | None = None,
     recon: np.ndarray | None = None,
+    crop: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> FacePaste | None:
     """Resample an S x S crop (any S) back into the photo with the exact inverse warp.
 
     content, recon: (S, S, 3) float32 0..255 (the edit and the reconstruction G(w));
-    change: (S, S) float32 0..1 or None (all changed); photo_size: (width, height).
-    None when the crop does not reach into the photo.
+    change: (S, S) float32 0..1 or None (all changed); photo_size: (width, height);
+    crop: the crop alpha at (u, v) (default: a face's, `crop_alpha`; a car's or church's frame
+    brings its own, engine/scene.py). None when the crop does not reach into the photo.
     """
     config = config or BlendConfig()
     width, height = photo_size
@@ -109,7 +114,7 @@ def warp_to_photo(
         size = max(target, 8)
     mapx, mapy = transform.crop_maps(region, size)
     u, v = (mapx + 0.5) / size, (mapy + 0.5) / size
-    alpha = crop_alpha(u, v, config)
+    alpha = crop_alpha(u, v, config) if crop is None else crop(u, v)
 
     def warp(img: np.ndarray, interp: int) -> np.ndarray:
         src = img.astype(np.float32)

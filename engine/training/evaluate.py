@@ -4,7 +4,8 @@ Per prompt, over the test latents (ŵ = w + α·mapper(w, e)):
 * clip_score: cosine of the l2-normalised CLIP image embedding of G(ŵ) (CLIP's own pre-processing:
   antialiased resize to 224, CLIP mean/std) and the prompt's l2-normalised text embedding; the same
   for G(w) (`clip_score_original`) and the gain;
-* identity: ArcFace cosine of G(w) and G(ŵ) (the identity loss's crop);
+* identity: ArcFace cosine of G(w) and G(ŵ) (the identity loss's crop); for cars and churches the
+  cosine of the identity term's features (MoCo v2, or the CLIP replacement: `--similarity`);
 * psnr_outside / ssim_outside: how well G(ŵ) preserves G(w) outside the change mask — the engine's
   blend mask (engine.face.blend.change_mask), pixels weighted by 1 − mask; `changed_fraction` is the
   mask's mean;
@@ -35,7 +36,6 @@ import torch.nn.functional as F
 from . import ddp
 from .data import Latents, load_latents
 from .ddp import DistInfo
-from .losses import id_crop
 from .metrics import clip_image_features, masked_psnr_ssim
 from .prompts import eval_prompts
 from .report import html_image_grid, html_page, html_table, save_png, to_uint8_image, write_json
@@ -63,7 +63,14 @@ def _load(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, dic
     parts = parse_ffclip(load_checkpoint(args.checkpoint), Path(args.checkpoint).name)
     generator = args.generator or (args.checkpoint if parts.generator else None)
     nets = load_training_nets(
-        args.profile, args.models, generator=generator, arcface=args.arcface, clip=args.clip
+        args.profile,
+        args.models,
+        generator=generator,
+        arcface=args.arcface,
+        clip=args.clip,
+        domain=getattr(args, "domain", "face"),
+        similarity=getattr(args, "similarity", None),
+        moco=getattr(args, "moco", None),
     ).freeze(device)
     mapper = DynamicMapper(**mapper_config(parts.mapper, "mapper"))
     mapper.load_state_dict(parts.mapper, strict=True)
@@ -148,7 +155,7 @@ def evaluate_batch(ctx: EvalContext, idx: np.ndarray) -> dict[str, Any]:
     w = ctx.data.batch(idx, ctx.device)
     x = ctx.synth(w)
     x01 = (x.clamp(-1, 1) + 1) / 2
-    x_id = nets.arcface(id_crop(x)).float()
+    x_id = nets.identity(x).float()
     x_clip = clip_image_features(nets.clip, x)
     x255 = (x01 * 255).permute(0, 2, 3, 1).cpu().numpy()
     in_grid = [(i, int(row)) for i, row in enumerate(idx) if row < ctx.grid_rows]
@@ -161,7 +168,7 @@ def evaluate_batch(ctx: EvalContext, idx: np.ndarray) -> dict[str, Any]:
         y = ctx.synth(w_hat)
         y01 = (y.clamp(-1, 1) + 1) / 2
         clip_hat = clip_image_features(nets.clip, y)
-        identity = (nets.arcface(id_crop(y)).float() * x_id).sum(-1)
+        identity = (nets.identity(y).float() * x_id).sum(-1)
         y255 = (y01 * 255).permute(0, 2, 3, 1).cpu().numpy()
         masks = np.stack([change_mask(y255[i], x255[i]) for i in range(len(idx))])
         keep = torch.from_numpy(1.0 - masks).to(ctx.device)[:, None]
@@ -209,6 +216,8 @@ def run_config(ctx: EvalContext) -> dict[str, Any]:
         "strength": args.strength,
         "resolution": ctx.resolution,
         "profile": args.profile,
+        "domain": ctx.nets.domain,
+        "similarity": ctx.nets.similarity,
         "models": args.models,
         "generator": _file_id(args.generator),
         "arcface": _file_id(args.arcface),
@@ -330,6 +339,8 @@ def _finish(
         "samples": ctx.n,
         "strength": args.strength,
         "profile": args.profile,
+        "domain": ctx.nets.domain,
+        "similarity": ctx.nets.similarity,
         "untrained": args.profile == "tiny",
         "resolution": ctx.resolution,
         "networks": ctx.nets.notes,
@@ -342,7 +353,9 @@ def _finish(
         "metrics": {
             "clip_score": "cos(CLIP image of G(w_hat), CLIP text of the prompt), both l2-normalised, CLIP "
             "pre-processing (antialiased bicubic 224, CLIP mean/std)",
-            "identity": "ArcFace cosine of G(w) and G(w_hat)",
+            "identity": "ArcFace cosine of G(w) and G(w_hat)"
+            if ctx.nets.similarity == "arcface"
+            else f"{ctx.nets.similarity} feature cosine of G(w) and G(w_hat)",
             "psnr_outside/ssim_outside": "G(w_hat) vs G(w) weighted by 1 - change mask (engine blend mask)",
             "changed_fraction": "mean of the change mask",
             "mean_abs_delta_w": "mean |w_hat - w|",

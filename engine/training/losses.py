@@ -3,7 +3,8 @@
     L = λ_id·L_id + Σ_i λ_clip(i)·L_clip(i) + λ_latent·L_latent + λ_embd·L_embd [+ λ_bg·L_bg]
 
 * L_id (0.9): 1 − ⟨ArcFace(G(ŵ)), ArcFace(G(w))⟩, batch mean; faces go image → 256 (adaptive average
-  pool) → crop [35:223, 32:220] → 112 (adaptive average pool), as the official IDLoss;
+  pool) → crop [35:223, 32:220] → 112 (adaptive average pool), as the official IDLoss; cars and
+  churches use another feature network instead (`identity`, engine/training/similarity.py);
 * L_clip (1.0): 1 − cos(CLIP_image(G(ŵ)), CLIP_text(prompt)), the image resampled to 224 as the
   official CLIPLoss (nearest ×7 then 32-average for 1024, i.e. an exact area resampling). The official
   loop *sums* it over the samples of a batch (weighted per prompt category); `clip_reduction="mean"`
@@ -106,10 +107,14 @@ class Objective(nn.Module):
         entry_categories: list[str],
         weights: LossWeights,
         parsenet: nn.Module | None = None,
+        identity: nn.Module | None = None,
     ) -> None:
+        """`identity`: the feature network of L_id (unit features of generator images); None: ArcFace
+        on the official crop."""
         super().__init__()
         self.clip_model = clip_model
         self.arcface = arcface
+        self.identity = identity
         self.parsenet = parsenet
         self.weights = weights
         # l2-normalised text features, one row per distinct prompt; per draw slot: row and weight
@@ -143,6 +148,8 @@ class Objective(nn.Module):
         return self._clip_embed(F.interpolate(x, size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=True))
 
     def id_features(self, x: Tensor) -> Tensor:
+        if self.identity is not None:
+            return self.identity(x).float()
         return self.arcface(id_crop(x)).float()
 
     @torch.no_grad()

@@ -114,6 +114,8 @@ def make_opts(args: argparse.Namespace, nets_notes: dict[str, str], n_latent: in
             "clip_input": args.clip_input,
         },
         "generator": {"size": size, "n_latent": n_latent},
+        "domain": getattr(args, "domain", "face"),
+        "identity": nets_notes.get("identity", "ArcFace IR-SE-50 (the official IDLoss)"),
         "profile": args.profile,
         "networks": dict(nets_notes),
         "trained_with": "ffclip-engine train",
@@ -186,6 +188,9 @@ class Trainer:
             clip=args.clip,
             parsenet=args.parsenet,
             init=args.init,
+            domain=getattr(args, "domain", "face"),
+            similarity=getattr(args, "similarity", None),
+            moco=getattr(args, "moco", None),
         ).freeze(self.device)
         self.generator = self.nets.generator
         self.weights = weights_from(args)
@@ -211,6 +216,7 @@ class Trainer:
             self.prompts.categories,
             self.weights,
             self.nets.parsenet,
+            identity=self.nets.identity,
         ).to(self.device)
 
         from ffclip.engine.models.mapper import DynamicMapper
@@ -588,6 +594,8 @@ class Trainer:
         tail = [r["loss"] for r in self.history[-10:]]
         summary = {
             "profile": self.args.profile,
+            "domain": self.nets.domain,
+            "similarity": self.nets.similarity,
             "device": str(self.device),
             "world_size": self.info.world_size,
             "backend": self.info.backend,
@@ -671,6 +679,7 @@ def log_setup(t: Trainer) -> None:
         log.info("note: the tiny profile trains against random, untrained networks: a smoke run, not a model")
     for name, what in t.nets.notes.items():
         log.info("  %-9s %s", name, what)
+    log.info("domain %s; identity term: %s", t.nets.domain, t.nets.notes.get("identity", "ArcFace (IR-SE-50)"))
     log.info(
         "generator %d px, %d W+ layers; losses rendered at %d px%s",
         t.generator.size,

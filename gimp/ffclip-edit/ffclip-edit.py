@@ -84,7 +84,9 @@ def _live(procedure, image, layer, config, settings):
         from ffclip.gimp.dialog import LiveDialog
 
         first = (config.get_property("prompt") or "", config.get_property("strength"))
-        new = LiveDialog(image, layer, settings, HERE, first).run()
+        new = LiveDialog(image, layer, settings, HERE, first, config.get_property("domain")).run()
+    except gimp_edit.PluginError as exc:  # e.g. an unusable certificate setting
+        return _fail(procedure, str(exc))
     except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
         return _fail(procedure, "FFCLIP Edit could not run its dialog" + _log_unexpected())
     if new is None:
@@ -102,6 +104,7 @@ def _edit(procedure, image, layer, config, settings):
         output=config.get_property("output"),
         url=config.get_property("engine-url") or None,
         more_edits=config.get_property("more-edits") or "",
+        domain=config.get_property("domain"),
     )
     progress = GimpProgress()
     try:
@@ -159,10 +162,11 @@ class FfclipEdit(Gimp.PlugIn):
         procedure.set_menu_label(gimp_edit.MENU_LABEL)
         procedure.add_menu_path(gimp_edit.MENU_PATH)
         procedure.set_documentation(
-            "Edit the faces of a layer with a text prompt (FFCLIP)",
+            "Edit the faces (or a car or church) of a layer with a text prompt (FFCLIP)",
             "Sends the layer (and the selection, as a mask) to the FFCLIP engine daemon and puts the "
             "edited faces in a new layer 'FFCLIP: <prompt>' above it, with a layer mask from the blend "
-            "mask. Start the engine with 'ffclip-engine serve'.",
+            "mask. With domain car or church, the selection (or the whole layer) is the car or church "
+            "to edit. Start the engine with 'ffclip-engine serve'.",
             name,
         )
         procedure.set_attribution("FFCLIP Edit contributors", "FFCLIP Edit contributors", "2025")
@@ -203,6 +207,12 @@ class FfclipEdit(Gimp.PlugIn):
             "Further attributes edited at once, one PROMPT=STRENGTH a line (up to three)",
             "",
             flags,
+        )
+        domains = Gimp.Choice.new()
+        for i, (nick, label) in enumerate(gimp_edit.DOMAIN_CHOICES):
+            domains.add(nick, i, label, "")
+        procedure.add_choice_argument(
+            "domain", "_Domain", "What to edit: faces, or the car / church in the selection", domains, "face", flags
         )
         procedure.add_layer_return_value("layer", "Layer", "The new layer", False, flags)
         return procedure
