@@ -19,6 +19,9 @@ from . import seeds
 
 WIRE_MAX_PIXELS = 200_000  # the daemon's pixel limit here: max frame = 800 KB + 64 KB
 MAX_FRAGMENTS = 64  # fragments a message here (websockets closes a connection at 4096: too slow to fuzz)
+# a hang guard, not a speed limit: a busy machine (a test suite beside a niced fuzz run) can take
+# tens of seconds for the first face detection
+REPLY_TIMEOUT = 180.0
 CODES = {"bad_request", "bad_image", "too_large", "no_face", "busy", "cancelled", "models_missing"}
 
 
@@ -170,7 +173,7 @@ class Client:
     def binary(self, data: bytes, fragment: int | None = None) -> None:
         self.ws.send_binary(data, fragment)
 
-    def read(self, timeout: float = 30.0) -> dict:
+    def read(self, timeout: float = REPLY_TIMEOUT) -> dict:
         raw = self.ws.recv(timeout)
         if not isinstance(raw, str):
             raise AssertionError(f"a binary frame of {len(raw)} bytes nobody announced")
