@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch_files import Call, Storage, Tensor, floats, write_legacy, write_zip
+from torch_files import Call, Storage, Tensor, floats, pickle_bytes, write_legacy, write_zip
 
 from ffclip.engine.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint, to_plain
 from ffclip.engine.checkpoints.errors import DamagedCheckpointError
 from ffclip.engine.checkpoints.safe_load import outline
+from ffclip.engine.checkpoints.unpickler import restricted_loads
 from ffclip.engine.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,6 +217,44 @@ def test_a_pickle_length_beyond_the_file_allocates_nothing(tmp_path: Path, fmt: 
     path = tmp_path / "c.pt"
     _write(fmt, path, None, [], **({"object_pkl": hostile} if fmt == "legacy" else {"data_pkl": hostile}))
     assert _peak(lambda: _damaged(path, r"a bytes value of 1099511627776 bytes where \d+ are left")) < 1 << 20
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_lying_length_after_a_storage_is_refused_before_reading(tmp_path: Path, fmt: str) -> None:
+    """A text length hit after a tensor's storage was allocated (a legacy file's 1 MB buffer): the
+    length is checked against what the pickle has left before anything is read, so the loader
+    does not also read the rest of the file to find it short (tools/fuzz checkpoint-legacy #186,
+    seed 18: 2.03x the file's size)."""
+    storage = Storage("0", "FloatStorage", bytes(1 << 20))
+    placeholder = "PLACEHOLDER-TEXT"
+    raw = pickle_bytes({"w": Tensor(storage, (1 << 18,)), "s": placeholder}, legacy=fmt == "legacy")
+    counted = b"X" + len(placeholder).to_bytes(4, "little") + placeholder.encode()
+    hostile = raw.replace(counted, b"X" + (2**31 - 1).to_bytes(4, "little") + placeholder.encode())
+    assert hostile != raw
+    path = tmp_path / "c.pt"
+    _write(fmt, path, None, [storage], **({"object_pkl": hostile} if fmt == "legacy" else {"data_pkl": hostile}))
+    peak = _peak(lambda: _damaged(path, r"a text value of 2147483647 bytes where \d+ are left"))
+    assert peak < 1.5 * path.stat().st_size
+
+
+def test_a_frame_longer_than_the_pickle_is_refused_before_reading(tmp_path: Path) -> None:
+    hostile = b"\x80\x04\x95" + (1 << 40).to_bytes(8, "little") + b"}."
+    path = write_zip(tmp_path / "c.pt", None, [], data_pkl=hostile)
+    assert _peak(lambda: _damaged(path, r"a length of 1099511627776 bytes where \d+ are left")) < 1 << 20
+
+
+def test_a_protocol_0_line_without_its_end_is_refused_after_64_kib(tmp_path: Path) -> None:
+    hostile = b"V" + b"a" * (1 << 20)  # UNICODE: text up to the newline, which never comes
+    path = write_zip(tmp_path / "c.pt", None, [], data_pkl=hostile)
+    _damaged(path, "a text line of more than 65536 bytes")
+    assert restricted_loads(b"Vshort text\np0\n.") == "short text"  # protocol-0 pickles still load
+
+
+@pytest.mark.parametrize("size", [10, 100_000])
+def test_protocol_4_frames_and_large_values_outside_them_still_load(size: int) -> None:
+    value = {"text": "t" * size, "data": b"d" * size, "n": list(range(50))}
+    assert restricted_loads(pickle.dumps(value, protocol=4)) == value
+    assert restricted_loads(pickle.dumps(value, protocol=5)) == value
 
 
 def test_text_whose_length_sweeps_up_the_tensor_data_costs_no_more_than_the_file(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import copyreg
 import io
 import pickle
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -229,7 +230,7 @@ def _opcode(code: bytes) -> int:
     return code[0]
 
 
-TEXT_CHUNK = 1 << 16
+TEXT_CHUNK = 1 << 14
 
 
 def decode_text(raw: bytes, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -245,6 +246,24 @@ def decode_text(raw: bytes, encoding: str = "utf-8", errors: str = "strict") -> 
     return "".join(parts)
 
 
+# A protocol-0 text line (a number, a name, a text value) longer than this is not read: checkpoints
+# are written with protocol 2, where text is counted, and a line is read before its end is known.
+MAX_LINE = 1 << 16
+MAX_PICKLE_READ = 1 << 40  # no pickle of ours holds a terabyte value, whatever the source
+
+
+def _remaining(source: Any) -> Callable[[], int]:
+    """How many bytes `source` can still hand out."""
+    if isinstance(source, BoundedReader):
+        return lambda: source.end - source.pos
+    if isinstance(source, io.BytesIO):
+        here = source.tell()
+        end = source.seek(0, io.SEEK_END)
+        source.seek(here)
+        return lambda: end - source.tell()
+    raise TypeError(f"the restricted unpickler reads an io.BytesIO or a BoundedReader, not {type(source).__name__}")
+
+
 class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """The pure-Python unpickler with the allow-list and the checks of this module's docstring.
 
@@ -258,6 +277,34 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self._granted: dict[int, Any] = {}  # id -> callable this pickle imported
         self._depth: dict[int, int] = {}  # id -> nesting of tuples and frozensets built here
         self._keep: list[Any] = []  # keeps those ids from being reused
+        # every read of the pickle (opcodes, counted values, frames, protocol-0 lines) goes through
+        # these two: a length that claims more than the source holds is refused before reading, so
+        # a lying length costs nothing (not even the rest of the file, read to find it short)
+        self._left = _remaining(source)
+        self._file_read, self._file_readline = self._bounded_read, self._bounded_readline
+        self._source_read, self._source_readline = source.read, source.readline
+
+    def _bounded_read(self, n: int) -> bytes:
+        left = self._left()
+        if n > left > 0 or n > MAX_PICKLE_READ:
+            raise pickle.UnpicklingError(f"a length of {n} bytes where {left} are left")
+        return self._source_read(n)
+
+    def _bytes_left(self) -> int:
+        """What the next read can hand out: the rest of the current frame (protocol 4), or of the source."""
+        frame = self._unframer.current_frame
+        if frame is None:
+            return self._left()
+        with frame.getbuffer() as view:
+            return view.nbytes - frame.tell()
+
+    def _bounded_readline(self) -> bytes:
+        line = self._source_readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise pickle.UnpicklingError(
+                f"a text line of more than {MAX_LINE} bytes (protocol 0), which no checkpoint has"
+            )
+        return line
 
     # ------------------------------------------------------------------ names
 
@@ -407,6 +454,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         """The bytes of a counted value: its length, then exactly that many (the source hands out
         no more than it holds, so a lying length allocates nothing)."""
         (size,) = struct.unpack("<I" if width == 4 else "<Q", self.read(width))
+        left = self._bytes_left()
+        if size > left:
+            raise pickle.UnpicklingError(f"{what} of {size} bytes where {left} are left")
         data = self.read(size)
         if len(data) != size:
             raise pickle.UnpicklingError(f"{what} of {size} bytes where {len(data)} are left")

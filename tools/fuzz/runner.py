@@ -7,7 +7,10 @@ Each mutant ends one way:
 - `executed`: the marker file appeared, i.e. code from the mutant ran (never acceptable).
 
 Memory: before each mutant the process's peak resident size is reset (Linux: /proc/self/clear_refs),
-so `VmHWM - VmRSS before` is what that one mutant cost at its worst moment.
+so `VmHWM - VmRSS before` is what that one mutant cost at its worst moment. Resident size misses a
+large zero-filled buffer whose pages are never touched (a bytearray of a size the file claims, read
+into only up to where the file ends), so targets with `trace_memory` are also measured with
+tracemalloc (every Python-level buffer and numpy array at its full size): the peak is the larger.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import gc
 import random
 import traceback
+import tracemalloc
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +194,14 @@ def run_one(target: Target, index: int, seed: int, workdir: Path, measure: bool)
     data = target.mutant(mutant_rng(seed, target.name, index))
     path = workdir / "mutant"
     path.write_bytes(data)
+    traced_before = 0
     if measure:
         gc.collect()
         reset_peak()
         before = rss_bytes()
+        if tracemalloc.is_tracing():
+            tracemalloc.reset_peak()
+            traced_before = tracemalloc.get_traced_memory()[0]
     try:
         label = target.run(data, path)
     except KeyboardInterrupt:
@@ -201,6 +209,8 @@ def run_one(target: Target, index: int, seed: int, workdir: Path, measure: bool)
     except BaseException as exc:  # noqa: BLE001 - everything that is not a promised refusal counts
         label = f"escaped: {type(exc).__name__}: {str(exc)[:300]} @ {_where(exc)}"
     peak = max(0, peak_bytes() - before) if measure else 0
+    if measure and tracemalloc.is_tracing():
+        peak = max(peak, tracemalloc.get_traced_memory()[1] - traced_before)
     return Outcome(label, peak, len(data), target.budget(data))
 
 
@@ -232,9 +242,13 @@ def run(
     workdir = Path(tmp.name) if tmp else Path(workdir)  # type: ignore[arg-type]
     marker = workdir / "CODE-RAN"
     measure = can_measure_memory() if measure is None else measure
+    started_tracing = False
     report = Report(target.name, seed, start, measured=measure, bound=getattr(target, "memory_bound", ""))
     try:
         target.setup(workdir, marker)
+        if measure and getattr(target, "trace_memory", False) and not tracemalloc.is_tracing():
+            tracemalloc.start()
+            started_tracing = True
         warm_up(target, workdir)
         gc.freeze()  # torch's heap is large: later collections look at what the mutants make only
         for index in range(start, start + count):
@@ -255,6 +269,8 @@ def run(
             if measure:
                 _note_memory(report, index, outcome)
     finally:
+        if started_tracing:
+            tracemalloc.stop()
         gc.unfreeze()
         close = getattr(target, "close", None)
         if close is not None:

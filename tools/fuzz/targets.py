@@ -41,6 +41,7 @@ class CheckpointTarget:
     """`load_checkpoint` on mutants of a 1 MB checkpoint in one torch format."""
 
     memory_bound = "2 x the file's size"
+    trace_memory = True
 
     def __init__(self, legacy: bool) -> None:
         self.legacy = legacy
@@ -186,6 +187,7 @@ class ImageTarget:
     photos in one format, under a pixel limit of IMAGE_MAX_PIXELS."""
 
     memory_bound = f"16 bytes x max_pixels ({IMAGE_MAX_PIXELS}) + 4 x the file's size + 4 MB"
+    trace_memory = True
 
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
