@@ -8,9 +8,11 @@ message, and the server still answers afterwards.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import struct
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -232,11 +234,20 @@ class _ServerTarget:
     def setup(self, workdir: Path, marker: Path) -> None:
         from ffclip.bridge.testing import ServerThread
 
-        self.server = ServerThread(self.make_backend, max_pixels=WIRE_MAX_PIXELS, max_queue=64)
+        # No keepalive pings: a niced run on a busy machine can be starved for longer than the
+        # ping timeout, and the server then drops the connection (what the first 10 000-mutant run
+        # met once, not reproducible alone); keepalive is not what is fuzzed here.
+        config = {"max_pixels": WIRE_MAX_PIXELS, "max_queue": 64, "ping_interval": None}
+        self.server = ServerThread(self.make_backend, **config)
         self.server.start()
         self.client = Client(self.server.url)
+        self.log = _Recorder()
+        for name in ("ffclip", "websockets"):
+            logging.getLogger(name).addHandler(self.log)
 
     def close(self) -> None:
+        for name in ("ffclip", "websockets"):
+            logging.getLogger(name).removeHandler(self.log)
         self.client.close()
         self.server.stop()
 
@@ -248,6 +259,7 @@ class _ServerTarget:
         if client.ws.closed:
             client = self.client = Client(self.server.url)
         start = len(client.replies)
+        self.log.lines.clear()
         try:
             for kind, payload in script:
                 if kind == "text":
@@ -258,9 +270,21 @@ class _ServerTarget:
         except Exception as exc:
             self.client = Client(self.server.url)  # a fresh connection for the next mutant
             if type(exc).__name__ in ("ConnectionClosed", "TimeoutError"):
-                raise AssertionError(f"the server {type(exc).__name__}: {exc}") from None
+                said = " | ".join(self.log.lines) or "nothing"
+                raise AssertionError(f"the server {type(exc).__name__}: {exc}; its log said: {said}") from None
             raise
         return _label(client.replies[start:])
+
+
+class _Recorder(logging.Handler):
+    """The server's last warnings, so that a dropped connection comes with the server's reason."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: deque[str] = deque(maxlen=5)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()[:200]}")
 
 
 def decode_script(data: bytes) -> list[tuple[str, Any]]:
