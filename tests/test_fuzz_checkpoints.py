@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import io
 import pickle
+import struct
 import subprocess
 import sys
 import tracemalloc
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -255,6 +257,46 @@ def test_protocol_4_frames_and_large_values_outside_them_still_load(size: int) -
     value = {"text": "t" * size, "data": b"d" * size, "n": list(range(50))}
     assert restricted_loads(pickle.dumps(value, protocol=4)) == value
     assert restricted_loads(pickle.dumps(value, protocol=5)) == value
+
+
+def _local_header(name: str, data: bytes) -> bytes:
+    n, crc, size = name.encode(), zlib.crc32(data), len(data)
+    return struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, size, size, len(n), 0) + n
+
+
+def _directory_entry(name: str, data: bytes, offset: int) -> bytes:
+    n, crc, size = name.encode(), zlib.crc32(data), len(data)
+    fields = (20, 20, 0, 0, 0, 0x21, crc, size, size, len(n), 0, 0, 0, 0, 0, offset)
+    return struct.pack("<4s6H3I5H2I", b"PK\x01\x02", *fields) + n
+
+
+def nested_zip(path: Path, levels: int, inner: bytes) -> Path:
+    """A torch zip whose storage members nest: storage k's data holds storage k+1's local header and
+    data, each with a correct CRC (an overlapping-member zip bomb: `levels` x the file's size to read)."""
+    datas = [inner]
+    for k in range(levels - 1, 0, -1):
+        datas.insert(0, _local_header(f"archive/data/{k}", datas[0]) + datas[0])
+    obj = {f"w{k}": Tensor(Storage(str(k), "FloatStorage", d), (len(d) // 4,)) for k, d in enumerate(datas)}
+    body, entries = b"", []
+    small = {"archive/data.pkl": pickle_bytes(obj), "archive/byteorder": b"little", "archive/version": b"3\n"}
+    for name, data in small.items():
+        entries.append(_directory_entry(name, data, len(body)))
+        body += _local_header(name, data) + data
+    offset = len(body)
+    body += _local_header("archive/data/0", datas[0]) + datas[0]
+    header = len(_local_header("archive/data/0", b""))
+    entries += [_directory_entry(f"archive/data/{k}", d, offset + header * k) for k, d in enumerate(datas)]
+    central = b"".join(entries)
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
+    path.write_bytes(body + central + end)
+    return path
+
+
+def test_members_that_overlap_cannot_read_the_file_twice(tmp_path: Path) -> None:
+    """Every member lies inside the file, every CRC is right, yet reading them all would cost ten
+    times the file: the storages' bytes are charged to a budget of the file's size."""
+    path = nested_zip(tmp_path / "c.pt", 10, bytes(100_000))
+    assert _peak(lambda: _damaged(path, r"archive/data/1 needs \d+ bytes, but the file")) < 2 * path.stat().st_size
 
 
 def test_text_whose_length_sweeps_up_the_tensor_data_costs_no_more_than_the_file(tmp_path: Path) -> None:

@@ -12,9 +12,11 @@ import struct
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from ffclip.engine import imageio
 from ffclip.engine.cli import main
 from ffclip.engine.imageio import load_image
 from ffclip.plugin.protocol import EngineError
@@ -103,14 +105,56 @@ def test_a_photo_larger_than_the_limit_is_too_large_before_decoding() -> None:
     assert err.value.code == "too_large" and "4000x3000" in err.value.message
 
 
-@pytest.mark.parametrize("index", range(len(seeds.exif_seeds())))
-def test_exif_that_lies_about_the_orientation_is_ignored_or_applied(index: int) -> None:
+# what each of seeds.exif_seeds() must do: the orientation applied (PIL's reading of an integer tag,
+# whatever its declared type), or None: the tag ignored and the photo read as stored
+EXIF_EXPECTED = [None, None, 2, 3, 4, 5, 6, 7, 8, None, None, None]  # SHORT 0-9, 255, 65535
+EXIF_EXPECTED += [6, None, None, None, None, None]  # LONG 6, LONG 2**31, ASCII, RATIONAL, 1000 SHORTs, UNDEFINED
+EXIF_EXPECTED += [None, None]  # RATIONAL 8/1, FLOAT 6.0: equal to a valid orientation, but not integers
+
+
+@pytest.mark.parametrize("index", range(len(EXIF_EXPECTED)))
+def test_exif_that_lies_about_the_orientation_is_ignored_and_a_valid_one_applied(index: int) -> None:
     """Orientation 0, 9, 255, 65535, the wrong tag type, a count past the block, an offset outside
-    the file: the photo is read upright or turned as a valid tag says, never refused for its EXIF."""
-    data = seeds.exif_seeds()[index]
-    arr = load_image(data, max_pixels=targets.IMAGE_MAX_PIXELS)
-    plain = load_image(seeds.image_seeds("jpeg")[0], max_pixels=targets.IMAGE_MAX_PIXELS)
-    assert arr.shape in (plain.shape, (plain.shape[1], plain.shape[0], plain.shape[2]))
+    the file, a non-integer equal to 6 or 8: the photo is read as stored; a valid tag turns it
+    (never refused for its EXIF)."""
+    exif = seeds.exif_seeds()
+    assert len(exif) == len(EXIF_EXPECTED)
+    arr = load_image(exif[index], max_pixels=targets.IMAGE_MAX_PIXELS)
+    stored = load_image(exif[1], max_pixels=targets.IMAGE_MAX_PIXELS)  # orientation 1: as stored
+    orientation = EXIF_EXPECTED[index]
+    expected = stored if orientation is None else np.ascontiguousarray(imageio._ORIENT[orientation](stored))
+    assert arr.shape == expected.shape and np.array_equal(arr, expected)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("broken data stream"),
+        SyntaxError("broken PNG file"),
+        ValueError("x"),
+        TypeError("x"),
+        IndexError("x"),
+        KeyError("x"),
+        struct.error("x"),
+        ZeroDivisionError(),
+        cv2.error("x"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_whatever_a_decoder_raises_is_bad_image(monkeypatch, error: BaseException) -> None:
+    def broken(*_args):
+        raise error
+
+    monkeypatch.setattr(imageio, "_decode_pil", broken)
+    message = _bad_image(_sound("jpeg"), "truncated or corrupt")
+    assert type(error).__name__ in message
+
+
+def test_a_decoder_that_returns_another_size_than_the_header_is_bad_image(monkeypatch) -> None:
+    """A decoder that believes other sizes than the header's (which the pixel limit was checked on)."""
+    real = imageio._decode_pil
+    monkeypatch.setattr(imageio, "_decode_pil", lambda img: np.tile(real(img), (2, 1, 1)))
+    _bad_image(_sound("png"), "its header says")
 
 
 def test_a_file_of_another_format_is_not_opened() -> None:

@@ -38,6 +38,14 @@ from .errors import DamagedCheckpointError, UnsafeCheckpointError
 from .unpickler import BoundedReader, RestrictedUnpickler
 
 CHUNK = 1 << 16  # bytes read at a time into a storage's buffer (each chunk is a copy while it lasts)
+
+
+def chunk_size(total: int) -> int:
+    """The chunk for reading `total` bytes from a zip member: CHUNK, or an eighth of a small member,
+    so that the copies in flight (zipfile's and ours) stay a fraction of what is read."""
+    return min(CHUNK, max(4096, total // 8))
+
+
 MAX_DIMS = 64
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -311,10 +319,10 @@ class Archive:
             )
         self.budget.charge(info.file_size, info.filename)
         buffer = bytearray(info.file_size) if into is None else into
-        view, filled = memoryview(buffer), 0
+        view, filled, step = memoryview(buffer), 0, chunk_size(len(buffer))
         with self.zip.open(info) as member:
             while filled < len(buffer):
-                chunk = member.read(min(CHUNK, len(buffer) - filled))
+                chunk = member.read(min(step, len(buffer) - filled))
                 if not chunk:
                     break
                 view[filled : filled + len(chunk)] = chunk

@@ -148,18 +148,25 @@ def photo(width: int = 40, height: int = 32, channels: int = 3, depth: int = 8) 
     return rgb.astype(np.uint8 if depth == 8 else np.uint16)
 
 
-def exif_orientation(value: int, tag_type: int = 3, count: int = 1) -> bytes:
-    """A little-endian TIFF-structured EXIF block holding only the orientation tag, written as
-    `tag_type` (3 SHORT, 4 LONG, 2 ASCII, 5 RATIONAL...) with `count` values."""
+def exif_orientation(
+    value: int, tag_type: int = 3, count: int = 1, field: bytes | None = None, extra: bytes = b""
+) -> bytes:
+    """An EXIF block (APP1 payload) holding only the orientation tag in a little-endian TIFF
+    structure, written as `tag_type` (3 SHORT, 4 LONG, 2 ASCII, 5 RATIONAL...) with `count` values."""
     ifd_offset = 8
     entry_value = struct.pack("<HHI", 0x0112, tag_type, count)
-    if tag_type == 3 and count == 1:
+    if field is not None:  # the entry's 4-byte value field as given (a FLOAT, an offset to `extra`)
+        entry_value += field
+    elif tag_type == 3 and count == 1:
         entry_value += struct.pack("<HH", value & 0xFFFF, 0)
     elif tag_type == 4 and count == 1:
         entry_value += struct.pack("<I", value & 0xFFFFFFFF)
     else:  # values beyond the entry: an offset (which may point anywhere)
         entry_value += struct.pack("<I", value & 0xFFFFFFFF)
-    return b"II*\x00" + struct.pack("<I", ifd_offset) + struct.pack("<H", 1) + entry_value + b"\x00\x00\x00\x00"
+    tiff = b"II*\x00" + struct.pack("<I", ifd_offset) + struct.pack("<H", 1) + entry_value + b"\x00\x00\x00\x00" + extra
+    # the APP1 identifier: Pillow writes these bytes as they are into a JPEG (and a reader finds no
+    # EXIF without it); into a PNG's eXIf chunk it writes them without it
+    return b"Exif\x00\x00" + tiff
 
 
 def _pil(array: np.ndarray, fmt: str, **options: Any) -> bytes:
@@ -229,11 +236,16 @@ def image_seeds(fmt: str) -> list[bytes]:
 
 def exif_seeds() -> list[bytes]:
     """JPEGs whose EXIF orientation lies: every value 0-9 and far beyond, the wrong tag type, a
-    count with values outside the block, an offset outside the file."""
+    count with values outside the block, an offset outside the file, a RATIONAL 8/1, a FLOAT 6.0."""
     rgb = photo()
     out = []
     for value in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 0xFFFF):
         out.append(_pil(rgb, "JPEG", exif=exif_orientation(value)))
     for tag_type, count, value in ((4, 1, 6), (4, 1, 1 << 31), (2, 4, 60), (5, 1, 8), (3, 1000, 0x7FFFFFF0), (7, 2, 6)):
         out.append(_pil(rgb, "JPEG", exif=exif_orientation(value, tag_type, count)))
+    # numbers that equal a valid orientation but are not integers: RATIONAL 8/1 (after the IFD, at
+    # offset 26), FLOAT 6.0
+    rational = exif_orientation(0, 5, 1, field=struct.pack("<I", 26), extra=struct.pack("<II", 8, 1))
+    out.append(_pil(rgb, "JPEG", exif=rational))
+    out.append(_pil(rgb, "JPEG", exif=exif_orientation(0, 11, 1, field=struct.pack("<f", 6.0))))
     return out
