@@ -143,7 +143,11 @@ def _print(report: runner.Report, seconds: float) -> None:
     if report.measured:
         print(f", peak memory of a mutant {_mb(report.peak)} (#{report.peak_index})", end="")
         if report.bound:
-            ratio = f"at most {report.peak_ratio:.2f}x its size (#{report.peak_ratio_index}); "
+            ratio = (
+                f"at most {report.peak_ratio:.2f}x its size (#{report.peak_ratio_index}, "
+                f"{report.peak_ratio_size} bytes), {report.large_ratio:.2f}x among mutants of "
+                f"{runner.LARGE >> 10} KiB or more (#{report.large_ratio_index}); "
+            )
             ratio = "" if "max_pixels" in report.bound else ratio  # an image's bound is its pixels
             print(f", {ratio}over budget ({report.bound}): {len(report.over_budget)}")
         else:

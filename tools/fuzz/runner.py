@@ -99,6 +99,8 @@ def address_space_limit(extra: int):
 
 # --------------------------------------------------------------------------- results
 
+LARGE = 64 << 10  # mutants from this size on have their own peak/size ratio in the report
+
 
 @dataclass
 class Escape:
@@ -121,6 +123,11 @@ class Report:
     peak_index: int = -1
     peak_ratio: float = 0.0  # the largest peak / mutant size
     peak_ratio_index: int = -1
+    peak_ratio_size: int = 0  # that mutant's size
+    # the same among mutants of at least LARGE bytes, where a reader's fixed bookkeeping (a zip
+    # directory's objects, the pickle machine, the error message: some 10-30 KB) no longer counts
+    large_ratio: float = 0.0
+    large_ratio_index: int = -1
     measured: bool = False
     bound: str = ""  # what the target's memory budget is, in words
 
@@ -140,6 +147,9 @@ class Report:
             self.peak, self.peak_index = other.peak, other.peak_index
         if other.peak_ratio > self.peak_ratio:
             self.peak_ratio, self.peak_ratio_index = other.peak_ratio, other.peak_ratio_index
+            self.peak_ratio_size = other.peak_ratio_size
+        if other.large_ratio > self.large_ratio:
+            self.large_ratio, self.large_ratio_index = other.large_ratio, other.large_ratio_index
 
     def to_json(self) -> dict:
         return {
@@ -155,6 +165,9 @@ class Report:
             "peak_index": self.peak_index,
             "peak_ratio": round(self.peak_ratio, 3),
             "peak_ratio_index": self.peak_ratio_index,
+            "peak_ratio_size": self.peak_ratio_size,
+            "large_ratio": round(self.large_ratio, 3),
+            "large_ratio_index": self.large_ratio_index,
             "measured": self.measured,
             "bound": self.bound,
         }
@@ -167,6 +180,8 @@ class Report:
         report.over_budget = [tuple(x) for x in doc["over_budget"]]  # type: ignore[misc]
         report.peak, report.peak_index = doc["peak"], doc["peak_index"]
         report.peak_ratio, report.peak_ratio_index = doc["peak_ratio"], doc["peak_ratio_index"]
+        report.peak_ratio_size = doc.get("peak_ratio_size", 0)
+        report.large_ratio, report.large_ratio_index = doc.get("large_ratio", 0.0), doc.get("large_ratio_index", -1)
         report.measured, report.bound = doc["measured"], doc.get("bound", "")
         return report
 
@@ -285,6 +300,8 @@ def _note_memory(report: Report, index: int, outcome: Outcome) -> None:
         report.peak, report.peak_index = outcome.peak, index
     ratio = outcome.peak / max(outcome.size, 1)
     if ratio > report.peak_ratio:
-        report.peak_ratio, report.peak_ratio_index = ratio, index
+        report.peak_ratio, report.peak_ratio_index, report.peak_ratio_size = ratio, index, outcome.size
+    if outcome.size >= LARGE and ratio > report.large_ratio:
+        report.large_ratio, report.large_ratio_index = ratio, index
     if outcome.budget is not None and outcome.peak > outcome.budget:
         report.over_budget.append((index, outcome.peak, outcome.budget))
