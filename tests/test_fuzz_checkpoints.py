@@ -222,21 +222,25 @@ def test_a_pickle_length_beyond_the_file_allocates_nothing(tmp_path: Path, fmt: 
     assert _peak(lambda: _damaged(path, r"a bytes value of 1099511627776 bytes where \d+ are left")) < 1 << 20
 
 
+@pytest.mark.parametrize("claim", ["2**31-1", "the rest of the file"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_a_lying_length_after_a_storage_is_refused_before_reading(tmp_path: Path, fmt: str) -> None:
+def test_a_lying_length_after_a_storage_is_refused_before_reading(tmp_path: Path, fmt: str, claim: str) -> None:
     """A text length hit after a tensor's storage was allocated (a legacy file's 1 MB buffer): the
-    length is checked against what the pickle has left before anything is read, so the loader
-    does not also read the rest of the file to find it short (tools/fuzz checkpoint-legacy #186,
-    seed 18: 2.03x the file's size)."""
+    length is checked before anything is read against what the pickle has left, which excludes
+    the data promised to the storages, so the loader does not also read the rest of the file
+    (tools/fuzz checkpoint-legacy seed 18 #186: 2.03x the file's size; seed 0 #7945: a length
+    within the file that swept up the storage's data, 2.04x)."""
     storage = Storage("0", "FloatStorage", bytes(1 << 20))
     placeholder = "PLACEHOLDER-TEXT"
     raw = pickle_bytes({"w": Tensor(storage, (1 << 18,)), "s": placeholder}, legacy=fmt == "legacy")
     counted = b"X" + len(placeholder).to_bytes(4, "little") + placeholder.encode()
-    hostile = raw.replace(counted, b"X" + (2**31 - 1).to_bytes(4, "little") + placeholder.encode())
-    assert hostile != raw
+    at = raw.index(counted)
+    rest = len(raw) - at - 5 + len(pickle.dumps(["0"], 2)) + 8 + len(storage.data)  # legacy: to the file's end
+    length = 2**31 - 1 if claim == "2**31-1" else rest
+    hostile = raw[:at] + b"X" + length.to_bytes(4, "little") + raw[at + 5 :]
     path = tmp_path / "c.pt"
     _write(fmt, path, None, [storage], **({"object_pkl": hostile} if fmt == "legacy" else {"data_pkl": hostile}))
-    peak = _peak(lambda: _damaged(path, r"a text value of 2147483647 bytes where \d+ are left"))
+    peak = _peak(lambda: _damaged(path, rf"a text value of {length} bytes where \d+ are left"))
     assert peak < 1.5 * path.stat().st_size
 
 

@@ -418,12 +418,15 @@ class LegacyStorages:
         root = self.roots.get(key)
         if root is None:
             nbytes = numel * storage_type.itemsize
-            left = self.size - self.reader.tell() - 8 * (len(self.roots) + 1) - self.used
+            left = self.reader.end - self.reader.tell() - 8  # its element count comes first
             if nbytes > left:
                 raise DamagedCheckpointError(
                     f"storage {key} needs {nbytes} bytes, but only {max(left, 0)} are left in the file after it"
                 )
             self.used += nbytes
+            # the pickle (and the key list) end before the data now promised to this storage: a
+            # lying length further on cannot sweep it up as well (a second copy of it in memory)
+            self.reader.end -= nbytes + 8
             root = self.roots[key] = Storage(bytearray(nbytes), storage_type.dtype)
         elif root.dtype != storage_type.dtype:
             raise DamagedCheckpointError(f"storage {key} is named with two element types")
