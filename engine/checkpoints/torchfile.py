@@ -427,6 +427,7 @@ class LegacyStorages:
             # the pickle (and the key list) end before the data now promised to this storage: a
             # lying length further on cannot sweep it up as well (a second copy of it in memory)
             self.reader.end -= nbytes + 8
+            self.reader.promised += nbytes + 8
             root = self.roots[key] = Storage(bytearray(nbytes), storage_type.dtype)
         elif root.dtype != storage_type.dtype:
             raise DamagedCheckpointError(f"storage {key} is named with two element types")

@@ -198,6 +198,7 @@ class BoundedReader:
 
     def __init__(self, file: Any, end: int) -> None:
         self.file, self.pos, self.end = file, file.tell(), end
+        self.promised = 0  # bytes after `end` that data following the pickle needs (legacy storages)
 
     def read(self, n: int | None = -1) -> bytes:
         left = self.end - self.pos
@@ -282,10 +283,17 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         # a lying length costs nothing (not even the rest of the file, read to find it short)
         self._left = _remaining(source)
         self._file_read, self._file_readline = self._bounded_read, self._bounded_readline
+        self._source = source
         self._source_read, self._source_readline = source.read, source.readline
 
     def _bounded_read(self, n: int) -> bytes:
         left = self._left()
+        if n > left:
+            promised = getattr(self._source, "promised", 0)
+            if promised:
+                raise pickle.UnpicklingError(
+                    f"the file ends inside its storages' data (the {promised} bytes its tensors need)"
+                )
         if n > left > 0 or n > MAX_PICKLE_READ:
             raise pickle.UnpicklingError(f"a length of {n} bytes where {left} are left")
         return self._source_read(n)
