@@ -424,6 +424,8 @@ def decode(text: str) -> dict:
         message = json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:  # json's C scanner guards its recursion: "[[[[..." of 1 MiB ends here
+        raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(message, dict):
         raise BadRequest("a message must be a JSON object")
     if not isinstance(message.get("type"), str):
