@@ -1,14 +1,19 @@
 """Reading and writing photos: EXIF orientation, 16 bit, alpha and greyscale kept.
 
 Arrays are (H, W, C) with C in {1, 3, 4} (grey, RGB, RGBA), uint8 or uint16. The pixel count is
-checked from the header before anything is decoded, so a decompression bomb costs nothing.
-PIL reads 16-bit RGB(A) PNG/TIFF as 8 bit, so those go through OpenCV.
+checked from the header before anything is decoded, so a decompression bomb costs nothing, and
+every decoded array must have the header's size: memory stays within what the pixel limit allows
+(a few bytes per allowed pixel), whatever else the file claims. A file that cannot be decoded is
+EngineError("bad_image") with the reason, whatever the decoder raised. Only photo formats are
+opened (Pillow would run Ghostscript on an EPS file). PIL reads 16-bit RGB(A) PNGs as 8 bit, so
+those go through OpenCV, after checking that OpenCV will read the same header.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,9 @@ from PIL import Image, UnidentifiedImageError
 from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, EngineError
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 weights: RGB -> grey
+# What photos come as; never formats whose reader runs other programs (EPS: Ghostscript).
+FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "AVIF", "BMP", "GIF", "PPM")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # EXIF orientation -> (transpose, then flip-left-right?) as numpy operations on (H, W, C).
 _ORIENT = {
@@ -33,6 +41,11 @@ _ORIENT = {
 }
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
 def _open(source: str | os.PathLike | bytes) -> tuple[Image.Image, bytes]:
     try:
         data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
@@ -41,35 +54,38 @@ def _open(source: str | os.PathLike | bytes) -> tuple[Image.Image, bytes]:
     if not data:
         raise EngineError("bad_image", "the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise EngineError("bad_image", "not an image (unrecognised file format)") from None
+        raise EngineError(
+            "bad_image", f"not an image (unrecognised file format; read are {', '.join(FORMATS)})"
+        ) from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
         raise EngineError("too_large", f"image has more than {limit:.0f} MP; Pillow refuses to open it") from None
-    except Exception as exc:  # PIL raises many types for malformed headers
-        raise EngineError("bad_image", f"unreadable image header: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for malformed headers
+        raise EngineError("bad_image", f"unreadable image header ({_reason(exc)})") from None
     return img, bytes(data)
 
 
 def _orientation(img: Image.Image) -> int:
     try:
-        return int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # a broken EXIF block must not make the photo unreadable
+        value = img.getexif().get(0x0112, 1)
+        return value if isinstance(value, int) else 1  # a lying tag (text, a fraction...) means none
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the photo unreadable
         return 1
 
 
-def _is_16bit(img: Image.Image, data: bytes) -> bool:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return True
-    if img.format == "PNG" and len(data) > 25:
-        return data[24] == 16  # IHDR bit depth
-    return False
+def _rgb16_png(img: Image.Image, data: bytes) -> bool:
+    """A 16-bit PNG with colour (RGB, RGBA, grey+alpha), which PIL would reduce to 8 bit."""
+    return img.format == "PNG" and len(data) > 26 and data[24] == 16 and data[25] in (2, 4, 6)
 
 
-def _decode_cv2(data: bytes) -> np.ndarray:
+def _decode_cv2(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    # OpenCV reads the IHDR that libpng requires first: it must be the size PIL read and checked
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or struct.unpack(">II", data[16:24]) != size:
+        raise EngineError("bad_image", "the PNG's header is not where its decoder reads it")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise EngineError("bad_image", "the image data is truncated or corrupt")
@@ -77,6 +93,8 @@ def _decode_cv2(data: bytes) -> np.ndarray:
         return arr[..., None]
     if arr.shape[2] == 3:
         return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if arr.shape[2] == 2:  # grey + alpha
+        return np.dstack([arr[..., 0]] * 3 + [arr[..., 1]])
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
 
 
@@ -84,15 +102,34 @@ def _decode_pil(img: Image.Image) -> np.ndarray:
     img.load()
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(img).astype(np.uint16)[..., None]  # native byte order, as the rest expects
+    if img.mode == "I":
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)[..., None]
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"))[..., None]
-    if img.mode in ("LA", "La", "PA"):
+    if img.mode in ("LA", "La", "PA", "RGBa"):
         return np.asarray(img.convert("RGBA"))
-    if img.mode in ("RGBA", "RGBa"):
-        return np.asarray(img.convert("RGBA"))
+    if img.mode == "RGBA":
+        return np.asarray(img)
     if img.mode == "F":
         return np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8)[..., None]
-    return np.asarray(img.convert("RGB"))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def _decode(img: Image.Image, data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The pixels, whatever the decoder raises on a damaged file turned into bad_image."""
+    try:
+        arr = _decode_cv2(data, size) if _rgb16_png(img, data) else _decode_pil(img)
+    except (EngineError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on damaged data (OSError,
+        # SyntaxError, a TypeError from a TIFF tag of the wrong type, cv2.error...)
+        raise EngineError("bad_image", f"the image data is truncated or corrupt ({_reason(exc)})") from None
+    width, height = size
+    if arr.ndim != 3 or arr.shape[:2] != (height, width):
+        raise EngineError("bad_image", f"the image decodes to {arr.shape[1::-1]}, its header says {width}x{height}")
+    return arr
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -101,25 +138,23 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
     Raises EngineError("bad_image") for anything unreadable and ("too_large") when the header
     announces more than `max_pixels` pixels.
     """
-    img, data = _open(source)
-    width, height = img.size
-    if max_pixels and width * height > max_pixels:
-        raise EngineError(
-            "too_large",
-            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
-            f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)",
-        )
-    orientation = _orientation(img)
-    try:
-        arr = _decode_cv2(data) if _is_16bit(img, data) else _decode_pil(img)
-    except EngineError:
-        raise
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise EngineError("bad_image", f"the image data is truncated or corrupt ({exc})") from None
+    with warnings.catch_warnings():  # a damaged file's warnings say what the error already says
+        warnings.simplefilter("ignore")
+        img, data = _open(source)
+        with img:
+            width, height = img.size
+            if width < 1 or height < 1:
+                raise EngineError("bad_image", f"the image has no pixels ({width}x{height})")
+            if max_pixels and width * height > max_pixels:
+                raise EngineError(
+                    "too_large",
+                    f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+                    f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)",
+                )
+            orientation = _orientation(img)
+            arr = _decode(img, data, (width, height))
     if arr.dtype not in (np.uint8, np.uint16):
         arr = np.clip(arr, 0, 65535).astype(np.uint16)
-    if arr.ndim == 2:
-        arr = arr[..., None]
     if orientation in _ORIENT:
         arr = _ORIENT[orientation](arr)
     return np.ascontiguousarray(arr)

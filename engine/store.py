@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .checkpoints.errors import CheckpointError
+from .checkpoints.errors import CheckpointError, DamagedCheckpointError
 from .checkpoints.layouts import Inspection, inspect_file
 from .checkpoints.safe_load import outline
 from .checkpoints.torchscript import OPENAI_VIT_B_32_SHA256, OPENAI_VIT_B_32_URL
@@ -320,6 +320,9 @@ class ModelStore:
             return VerifyResult(name, "missing", f"{path} is missing; {hint}")
         try:
             found = self.check_file(name, path)
+        except DamagedCheckpointError as exc:  # say which model to fetch again, and how
+            repair = f"Delete it and fetch it again with `{self.fetch_hint} {name}`, or import a good copy"
+            return VerifyResult(name, "invalid", str(exc.with_repair(repair)))
         except CheckpointError as exc:
             return VerifyResult(name, "invalid", str(exc))
         sha = sha256_file(path)

@@ -65,6 +65,13 @@ STAGE_TEXT = {
     "synthesize": "Drawing the edited faces",
     "blend": "Blending into the photo",
 }
+# A car or a church is framed from the selection, not found: the face words would mislead.
+SCENE_STAGE_TEXT = {
+    "detect": "Framing the {domain}",
+    "align": "Framing the {domain}",
+    "invert": "Encoding the {domain}",
+    "synthesize": "Drawing the edited {domain}",
+}
 
 DOCTOR_HINT = "Run `ffclip-engine doctor` in a terminal to see what is wrong and how to fix it."
 
@@ -153,8 +160,11 @@ def overall_progress(stage: str, value: float) -> float | None:
     return (STAGES.index(stage) + value) / len(STAGES)
 
 
-def stage_text(stage: str, value: float | None = None) -> str:
-    text = STAGE_TEXT.get(stage, stage.replace("_", " ").capitalize())
+def stage_text(stage: str, value: float | None = None, domain: str = "face") -> str:
+    if domain != "face" and stage in SCENE_STAGE_TEXT:
+        text = SCENE_STAGE_TEXT[stage].format(domain=domain)
+    else:
+        text = STAGE_TEXT.get(stage, stage.replace("_", " ").capitalize())
     if stage == "queued" and value:
         text += f" (position {int(value)} in the queue)"
     return "FFCLIP: " + text + "\u2026"
@@ -188,8 +198,9 @@ def download_text(status: dict) -> str | None:
 class ProgressRelay:
     """Turns the engine's (stage, value) callbacks into monotone text and fraction updates."""
 
-    def __init__(self, sink: Progress):
+    def __init__(self, sink: Progress, domain: str = "face"):
         self.sink = sink
+        self.domain = domain
         self.stage: str | None = None
         self.done = 0.0
 
@@ -212,7 +223,7 @@ class ProgressRelay:
     def __call__(self, stage: str, value: float = 0.0) -> None:
         if stage != self.stage:
             self.stage = stage
-            self.sink.text(stage_text(stage, value))
+            self.sink.text(stage_text(stage, value, self.domain))
         fraction = overall_progress(stage, value)
         if fraction is None:
             self.sink.pulse()
@@ -481,7 +492,7 @@ def run_edit(
     try:
         gimp_settings.write_job_state(url, job_id, settings.get("token"))
         progress.text(stage_text("upload"))
-        relay = ProgressRelay(progress)
+        relay = ProgressRelay(progress, params.domain)
         result = client.edit(
             params,
             rgba,

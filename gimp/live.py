@@ -213,7 +213,9 @@ class LiveEditor:
         if isinstance(event, events.Queued):
             self.view.set_status(stage_text("queued", event.position))
         else:
-            self.view.set_status(stage_text(event.stage), overall_progress(event.stage, event.value))
+            self.view.set_status(
+                stage_text(event.stage, domain=self.domain), overall_progress(event.stage, event.value)
+            )
 
     def _result(self, job_id: str, result: EditResult) -> None:
         if job_id == self.applying:

@@ -273,7 +273,7 @@ class EditParams:
         ):
             raise BadRequest('\'selection\' must be {"format": "a8"}')
         faces = message.get("faces", "all")
-        if not isinstance(faces, str | list):  # the wire's form; a bare index is the command line's
+        if not (faces in FACE_MODES or isinstance(faces, list)):  # the wire's forms; text like "0,2" is the CLI's
             raise BadRequest('\'faces\' must be "all", "largest" or a non-empty list of face indices >= 0')
         return cls(
             edits,
@@ -424,6 +424,8 @@ def decode(text: str) -> dict:
         message = json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:  # json's C scanner guards its recursion: "[[[[..." of 1 MiB ends here
+        raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(message, dict):
         raise BadRequest("a message must be a JSON object")
     if not isinstance(message.get("type"), str):

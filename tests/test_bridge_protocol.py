@@ -109,13 +109,13 @@ class RecordingBackend(FakeBackend):
         super().__init__(stage_seconds)
         self.started: list[tuple[str, str]] = []
 
-    def run(self, spec, image, selection, progress, should_cancel, memo):
+    def run(self, request, image, selection, progress, should_cancel, memo):
         def record(stage: str, value: float) -> None:
             if value == 0.0:
-                self.started.append((spec.id, stage))
+                self.started.append((request.id, stage))
             progress(stage, value)
 
-        return super().run(spec, image, selection, record, should_cancel, memo)
+        return super().run(request, image, selection, record, should_cancel, memo)
 
     def stages_of(self, job_id: str) -> list[str]:
         return [stage for job, stage in self.started if job == job_id]

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from ffclip.engine.checkpoints import UnsafeCheckpointError, load_checkpoint
 from ffclip.engine.checkpoints.safe_load import Inert, resolve_global, safe_pickle_loads
+from ffclip.engine.checkpoints.torchfile import CheckpointUnpickler
 
 # --- the allow-list, spelled out -----------------------------------------------------------------
 
@@ -45,13 +46,17 @@ ALLOWED_BUILTINS = {
     "range",
     "object",
 }
-ALLOWED_TORCH = {
+# a checkpoint's tensors: these names resolve to the checkpoint unpickler's own rebuild functions
+# (sizes checked against the storages read from the file), never torch's; a plain pickle has no tensors
+TENSOR_REBUILDS = {
     ("torch._utils", "_rebuild_tensor"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_tensor_v3"),
     ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
     ("torch._tensor", "_rebuild_from_type_v2"),
+}
+ALLOWED_TORCH = {
     ("torch", "Size"),
     ("torch", "Tensor"),
     ("torch", "device"),
@@ -82,8 +87,10 @@ def _canonical(module: str, name: str) -> tuple[str, str]:
 
 
 def expected(module: str, name: str) -> str:
-    """'allowed', 'guarded', 'inert' or 'refused' for a pickle's global `module.name`."""
+    """'allowed', 'guarded', 'rebuild', 'inert' or 'refused' for a pickle's global `module.name`."""
     module, name = _canonical(module, name)
+    if (module, name) in TENSOR_REBUILDS:
+        return "rebuild"
     if module == "builtins" and name in ALLOWED_BUILTINS:
         return "allowed"
     if (module, name) in ALLOWED_TORCH or (module, name) in ALLOWED_COLLECTIONS:
@@ -109,9 +116,11 @@ def check_global(module: str, name: str) -> None:
     """resolve_global(module, name) does exactly what the spelled-out allow-list says, importing nothing."""
     imported = set(sys.modules)
     kind = expected(module, name)
-    if kind == "refused":
+    if kind in ("refused", "rebuild"):
         with pytest.raises(UnsafeCheckpointError, match="refused"):
             resolve_global(module, name)
+        if kind == "rebuild":
+            assert_own_rebuild(module, name)
     else:
         got = resolve_global(module, name)
         if kind == "allowed":
@@ -121,6 +130,17 @@ def check_global(module: str, name: str) -> None:
         else:
             assert isinstance(got, type) and issubclass(got, Inert) and got.inert_name == f"{module}.{name}"
     assert set(sys.modules) == imported, "resolving a pickle global imported a module"
+
+
+def assert_own_rebuild(module: str, name: str) -> None:
+    """A checkpoint's unpickler resolves a tensor rebuild to a function of its own, not torch's."""
+
+    def no_storage(pid: object) -> None:
+        raise AssertionError("no storage is read by resolving a name")
+
+    got = CheckpointUnpickler(io.BytesIO(b""), no_storage).find_class(module, name)
+    assert callable(got) and got is not _real_object(module, name), (module, name)
+    assert getattr(got, "__module__", "").startswith("ffclip."), (module, name, got)
 
 
 # Modules whose every attribute is tried: the stdlib's ways to run code, and torch (thousands of
@@ -174,6 +194,8 @@ def test_the_allow_list_is_complete_for_what_checkpoints_need() -> None:
         assert resolve_global("builtins", name) is getattr(builtins, name)
     for module, name in ALLOWED_TORCH:
         assert resolve_global(module, name) is _real_object(module, name)
+    for module, name in TENSOR_REBUILDS:
+        assert_own_rebuild(module, name)
     assert resolve_global("collections", "OrderedDict") is collections.OrderedDict
     assert resolve_global("torch", "float16") is torch.float16 and resolve_global("torch", "bfloat16") is torch.bfloat16
     assert resolve_global("__builtin__", "long") is int and resolve_global("__builtin__", "unicode") is str

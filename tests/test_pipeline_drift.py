@@ -30,7 +30,6 @@ class DriftingEngine(FakeEngine):
         self.drift, self.band = drift, band
 
     def delta(self, w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """Δw (the pipeline edits w + α·Δw): the band's, if any, and the drift."""
         edit = super().delta(w, e) if self.band else torch.zeros_like(w)
         return edit - self.drift / 127.5  # darker: clear of the 255 clamp of bright skin
 

@@ -124,6 +124,17 @@ def test_progress_is_monotone_and_named():
     assert gimp_edit.overall_progress("nope", 0.3) is None
 
 
+@pytest.mark.parametrize("domain", ["car", "church"])
+def test_progress_of_a_car_or_church_speaks_of_it_not_of_faces(domain):
+    rec = Recorder()
+    relay = gimp_edit.ProgressRelay(rec, domain)
+    for stage in gimp_edit.STAGES:
+        relay(stage, 0.0)
+    assert not any("face" in t.lower() for t in rec.texts), rec.texts
+    assert f"FFCLIP: Framing the {domain}\u2026" in rec.texts
+    assert f"FFCLIP: Drawing the edited {domain}\u2026" in rec.texts
+
+
 def run(args: gimp_edit.ProcedureArgs, *rest, **options):
     """What the GIMP entry does with its procedure arguments."""
     return gimp_edit.run_edit(args.params(), args.output, args.url, *rest, **options)

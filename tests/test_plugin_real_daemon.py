@@ -20,7 +20,6 @@ from test_bridge_daemon import Daemon  # noqa: E402 - sibling test module
 from ffclip.gimp import edit as gimp_edit
 from ffclip.gimp import settings as gimp_settings
 from ffclip.plugin.client import EngineClient
-from ffclip.plugin.protocol import EditParams
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +68,10 @@ class Stages(gimp_edit.Progress):
             self.on_detect = None
 
 
-def _edit(prompt: str, url: str, rgba: bytes, w: int, h: int, settings: dict, progress) -> gimp_edit.NewLayer:
-    """The plug-in's edit of a whole layer (no selection), output as a layer with a mask."""
-    return gimp_edit.run_edit(EditParams.single(prompt), "layer-mask", url, rgba, w, h, None, settings, progress)
+def _edit(prompt: str, url: str, rgba: bytes, w: int, h: int, token: str | None, progress) -> gimp_edit.NewLayer:
+    """What the GIMP entry does with the procedure's arguments (a new layer with its mask)."""
+    args = gimp_edit.ProcedureArgs(prompt, url=url)
+    return gimp_edit.run_edit(args.params(), args.output, args.url, rgba, w, h, None, _settings(token), progress)
 
 
 def _settings(token: str | None) -> dict:
@@ -93,7 +93,7 @@ def _cancel_in_another_process(state_dir: Path) -> str:
 
 def test_the_edit_sends_the_token_from_the_settings(daemon, layer) -> None:
     rgba, w, h = layer
-    out = _edit("smiling", daemon.url, rgba, w, h, _settings(TOKEN), Stages())
+    out = _edit("smiling", daemon.url, rgba, w, h, TOKEN, Stages())
     x, y, rw, rh = out.region
     assert 0 < rw < w and 0 < rh < h and x >= 0 and y >= 0
     assert out.mask is not None and len(out.mask) == rw * rh and max(out.mask) == 255 and min(out.mask) == 0
@@ -105,7 +105,7 @@ def test_the_edit_sends_the_token_from_the_settings(daemon, layer) -> None:
 def test_a_missing_or_wrong_token_is_a_readable_error(daemon, layer, token: str | None) -> None:
     rgba, w, h = layer
     with pytest.raises(gimp_edit.PluginError) as info:
-        _edit("x", daemon.url, rgba, w, h, _settings(token), Stages())
+        _edit("x", daemon.url, rgba, w, h, token, Stages())
     assert str(info.value).startswith("The FFCLIP engine refused the access token. Check the token in")
 
 
@@ -123,7 +123,7 @@ def test_cancel_uses_the_token_saved_with_the_job(daemon, layer, state_dir) -> N
     progress = Stages(on_detect=cancel)
     with pytest.raises(gimp_edit.Cancelled):
         # the edit's own settings carry the token; FFCLIP Cancel's process has only the state file
-        _edit("blond hair", daemon.url, bytes(other), w, h, _settings(TOKEN), progress)
+        _edit("blond hair", daemon.url, bytes(other), w, h, TOKEN, progress)
     state = seen["state"]
     assert state["token"] == TOKEN and state["url"] == gimp_settings.normalize_url(daemon.url)
     assert seen["answer"] == "Asked the FFCLIP engine to cancel the running edit."

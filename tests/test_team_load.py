@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -111,7 +110,6 @@ def team(tmp_path_factory):
         *("--port", "0", "--fake-engine", "--fake-stage-seconds", STAGE_SECONDS, "--devices", "cpu,cpu"),
         *("--tokens-file", str(tokens), "--max-queue", "64", "--log-file", str(log)),
         env=_env(XDG_STATE_HOME=str(folder / "state")),
-        stderr=subprocess.DEVNULL,  # its log is the file; a pipe nobody reads would fill and stop it
     )
     yield daemon, log
     assert daemon.stop() == 0

@@ -1,37 +1,47 @@
-"""Loading torch checkpoint files without executing pickled code.
+"""Loading torch checkpoint files without executing pickled code, and without believing them.
 
 A `.pt` file is a pickle, and a pickle can name any importable callable and call it. The official
 files only need tensors, containers and numbers, plus configuration objects (argparse.Namespace,
-OmegaConf) in their `opts` entry. So the unpickler here resolves globals from an allow-list of tensor
-rebuild functions and plain container types, turns configuration classes into inert placeholders
-(which record their arguments and state and never run anything), and refuses every other global
-before it is imported. Both torch formats go through it: zip files (torch >= 1.6) and legacy
-pickles, which is what older conversions such as rosinality's StyleGAN2 file use.
+OmegaConf) in their `opts` entry. So the unpickler (unpickler.py) resolves globals from an allow-list
+of tensor rebuild functions and plain container types, turns configuration classes into inert
+placeholders (which record their arguments and state and never run anything), and refuses every
+other global before it is imported. Both torch formats are read by torchfile.py, not torch.load:
+zip files (torch >= 1.6) and legacy pickles, which is what older conversions such as rosinality's
+StyleGAN2 file use; every size the file states is checked against the file's own size before
+anything is allocated.
 
 Before unpickling, the first bytes say what the file is, so an HTML page or a text file saved under
-a checkpoint's name, an empty file or a truncated download is reported as such.
+a checkpoint's name, an empty file or a truncated download is reported as such. Whatever goes wrong
+while reading a file is a CheckpointError that names it: DamagedCheckpointError (truncated,
+corrupt, inconsistent; with what to do about it), UnsafeCheckpointError (code), or plain
+CheckpointError (not a checkpoint at all).
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import codecs
-import collections
+import errno
 import html
-import io
 import json
 import os
-import pickle
 import re
 import struct
-import types
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, DamagedCheckpointError, UnsafeCheckpointError
+from .torchfile import MAX_DIMS, READ_ERRORS, Archive, read_legacy, read_legacy_pickle, read_zip, read_zip_pickle
+from .unpickler import (  # noqa: F401 - the restricted unpickler's names, as they were imported from here
+    INERT_PACKAGES,
+    Inert,
+    RestrictedUnpickler,
+    inert_class,
+    resolve_global,
+    restricted_loads,
+)
 
 # --- what a file is, from its first bytes -------------------------------------------------------
 
@@ -113,240 +123,60 @@ def _is_safetensors(head: bytes, size: int) -> bool:
     return 2 <= n <= size - 8 and head[8:9] == b"{"
 
 
-# --- the restricted unpickler -------------------------------------------------------------------
-
-
-class Inert:
-    """Stand-in for an object of a class that is never imported (argparse, OmegaConf, numpy...).
-
-    It records what the pickle handed it: constructor arguments, state, items. Nothing is called.
-    """
-
-    inert_name = "?"
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Inert:
-        obj = object.__new__(cls)
-        obj.__dict__.update(_inert_args=args, _inert_kwargs=kwargs, _inert_state=None, _inert_items={}, _inert_list=[])
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # REDUCE calls the class: keep the arguments, as __new__ did
-        self.__dict__.update(_inert_args=args, _inert_kwargs=kwargs)
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["_inert_state"] = state
-
-    def __setitem__(self, key: Any, value: Any) -> None:  # dict-like classes are filled by SETITEMS
-        self.__dict__["_inert_items"][key] = value
-
-    def append(self, value: Any) -> None:  # list-like classes are filled by APPENDS
-        self.__dict__["_inert_list"].append(value)
-
-    def extend(self, values: Any) -> None:
-        self.__dict__["_inert_list"].extend(values)
-
-    @property
-    def inert_state(self) -> Any:
-        return self.__dict__.get("_inert_state")
-
-    @property
-    def inert_args(self) -> tuple[Any, ...]:
-        return self.__dict__.get("_inert_args", ())
-
-    def __repr__(self) -> str:
-        return f"<inert {self.inert_name}>"
-
-
-_INERT_CLASSES: dict[str, type[Inert]] = {}
-
-
-def inert_class(module: str, name: str) -> type[Inert]:
-    full = f"{module}.{name}"
-    cls = _INERT_CLASSES.get(full)
-    if cls is None:
-        cls = type(name.rpartition(".")[2] or "Inert", (Inert,), {"inert_name": full, "__module__": __name__})
-        _INERT_CLASSES[full] = cls
-    return cls
-
-
-# Packages whose objects only carry configuration: they become placeholders, never imported.
-INERT_PACKAGES = frozenset(
-    {
-        "argparse",
-        "omegaconf",
-        "typing",
-        "typing_extensions",
-        "pathlib",
-        "enum",
-        "numpy",
-        "datetime",
-        "yacs",
-        "easydict",
-    }
-)
-_SAFE_BUILTINS = frozenset(
-    {
-        "dict",
-        "list",
-        "tuple",
-        "set",
-        "frozenset",
-        "int",
-        "float",
-        "complex",
-        "bool",
-        "str",
-        "bytes",
-        "bytearray",
-        "slice",
-        "range",
-        "object",
-    }
-)
-_TORCH_REBUILD = frozenset(
-    {
-        ("torch._utils", "_rebuild_tensor"),
-        ("torch._utils", "_rebuild_tensor_v2"),
-        ("torch._utils", "_rebuild_tensor_v3"),
-        ("torch._utils", "_rebuild_parameter"),
-        ("torch._utils", "_rebuild_parameter_with_state"),
-        ("torch._tensor", "_rebuild_from_type_v2"),
-        ("torch", "Size"),
-        ("torch", "Tensor"),
-        ("torch", "device"),
-        ("torch.nn.parameter", "Parameter"),
-    }
-)
-
-
-def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
-    """Protocol-2 pickles spell bytes as _codecs.encode(text, 'latin1'); allow only that."""
-    if codecs.lookup(encoding).name != "iso8859-1" or not isinstance(text, str):
-        raise UnsafeCheckpointError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """Protocol 0/1 spelling of object construction; only placeholders may be built this way."""
-    if isinstance(cls, type) and issubclass(cls, Inert):
-        obj = cls.__new__(cls)
-        obj.__dict__["_inert_args"] = (state,) if state is not None else ()
-        return obj
-    raise UnsafeCheckpointError(f"refusing copyreg._reconstructor for {cls!r}")
-
-
-_SPECIAL = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "defaultdict"): collections.defaultdict,
-    ("_codecs", "encode"): _encode_latin1,
-    ("copyreg", "_reconstructor"): _reconstructor,
-}
-
-
-def _py2_names(module: str, name: str) -> tuple[str, str]:
-    """Map Python 2 spellings (`__builtin__ long`) as the stock unpickler does with fix_imports."""
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
-
-
-def resolve_global(module: str, name: str) -> Any:
-    """The object a pickle may get for `module.name`, or UnsafeCheckpointError. Imports nothing new."""
-    module, name = _py2_names(module, name)
-    if (module, name) in _SPECIAL:
-        return _SPECIAL[(module, name)]
-    if module == "builtins" and name in _SAFE_BUILTINS:
-        return getattr(__import__("builtins"), name)
-    if (module, name) in _TORCH_REBUILD:
-        return _torch_attr(module, name)
-    if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):  # vars: no lazy imports
-        return vars(torch)[name]
-    if module.partition(".")[0] in INERT_PACKAGES:
-        return inert_class(module, name)
-    raise UnsafeCheckpointError(
-        f"the file's pickle references {module}.{name}, which is not a tensor, container or "
-        "configuration type; unpickling it could import and run arbitrary code, so the file is "
-        "refused (nothing from it was executed)"
-    )
-
-
-def _torch_attr(module: str, name: str) -> Any:
-    obj: Any = torch
-    for part in module.split(".")[1:] + [name]:
-        obj = getattr(obj, part)
-    return obj
-
-
-class SafeUnpickler(pickle._Unpickler):
-    """The pure-Python unpickler: its memo is a dict, where the C one is an array that a corrupt
-    LONG_BINPUT index (up to 2**32) grows to tens of GB. Checkpoint pickles are small (the tensor
-    data is not in them), so the speed does not matter."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        return resolve_global(module, name)
-
-
-def _safe_load(file: Any, **kwargs: Any) -> Any:
-    return SafeUnpickler(file, **kwargs).load()
-
-
-# torch.load accepts a pickle module; it subclasses our Unpickler (adding storage types) and calls load.
-SAFE_PICKLE_MODULE = types.ModuleType("ffclip_safe_pickle")
-SAFE_PICKLE_MODULE.Unpickler = SafeUnpickler  # type: ignore[attr-defined]
-SAFE_PICKLE_MODULE.load = _safe_load  # type: ignore[attr-defined]
-SAFE_PICKLE_MODULE.__dict__["Pickler"] = pickle.Pickler
-
-
-def safe_pickle_loads(data: bytes) -> Any:
-    """Unpickle plain pickle bytes with the same restrictions (no torch storages)."""
-    return SafeUnpickler(io.BytesIO(data)).load()
-
-
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _check_zip(path: Path) -> None:
+def safe_pickle_loads(data: bytes) -> Any:
+    """Unpickle plain pickle bytes with the same restrictions (no tensors)."""
+    return restricted_loads(data)
+
+
+def _cannot_read(path: Path, exc: OSError) -> CheckpointError:
+    """An OSError while parsing: a seek to where a lying offset points is the file's fault; a
+    failing disk or a permission is not."""
+    if exc.errno in (None, errno.EINVAL):
+        return DamagedCheckpointError(f"{type(exc).__name__}: {exc.strerror or exc}", path)
+    return CheckpointError(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def exception_text(exc: BaseException) -> str:
+    """'Type: message' of a parser's exception; its message only when it is text (a KeyError's
+    is the repr of the key, which could be a tensor of the file: slow and large to format)."""
+    args = exc.args
+    text = args[0] if len(args) == 1 and isinstance(args[0], str) and not isinstance(exc, KeyError) else ""
+    if isinstance(exc, EOFError) and not text:
+        return "its data ends too early (EOFError)"
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def read_guarded(path: Path, read: Callable[[], Any]) -> Any:
+    """read(), with every failure of reading `path` turned into a CheckpointError naming it: damaged
+    (sizes, references or structure that contradict themselves), unsafe (code), or unreadable."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # a corrupt directory
-        raise CheckpointError(
-            f"{path} is a truncated or corrupt torch archive ({exc}); an interrupted download? Fetch or copy it again"
-        ) from None
-    if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        return read()
+    except DamagedCheckpointError as exc:
+        raise exc.at(path) from None
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{path}: {exc}") from None
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise _cannot_read(path, exc) from None
+    except READ_ERRORS as exc:
+        raise DamagedCheckpointError(exception_text(exc), path) from None
+
+
+def _zip_kind(path: Path) -> None:
+    """Refuse zip files that are not plain torch checkpoints, saying what they are."""
+    with Archive(path) as archive:
+        names = archive.names()
+    if not any(n.endswith("/data.pkl") for n in names):
         raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint (no data.pkl inside)")
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         raise CheckpointError(
             f"{path} is a TorchScript archive, which carries executable code; only plain checkpoints "
             "(state_dicts) are loaded (`models import` reads OpenAI's CLIP archive, without its code, as clip)"
         )
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", pickle_module=SAFE_PICKLE_MODULE, weights_only=False, mmap=False)
-    except UnsafeCheckpointError as exc:
-        raise UnsafeCheckpointError(f"{path}: {exc}") from None
-    except CheckpointError:
-        raise
-    except (
-        EOFError,
-        pickle.UnpicklingError,
-        RuntimeError,
-        OSError,
-        ValueError,
-        struct.error,
-        KeyError,
-        AttributeError,
-        TypeError,
-        IndexError,
-        AssertionError,  # torch's legacy loader asserts on storage keys that a corrupt file lacks
-        MemoryError,  # a corrupt length asks the unpickler for an impossible string
-    ) as exc:
-        raise CheckpointError(
-            f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
-            "it is probably truncated or corrupt"
-        ) from None
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -356,29 +186,53 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: reading safetensors needs the safetensors package") from None
     try:
         return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is a corrupt or truncated safetensors file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise DamagedCheckpointError(f"a corrupt or truncated safetensors file ({str(exc)[:200]})", path) from None
 
 
 def safetensors_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """Keys and shapes from a safetensors header, without reading the data; checks the file length
     (exactly: safetensors itself refuses a file longer than its header describes)."""
     path = Path(path)
+    return read_guarded(path, lambda: _safetensors_header(path))
+
+
+def _safetensors_header(path: Path) -> dict[str, tuple[int, ...]]:
     size = path.stat().st_size
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise DamagedCheckpointError(f"its header claims {n} bytes of a {size}-byte file")
+        raw = f.read(n)
     try:
-        with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-        shapes = {k: tuple(v["shape"]) for k, v in header.items()}
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{path} has an unreadable safetensors header ({type(exc).__name__}: {exc})") from None
+        shapes, end = _safetensors_entries(json.loads(raw))
+    except CheckpointError:  # a ValueError too, but already in words
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        said = f"no {str(exc.args[0])[:40]!r} field" if isinstance(exc, KeyError) else exception_text(exc)
+        raise DamagedCheckpointError(f"an unreadable safetensors header ({said})") from None
     if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: {size} bytes, the header describes {8 + n + end}")
-    if 8 + n + end < size:
-        raise CheckpointError(f"{path} has {size - 8 - n - end} bytes after the data its header describes")
+        raise DamagedCheckpointError(f"it is truncated: {size} bytes, the header describes {8 + n + end}")
+    if 8 + n + end < size:  # safetensors itself refuses a file longer than its header describes
+        raise DamagedCheckpointError(f"it has {size - 8 - n - end} bytes after the data its header describes")
     return shapes
+
+
+def _safetensors_entries(header: Any) -> tuple[dict[str, tuple[int, ...]], int]:
+    """{key: shape} of a parsed safetensors header, and where its data ends."""
+    if not isinstance(header, dict):
+        raise DamagedCheckpointError("an unreadable safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    shapes, end = {}, 0
+    for key, entry in header.items():
+        begin, stop = entry["data_offsets"]
+        shape = entry["shape"]
+        if not (isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop):
+            raise DamagedCheckpointError(f"tensor {key[:80]!r} has malformed data offsets")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise DamagedCheckpointError(f"tensor {key[:80]!r} has a malformed shape")
+        shapes[key], end = tuple(shape), max(end, stop)
+    return shapes, end
 
 
 def load_any(path: str | os.PathLike[str]) -> Any:
@@ -387,9 +241,15 @@ def load_any(path: str | os.PathLike[str]) -> Any:
     fmt = sniff(path)
     if fmt == "safetensors":
         return _load_safetensors(path)
+    if fmt == "tar":
+        raise CheckpointError(
+            f"{path} is in the tar format of torch < 0.4, which is not read; load it with that torch "
+            "and save it again with torch.save"
+        )
     if fmt == "zip":
-        _check_zip(path)
-    return _torch_load(path)
+        read_guarded(path, lambda: _zip_kind(path))
+        return read_guarded(path, lambda: read_zip(path))
+    return read_guarded(path, lambda: read_legacy(path))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -413,35 +273,39 @@ class TensorStub:
         return f"<tensor {list(self.shape)}>"
 
 
+class _OutlineUnpickler(RestrictedUnpickler):
+    """The restricted unpickler with every tensor a TensorStub and no storage read."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("torch") and name.endswith("Storage"):
+            return name
+        return super().find_class(module, name)
+
+    def rebuild_function(self, module: str, name: str) -> Any:
+        if name.startswith("_rebuild_tensor"):
+            return _stub_tensor
+        if name.startswith("_rebuild_parameter"):
+            return _stub_parameter
+        return _stub_from_type
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
 def _stub_tensor(_storage: Any, _offset: Any, size: Any, *_rest: Any) -> TensorStub:
-    return TensorStub(tuple(int(d) for d in size))
+    if not isinstance(size, tuple | list) or len(size) > MAX_DIMS or not all(isinstance(d, int) for d in size):
+        raise DamagedCheckpointError("a tensor's shape is not a list of numbers")
+    return TensorStub(tuple(size))
 
 
 def _stub_parameter(data: Any, *_rest: Any) -> Any:
     return data
 
 
-_STUB_REBUILD = {
-    ("torch._utils", "_rebuild_tensor"): _stub_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _stub_tensor,
-    ("torch._utils", "_rebuild_tensor_v3"): _stub_tensor,
-    ("torch._utils", "_rebuild_parameter"): _stub_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _stub_parameter,
-}
-
-
-class _OutlineUnpickler(SafeUnpickler):
-    """The restricted unpickler with every tensor a TensorStub and no storage read."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _STUB_REBUILD:
-            return _STUB_REBUILD[(module, name)]
-        if module == "torch" and name.endswith("Storage"):
-            return name
-        return super().find_class(module, name)
-
-    def persistent_load(self, pid: Any) -> None:
-        return None
+def _stub_from_type(func: Any, _new_type: Any, args: Any, _state: Any) -> Any:
+    if (func is not _stub_tensor and func is not _stub_parameter) or not isinstance(args, tuple):
+        raise UnsafeCheckpointError("a tensor subclass rebuilt by another function")
+    return func(*args)
 
 
 def outline(path: str | os.PathLike[str]) -> Any:
@@ -449,22 +313,11 @@ def outline(path: str | os.PathLike[str]) -> Any:
     (a zip's data.pkl, or the head of a legacy file): milliseconds for a file of gigabytes."""
     path = Path(path)
     fmt = sniff(path)
-    try:
-        if fmt == "zip":
-            _check_zip(path)
-            with zipfile.ZipFile(path) as zf:
-                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-                data = zf.read(name)
-            return _OutlineUnpickler(io.BytesIO(data)).load()
-        if fmt == "legacy":
-            with path.open("rb") as f:
-                for _ in range(3):  # magic number, protocol version, sys_info
-                    SafeUnpickler(f).load()
-                return _OutlineUnpickler(f).load()
-    except CheckpointError:
-        raise
-    except (EOFError, pickle.UnpicklingError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{path} could not be read ({type(exc).__name__}: {exc})") from None
+    if fmt == "zip":
+        read_guarded(path, lambda: _zip_kind(path))
+        return read_guarded(path, lambda: read_zip_pickle(path, _OutlineUnpickler))
+    if fmt == "legacy":
+        return read_guarded(path, lambda: read_legacy_pickle(path, _OutlineUnpickler))
     raise CheckpointError(f"{path} is a {fmt} file, not a pickled torch checkpoint")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import re
 import zipfile
 from collections import OrderedDict
@@ -25,22 +24,10 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, UnsafeCheckpointError
-from .safe_load import Inert, inert_class, resolve_global
+from .errors import DamagedCheckpointError
+from .torchfile import Archive, CheckpointUnpickler, ZipStorages
+from .unpickler import Inert, inert_class
 
-# torch.<Name>Storage in a pickle names the element type of a storage
-STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
 MAX_DEPTH = 64  # module nesting; CLIP needs 6
 _DECLARED = re.compile(r"^\s*__(parameters|buffers)__\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 
@@ -50,33 +37,11 @@ def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return False
     return any(n.endswith("/data.pkl") for n in names) and any(
         n.endswith("/constants.pkl") or "/code/" in n for n in names
     )
-
-
-class _StorageType:
-    """What `torch.FloatStorage` etc. unpickle to here: only the element type."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.dtype = name, STORAGE_DTYPES[name]
-
-
-def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_rest: Any) -> torch.Tensor:
-    """torch._utils._rebuild_tensor(_v2) on a flat tensor of the storage's elements: a view,
-    bounds-checked by as_strided."""
-    if not isinstance(storage, torch.Tensor):
-        raise CheckpointError("a tensor in the archive does not refer to a storage")
-    try:
-        return storage.as_strided(tuple(size), tuple(stride), int(offset))
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"a tensor reaches outside its storage ({exc})") from None
-
-
-def _rebuild_parameter(data: Any, _requires_grad: Any = None, _hooks: Any = None, *_rest: Any) -> Any:
-    return data
 
 
 def _typed_value(value: Any, *_type: Any) -> Any:
@@ -84,75 +49,34 @@ def _typed_value(value: Any, *_type: Any) -> Any:
     return value
 
 
-_REBUILD = {
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{
-        ("torch.jit._pickle", name): _typed_value
-        for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")
-    },
-}
+_JIT_BUILDERS = frozenset(
+    ("torch.jit._pickle", name)
+    for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")
+)
 
 
-class _ArchiveUnpickler(pickle.Unpickler):
+class _ArchiveUnpickler(CheckpointUnpickler):
     """data.pkl of a TorchScript archive: module classes inert, storages read from data/."""
-
-    def __init__(self, file: Any, archive: zipfile.ZipFile, prefix: str) -> None:
-        super().__init__(file)
-        self.archive, self.prefix = archive, prefix
-        self.storages: dict[str, torch.Tensor] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
-            return inert_class(module, name)  # TorchScript classes: never compiled, never imported
-        if module == "torch" and name in STORAGE_DTYPES:
-            return _StorageType(name)
-        if (module, name) in _REBUILD:
-            return _REBUILD[(module, name)]
-        return resolve_global(module, name)  # containers and dtypes, or a refusal
-
-    def persistent_load(self, pid: Any) -> torch.Tensor:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise UnsafeCheckpointError(f"the archive refers to an unknown persistent object {str(pid)[:80]!r}")
-        kind, key, numel = pid[1], str(pid[2]), int(pid[4])
-        cached = self.storages.get(key)
-        if cached is None:
-            cached = self.storages[key] = self._read_storage(kind, key, numel)
-        return cached
-
-    def _read_storage(self, kind: _StorageType, key: str, numel: int) -> torch.Tensor:
-        name = f"{self.prefix}data/{key}"
-        try:
-            info = self.archive.getinfo(name)
-        except KeyError:
-            raise CheckpointError(f"the archive lacks {name}, a storage its data.pkl refers to") from None
-        itemsize = torch.empty((), dtype=kind.dtype).element_size()
-        if info.file_size != numel * itemsize:
-            raise CheckpointError(
-                f"{name} holds {info.file_size} bytes; {numel} {kind.name} elements need {numel * itemsize}"
-            )
-        if numel == 0:
-            return torch.empty(0, dtype=kind.dtype)
-        buffer = bytearray(info.file_size)  # read straight into the tensor's memory: one copy, not two
-        view, filled = memoryview(buffer), 0
-        with self.archive.open(info) as f:
-            while filled < info.file_size and (n := f.readinto(view[filled:])):
-                filled += n
-        if filled != info.file_size:
-            raise CheckpointError(f"{name} is shorter than the archive's directory says")
-        return torch.frombuffer(buffer, dtype=kind.dtype)
+            obj: Any = inert_class(module, name)  # TorchScript classes: never compiled, never imported
+        elif (module, name) in _JIT_BUILDERS:
+            obj = _typed_value
+        else:
+            return super().find_class(module, name)  # storages, tensors, containers, or a refusal
+        self._granted[id(obj)] = obj
+        return obj
 
 
-def _declared_names(archive: zipfile.ZipFile, prefix: str, cls: str) -> set[str] | None:
+def _declared_names(archive: Archive, prefix: str, cls: str) -> set[str] | None:
     """Parameter and buffer names that class `cls` ('__torch__.a.b.Name') declares in its code
     file, or None when the file or the declarations are absent (older archives)."""
     module, _, name = cls.rpartition(".")
     path = f"{prefix}code/{module.replace('.', '/')}.py"
-    try:
-        text = archive.read(path).decode("utf-8", "replace")
-    except KeyError:
+    if path not in archive.names():
         return None
+    text = archive.read_text(archive.info(path, "a code file"))
     match = re.search(rf"^class {re.escape(name)}\(.*?\):\n((?:[ \t]+.*\n|\s*\n)*)", text, re.MULTILINE)
     if not match:
         return None
@@ -167,14 +91,14 @@ def _module_state(obj: Inert, where: str) -> dict[str, Any]:
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
         state = state[0]
     if not isinstance(state, dict):
-        raise CheckpointError(f"the archive's module {where or '(root)'} has no attribute dict")
+        raise DamagedCheckpointError(f"the archive's module {where or '(root)'} has no attribute dict")
     return state
 
 
 def _collect(
     obj: Inert,
     prefix: str,
-    archive: zipfile.ZipFile,
+    archive: Archive,
     root: str,
     out: dict[str, torch.Tensor],
     declared: dict[str, set[str] | None],
@@ -182,7 +106,7 @@ def _collect(
 ) -> None:
     """Parameters and buffers of `obj` and its submodules, as state_dict() orders them."""
     if depth > MAX_DEPTH:
-        raise CheckpointError("the archive's modules nest too deeply")
+        raise DamagedCheckpointError("the archive's modules nest too deeply")
     cls = obj.inert_name
     if cls not in declared:
         declared[cls] = _declared_names(archive, root, cls)
@@ -190,6 +114,10 @@ def _collect(
     state = _module_state(obj, prefix.rstrip("."))
     children = []
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise DamagedCheckpointError(
+                f"the archive's module {prefix.rstrip('.') or '(root)'} has a non-text attribute name"
+            )
         if isinstance(value, torch.Tensor):
             if names is None or key in names:
                 out[prefix + key] = value
@@ -199,35 +127,28 @@ def _collect(
         _collect(child, f"{prefix}{key}.", archive, root, out, declared, depth + 1)
 
 
+def _read_archive(path: Path) -> OrderedDict[str, torch.Tensor]:
+    with Archive(path) as archive:
+        root = archive.root()
+        archive.check_byteorder(root)
+        data = archive.read(archive.info(f"{root}data.pkl", "its pickle"))
+        top = _ArchiveUnpickler(io.BytesIO(data), ZipStorages(archive, root)).load()
+        if not (isinstance(top, Inert) and top.inert_name.startswith("__torch__.")):
+            raise DamagedCheckpointError(f"its data.pkl holds {type(top).__name__}, not a TorchScript module")
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        _collect(top, "", archive, root, out, {})
+    return out
+
+
 def read_torchscript_state_dict(path: str | os.PathLike[str]) -> OrderedDict[str, torch.Tensor]:
     """What `torch.jit.load(path).state_dict()` holds, read without compiling or running anything.
 
     The tensors are views of storages read into memory (clone them before writing them elsewhere).
     """
+    from .safe_load import read_guarded
+
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path} is a truncated or corrupt TorchScript archive ({exc})") from None
-    with archive:
-        pkls = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pkls) != 1:
-            raise CheckpointError(f"{path} is not a TorchScript archive (no single <name>/data.pkl inside)")
-        root = pkls[0][: -len("data.pkl")]
-        order = archive.read(f"{root}byteorder").decode().strip() if f"{root}byteorder" in archive.namelist() else ""
-        if order not in ("", "little"):
-            raise CheckpointError(f"{path} was written on a {order}-endian machine; only little-endian is read")
-        try:
-            top = _ArchiveUnpickler(io.BytesIO(archive.read(pkls[0])), archive, root).load()
-        except CheckpointError as exc:
-            raise type(exc)(f"{path}: {exc}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-            raise CheckpointError(f"{path}: its data.pkl is unreadable ({type(exc).__name__}: {exc})") from None
-        if not (isinstance(top, Inert) and top.inert_name.startswith("__torch__.")):
-            raise CheckpointError(f"{path}: its data.pkl holds {type(top).__name__}, not a TorchScript module")
-        out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        _collect(top, "", archive, root, out, {})
-    return out
+    return read_guarded(path, lambda: _read_archive(path))
 
 
 # --- OpenAI's CLIP archive ----------------------------------------------------------------------
