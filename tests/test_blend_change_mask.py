@@ -130,3 +130,35 @@ def test_isolated_noisy_pixels_are_smoothed_below_the_threshold() -> None:
 def test_without_a_config_the_defaults_apply() -> None:
     recon = _recon(64, 8)
     np.testing.assert_array_equal(change_mask(recon + 11.0, recon), change_mask(recon + 11.0, recon, DEFAULT))
+
+
+def test_the_feather_scales_with_the_crop_side() -> None:
+    """The edge of a change is a Gaussian ramp of σ = change_feather × side: intermediate values over
+    a few σ, the same width in crop fractions at every size (a feather in pixels would vanish at 1024²
+    or be a hard step at 256²)."""
+    widths = []
+    for size in (128, 256):
+        recon = _recon(size, 9)
+        edit = recon.copy()
+        edit[:, : size // 2] += 40.0  # the left half changed: a vertical edge
+        mask = change_mask(edit, recon, BlendConfig(change_dilate=0.0))
+        row = mask[size // 2]
+        widths.append(int(((row > 0.05) & (row < 0.95)).sum()) / size)
+        sigma = DEFAULT.change_feather * size
+        assert abs(float(row[size // 2]) - 0.5) < 0.1  # half way at the edge
+        assert float(row[size // 2 + int(round(sigma))]) < 0.25  # one σ out: Φ(-1) ≈ 0.16
+    assert widths[0] > 0.04 and abs(widths[0] - widths[1]) < 0.02  # ~3.3 σ = 0.066 of the side
+
+
+def test_a_one_pixel_dilation_is_applied() -> None:
+    """A dilation radius that rounds to one pixel still dilates (a 3×3 round kernel)."""
+    size = 64
+    recon = _recon(size, 10)
+    edit = recon.copy()
+    edit[32, 32] += 60.0
+    plain = BlendConfig(change_smooth=0.0, change_feather=0.0, change_dilate=0.0)
+    one = BlendConfig(change_smooth=0.0, change_feather=0.0, change_dilate=1.0 / size)
+    assert int(change_mask(edit, recon, plain).sum()) == 1
+    dilated = change_mask(edit, recon, one)
+    assert dilated[31:34, 31:34].sum() >= 5 and dilated[31:34, 31:34].sum() == dilated.sum()
+    assert dilated[31, 32] == dilated[33, 32] == dilated[32, 31] == dilated[32, 33] == 1.0
