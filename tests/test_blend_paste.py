@@ -228,6 +228,27 @@ def test_a_local_colour_error_is_matched_locally(q: float) -> None:
     assert corr[middle, inner_left] > corr[middle, inner_right] + 10.0
 
 
+@pytest.mark.parametrize("q", [100.0, 400.0])
+def test_a_local_colour_error_is_matched_locally_in_y_too(q: float) -> None:
+    """The same with the top half of the face +30 red: the low-pass has the same width in y as in x
+    (a large face is matched on a grid whose cells must stay square)."""
+    t = square(40.0, 30.0, q)
+    content = np.random.default_rng(6).uniform(60.0, 200.0, (64, 64, 3)).astype(np.float32)
+    paste = warp_to_photo(t, content, None, (int(q) + 100, int(q) + 80), DEFAULT, recon=content)
+    before, photo = paste.content.copy(), paste.reference.copy()
+    x0, y0 = paste.region[:2]
+    photo[: int(30 + q / 2) - y0, :, 0] += 30.0  # the top half of the face
+    match_colours(paste, photo, q, DEFAULT)
+    corr = paste.content[..., 0] - before[..., 0]
+    seam = int(40 + 0.05 * q) - x0  # the left seam
+    top, bottom = int(30 + 0.2 * q) - y0, int(30 + 0.8 * q) - y0
+    assert corr[top, seam] > 27.0 and corr[bottom, seam] < 3.0 and (corr >= -1e-3).all()
+    middle = int(40 + 0.5 * q) - x0
+    inner_top, inner_bottom = int(30 + 0.15 * q) - y0, int(30 + 0.85 * q) - y0
+    assert paste.alpha[inner_top, middle] > 0.999 and paste.alpha[inner_bottom, middle] > 0.999
+    assert corr[inner_top, middle] > corr[inner_bottom, middle] + 10.0
+
+
 def test_a_small_seam_on_a_coarse_grid_is_matched_exactly() -> None:
     """A 20 px paste of a big face (grid step 10): its seam sums to less than one grid cell, and the
     uniform colour error must still be matched in full."""
