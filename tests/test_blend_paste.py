@@ -156,9 +156,10 @@ def test_a_smaller_reconstruction_is_sampled_in_place_pixel_exactly() -> None:
     np.testing.assert_allclose(down.reference[inner, 50, 0], ((py - 30.0) / 100.0 * 32 - 0.5)[inner], atol=0.05)
 
 
-@pytest.mark.parametrize("x0", [-300.0, 260.0])
-def test_a_face_outside_the_photo_pastes_nothing(x0: float) -> None:
-    t = square(x0, 30.0, 30.0)
+@pytest.mark.parametrize(("x0", "y0"), [(-300.0, 30.0), (260.0, 30.0), (30.0, -300.0), (30.0, 260.0)])
+def test_a_face_outside_the_photo_pastes_nothing(x0: float, y0: float) -> None:
+    """Left, right, above or below it (overlapping the photo's columns or rows: one side of the box is empty)."""
+    t = square(x0, y0, 30.0)
     assert warp_to_photo(t, np.zeros((64, 64, 3), np.float32), None, PHOTO, DEFAULT) is None
 
 
