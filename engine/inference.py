@@ -49,6 +49,27 @@ class Networks:
     sources: dict[str, str] = field(default_factory=dict)
 
 
+def profile_generator(profile: Profile) -> Generator:
+    """A StyleGAN2 generator of `profile`'s architecture (weights as initialised)."""
+    return Generator(
+        profile.size,
+        profile.style_dim,
+        n_mlp=profile.n_mlp,
+        channel_multiplier=profile.channel_multiplier,
+        channel_base=profile.channel_base,
+    )
+
+
+def profile_encoder(profile: Profile) -> Encoder4Editing:
+    """An e4e encoder of `profile`'s architecture (weights as initialised)."""
+    return Encoder4Editing(
+        stylegan_size=profile.size,
+        style_dim=profile.style_dim,
+        stages=profile.e4e_stages,
+        input_width=profile.e4e_input_width,
+    )
+
+
 def build_tiny(profile: Profile, seed: int | None = None, clip: Any = None) -> Networks:
     """The tiny profile: real architectures, narrow widths, seeded random weights (each domain its
     own seed; the CLIP text tower is the same for every domain, as the real ViT-B/32)."""
@@ -56,19 +77,8 @@ def build_tiny(profile: Profile, seed: int | None = None, clip: Any = None) -> N
         seed = TINY_DOMAIN_SEED.get(profile.domain, TINY_SEED)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        g = Generator(
-            profile.size,
-            profile.style_dim,
-            n_mlp=profile.n_mlp,
-            channel_multiplier=profile.channel_multiplier,
-            channel_base=profile.channel_base,
-        )
-        enc = Encoder4Editing(
-            stylegan_size=profile.size,
-            style_dim=profile.style_dim,
-            stages=profile.e4e_stages,
-            input_width=profile.e4e_input_width,
-        )
+        g = profile_generator(profile)
+        enc = profile_encoder(profile)
         # keep the untrained encoder's codes small so that W+ stays near the generator's mean
         with torch.no_grad():
             for block in enc.styles:
@@ -153,19 +163,8 @@ def network_bytes(profile: Profile) -> int:
     e4e and the mapper), computed on the meta device before loading anything: the daemon's memory
     budget decides what to evict from it."""
     with torch.device("meta"):
-        g = Generator(
-            profile.size,
-            profile.style_dim,
-            n_mlp=profile.n_mlp,
-            channel_multiplier=profile.channel_multiplier,
-            channel_base=profile.channel_base,
-        )
-        enc = Encoder4Editing(
-            stylegan_size=profile.size,
-            style_dim=profile.style_dim,
-            stages=profile.e4e_stages,
-            input_width=profile.e4e_input_width,
-        )
+        g = profile_generator(profile)
+        enc = profile_encoder(profile)
         mapper = DynamicMapper(n_latent=g.n_latent, dim=profile.style_dim)
     tensors = [t for m in (g, enc, mapper) for t in (*m.parameters(), *m.buffers())]
     # latent_avg: one W per layer in the e4e files, one W in the tiny profile

@@ -43,6 +43,7 @@ from ffclip.engine.inference import (
     build_tiny,
     default_threads,
     normalise_untrained_rgb,
+    profile_generator,
     release_freed_memory,
 )
 from ffclip.engine.profiles import PROFILES, Profile
@@ -77,17 +78,10 @@ def build_networks(profile: Profile, seed: int = 0) -> Networks:
     from ffclip.engine.models.clip import build_clip
     from ffclip.engine.models.e4e import Encoder4Editing
     from ffclip.engine.models.mapper import DynamicMapper
-    from ffclip.engine.models.stylegan2 import Generator
 
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        g = Generator(
-            profile.size,
-            profile.style_dim,
-            n_mlp=profile.n_mlp,
-            channel_multiplier=profile.channel_multiplier,
-            channel_base=profile.channel_base,
-        )
+        g = profile_generator(profile)
         for name, p in g.named_parameters():
             if name.endswith("noise.weight"):  # zero at init: a trained generator adds its noise
                 p.fill_(0.05)
