@@ -50,7 +50,8 @@ def test_fuzzed_messages_are_parsed_or_refused_never_escape(tmp_path: Path) -> N
 def test_fuzzed_conversations_with_the_daemon_stay_in_step(tmp_path: Path) -> None:
     """Mutated messages, announcements followed by too few, too many, mis-sized, oversized or
     fragmented frames, frames nobody announced: errors with protocol codes, never `internal`, a
-    status round trip after each, every queued job ended once (tools/fuzz/wire.py: Client)."""
+    fence round trip after each (a message of a unique unknown type, refused by name), every queued
+    job ended once (tools/fuzz/wire.py: Client)."""
     report = runner.run(wire.ServerTarget(), 80, seed=18, workdir=tmp_path)
     assert report.escapes == [], report.escapes[:3]
     assert report.outcomes["error:bad_request"] > 20 and report.outcomes["result"] > 3, report.outcomes
@@ -138,7 +139,7 @@ def _talk(daemon, script: list[tuple[str, Any]]) -> list[dict]:
                 client.send(payload)
             else:
                 client.binary(payload, None)
-        client.settle()  # a status round trip: the stream is in step; every queued job has ended
+        client.settle()  # a fence round trip: the stream is in step; every queued job has ended
         return client.replies[1:]
     finally:
         client.close()
