@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only print the report of an earlier run")
     parser.add_argument("--fresh", action="store_true", help="start a new session (default: resume)")
     parser.add_argument(
+        "--no-fork", action="store_true", help="start each test run afresh, without tools/forktest.py's fork server"
+    )
+    parser.add_argument(
         "--rerun-survivors", action="store_true", help="run the surviving mutants again (after adding tests)"
     )
     parser.add_argument(
@@ -145,7 +150,14 @@ def run(args: argparse.Namespace, module: str, tests: list[str], home: Path, ses
     work = scratch_copy(home / "work")
     env = dict(os.environ, PYTHONPATH=str(work), CI="1")  # CI: Hypothesis examples are reproducible
     check_shadowing(work, module, env)
-    command = pytest_command(tests)
+    with contextlib.ExitStack() as stack:
+        server = None if args.no_fork else stack.enter_context(fork_server(home, work, env))
+        return run_session(args, module, pytest_command(tests, server), work, env, home, session)
+
+
+def run_session(
+    args: argparse.Namespace, module: str, command: str, work: Path, env: dict, home: Path, session: Path
+) -> int:
     baseline = baseline_seconds(work, command, env)
     timeout = args.timeout or max(30.0, 4.0 * baseline)
     config = home / "config.toml"
@@ -220,10 +232,30 @@ def check_shadowing(work: Path, module: str, env: dict) -> None:
         raise SystemExit(f"the scratch copy does not shadow the install: {dotted} is {found.stdout or found.stderr}")
 
 
-def pytest_command(tests: list[str]) -> str:
+def pytest_command(tests: list[str], server: Path | None) -> str:
     """One pytest command; an entry may carry options (`tests/test_models.py -k mapper`) for its file
-    only when it is the last one (pytest options apply to the whole run)."""
-    return f"{sys.executable} -m pytest -x -q -p no:cacheprovider " + " ".join(tests)
+    only when it is the last one (pytest options apply to the whole run). With a fork server, the
+    same arguments go to it (tools/forktest.py)."""
+    options = "-x -q -p no:cacheprovider " + " ".join(tests)
+    if server is None:
+        return f"{sys.executable} -m pytest " + options
+    return f"{sys.executable} {REPO / 'tools' / 'forktest.py'} run {server} -- " + options
+
+
+@contextlib.contextmanager
+def fork_server(home: Path, work: Path, env: dict) -> Iterator[Path]:
+    """tools/forktest.py serving from the scratch copy: torch & co imported once, a fork per mutant."""
+    socket_path = home / "forktest.sock"
+    command = [sys.executable, str(REPO / "tools" / "forktest.py"), "serve", str(socket_path)]
+    server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise SystemExit("the fork server did not start (run with --no-fork to do without it)")
+        yield socket_path
+    finally:
+        server.kill()
+        server.wait()
+        socket_path.unlink(missing_ok=True)
 
 
 def baseline_seconds(work: Path, command: str, env: dict) -> float:
