@@ -78,6 +78,16 @@ class GimpConsole:
             raise FileNotFoundError(f"no gimp-console-3.0 in the chroot {root} (run .ci/setup-gimp.sh)")
         return cls(["/usr/bin/gimp-console-3.0"], root, home or CHROOT_HOME)
 
+    def environment(self) -> dict[str, str]:
+        """The variables by which `find()` finds this same GIMP again (in a child process, such as a
+        batch run started by a test)."""
+        env = {"FFCLIP_GIMP_HOME": self.home or ""}
+        if self.root is not None:
+            env["FFCLIP_GIMP_ROOT"] = str(self.root)
+        else:
+            env["FFCLIP_GIMP_CONSOLE"] = shlex.join(self.command)
+        return env
+
     # Paths: `host(p)` is where GIMP's path p lies on this machine; `inside(p)` the reverse.
     def host(self, path: str | os.PathLike) -> Path:
         path = Path(path)

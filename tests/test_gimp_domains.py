@@ -98,11 +98,7 @@ def test_batch_edits_a_church_folder_through_gimp(console, installed, engine, tm
     source = REPO / "tests" / "data" / "scenes" / "reims_cathedral.webp"
     shutil.copyfile(source, folder / "reims.webp")
     out_dir = tmp_path / "edited"
-    env = dict(os.environ, FFCLIP_GIMP_HOME=console.home or "")
-    if console.root is not None:
-        env["FFCLIP_GIMP_ROOT"] = str(console.root)
-    else:
-        env["FFCLIP_GIMP_CONSOLE"] = " ".join(console.command)
+    env = dict(os.environ, **console.environment())
     cmd = [sys.executable, str(REPO / "gimp" / "batch_edit.py"), str(folder), "a gothic cathedral", "-o"]
     cmd += [str(out_dir), "--url", engine, "--domain", "church"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -416,11 +416,7 @@ def test_batch_script_edits_folder_and_reports_failures(console, installed, engi
     shutil.copyfile(photos_dir / OBAMA, folder / OBAMA)
     (folder / "notes.txt").write_text("not a photo\n")
     out_dir = tmp_path / "edited"
-    env = dict(os.environ, FFCLIP_GIMP_HOME=console.home or "")
-    if console.root is not None:
-        env["FFCLIP_GIMP_ROOT"] = str(console.root)
-    else:
-        env["FFCLIP_GIMP_CONSOLE"] = " ".join(console.command)
+    env = dict(os.environ, **console.environment())
     cmd = [
         sys.executable,
         str(REPO / "gimp" / "batch_edit.py"),

@@ -526,6 +526,20 @@ def test_batch_helpers(tmp_path):
     assert argv[:3] == ["chroot", str(tmp_path), "env"] and "HOME=/tmp/h" in argv
 
 
+def test_a_console_is_found_again_from_its_environment(tmp_path, monkeypatch):
+    """What a test hands a batch run (GimpConsole.environment) makes find() pick the same GIMP."""
+    root = tmp_path / "chroot"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/gimp-console-3.0").touch()
+    native = batch_edit.GimpConsole(["/opt/my gimp/gimp-console-3.0", "--verbose"], None, "/home/x")
+    for console in (batch_edit.GimpConsole.chroot(root, "/tmp/h"), native):
+        for name in ("FFCLIP_GIMP_CONSOLE", "FFCLIP_GIMP_ROOT", "FFCLIP_GIMP_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in console.environment().items():
+            monkeypatch.setenv(name, value)
+        assert batch_edit.GimpConsole.find() == console
+
+
 def test_batch_without_gimp_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FFCLIP_GIMP_ROOT", str(tmp_path / "nothing"))
     (tmp_path / "in").mkdir()
