@@ -44,6 +44,7 @@ TESTS: dict[str, list[str]] = {
     ],
     # the restricted unpickler and the torch-file readers behind safe_load (issue 18)
     "engine/checkpoints/unpickler.py": [
+        "tests/test_checkpoints_unpickler.py",
         "tests/test_checkpoints_allow_list.py",
         "tests/test_checkpoints_safe_load.py",
         "tests/test_checkpoints_edges.py",

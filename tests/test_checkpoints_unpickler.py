@@ -1,0 +1,171 @@
+"""The restricted unpickler's parts, one by one (written against the survivors of mutation testing,
+docs/testing.md): the counted opcodes that Python's own pickler writes only for values of 4 GiB and
+more, the nesting limit at its exact depth, the bounded reads and the messages that say how much was
+left, the protocol 0/1 spellings of object construction, chunked text decoding."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+
+import pytest
+
+from ffclip.engine.checkpoints.errors import UnsafeCheckpointError
+from ffclip.engine.checkpoints.safe_load import exception_text
+from ffclip.engine.checkpoints.unpickler import (
+    MAX_NESTING,
+    TEXT_CHUNK,
+    BoundedReader,
+    _reconstructor,
+    decode_text,
+    inert_class,
+    resolve_global,
+    restricted_loads,
+)
+
+P2, P4, P5 = b"\x80\x02", b"\x80\x04", b"\x80\x05"
+
+
+# --- counted values ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("opcode", "width", "expected"),
+    [
+        (pickle.BINBYTES, "<I", b"abc"),
+        (pickle.BINBYTES8, "<Q", b"abc"),
+        (pickle.BINUNICODE, "<I", "abc"),
+        (pickle.BINUNICODE8, "<Q", "abc"),
+        (pickle.BYTEARRAY8, "<Q", bytearray(b"abc")),
+    ],
+)
+def test_every_counted_opcode_reads_its_length_and_value(opcode: bytes, width: str, expected) -> None:
+    """The 8-byte forms are what Python writes for values of 4 GiB or more, so no ordinary pickle
+    has them: hand-made ones, each with a value after it that must still be read in step."""
+    data = P5 + opcode + struct.pack(width, 3) + b"abc" + pickle.BININT1 + b"\x07" + pickle.TUPLE2 + pickle.STOP
+    value, after = restricted_loads(data)
+    assert value == expected and type(value) is type(expected) and after == 7
+
+
+def test_a_text_value_keeps_lone_surrogates_as_pythons_pickle_does() -> None:
+    text = "a\udc80b"
+    assert restricted_loads(pickle.dumps(text, protocol=4)) == text == pickle.loads(pickle.dumps(text, protocol=4))
+
+
+@pytest.mark.parametrize("opcode", [pickle.BINBYTES, pickle.BINUNICODE])
+def test_a_length_beyond_the_data_says_how_much_was_left(opcode: bytes) -> None:
+    data = P2 + opcode + struct.pack("<I", 1000) + b"abc"
+    with pytest.raises(pickle.UnpicklingError, match=r"of 1000 bytes where 3 are left"):
+        restricted_loads(data)
+
+
+def test_a_length_beyond_its_frame_says_how_much_of_the_frame_was_left() -> None:
+    """Protocol 4 frames: what is left is the rest of the frame, not of the file."""
+    body = pickle.BINBYTES + struct.pack("<I", 50) + b"abcdef"
+    data = P4 + pickle.FRAME + struct.pack("<Q", len(body)) + body + b"x" * 100 + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match=r"of 50 bytes where 6 are left"):
+        restricted_loads(data)
+
+
+def test_a_pickle_cut_short_ends_too_early() -> None:
+    """Cut before its STOP: the plain end-of-data error, which the loader words as such."""
+    with pytest.raises(EOFError) as caught:
+        restricted_loads(P2 + pickle.BININT1 + b"\x01")
+    assert exception_text(caught.value) == "its data ends too early (EOFError)"
+
+
+# --- nesting -------------------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    """A pickle of a tuple nested `depth` deep: ((((),),),) with `depth` tuples."""
+    return P2 + pickle.EMPTY_TUPLE + pickle.TUPLE1 * (depth - 1) + pickle.STOP
+
+
+def test_tuples_nest_exactly_max_nesting_deep() -> None:
+    value = restricted_loads(_nested(MAX_NESTING))
+    for _ in range(MAX_NESTING - 1):
+        (value,) = value
+    assert value == ()
+    with pytest.raises(pickle.UnpicklingError, match=f"nested more than {MAX_NESTING} deep"):
+        restricted_loads(_nested(MAX_NESTING + 1))
+
+
+@pytest.mark.parametrize("opcode", [pickle.TUPLE2, pickle.TUPLE3])
+def test_the_depth_is_that_of_the_deepest_item(opcode: bytes) -> None:
+    """A tuple of a shallow item and a deep one is as deep as the deep one, in whichever place."""
+    items = 2 if opcode == pickle.TUPLE2 else 3
+    deep = pickle.EMPTY_TUPLE + pickle.TUPLE1 * (MAX_NESTING - 1)
+    for at in range(items):
+        parts = [deep if i == at else pickle.NONE for i in range(items)]
+        with pytest.raises(pickle.UnpicklingError, match="nested more than"):
+            restricted_loads(P2 + b"".join(parts) + opcode + pickle.STOP)
+
+
+def test_a_frozenset_counts_as_a_level_of_nesting() -> None:
+    deep = pickle.EMPTY_TUPLE + pickle.TUPLE1 * (MAX_NESTING - 1)
+    data = P4 + pickle.MARK + deep + pickle.FROZENSET + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match="nested more than"):
+        restricted_loads(data)
+    shallow = P4 + pickle.MARK + pickle.EMPTY_TUPLE + pickle.TUPLE1 * (MAX_NESTING - 2) + pickle.FROZENSET + pickle.STOP
+    assert len(restricted_loads(shallow)) == 1
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["torchvision", "torch.nn", "torchaudio", "zzz", "torc"])
+def test_a_dtype_name_is_one_only_in_the_torch_module(module: str) -> None:
+    import torch
+
+    assert resolve_global("torch", "float32") is torch.float32
+    with pytest.raises(UnsafeCheckpointError):
+        resolve_global(module, "float32")
+
+
+def test_the_protocol_1_construction_builds_only_placeholders() -> None:
+    placeholder = inert_class("argparse", "Namespace")
+    assert _reconstructor(placeholder, object, None).inert_args == ()
+    assert _reconstructor(placeholder, int, 5).inert_args == (5,)
+    with pytest.raises(UnsafeCheckpointError):
+        _reconstructor(dict, object, None)
+
+
+def test_a_protocol_0_namespace_becomes_a_placeholder_with_its_state() -> None:
+    import argparse
+
+    loaded = restricted_loads(pickle.dumps(argparse.Namespace(lr=0.5, size=1024), protocol=0))
+    assert loaded.inert_name == "argparse.Namespace" and loaded.inert_args == ()
+    assert loaded.inert_state == {"lr": 0.5, "size": 1024}
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def test_a_bounded_reader_hands_out_only_its_part_of_the_file() -> None:
+    file = io.BytesIO(b"0123\nabcd\nEFGH\n")
+    file.seek(2)
+    reader = BoundedReader(file, 12)  # "23\nabcd\nEF"
+    assert reader.tell() == 2
+    assert reader.readline() == b"23\n" and reader.tell() == 5
+    assert reader.read(3) == b"abc" and reader.tell() == 8
+    assert reader.readline(1) == b"d" and reader.readline(-1) == b"\n"
+    assert reader.read(100) == b"EF" and reader.tell() == 12
+    assert reader.read() == b"" and reader.readline() == b""
+    file.seek(5)
+    rest = BoundedReader(file, 12)
+    assert rest.read() == b"abcd\nEF" and rest.read(None) == b""
+    file.seek(5)
+    assert BoundedReader(file, 12).readline(None) == b"abcd\n"
+
+
+@pytest.mark.parametrize("size", [TEXT_CHUNK - 1, TEXT_CHUNK, TEXT_CHUNK + 1, 3 * TEXT_CHUNK + 5])
+def test_text_is_decoded_whole_across_chunks(size: int) -> None:
+    """Multi-byte characters across the chunks' boundaries, the first chunk and the last included."""
+    text = ("é€" * size)[:size]
+    raw = text.encode()
+    assert decode_text(raw) == text
+    assert decode_text(raw, "utf-8", "surrogatepass") == text
+    with pytest.raises(UnicodeDecodeError):
+        decode_text(raw[:-1])  # the last character cut
