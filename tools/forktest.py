@@ -27,6 +27,7 @@ import socket
 import sys
 import tempfile
 
+OUTPUT_TAIL = 16384  # bytes of a run's output handed back (its failure summary)
 PRELOAD = ["torch", "numpy", "PIL.Image", "cv2", "hypothesis", "pytest", "websockets"]
 
 
@@ -61,14 +62,18 @@ def _reap() -> None:
 
 def _handle(client: socket.socket) -> None:
     request = json.loads(_read_line(client))
-    child = os.fork()
-    if child == 0:
-        client.close()
-        os.setpgid(0, 0)
-        os._exit(_run_pytest(request["cwd"], request["args"]))
-    code = _wait(child, client)
+    with tempfile.TemporaryFile() as output:
+        child = os.fork()
+        if child == 0:
+            client.close()
+            os.setpgid(0, 0)
+            os._exit(_run_pytest(request["cwd"], request["args"], output.fileno()))
+        code = _wait(child, client)
+        output.seek(0, os.SEEK_END)
+        output.seek(max(0, output.tell() - OUTPUT_TAIL))
+        said = output.read().decode("utf-8", "replace")
     with contextlib.suppress(OSError):
-        client.sendall(f"{code}\n".encode())
+        client.sendall(json.dumps({"code": code, "output": said}).encode() + b"\n")
 
 
 def _wait(child: int, client: socket.socket) -> int:
@@ -85,18 +90,18 @@ def _wait(child: int, client: socket.socket) -> int:
             return 124
 
 
-def _run_pytest(cwd: str, args: list[str]) -> int:
+def _run_pytest(cwd: str, args: list[str], output: int) -> int:
     os.chdir(cwd)
     sys.path.insert(0, cwd)  # as `python -m pytest` run in cwd has it
     sys.pycache_prefix = tempfile.mkdtemp(prefix="forktest-pyc-")  # no .pyc of another mutant
     sys.dont_write_bytecode = True
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
     try:
         import pytest
 
-        return int(pytest.main(args))
+        # the preloaded hypothesis plug-in cannot be assertion-rewritten; that is no news per mutant
+        return int(pytest.main(["-W", "ignore::pytest.PytestAssertRewriteWarning", *args]))
     except BaseException:  # noqa: BLE001 - any crash of the run is a failed run
         return 1
 
@@ -116,7 +121,11 @@ def run(path: str, args: list[str]) -> int:
         sock.connect(path)
         sock.sendall(json.dumps({"cwd": os.getcwd(), "args": args}).encode() + b"\n")
         reply = _read_line(sock).strip()
-    return int(reply) if reply else 1
+    if not reply:
+        return 1
+    answer = json.loads(reply)
+    sys.stdout.write(answer["output"])  # cosmic-ray keeps it with the mutant's result
+    return int(answer["code"])
 
 
 def main(argv: list[str] | None = None) -> int:
