@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-fork", action="store_true", help="start each test run afresh, without tools/forktest.py's fork server"
     )
     parser.add_argument(
+        "--confirm",
+        type=int,
+        metavar="N",
+        help="run N random mutants killed in the session again with plain pytest (no fork server): "
+        "the verdicts must agree",
+    )
+    parser.add_argument(
         "--rerun-survivors", action="store_true", help="run the surviving mutants again (after adding tests)"
     )
     parser.add_argument(
@@ -135,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no session at {session}: run without --report first")
         print(report(session, module))
         return 0
+
+    if args.confirm:
+        if not session.is_file():
+            parser.error(f"no session at {session}: run without --confirm first")
+        return confirm(module, tests, home, session, args.confirm)
 
     home.mkdir(parents=True, exist_ok=True)
     lock = home / "lock"
@@ -185,6 +197,38 @@ def run_session(
     (home / "report.md").write_text(text + "\n")
     print(text)
     return 0
+
+
+def confirm(module: str, tests: list[str], home: Path, session: Path, count: int) -> int:
+    """Killed mutants run again, each applied to a scratch copy of its own and tested with plain
+    pytest: a fork server's verdict that a plain run does not share would be a false kill."""
+    import random
+
+    from cosmic_ray.mutating import use_mutation
+    from cosmic_ray.plugins import get_operator
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        killed = [
+            item.mutations[0]
+            for item, result in db.completed_work_items
+            if result.test_outcome == TestOutcome.KILLED and result.output != "timeout"
+        ]
+    work = scratch_copy(home / "confirm")
+    env = dict(os.environ, PYTHONPATH=str(work), CI="1")
+    check_shadowing(work, module, env)
+    command = shlex.split(pytest_command(tests, None))
+    disagree = 0
+    for mutation in random.Random(0).sample(killed, min(count, len(killed))):
+        operator = get_operator(mutation.operator_name)(**(mutation.operator_args or {}))
+        with use_mutation(work / module, operator, mutation.occurrence):
+            done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+        verdict = "killed" if done.returncode != 0 else "SURVIVED: the fork server's kill is not confirmed"
+        disagree += done.returncode == 0
+        print(f"line {mutation.start_pos[0]} {mutation.operator_name} #{mutation.occurrence}: {verdict}", flush=True)
+    print(f"{min(count, len(killed)) - disagree} of {min(count, len(killed))} kills confirmed by plain pytest runs")
+    return 1 if disagree else 0
 
 
 def _alive(pid: int) -> bool:
