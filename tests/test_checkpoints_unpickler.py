@@ -169,3 +169,40 @@ def test_text_is_decoded_whole_across_chunks(size: int) -> None:
     assert decode_text(raw, "utf-8", "surrogatepass") == text
     with pytest.raises(UnicodeDecodeError):
         decode_text(raw[:-1])  # the last character cut
+
+
+# --- sets and extension codes --------------------------------------------------------------------
+
+
+def test_sets_are_filled_by_additems_wherever_they_are() -> None:
+    value = {"a": {1, 2}, "b": (1, {3, "x"}), "c": [frozenset({4}), set()]}
+    assert restricted_loads(pickle.dumps(value, protocol=4)) == value
+
+
+def test_additems_fills_only_a_set() -> None:
+    data = P4 + pickle.EMPTY_LIST + pickle.MARK + pickle.BININT1 + b"\x01" + pickle.ADDITEMS + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match="ADDITEMS to a list"):
+        restricted_loads(data)
+
+
+def test_extension_codes_resolve_through_the_allow_list() -> None:
+    """EXT1 names a global by a number registered with copyreg: the name then goes through the
+    allow-list like any other; an unregistered number is an error."""
+    import collections
+    import copyreg
+
+    unused = next(code for code in range(200, 256) if code not in copyreg._inverted_registry)
+    data = P2 + pickle.EXT1 + bytes([unused]) + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match=f"unregistered extension code {unused}"):
+        restricted_loads(data)
+    copyreg.add_extension("collections", "OrderedDict", unused)
+    try:
+        assert restricted_loads(data) is collections.OrderedDict
+        copyreg.remove_extension("collections", "OrderedDict", unused)
+        copyreg.add_extension("os", "system", unused)
+        with pytest.raises(UnsafeCheckpointError, match="os.system"):
+            restricted_loads(data)
+    finally:
+        for module, name in (("collections", "OrderedDict"), ("os", "system")):
+            if copyreg._extension_registry.get((module, name)) == unused:
+                copyreg.remove_extension(module, name, unused)
