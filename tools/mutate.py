@@ -52,8 +52,10 @@ TESTS: dict[str, list[str]] = {
     ],
     "engine/checkpoints/torchfile.py": [
         "tests/test_checkpoints_safe_load.py",
-        "tests/test_fuzz_checkpoints.py",
+        "tests/test_checkpoints_allow_list.py",
         "tests/test_checkpoints_edges.py",
+        "tests/test_clip_torchscript.py",
+        "tests/test_fuzz_checkpoints.py",
     ],
     "bridge/framing.py": [
         "tests/test_bridge_framing.py",
