@@ -14,6 +14,7 @@ import pytest
 from ffclip.engine.checkpoints.errors import UnsafeCheckpointError
 from ffclip.engine.checkpoints.safe_load import exception_text
 from ffclip.engine.checkpoints.unpickler import (
+    MAX_LINE,
     MAX_NESTING,
     TEXT_CHUNK,
     BoundedReader,
@@ -206,3 +207,15 @@ def test_extension_codes_resolve_through_the_allow_list() -> None:
         for module, name in (("collections", "OrderedDict"), ("os", "system")):
             if copyreg._extension_registry.get((module, name)) == unused:
                 copyreg.remove_extension(module, name, unused)
+
+
+def test_a_protocol_0_line_may_be_max_line_bytes_long() -> None:
+    """Protocol 0 reads a line before knowing its end; MAX_LINE bytes, the newline included, is the
+    longest it reads."""
+
+    def text(length: int) -> bytes:
+        return pickle.UNICODE + b"a" * length + b"\n" + pickle.STOP
+
+    assert restricted_loads(text(MAX_LINE - 1)) == "a" * (MAX_LINE - 1)
+    with pytest.raises(pickle.UnpicklingError, match=f"more than {MAX_LINE} bytes"):
+        restricted_loads(text(MAX_LINE))
