@@ -405,11 +405,10 @@ class LegacyStorages:
     """persistent_load for a legacy file: each storage is allocated when the pickle first names
     it (if it fits in what is left of the file) and filled from the data after the pickle."""
 
-    def __init__(self, reader: BoundedReader, size: int) -> None:
-        self.reader, self.size = reader, size
+    def __init__(self, reader: BoundedReader) -> None:
+        self.reader = reader
         self.roots: dict[str, Storage] = {}
         self.views: dict[str, Storage] = {}
-        self.used = 0
 
     def __call__(self, pid: Any) -> Storage:
         if isinstance(pid, tuple) and pid[:1] in (("module",), (b"module",)):
@@ -423,7 +422,6 @@ class LegacyStorages:
                 raise DamagedCheckpointError(
                     f"storage {key} needs {nbytes} bytes, but only {max(left, 0)} are left in the file after it"
                 )
-            self.used += nbytes
             # the pickle (and the key list) end before the data now promised to this storage: a
             # lying length further on cannot sweep it up as well (a second copy of it in memory)
             self.reader.end -= nbytes + 8
@@ -505,7 +503,7 @@ def read_legacy(path: Path, unpickler: type[CheckpointUnpickler] = CheckpointUnp
     with path.open("rb") as file:
         reader = BoundedReader(file, size)
         _legacy_head(reader)
-        storages = LegacyStorages(reader, size)
+        storages = LegacyStorages(reader)
         obj = unpickler(reader, storages).load()
         storages.fill(restricted_load(reader), file)
     return obj

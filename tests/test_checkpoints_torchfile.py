@@ -1,0 +1,202 @@
+"""The torch-file readers' parts that ordinary checkpoints rarely reach (written against the
+survivors of mutation testing, docs/testing.md): tensor subclasses rebuilt through
+`_rebuild_from_type_v2`, parameters and tensors carrying attributes, TorchScript code members and
+their sizes, the byte-order record, views of legacy storages."""
+
+from __future__ import annotations
+
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch_files import Storage, Tensor, floats, write_legacy, write_zip
+
+from ffclip.engine.checkpoints import UnsafeCheckpointError, load_checkpoint
+from ffclip.engine.checkpoints.errors import DamagedCheckpointError
+from ffclip.engine.checkpoints.torchfile import Archive
+
+FORMATS = ["zip", "legacy"]
+
+
+def _write(fmt: str, path: Path, obj: object, storages: list[Storage]) -> Path:
+    return (write_legacy if fmt == "legacy" else write_zip)(path, obj, storages)
+
+
+@dataclass
+class FromType:
+    """Pickles as torch._tensor._rebuild_from_type_v2(func, new_type, args, state): how torch saves
+    a tensor subclass."""
+
+    func: Any
+    new_type: Any
+    args: tuple
+    state: Any = None
+
+    def __reduce__(self) -> tuple:
+        return (torch._tensor._rebuild_from_type_v2, (self.func, self.new_type, self.args, self.state))
+
+
+@dataclass
+class WithState:
+    """Pickles as torch._utils._rebuild_parameter_with_state(data, requires_grad, hooks, state)."""
+
+    data: Any
+    requires_grad: bool
+    state: Any
+
+    def __reduce__(self) -> tuple:
+        return (torch._utils._rebuild_parameter_with_state, (self.data, self.requires_grad, OrderedDict(), self.state))
+
+
+def _v2_args(storage: Storage) -> tuple:
+    return (storage, 0, (2,), (1,), False, OrderedDict())
+
+
+def _storage() -> Storage:
+    return Storage("0", "FloatStorage", floats(1.5, -2.0))
+
+
+# --- tensor subclasses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("new_type", [torch.Tensor, torch.nn.Parameter])
+def test_a_tensor_or_parameter_rebuilt_from_its_type_loads(tmp_path: Path, fmt: str, new_type: type) -> None:
+    storage = _storage()
+    obj = {"w": FromType(torch._utils._rebuild_tensor_v2, new_type, _v2_args(storage), {"note": "kept"})}
+    loaded = load_checkpoint(_write(fmt, tmp_path / "c.pt", obj, [storage]))["w"]
+    assert type(loaded) is new_type and loaded.tolist() == [1.5, -2.0] and loaded.note == "kept"
+
+
+@pytest.mark.parametrize("new_type", [torch.Size, dict, torch.float32])
+def test_a_subclass_other_than_tensor_or_parameter_is_refused(tmp_path: Path, new_type: Any) -> None:
+    storage = _storage()
+    obj = {"w": FromType(torch._utils._rebuild_tensor_v2, new_type, _v2_args(storage))}
+    with pytest.raises(UnsafeCheckpointError, match="is not rebuilt"):
+        load_checkpoint(write_zip(tmp_path / "c.pt", obj, [storage]))
+
+
+@pytest.mark.parametrize("func", [OrderedDict, list, torch.Size])
+def test_a_subclass_rebuilt_by_another_function_is_refused(tmp_path: Path, func: Any) -> None:
+    storage = _storage()
+    obj = {"w": FromType(func, torch.Tensor, ((1, 2),))}
+    with pytest.raises(UnsafeCheckpointError, match="rebuilt by another function"):
+        load_checkpoint(write_zip(tmp_path / "c.pt", obj, [storage]))
+
+
+def test_a_subclass_whose_arguments_are_not_a_tuple_is_refused(tmp_path: Path) -> None:
+    storage = _storage()
+    obj = {"w": FromType(torch._utils._rebuild_tensor_v2, torch.Tensor, [storage, 0, (2,), (1,), False, {}])}
+    with pytest.raises(UnsafeCheckpointError, match="rebuilt by another function"):
+        load_checkpoint(write_zip(tmp_path / "c.pt", obj, [storage]))
+
+
+# --- attributes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{"note": "kept"}, ({"note": "kept"}, None), (None, {"note": "kept"}), ({}, {"note": "kept"})],
+    ids=["dict", "dict-and-no-slots", "slots-only", "empty-dict-and-slots"],
+)
+def test_attributes_come_from_the_dict_and_the_slots(tmp_path: Path, state: Any) -> None:
+    storage = _storage()
+    obj = {"p": WithState(Tensor(storage, (2,)), False, state)}
+    loaded = load_checkpoint(write_zip(tmp_path / "c.pt", obj, [storage]))["p"]
+    assert isinstance(loaded, torch.nn.Parameter) and not loaded.requires_grad and loaded.note == "kept"
+
+
+@pytest.mark.parametrize("state", [{"__class__": dict}, {"__dict__": {}}, {1: "x"}, ([("note", 1)], None)])
+def test_attributes_are_plain_names_only(tmp_path: Path, state: Any) -> None:
+    storage = _storage()
+    obj = {"p": WithState(Tensor(storage, (2,)), True, state)}
+    with pytest.raises(DamagedCheckpointError, match="not a dict of names"):
+        load_checkpoint(write_zip(tmp_path / "c.pt", obj, [storage]))
+
+
+def test_a_real_parameter_with_an_attribute_round_trips(tmp_path: Path) -> None:
+    """What torch.save itself writes for a parameter that carries an attribute."""
+    parameter = torch.nn.Parameter(torch.tensor([3.0, 4.0]), requires_grad=False)
+    parameter.note = "kept"
+    path = tmp_path / "p.pt"
+    torch.save({"p": parameter}, path)
+    loaded = load_checkpoint(path)["p"]
+    assert isinstance(loaded, torch.nn.Parameter) and loaded.tolist() == [3.0, 4.0]
+    assert not loaded.requires_grad and loaded.note == "kept"
+
+
+# --- TorchScript code members --------------------------------------------------------------------
+
+
+def _code_archive(path: Path, text: bytes) -> Archive:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/code/m.py", text, compress_type=zipfile.ZIP_DEFLATED)
+    return Archive(path)
+
+
+def test_a_code_member_is_read_as_text(tmp_path: Path) -> None:
+    with _code_archive(tmp_path / "a.zip", "déf f(): return 1\n".encode()) as archive:
+        assert archive.read_text(archive.info("archive/code/m.py", "code")) == "déf f(): return 1\n"
+
+
+def test_a_code_member_cannot_claim_more_than_deflate_can_expand(tmp_path: Path) -> None:
+    """Deflate expands at most ~1032 times: an entry claiming more is refused before reading."""
+    with _code_archive(tmp_path / "a.zip", b"\0" * 100_000) as archive:
+        info = archive.info("archive/code/m.py", "code")
+        ratio = info.file_size / info.compress_size
+        assert 100 < ratio < 1032  # zeros compress well, within deflate's limit
+        assert archive.read_text(info) == "\0" * 100_000
+        for claim in (1032 * info.compress_size + 1, 1033 * info.compress_size, 64 << 20):
+            info.file_size = claim
+            with pytest.raises(DamagedCheckpointError, match=f"claims {claim} bytes"):
+                archive.read_text(info)
+        info.file_size = 100_001  # within the ratio, but not what the member holds
+        with pytest.raises(DamagedCheckpointError, match="does not hold the 100001 bytes"):
+            archive.read_text(info)
+
+
+# --- byte order ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [None, "little", "little\n"])
+def test_a_little_endian_or_unrecorded_byte_order_loads(tmp_path: Path, order: str | None) -> None:
+    storage = _storage()
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage], byteorder=order)
+    assert load_checkpoint(path)["w"].tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parametrize("order", ["middle", "", "LITTLE"])
+def test_an_unknown_byte_order_is_damaged(tmp_path: Path, order: str) -> None:
+    storage = _storage()
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage], byteorder=order)
+    with pytest.raises(DamagedCheckpointError, match="byte order record says"):
+        load_checkpoint(path)
+
+
+# --- legacy views --------------------------------------------------------------------------------
+
+
+def test_legacy_views_share_their_root_storage(tmp_path: Path) -> None:
+    """torch < 0.4 wrote a view of a storage as (view key, element offset, element count)."""
+    root = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=None)
+    first = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=("v1", 1, 2))
+    second = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=("v2", 3, 2))
+    obj = {"all": Tensor(root, (5,)), "a": Tensor(first, (2,)), "b": Tensor(second, (2,)), "a2": Tensor(first, (1,))}
+    loaded = load_checkpoint(write_legacy(tmp_path / "c.pt", obj, [root]))
+    assert loaded["a"].tolist() == [2.0, 3.0] and loaded["b"].tolist() == [4.0, 5.0]
+    assert loaded["a2"].tolist() == [2.0]
+    loaded["all"][1] = 20.0  # one buffer under all of them
+    assert loaded["a"][0] == 20.0 and loaded["a2"][0] == 20.0
+
+
+@pytest.mark.parametrize("view", [("v", 4, 2), ("v", -1, 1), ("v", 0, -1), ("v", 0, 6), ("v", 1), ("v", 0.5, 1)])
+def test_a_legacy_view_outside_its_storage_is_damaged(tmp_path: Path, view: tuple) -> None:
+    root = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5))
+    viewed = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=view)
+    path = write_legacy(tmp_path / "c.pt", {"all": Tensor(root, (5,)), "v": Tensor(viewed, (1,))}, [root])
+    with pytest.raises(DamagedCheckpointError, match="storage view"):
+        load_checkpoint(path)
