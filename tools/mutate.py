@@ -51,6 +51,7 @@ TESTS: dict[str, list[str]] = {
         "tests/test_fuzz_checkpoints.py",
     ],
     "engine/checkpoints/torchfile.py": [
+        "tests/test_checkpoints_torchfile.py",
         "tests/test_checkpoints_safe_load.py",
         "tests/test_checkpoints_allow_list.py",
         "tests/test_checkpoints_edges.py",
