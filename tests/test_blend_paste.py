@@ -309,6 +309,16 @@ def test_the_compositor_box_is_the_union_of_the_regions() -> None:
     assert Compositor([]).box == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("region", [(3, 7, 5, 1), (3, 7, 1, 5), (3, 7, 1, 1)])
+def test_a_region_one_pixel_thin_is_part_of_the_box(region: tuple[int, int, int, int]) -> None:
+    """A face cut by the photo's edge down to one row or column still gets its place in the box."""
+    comp = Compositor([region])
+    assert comp.box == region
+    comp.add(_flat(region, 90.0, 1.0))
+    assert comp.alpha.shape == (region[3], region[2]) and np.all(comp.alpha == 1.0)
+    np.testing.assert_allclose(comp.layer()[..., 0], 90.0, atol=1e-4)
+
+
 def test_later_faces_are_pasted_over_earlier_ones() -> None:
     comp = Compositor([(0, 0, 4, 4), (2, 0, 4, 4)])
     comp.add(_flat((0, 0, 4, 4), 100.0, 1.0))
