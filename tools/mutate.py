@@ -115,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         "--no-fork", action="store_true", help="start each test run afresh, without tools/forktest.py's fork server"
     )
     parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="run only a random N of the pending mutants (seeded; the rest are skipped as outside the "
+        "sample, a score on a random sample estimates the whole; --whole runs them later)",
+    )
+    parser.add_argument("--whole", action="store_true", help="run the mutants an earlier --sample left out")
+    parser.add_argument(
         "--confirm",
         type=int,
         metavar="N",
@@ -189,6 +197,10 @@ def run_session(
         cosmic(["init", str(config), str(session)], work, env)
         cosmic_filter("cr-filter-operators", [str(session), str(config)], work, env)
         skip_mutants(session, annotation_spans(REPO / module), set(args.only or ()))
+    if args.whole:
+        forget(session, f"output = '{OUTSIDE_SAMPLE}'")
+    if args.sample is not None:
+        keep_sample(session, args.sample)
     if args.rerun_survivors:
         forget(session, "test_outcome = 'SURVIVED'")
     if args.rerun_timeouts:
@@ -382,6 +394,26 @@ def skip_mutants(session: Path, annotations: list, functions: set[str]) -> None:
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=reason))
 
 
+OUTSIDE_SAMPLE = "outside the sample"
+
+
+def keep_sample(session: Path, count: int) -> None:
+    """Skip all but a random `count` of the pending mutants (seeded: the same sample every time).
+    cosmic-ray runs its work in an arbitrary order, so the mutants already run are a random sample
+    too, and the union stays one."""
+    import random
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        pending_ids = sorted(item.job_id for item in db.pending_work_items)
+        keep = set(random.Random(0).sample(pending_ids, min(count, len(pending_ids))))
+        for job_id in pending_ids:
+            if job_id not in keep:
+                db.set_result(job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output=OUTSIDE_SAMPLE))
+
+
 def forget(session: Path, where: str) -> None:
     """Drop some results (survivors, timeouts) so that `exec` runs those mutants again (cosmic-ray
     stores enum names; a timeout is a KILLED result whose output is "timeout")."""
@@ -413,7 +445,9 @@ def report(session: Path, module: str) -> str:
         outcomes["pending"] = sum(1 for _ in db.pending_work_items)
         for item, result in db.completed_work_items:
             mutation = item.mutations[0]
-            if result.worker_outcome in (WorkerOutcome.SKIPPED, WorkerOutcome.NO_TEST):
+            if result.output == OUTSIDE_SAMPLE:
+                outcomes["unsampled"] += 1
+            elif result.worker_outcome in (WorkerOutcome.SKIPPED, WorkerOutcome.NO_TEST):
                 outcomes[str(result.worker_outcome.value)] += 1
             elif result.test_outcome == TestOutcome.SURVIVED:
                 outcomes["survived"] += 1
@@ -436,7 +470,12 @@ def report(session: Path, module: str) -> str:
         f"**{score:.1f} % killed** (of the killed, {outcomes['timeout']} by a timeout). "
         f"Skipped by filters: {outcomes['skipped']}; "
         f"no mutation possible: {outcomes['no-test']}; worker errors: {outcomes['error']}; "
-        f"pending: {outcomes['pending']}.",
+        f"pending: {outcomes['pending']}."
+        + (
+            f" Outside a random sample (`--sample`; the score estimates the whole): {outcomes['unsampled']}."
+            if outcomes["unsampled"]
+            else ""
+        ),
         "",
     ]
     lines += [_describe(*survivor) for survivor in sorted(survivors, key=lambda s: (s[0], s[2]))]
