@@ -18,6 +18,7 @@ from ffclip.engine.checkpoints.unpickler import (
     MAX_NESTING,
     TEXT_CHUNK,
     BoundedReader,
+    RestrictedUnpickler,
     _reconstructor,
     decode_text,
     inert_class,
@@ -219,3 +220,95 @@ def test_a_protocol_0_line_may_be_max_line_bytes_long() -> None:
     assert restricted_loads(text(MAX_LINE - 1)) == "a" * (MAX_LINE - 1)
     with pytest.raises(pickle.UnpicklingError, match=f"more than {MAX_LINE} bytes"):
         restricted_loads(text(MAX_LINE))
+
+
+# --- more names, calls and containers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_builtins_are_found_however_the_module_name_is_spelled(protocol: int) -> None:
+    """Protocol 2 writes `__builtin__` (mapped through _compat_pickle's constants); 3 and later write
+    `builtins`, a string decoded from the pickle: compared by value, never by identity."""
+    value = [slice(1, 5, 2), complex(1, 2), range(3)]
+    assert restricted_loads(pickle.dumps(value, protocol=protocol)) == value
+
+
+@pytest.mark.parametrize("module", ["abc", "_io", "aaa", "builtin", "builtinsx", "os", "__main__"])
+def test_a_builtin_name_is_one_only_in_the_builtins_module(module: str) -> None:
+    for name in ("dict", "list", "bytes", "object"):
+        with pytest.raises(UnsafeCheckpointError, match=f"references {module}.{name}"):
+            resolve_global(module, name)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("x", "ascii"), "encoding 'ascii'"),
+        (("x", "cp1252"), "encoding 'cp1252'"),
+        (("x", "utf-8"), "encoding 'utf-8'"),
+        (("x", 5), "encoding a int"),
+        ((5, "latin1"), "encoding 'latin1'"),
+    ],
+)
+def test_codecs_encode_is_allowed_only_as_protocol_2_spells_bytes(args: tuple, message: str) -> None:
+    data = pickle.dumps(_CodecsCall(*args), protocol=2)
+    with pytest.raises(UnsafeCheckpointError, match=f"refusing _codecs.encode with {message}"):
+        restricted_loads(data)
+    assert restricted_loads(pickle.dumps(_CodecsCall("\xe9t\xe9", "latin-1"), protocol=2)) == b"\xe9t\xe9"
+
+
+class _CodecsCall:
+    """Pickles as _codecs.encode(text, encoding), as protocol 2 spells bytes."""
+
+    def __init__(self, text: object, encoding: object) -> None:
+        self.text, self.encoding = text, encoding
+
+    def __reduce__(self) -> tuple:
+        import codecs
+
+        return (codecs.encode, (self.text, self.encoding))
+
+
+def test_calling_a_tensor_type_itself_is_refused_by_its_name() -> None:
+    data = P2 + pickle.GLOBAL + b"torch\nTensor\n" + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    with pytest.raises(UnsafeCheckpointError, match=r"calls Tensor\(\.\.\.\) itself"):
+        restricted_loads(data)
+
+
+def test_newobj_needs_a_tuple_of_arguments() -> None:
+    data = P2 + pickle.GLOBAL + b"__builtin__\nset\n" + pickle.EMPTY_LIST + pickle.NEWOBJ + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match="NEWOBJ needs a class and a tuple"):
+        restricted_loads(data)
+    assert restricted_loads(data.replace(pickle.EMPTY_LIST, pickle.EMPTY_TUPLE)) == set()
+
+
+def test_setitems_needs_pairs() -> None:
+    pairs = pickle.BININT1 + b"\x01" + pickle.BININT1 + b"\x02" + pickle.BININT1 + b"\x03" + pickle.BININT1 + b"\x04"
+    good = P2 + pickle.EMPTY_DICT + pickle.MARK + pairs + pickle.SETITEMS + pickle.STOP
+    assert restricted_loads(good) == {1: 2, 3: 4}
+    odd = P2 + pickle.EMPTY_DICT + pickle.MARK + pairs[:-2] + pickle.SETITEMS + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match="odd number"):
+        restricted_loads(odd)
+
+
+# --- bounded sources -----------------------------------------------------------------------------
+
+
+def _frame_lie(left: int) -> bytes:
+    """A protocol-4 pickle whose FRAME claims 1000 bytes where `left` follow."""
+    return P4 + pickle.FRAME + struct.pack("<Q", 1000) + b"N" * left
+
+
+@pytest.mark.parametrize("left", [1, 2, 50])
+def test_a_frame_longer_than_the_source_says_how_much_was_left(left: int) -> None:
+    for source in (io.BytesIO(_frame_lie(left)), BoundedReader(io.BytesIO(_frame_lie(left) + b"x" * 5000), 11 + left)):
+        with pytest.raises(pickle.UnpicklingError, match=f"a length of 1000 bytes where {left} are left"):
+            RestrictedUnpickler(source).load()
+
+
+def test_a_bounded_reader_stops_a_line_at_its_end_and_reads_nothing_for_zero() -> None:
+    file = io.BytesIO(b"0123\nabcd\nEFGH\n")
+    file.seek(10)
+    reader = BoundedReader(file, 12)
+    assert reader.readline(0) == b"" and reader.read(0) == b"" and reader.tell() == 10
+    assert reader.readline() == b"EF" and reader.tell() == 12
