@@ -5,6 +5,7 @@ their sizes, the byte-order record, views of legacy storages."""
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -200,3 +201,55 @@ def test_a_legacy_view_outside_its_storage_is_damaged(tmp_path: Path, view: tupl
     path = write_legacy(tmp_path / "c.pt", {"all": Tensor(root, (5,)), "v": Tensor(viewed, (1,))}, [root])
     with pytest.raises(DamagedCheckpointError, match="storage view"):
         load_checkpoint(path)
+
+
+# --- sizes and the messages that name them -------------------------------------------------------
+
+
+def test_the_budget_says_how_much_more_the_file_can_hold() -> None:
+    from ffclip.engine.checkpoints.torchfile import Budget
+
+    budget = Budget(100)
+    budget.charge(60, "storage a")
+    with pytest.raises(
+        DamagedCheckpointError, match=r"storage b needs 50 bytes, but the file \(100 bytes\) can hold only 40 more"
+    ):
+        budget.charge(50, "storage b")
+    budget.charge(40, "storage c")
+    with pytest.raises(DamagedCheckpointError, match="can hold only 0 more"):
+        budget.charge(1, "storage d")
+    with pytest.raises(DamagedCheckpointError, match="needs -1 bytes"):
+        Budget(10).charge(-1, "storage e")
+
+
+def test_a_zip_storage_named_with_two_element_types_is_damaged(tmp_path: Path) -> None:
+    data = floats(1, 2)
+    as_float, as_int = Storage("0", "FloatStorage", data), Storage("0", "IntStorage", data)
+    path = write_zip(tmp_path / "c.pt", {"a": Tensor(as_float, (2,)), "b": Tensor(as_int, (2,))}, [as_float])
+    with pytest.raises(DamagedCheckpointError, match="storage 0 is named with two element types"):
+        load_checkpoint(path)
+    # an untyped name for the same storage is how torch >= 2 may refer to it: the first type holds
+    untyped = Storage("0", "UntypedStorage", data)
+    path = write_zip(tmp_path / "u.pt", {"a": Tensor(as_float, (2,)), "b": Tensor(untyped, (2,))}, [as_float])
+    loaded = load_checkpoint(path)
+    assert loaded["a"].tolist() == [1.0, 2.0] and loaded["b"].dtype == torch.float32
+
+
+def test_a_legacy_storage_larger_than_the_rest_of_the_file_says_what_is_left(tmp_path: Path) -> None:
+    """The storage reference is the whole object pickle here, so what follows it is known: STOP,
+    the key list, the storage's 8-byte element count and its 8 bytes of data."""
+    lying = Storage("0", "FloatStorage", floats(1, 2), numel=100)
+    path = write_legacy(tmp_path / "c.pt", lying, [lying])
+    left = 1 + len(pickle.dumps(["0"], 2)) + 8 + 8 - 8  # less the count, which comes before the data
+    with pytest.raises(DamagedCheckpointError, match=f"needs 400 bytes, but only {left} are left"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("version", "said"), [(1002, "1002"), (-5, "-5"), (1 << 64, "a int"), ("1001", "a str")])
+def test_a_legacy_file_of_another_protocol_version_says_which(tmp_path: Path, version: Any, said: str) -> None:
+    storage = Storage("0", "FloatStorage", floats(1, 2))
+    data = write_legacy(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage]).read_bytes()
+    data = data.replace(pickle.dumps(1001, 2), pickle.dumps(version, 2), 1)
+    (tmp_path / "v.pt").write_bytes(data)
+    with pytest.raises(DamagedCheckpointError, match=f"its protocol version is {said}, not 1001"):
+        load_checkpoint(tmp_path / "v.pt")
