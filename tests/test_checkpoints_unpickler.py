@@ -312,3 +312,11 @@ def test_a_bounded_reader_stops_a_line_at_its_end_and_reads_nothing_for_zero() -
     reader = BoundedReader(file, 12)
     assert reader.readline(0) == b"" and reader.read(0) == b"" and reader.tell() == 10
     assert reader.readline() == b"EF" and reader.tell() == 12
+
+
+def test_a_placeholder_class_is_named_after_what_it_stands_for() -> None:
+    """Its class name is what a traceback or a debugger shows."""
+    assert inert_class("argparse", "Namespace").__name__ == "Namespace"
+    assert inert_class("omegaconf.nodes", "Outer.Inner").__name__ == "Inner"
+    assert inert_class("omegaconf", "").__name__ == "Inert"
+    assert inert_class("argparse", "Namespace") is inert_class("argparse", "Namespace")
