@@ -253,3 +253,20 @@ def test_a_legacy_file_of_another_protocol_version_says_which(tmp_path: Path, ve
     (tmp_path / "v.pt").write_bytes(data)
     with pytest.raises(DamagedCheckpointError, match=f"its protocol version is {said}, not 1001"):
         load_checkpoint(tmp_path / "v.pt")
+
+
+@pytest.mark.parametrize(("size", "stride"), [((-1,), (1,)), ((2,), (-1,)), ((2, -2), (1, 1)), ((2, 2), (1, -3))])
+def test_a_negative_size_or_stride_is_named(tmp_path: Path, size: tuple, stride: tuple) -> None:
+    storage = Storage("0", "FloatStorage", floats(1, 2, 3, 4))
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, size, stride)}, [storage])
+    with pytest.raises(DamagedCheckpointError, match="a tensor has a negative size or stride"):
+        load_checkpoint(path)
+
+
+def test_an_archive_of_many_members_loads(tmp_path: Path) -> None:
+    """Real checkpoints hold hundreds of storages (e4e: about 800): member counts are compared by
+    value, whatever their size."""
+    storages = [Storage(str(i), "FloatStorage", floats(float(i))) for i in range(300)]
+    obj = {f"w{i}": Tensor(s, (1,)) for i, s in enumerate(storages)}
+    loaded = load_checkpoint(write_zip(tmp_path / "c.pt", obj, storages))
+    assert len(loaded) == 300 and loaded["w299"].item() == 299.0
