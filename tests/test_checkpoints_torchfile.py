@@ -5,7 +5,9 @@ their sizes, the byte-order record, views of legacy storages."""
 
 from __future__ import annotations
 
+import io
 import pickle
+import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch_files import Storage, Tensor, floats, write_legacy, write_zip
+from torch_files import LEGACY_MAGIC, SYS_INFO, Storage, Tensor, floats, pickle_bytes, write_legacy, write_zip
 
 from ffclip.engine.checkpoints import UnsafeCheckpointError, load_checkpoint
 from ffclip.engine.checkpoints.errors import DamagedCheckpointError
@@ -270,3 +272,135 @@ def test_an_archive_of_many_members_loads(tmp_path: Path) -> None:
     obj = {f"w{i}": Tensor(s, (1,)) for i, s in enumerate(storages)}
     loaded = load_checkpoint(write_zip(tmp_path / "c.pt", obj, storages))
     assert len(loaded) == 300 and loaded["w299"].item() == 299.0
+
+
+# --- tensors at their storage's edges ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("elements", "shape"), [(4, (5,)), (3, (4,)), (6, (2, 4))])
+def test_a_tensor_one_element_beyond_its_storage_is_named(tmp_path: Path, elements: int, shape: tuple) -> None:
+    """Exactly one element too far, with the last index even and odd: the byte it would reach."""
+    storage = Storage("0", "FloatStorage", floats(*range(elements)))
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, shape)}, [storage])
+    reach = 4 * (elements + 1) if len(shape) == 1 else 4 * 8
+    with pytest.raises(DamagedCheckpointError, match=f"reaches byte {reach} of a storage of {4 * elements}"):
+        load_checkpoint(path)
+    fits = write_zip(tmp_path / "f.pt", {"w": Tensor(storage, (elements,))}, [storage])
+    assert load_checkpoint(fits)["w"].tolist() == [float(i) for i in range(elements)]
+
+
+@pytest.mark.parametrize(("size", "stride"), [((2,), (1, 1)), ((2, 2), (1,))])
+def test_a_shape_and_strides_of_different_lengths_are_named(tmp_path: Path, size: tuple, stride: tuple) -> None:
+    storage = Storage("0", "FloatStorage", floats(1, 2, 3, 4))
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, size, stride)}, [storage])
+    with pytest.raises(DamagedCheckpointError, match="shape, strides and offset do not fit together"):
+        load_checkpoint(path)
+
+
+@dataclass
+class TensorV2:
+    """_rebuild_tensor_v2 with any requires_grad and metadata (the conj/neg flags)."""
+
+    storage: Any
+    requires_grad: Any = False
+    metadata: Any = None
+
+    def __reduce__(self) -> tuple:
+        args = (self.storage, 0, (2,), (1,), self.requires_grad, OrderedDict(), self.metadata)
+        return (torch._utils._rebuild_tensor_v2, args)
+
+
+@pytest.mark.parametrize("requires_grad", [None, 0, 1, "yes", -1])
+def test_requires_grad_is_true_or_false_only(tmp_path: Path, requires_grad: Any) -> None:
+    storage = _storage()
+    path = write_zip(tmp_path / "c.pt", {"w": TensorV2(storage, requires_grad)}, [storage])
+    with pytest.raises(DamagedCheckpointError, match="requires_grad is not true or false"):
+        load_checkpoint(path)
+    for flag in (True, False):
+        ok = write_zip(tmp_path / f"{flag}.pt", {"w": TensorV2(storage, flag)}, [storage])
+        assert load_checkpoint(ok)["w"].requires_grad is flag
+
+
+def test_tensor_metadata_is_a_dict_of_flags(tmp_path: Path) -> None:
+    storage = _storage()
+    # a negated view, as torch.save writes one: the flag set, the stored values as they were
+    ok = write_zip(tmp_path / "ok.pt", {"w": TensorV2(storage, False, {"neg": True})}, [storage])
+    loaded = load_checkpoint(ok)["w"]
+    assert loaded.is_neg() and loaded.tolist() == [-1.5, 2.0]
+    for bad in (["neg"], {"neg": 1}, ("conj", True)):
+        path = write_zip(tmp_path / "bad.pt", {"w": TensorV2(storage, False, bad)}, [storage])
+        with pytest.raises(DamagedCheckpointError, match="metadata is not a dict of flags"):
+            load_checkpoint(path)
+
+
+# --- storage references --------------------------------------------------------------------------
+
+
+def test_a_zip_storage_reference_has_exactly_five_fields(tmp_path: Path) -> None:
+    """The legacy format's six (a view field) are malformed in a zip file."""
+    storage = _storage()
+    obj = {"w": Tensor(storage, (2,))}
+    path = write_zip(tmp_path / "c.pt", obj, [storage], data_pkl=pickle_bytes(obj, legacy=True))
+    with pytest.raises(DamagedCheckpointError, match="a storage reference is not a tuple of 5"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["module", "aaa", "Storage", "storagE"])
+def test_a_reference_to_anything_but_a_storage_is_named(tmp_path: Path, kind: str) -> None:
+    class Other(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            return (kind, 1, "0", "cpu", 2) if obj == "REF" else None
+
+    buffer = io.BytesIO()
+    Other(buffer, protocol=2).dump({"w": "REF"})
+    path = write_zip(tmp_path / "c.pt", None, [], data_pkl=buffer.getvalue())
+    with pytest.raises(DamagedCheckpointError, match=f"a reference to something other than a storage \\('{kind}'\\)"):
+        load_checkpoint(path)
+
+
+def test_a_code_member_may_not_claim_more_than_64_mib(tmp_path: Path) -> None:
+    from ffclip.engine.checkpoints.torchfile import MAX_CODE_MEMBER
+
+    with _code_archive(tmp_path / "a.zip", b"x = 1\n") as archive:
+        info = archive.info("archive/code/m.py", "code")
+        info.file_size, info.compress_size = MAX_CODE_MEMBER + 1, MAX_CODE_MEMBER  # a ratio deflate allows
+        with pytest.raises(DamagedCheckpointError, match=f"claims {MAX_CODE_MEMBER + 1} bytes"):
+            archive.read_text(info)
+
+
+# --- legacy storages and views -------------------------------------------------------------------
+
+
+def test_legacy_views_at_one_offset_are_told_apart_by_their_keys(tmp_path: Path) -> None:
+    root = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5))
+    short = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=("v2", 1, 2))
+    long = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=("v3", 1, 3))
+    empty = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=("v0", 5, 0))
+    obj = {"all": Tensor(root, (5,)), "s": Tensor(short, (2,)), "l": Tensor(long, (3,)), "e": Tensor(empty, (0,))}
+    loaded = load_checkpoint(write_legacy(tmp_path / "c.pt", obj, [root]))
+    assert loaded["s"].tolist() == [2.0, 3.0] and loaded["l"].tolist() == [2.0, 3.0, 4.0]
+    assert loaded["e"].tolist() == []
+
+
+def test_a_legacy_storage_announced_with_more_elements_is_named(tmp_path: Path) -> None:
+    storage = Storage("0", "FloatStorage", floats(1, 2))
+    data = write_legacy(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage]).read_bytes()
+    at = data.rindex(struct.pack("<q", 2))  # the element count before the storage's bytes
+    for count in (3, 1):
+        (tmp_path / "d.pt").write_bytes(data[:at] + struct.pack("<q", count) + data[at + 8 :])
+        said = f"storage 0 is announced with {count} elements, its tensors say 2\\. Delete"
+        with pytest.raises(DamagedCheckpointError, match=said):
+            load_checkpoint(tmp_path / "d.pt")
+
+
+def test_the_pickle_after_a_storage_reference_ends_where_its_data_begins(tmp_path: Path) -> None:
+    """Once the pickle names a storage, what is left for the key list stops before the storage's
+    count and bytes: a key list claiming 1000 bytes has exactly 0 left."""
+    storage = Storage("0", "FloatStorage", floats(1, 2))
+    parts = [pickle.dumps(LEGACY_MAGIC, 2), pickle.dumps(1001, 2), pickle.dumps(SYS_INFO, 2)]
+    parts.append(pickle_bytes({"w": Tensor(storage, (2,))}, legacy=True))
+    parts.append(b"\x80\x02B" + struct.pack("<I", 1000))  # the key list: a lying bytes value
+    parts.append(struct.pack("<q", 2) + floats(1, 2))
+    (tmp_path / "c.pt").write_bytes(b"".join(parts))
+    with pytest.raises(DamagedCheckpointError, match="a bytes value of 1000 bytes where 0 are left"):
+        load_checkpoint(tmp_path / "c.pt")
