@@ -80,18 +80,22 @@ def test_a_pickle_cut_short_ends_too_early() -> None:
 # --- nesting -------------------------------------------------------------------------------------
 
 
-def _nested(depth: int) -> bytes:
-    """A pickle of a tuple nested `depth` deep: ((((),),),) with `depth` tuples."""
-    return P2 + pickle.EMPTY_TUPLE + pickle.TUPLE1 * (depth - 1) + pickle.STOP
+def _nested(depth: int, leaf: bytes = pickle.EMPTY_TUPLE) -> bytes:
+    """A pickle of a tuple nested `depth` deep: ((((),),),) with `depth` tuples, or (((None,),),)
+    when the innermost is a tuple of a plain value (built by TUPLE1, so tracked itself)."""
+    if leaf == pickle.EMPTY_TUPLE:
+        return P2 + pickle.EMPTY_TUPLE + pickle.TUPLE1 * (depth - 1) + pickle.STOP
+    return P2 + leaf + pickle.TUPLE1 * depth + pickle.STOP
 
 
-def test_tuples_nest_exactly_max_nesting_deep() -> None:
-    value = restricted_loads(_nested(MAX_NESTING))
+@pytest.mark.parametrize("leaf", [pickle.EMPTY_TUPLE, pickle.NONE], ids=["empty", "of-none"])
+def test_tuples_nest_exactly_max_nesting_deep(leaf: bytes) -> None:
+    value = restricted_loads(_nested(MAX_NESTING, leaf))
     for _ in range(MAX_NESTING - 1):
         (value,) = value
-    assert value == ()
+    assert value == (() if leaf == pickle.EMPTY_TUPLE else (None,))
     with pytest.raises(pickle.UnpicklingError, match=f"nested more than {MAX_NESTING} deep"):
-        restricted_loads(_nested(MAX_NESTING + 1))
+        restricted_loads(_nested(MAX_NESTING + 1, leaf))
 
 
 @pytest.mark.parametrize("opcode", [pickle.TUPLE2, pickle.TUPLE3])
