@@ -404,3 +404,66 @@ def test_the_pickle_after_a_storage_reference_ends_where_its_data_begins(tmp_pat
     (tmp_path / "c.pt").write_bytes(b"".join(parts))
     with pytest.raises(DamagedCheckpointError, match="a bytes value of 1000 bytes where 0 are left"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+@dataclass
+class TensorV3:
+    """_rebuild_tensor_v3: the element type given apart from the storage (torch >= 2.1 writes it for
+    dtypes that have no typed storage)."""
+
+    storage: Any
+    dtype: Any
+
+    def __reduce__(self) -> tuple:
+        args = (self.storage, 0, (2,), (1,), False, OrderedDict(), self.dtype)
+        return (torch._utils._rebuild_tensor_v3, args)
+
+
+def test_a_tensor_with_its_own_element_type_loads(tmp_path: Path) -> None:
+    untyped = Storage("0", "UntypedStorage", floats(1.5, -2.0))
+    path = write_zip(tmp_path / "c.pt", {"w": TensorV3(untyped, torch.float32)}, [untyped])
+    loaded = load_checkpoint(path)["w"]
+    assert loaded.dtype == torch.float32 and loaded.tolist() == [1.5, -2.0]
+    bad = write_zip(tmp_path / "b.pt", {"w": TensorV3(untyped, "float32")}, [untyped])
+    with pytest.raises(DamagedCheckpointError, match="element type is not a torch dtype"):
+        load_checkpoint(bad)
+
+
+def test_tensor_attributes_in_a_one_tuple_are_not_names(tmp_path: Path) -> None:
+    storage = _storage()
+    obj = {"p": WithState(Tensor(storage, (2,)), False, ({"note": 1},))}
+    with pytest.raises(DamagedCheckpointError, match="not a dict of names"):
+        load_checkpoint(write_zip(tmp_path / "c.pt", obj, [storage]))
+
+
+def test_an_encrypted_member_is_named(tmp_path: Path) -> None:
+    storage = _storage()
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage])
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first central directory entry: archive/data.pkl
+    data[entry + 8] |= 0x1  # its general purpose flags: encrypted
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedCheckpointError, match="archive/data.pkl is encrypted"):
+        load_checkpoint(path)
+
+
+def test_a_pickled_module_in_a_legacy_file_is_unsafe(tmp_path: Path) -> None:
+    """torch.save(model) of torch < 1.6 writes a module's source as ('module', class, file, source)."""
+
+    class Module(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            return ("module", int, "model.py", "class Model: ...") if obj == "REF" else None
+
+    buffer = io.BytesIO()
+    Module(buffer, protocol=2).dump({"model": "REF"})
+    path = write_legacy(tmp_path / "c.pt", None, [], object_pkl=buffer.getvalue())
+    with pytest.raises(UnsafeCheckpointError, match="a pickled nn.Module"):
+        load_checkpoint(path)
+
+
+def test_a_legacy_file_cut_inside_its_data_says_how_many_bytes_its_tensors_need(tmp_path: Path) -> None:
+    storage = Storage("0", "FloatStorage", floats(1, 2, 3, 4))
+    data = write_legacy(tmp_path / "c.pt", {"w": Tensor(storage, (4,))}, [storage]).read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:-3])
+    with pytest.raises(DamagedCheckpointError, match=r"\(the 24 bytes its tensors need\)"):  # 8 + 4 x 4
+        load_checkpoint(tmp_path / "cut.pt")
