@@ -324,3 +324,10 @@ def test_a_placeholder_class_is_named_after_what_it_stands_for() -> None:
     assert inert_class("omegaconf.nodes", "Outer.Inner").__name__ == "Inner"
     assert inert_class("omegaconf", "").__name__ == "Inert"
     assert inert_class("argparse", "Namespace") is inert_class("argparse", "Namespace")
+
+
+def test_reduce_needs_a_tuple_of_arguments() -> None:
+    data = P2 + pickle.GLOBAL + b"__builtin__\nset\n" + pickle.EMPTY_LIST + pickle.REDUCE + pickle.STOP
+    with pytest.raises(pickle.UnpicklingError, match="a call whose arguments are not a tuple"):
+        restricted_loads(data)
+    assert restricted_loads(data.replace(pickle.EMPTY_LIST, pickle.EMPTY_TUPLE)) == set()
