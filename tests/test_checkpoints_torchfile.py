@@ -467,3 +467,51 @@ def test_a_legacy_file_cut_inside_its_data_says_how_many_bytes_its_tensors_need(
     (tmp_path / "cut.pt").write_bytes(data[:-3])
     with pytest.raises(DamagedCheckpointError, match=r"\(the 24 bytes its tensors need\)"):  # 8 + 4 x 4
         load_checkpoint(tmp_path / "cut.pt")
+
+
+# --- archives and legacy heads that lie ----------------------------------------------------------
+
+
+def test_an_archive_naming_a_member_twice_is_damaged(tmp_path: Path) -> None:
+    import warnings
+
+    storage = _storage()
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage])
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        zf.writestr("archive/data/0", floats(7, 8))
+    with pytest.raises(DamagedCheckpointError, match="the archive names a member twice"):
+        load_checkpoint(path)
+
+
+def test_an_archive_with_two_pickles_is_damaged(tmp_path: Path) -> None:
+    storage = _storage()
+    path = write_zip(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage])
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("other/data.pkl", pickle.dumps({"w": 1}, 2))
+    with pytest.raises(DamagedCheckpointError, match="no single <name>/data.pkl"):
+        load_checkpoint(path)
+
+
+def test_a_legacy_view_of_four_fields_is_damaged(tmp_path: Path) -> None:
+    root = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5))
+    viewed = Storage("0", "FloatStorage", floats(1, 2, 3, 4, 5), view=("v", 1, 2, 9))
+    path = write_legacy(tmp_path / "c.pt", {"all": Tensor(root, (5,)), "v": Tensor(viewed, (2,))}, [root])
+    with pytest.raises(DamagedCheckpointError, match=r"a storage view that is not \(key, offset, size\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("magic", [LEGACY_MAGIC + 1, 0, "x"])
+def test_a_legacy_reader_checks_the_magic_number_itself(tmp_path: Path, magic: Any) -> None:
+    """load_checkpoint recognises the format by its magic number first; the reader (also behind
+    outline and the TorchScript check) does not rely on that."""
+    from ffclip.engine.checkpoints.torchfile import read_legacy, read_legacy_pickle
+    from ffclip.engine.checkpoints.unpickler import RestrictedUnpickler
+
+    storage = _storage()
+    data = write_legacy(tmp_path / "c.pt", {"w": Tensor(storage, (2,))}, [storage]).read_bytes()
+    (tmp_path / "m.pt").write_bytes(data.replace(pickle.dumps(LEGACY_MAGIC, 2), pickle.dumps(magic, 2), 1))
+    for read in (read_legacy, lambda path: read_legacy_pickle(path, RestrictedUnpickler)):
+        with pytest.raises(DamagedCheckpointError, match="its magic number is wrong"):
+            read(tmp_path / "m.pt")
+    assert read_legacy(tmp_path / "c.pt")["w"].tolist() == [1.5, -2.0]
