@@ -515,3 +515,14 @@ def test_a_legacy_reader_checks_the_magic_number_itself(tmp_path: Path, magic: A
         with pytest.raises(DamagedCheckpointError, match="its magic number is wrong"):
             read(tmp_path / "m.pt")
     assert read_legacy(tmp_path / "c.pt")["w"].tolist() == [1.5, -2.0]
+
+
+def test_the_old_module_name_torch_tensor_is_read_as_torch_tensor(tmp_path: Path) -> None:
+    """torch < 1.8 named `torch._tensor` `torch.tensor`; torch.load maps the old name, and so do we
+    (compared by value: a name decoded from a pickle is not interned)."""
+    storage = _storage()
+    obj = {"w": FromType(torch._utils._rebuild_tensor_v2, torch.Tensor, _v2_args(storage))}
+    data = pickle_bytes(obj).replace(b"torch._tensor\n", b"torch.tensor\n")
+    assert b"ctorch.tensor\n_rebuild_from_type_v2" in data
+    path = write_zip(tmp_path / "c.pt", None, [storage], data_pkl=data)
+    assert load_checkpoint(path)["w"].tolist() == [1.5, -2.0]
