@@ -8,7 +8,9 @@ import contextlib
 import io
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import mutators as M
 from . import seeds
@@ -21,6 +23,15 @@ def regional(rng: random.Random, data: bytes, regions: list[tuple[int, int]]) ->
     mutation of a large file's bytes would otherwise almost always land in tensor data."""
     start, end = rng.choice(regions)
     return data[:start] + M.blind(rng, data[start:end]) + data[end:]
+
+
+def read_outcome(read: Callable[[Path], Any], path: Path) -> str:
+    """'ok', or the refusal label of what reading `path` raised (anything else is re-raised)."""
+    try:
+        read(path)
+    except Exception as exc:  # noqa: BLE001 - sorted into refusals; anything else re-raised
+        return checkpoint_label(exc)
+    return "ok"
 
 
 def checkpoint_label(exc: BaseException) -> str:
@@ -80,11 +91,7 @@ class CheckpointTarget:
     def run(self, data: bytes, path: Path) -> str:
         from ffclip.engine.checkpoints.safe_load import load_checkpoint
 
-        try:
-            load_checkpoint(path)
-        except Exception as exc:  # noqa: BLE001 - sorted into refusals; anything else re-raised
-            return checkpoint_label(exc)
-        return "ok"
+        return read_outcome(load_checkpoint, path)
 
     def sound(self) -> bytes:
         return self.seed
@@ -116,11 +123,7 @@ class TorchScriptTarget:
     def run(self, data: bytes, path: Path) -> str:
         from ffclip.engine.checkpoints.torchscript import read_torchscript_state_dict
 
-        try:
-            read_torchscript_state_dict(path)
-        except Exception as exc:  # noqa: BLE001
-            return checkpoint_label(exc)
-        return "ok"
+        return read_outcome(read_torchscript_state_dict, path)
 
     def sound(self) -> bytes:
         return self.seed
