@@ -24,6 +24,7 @@ from .models.e4e import Encoder4Editing
 from .models.mapper import DynamicMapper
 from .models.stylegan2 import Generator
 from .profiles import TINY_DOMAIN_SEED, TINY_SEED, Profile, profile_for
+from .seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,7 @@ def build_tiny(profile: Profile, seed: int | None = None, clip: Any = None) -> N
     own seed; the CLIP text tower is the same for every domain, as the real ViT-B/32)."""
     if seed is None:
         seed = TINY_DOMAIN_SEED.get(profile.domain, TINY_SEED)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         g = profile_generator(profile)
         enc = profile_encoder(profile)
         # keep the untrained encoder's codes small so that W+ stays near the generator's mean

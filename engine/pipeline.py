@@ -364,12 +364,14 @@ class Pipeline:
         device = engine.device
         todo = [n for n, e in enumerate(entries) if e.w is None]
         if todo:
+            # One face at a time: a face's W+ must not depend on which other faces happened to be
+            # inverted with it (a batch's arithmetic differs in the last bits), or an edit's result
+            # would depend on what the cache held before it.
             stages.begin("invert")
-            x = np.stack([entries[n].aligned for n in todo]).astype(np.float32) / 127.5 - 1.0
-            batch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
-            w = engine.invert(batch).detach().float().cpu()
-            for j, n in enumerate(todo):
-                entries[n].w = w[j : j + 1].clone()
+            for n in todo:
+                x = entries[n].aligned.astype(np.float32)[None] / 127.5 - 1.0
+                batch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+                entries[n].w = engine.invert(batch).detach().float().cpu().clone()
                 self._store(key, chosen[n], entries[n])
             stages.end()
         else:
@@ -423,9 +425,12 @@ class Pipeline:
             stages.end()
             stages.begin("map")
             for i, prompt in enumerate(missing):
-                delta = self.engine.delta(w_all, text[i : i + 1]).float().cpu()
+                # per face, and only where it is missing: as for W+, a face's Δw must not depend on the
+                # faces mapped beside it
                 for n, entry in enumerate(entries):
-                    entry.deltas.put(prompt, delta[n : n + 1].clone())
+                    if entry.deltas.get(prompt) is None:
+                        delta = self.engine.delta(w_all[n : n + 1], text[i : i + 1]).float().cpu()
+                        entry.deltas.put(prompt, delta.clone())
             for face, entry in zip(chosen, entries, strict=True):
                 self._store(key, face, entry)
             stages.end()

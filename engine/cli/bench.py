@@ -78,9 +78,9 @@ def build_networks(profile: Profile, seed: int = 0) -> Networks:
     from ffclip.engine.models.clip import build_clip
     from ffclip.engine.models.e4e import Encoder4Editing
     from ffclip.engine.models.mapper import DynamicMapper
+    from ffclip.engine.seeding import seeded
 
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(seed)
+    with seeded(seed), torch.no_grad():
         g = profile_generator(profile)
         for name, p in g.named_parameters():
             if name.endswith("noise.weight"):  # zero at init: a trained generator adds its noise

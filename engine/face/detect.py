@@ -63,10 +63,16 @@ class FaceInfo:
 
 
 class _Models:
-    """dlib models, loaded once per process (loading the predictor takes ~1 s)."""
+    """dlib's models, one set per thread that detects (loading the predictor takes ~1 s).
 
-    _lock = threading.Lock()
-    _loaded: _Models | None = None
+    dlib's Python objects are not thread-safe: one detector or shape predictor called from two
+    threads at once corrupts its scratch buffers and crashes the process (two engine workers did).
+    Each thread therefore loads its own set on its first detection and keeps it; an engine worker is
+    one long-lived thread, so this costs one load (~100 MB) per worker, and detections of different
+    workers run in parallel instead of queueing behind a lock.
+    """
+
+    _local = threading.local()
 
     def __init__(self) -> None:
         import dlib
@@ -79,10 +85,11 @@ class _Models:
 
     @classmethod
     def get(cls) -> _Models:
-        with cls._lock:
-            if cls._loaded is None:
-                cls._loaded = cls()
-            return cls._loaded
+        """This thread's models, loaded on its first call."""
+        models = getattr(cls._local, "models", None)
+        if models is None:
+            models = cls._local.models = cls()
+        return models
 
 
 @dataclass
@@ -104,7 +111,7 @@ class FaceDetector:
         self.config = config or DetectorConfig()
 
     def load_models(self) -> None:
-        """Load dlib's models now (~1 s, once per process) instead of on the first detection."""
+        """Load this thread's dlib models now (~1 s) instead of on its first detection."""
         _Models.get()
 
     def detect(self, rgb: np.ndarray) -> list[FaceInfo]:

@@ -17,6 +17,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor
 
 from ffclip.engine.cache import LRUCache
+from ffclip.engine.seeding import seeded
 
 MODEL_NAME = "ViT-B-32"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -35,8 +36,7 @@ def build_clip(state_dict: dict[str, Tensor] | None = None, *, text_only: bool =
 
 def build_tiny_clip(seed: int = 0, embed_dim: int = 64) -> CLIP:
     """Same family (text transformer, ViT), narrow and randomly initialised: for tests only."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = CLIP(
             embed_dim=embed_dim,
             vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=224, head_width=32),
@@ -93,13 +93,14 @@ class TextEncoder:
         """(B, 1, D) raw embeddings, in the order of `prompts`."""
         found = {p: self.cache.get(p) for p in dict.fromkeys(prompts)}
         missing = [p for p, e in found.items() if e is None]
-        if missing:
+        # One prompt at a time: a batch's arithmetic differs in the last bits from a single prompt's,
+        # and a prompt's embedding must not depend on which prompts were first encoded beside it
+        # (it is cached: every later edit, on any worker, must get what a lone encoding gives).
+        for p in missing:
             with torch.inference_mode():
-                tokens = self.tokenizer(missing).to(self.device)
-                feats = encode_text(self.model, tokens).float()
-            for p, f in zip(missing, feats, strict=True):
-                found[p] = f[None].clone()
-                self.cache.put(p, found[p])
+                tokens = self.tokenizer([p]).to(self.device)
+                found[p] = encode_text(self.model, tokens).float().clone()
+            self.cache.put(p, found[p])
         return torch.stack([found[p] for p in prompts])
 
     def stats(self) -> dict[str, int]:

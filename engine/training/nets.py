@@ -28,6 +28,7 @@ from ffclip.engine.models.arcface import Backbone
 from ffclip.engine.models.irse import l2_norm, make_body, make_input_layer, stage_specs
 from ffclip.engine.models.stylegan2 import Generator
 from ffclip.engine.profiles import TINY_SEED, profile_for
+from ffclip.engine.seeding import seeded
 
 from .similarity import (
     DEFAULT_SIMILARITY,
@@ -63,8 +64,7 @@ class TinyArcFace(nn.Module):
 
 
 def build_tiny_arcface(seed: int = TINY_SEED + 1) -> TinyArcFace:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         return TinyArcFace().eval()
 
 

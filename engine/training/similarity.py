@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ffclip.engine.seeding import seeded
 
 from .losses import CLIP_SIZE, clip_input, id_crop
 
@@ -120,6 +121,5 @@ class TinyMoco(nn.Module):
 
 
 def build_tiny_moco(seed: int) -> TinyMoco:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         return TinyMoco().eval()
