@@ -5,8 +5,9 @@ checked from the header before anything is decoded, so a decompression bomb cost
 every decoded array must have the header's size: memory stays within what the pixel limit allows
 (a few bytes per allowed pixel), whatever else the file claims. A file that cannot be decoded is
 EngineError("bad_image") with the reason, whatever the decoder raised. Only photo formats are
-opened (Pillow would run Ghostscript on an EPS file). PIL reads 16-bit RGB(A) PNGs as 8 bit, so
-those go through OpenCV, after checking that OpenCV will read the same header.
+opened (Pillow would run Ghostscript on an EPS file). PIL reads 16-bit RGB(A) PNGs and TIFFs as 8
+bit, so those go through OpenCV, after checking that OpenCV will read the same header. Damage that
+decoders read past silently is looked for first (engine/integrity.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ffclip.engine.integrity import check_intact
 from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, EngineError
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 weights: RGB -> grey
@@ -56,9 +58,7 @@ def _open(source: str | os.PathLike | bytes) -> tuple[Image.Image, bytes]:
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise EngineError(
-            "bad_image", f"not an image (unrecognised file format; read are {', '.join(FORMATS)})"
-        ) from None
+        raise EngineError("bad_image", _unidentified(bytes(data))) from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
         raise EngineError("too_large", f"image has more than {limit:.0f} MP; Pillow refuses to open it") from None
@@ -69,7 +69,30 @@ def _open(source: str | os.PathLike | bytes) -> tuple[Image.Image, bytes]:
     return img, bytes(data)
 
 
+def _unidentified(data: bytes) -> str:
+    """Why Pillow found no format: a file that begins like a photo format has a damaged header (its
+    reader's own complaint says where); anything else is not an image."""
+    fmt = next((f for prefix, f in _SIGNATURES if data.startswith(prefix)), None)
+    if fmt is None or (fmt == "WEBP" and data[8:12] != b"WEBP"):
+        return f"not an image (unrecognised file format; read are {', '.join(FORMATS)})"
+    try:
+        Image.OPEN[fmt][0](io.BytesIO(data))  # the format's reader alone, which raises the reason
+    except Exception as exc:  # noqa: BLE001 - SyntaxError, OSError, struct.error...
+        return f"a damaged {fmt} file: its header cannot be read ({_reason(exc)})"
+    return f"a damaged {fmt} file: its header cannot be read"
+
+
+_SIGNATURES = [
+    (_PNG_SIGNATURE, "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WEBP"),
+]
+
+
 def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of a decoded image (1 when there is none or it is unreadable)."""
     try:
         value = img.getexif().get(0x0112, 1)
         return value if isinstance(value, int) else 1  # a lying tag (text, a fraction...) means none
@@ -77,14 +100,22 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _rgb16_png(img: Image.Image, data: bytes) -> bool:
-    """A 16-bit PNG with colour (RGB, RGBA, grey+alpha), which PIL would reduce to 8 bit."""
-    return img.format == "PNG" and len(data) > 26 and data[24] == 16 and data[25] in (2, 4, 6)
+def _rgb16(img: Image.Image, data: bytes) -> bool:
+    """16-bit colour (RGB, RGBA, grey+alpha PNG; RGB(A) TIFF), which PIL would reduce to 8 bit."""
+    if img.format == "PNG":
+        return len(data) > 26 and data[24] == 16 and data[25] in (2, 4, 6)
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)  # BitsPerSample, one per channel
+        return isinstance(bits, tuple) and len(bits) in (3, 4) and set(bits) == {16}
+    return False
 
 
-def _decode_cv2(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    # OpenCV reads the IHDR that libpng requires first: it must be the size PIL read and checked
-    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or struct.unpack(">II", data[16:24]) != size:
+def _decode_cv2(data: bytes, size: tuple[int, int], image_format: str) -> np.ndarray:
+    # OpenCV reads the header that PIL read and checked (libpng requires IHDR first); a TIFF's
+    # first directory is the one both read, and the decoded size is checked against it after
+    if image_format == "PNG" and (
+        data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or struct.unpack(">II", data[16:24]) != size
+    ):
         raise EngineError("bad_image", "the PNG's header is not where its decoder reads it")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
@@ -120,7 +151,7 @@ def _decode_pil(img: Image.Image) -> np.ndarray:
 def _decode(img: Image.Image, data: bytes, size: tuple[int, int]) -> np.ndarray:
     """The pixels, whatever the decoder raises on a damaged file turned into bad_image."""
     try:
-        arr = _decode_cv2(data, size) if _rgb16_png(img, data) else _decode_pil(img)
+        arr = _decode_cv2(data, size, img.format) if _rgb16(img, data) else _decode_pil(img)
     except (EngineError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise anything on damaged data (OSError,
@@ -132,11 +163,13 @@ def _decode(img: Image.Image, data: bytes, size: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a photo to (H, W, C) uint8/uint16 with EXIF orientation applied.
+def decode_image(
+    source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, int]:
+    """(the pixels as stored, (H, W, C) uint8/uint16; the EXIF orientation still to apply, 1-8).
 
-    Raises EngineError("bad_image") for anything unreadable and ("too_large") when the header
-    announces more than `max_pixels` pixels.
+    Raises EngineError("bad_image") for anything unreadable or damaged and ("too_large") when the
+    header announces more than `max_pixels` pixels.
     """
     with warnings.catch_warnings():  # a damaged file's warnings say what the error already says
         warnings.simplefilter("ignore")
@@ -151,13 +184,29 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
                     f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
                     f"{max_pixels / 1e6:.1f} MP (raise it with --max-pixels)",
                 )
-            orientation = _orientation(img)
+            check_intact(img.format, data)
             arr = _decode(img, data, (width, height))
+            # Only after decoding: reading the EXIF block of a PNG loads the image, and a decode error
+            # raised there was swallowed with the EXIF's (a damaged PNG came out black). A TIFF's
+            # loader applies its orientation tag itself and drops it.
+            orientation = _orientation(img)
     if arr.dtype not in (np.uint8, np.uint16):
         arr = np.clip(arr, 0, 65535).astype(np.uint16)
-    if orientation in _ORIENT:
-        arr = _ORIENT[orientation](arr)
-    return np.ascontiguousarray(arr)
+    return arr, orientation
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels turned upright for an EXIF orientation (1 or unknown: as they are)."""
+    return np.ascontiguousarray(_ORIENT[orientation](pixels) if orientation in _ORIENT else pixels)
+
+
+def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a photo to (H, W, C) uint8/uint16 with EXIF orientation applied.
+
+    Raises EngineError("bad_image") for anything unreadable or damaged and ("too_large") when the
+    header announces more than `max_pixels` pixels.
+    """
+    return orient(*decode_image(source, max_pixels))
 
 
 def save_image(path: str | os.PathLike, array: np.ndarray) -> None:

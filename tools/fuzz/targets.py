@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import mutators as M
 from . import seeds
 
@@ -213,15 +215,19 @@ class ImageTarget:
         return M.blind(rng, seed)
 
     def run(self, data: bytes, path: Path) -> str:
-        from ffclip.engine.imageio import load_image
+        from ffclip.engine.imageio import decode_image, orient
         from ffclip.plugin.protocol import EngineError
 
         try:
-            load_image(data, max_pixels=IMAGE_MAX_PIXELS)
+            pixels, orientation = decode_image(data, max_pixels=IMAGE_MAX_PIXELS)
+            orient(pixels, orientation)
         except EngineError as exc:
             if exc.code in ("bad_image", "too_large"):
                 return exc.code
             raise
+        mismatch = second_decoder_disagrees(data, pixels)
+        if mismatch:  # an accepted file decodes to other pixels elsewhere: a finding, reported as an escape
+            raise AssertionError(f"differential: {mismatch}")
         return "ok"
 
     def sound(self) -> bytes:
@@ -230,6 +236,54 @@ class ImageTarget:
     def budget(self, data: bytes) -> int | None:
         # the decoded array at 16 bit RGBA (8 bytes a pixel), a converted copy of it, the file
         return 16 * IMAGE_MAX_PIXELS + 4 * len(data) + (4 << 20)
+
+
+def second_decoder_disagrees(data: bytes, ours: np.ndarray) -> str | None:
+    """Whether OpenCV's decoders (libpng, libjpeg-turbo, libtiff, libwebp builds of its own) read other
+    pixels from a file that the reader accepted: `ours` is decode_image's, before the EXIF
+    orientation (which OpenCV ignores here, except a TIFF's, which Pillow's loader applies too)."""
+    import cv2
+
+    theirs = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if theirs is None:
+        return "OpenCV refuses a file the reader accepted"
+    if theirs.ndim == 2:
+        theirs = theirs[..., None]
+    elif theirs.shape[2] == 2:  # grey + alpha, as the reader expands it
+        theirs = np.dstack([theirs[..., 0]] * 3 + [theirs[..., 1]])
+    elif theirs.shape[2] in (3, 4):
+        theirs = theirs[..., [2, 1, 0, 3][: theirs.shape[2]]]
+    ours = _as_opencv_reads(data, ours, theirs.shape)
+    if theirs.shape[2] == 4 and ours.shape[2] == 3 and _tiff_extra_samples(data) == (0,):
+        theirs = theirs[..., :3]  # "unspecified" extra samples: Pillow drops them, OpenCV takes them for alpha
+    if theirs.shape != ours.shape or theirs.dtype != ours.dtype:
+        return f"OpenCV decodes {theirs.shape} {theirs.dtype}, the reader {ours.shape} {ours.dtype}"
+    differ = np.count_nonzero(theirs != ours)
+    return f"{differ} values differ from OpenCV's decoding" if differ else None
+
+
+def _as_opencv_reads(data: bytes, ours: np.ndarray, shape: tuple) -> np.ndarray:
+    """Our pixels in OpenCV's representation where both are right: libpng ignores an empty tRNS chunk
+    (Pillow adds an opaque alpha), and OpenCV reads an RGBA TIFF with unassociated alpha through
+    libtiff's RGBA interface, which premultiplies it (rounded)."""
+    top = np.iinfo(ours.dtype).max
+    if ours.shape[2] == 4 and len(shape) == 3 and shape[2] == 3 and (ours[..., 3] == top).all():
+        return ours[..., :3]
+    if ours.shape[2] == 4 and ours.dtype == np.uint8 and _tiff_extra_samples(data) == (2,):  # unassociated
+        wide = ours.astype(np.int64)
+        rgb = (wide[..., :3] * wide[..., 3:] + 127) // 255
+        return np.concatenate([rgb, wide[..., 3:]], axis=-1).astype(np.uint8)
+    return ours
+
+
+def _tiff_extra_samples(data: bytes) -> tuple | None:
+    """A TIFF's ExtraSamples tag (what its samples beyond the colour ones are), None for other files."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.tag_v2.get(338)
 
 
 def all_targets() -> dict[str, object]:
