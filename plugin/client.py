@@ -1,7 +1,8 @@
 """Client of the engine daemon (protocol in docs/protocol.md), standard library only.
 
-`EngineClient` is what the GIMP plug-in uses; `edit_file` is what `ffclip-engine edit --url` uses to
-send a photo to a running (warm) daemon instead of loading the models itself.
+`EngineClient` is what the GIMP plug-in uses; `edit_pixels` is what `ffclip-engine edit --url` uses to
+send a photo (decoded by the engine's own reader) to a running (warm) daemon instead of loading the
+models itself; `edit_file` decodes a file with Pillow (or, without it, PNG only) first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import imageops, png
@@ -44,6 +46,7 @@ __all__ = [
     "EngineClient",
     "EngineError",
     "edit_file",
+    "edit_pixels",
 ]
 
 ProgressCallback = Callable[[str, float], None]
@@ -288,6 +291,11 @@ def open_engine_socket(url: str, token: str | None, timeout: float, tls: TLSVeri
     except HandshakeError as exc:
         if exc.status in (401, 403):
             raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
+        if exc.status == 0 and url.startswith("ws://"):  # no HTTP answer at all: a TLS server hangs up
+            secure = "wss://" + url[len("ws://") :]
+            raise ConnectionFailed(
+                f"{url} did not answer as an FFCLIP engine; if the engine serves TLS, use {secure} ({exc})"
+            ) from None
         raise ConnectionFailed(f"{url} is not an FFCLIP engine ({exc})") from None
     except (OSError, ValueError) as exc:
         raise ConnectionFailed(f"cannot reach the FFCLIP engine at {url}: {exc}") from None
@@ -320,18 +328,50 @@ def edit_file(
 ) -> dict:
     """Edit a photo file with a running daemon; writes `out_path` (and the blend mask to `mask_out`).
 
-    PNG files travel as PNG, anything else is decoded here (Pillow) and sent as RGBA8. The token
-    defaults to $FFCLIP_TOKEN. Returns a summary: job id, region, faces, stages run and skipped, seconds.
+    The file is decoded here (Pillow, else PNG only); see `edit_pixels` for the rest.
     """
-    in_path, out_path = Path(in_path), Path(out_path)
-    token = token or os.environ.get("FFCLIP_TOKEN") or None
-    data = in_path.read_bytes()
+    data = Path(in_path).read_bytes()
     width, height, base = imageops.decode_file(data)
-    is_png = data[:8] == png.SIGNATURE
-    spec = ImageSpec(width, height, "png" if is_png else "rgba8")
+    photo = Photo(width, height, base, data if data[:8] == png.SIGNATURE else None)
+    return edit_pixels(url, photo, params, out_path, mask_out, token, timeout, on_progress, tls)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo for `edit_pixels`: RGBA8 rows, the PNG file it came from (sent as it is: smaller,
+    and 16 bit kept) and an optional A8 selection (0 = keep, 255 = free to change)."""
+
+    width: int
+    height: int
+    rgba: bytes
+    png: bytes | None = None
+    selection: bytes | None = None
+
+
+def edit_pixels(
+    url: str,
+    photo: Photo,
+    params: EditParams,
+    out_path: str | Path,
+    mask_out: str | Path | None = None,
+    token: str | None = None,
+    timeout: float = 600.0,
+    on_progress: ProgressCallback | None = None,
+    tls: TLSVerify | None = None,
+) -> dict:
+    """Edit a decoded photo with a running daemon and write the edited photo to `out_path`.
+
+    The token defaults to $FFCLIP_TOKEN. Returns a summary: job id, region, faces, stages run and
+    skipped, seconds.
+    """
+    out_path = Path(out_path)
+    token = token or os.environ.get("FFCLIP_TOKEN") or None
+    width, height, base = photo.width, photo.height, photo.rgba
+    spec = ImageSpec(width, height, "png" if photo.png is not None else "rgba8")
     started = time.monotonic()
     with EngineClient(url, token=token, timeout=timeout, tls=tls) as client:
-        result = client.edit(params, data if is_png else base, spec, on_progress=on_progress)
+        frame = photo.png if photo.png is not None else base
+        result = client.edit(params, frame, spec, photo.selection, on_progress=on_progress)
     edited = imageops.composite(base, width, height, result.region, result.rgba)
     imageops.encode_file(out_path, width, height, edited, keep_alpha=not imageops.is_opaque(base))
     if mask_out is not None:

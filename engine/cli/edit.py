@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ffclip.engine.imageio import LUMA, load_image, save_image
+from ffclip.engine.imageio import LUMA, as_rgb8, load_image, save_image, to_uint8
 from ffclip.engine.inference import resolve_device
 from ffclip.engine.pipeline import PhotoEdit, Pipeline
+from ffclip.plugin.client import Photo
+from ffclip.plugin.png import SIGNATURE as PNG_SIGNATURE
 from ffclip.plugin.protocol import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_URL,
@@ -114,15 +116,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_remote(args: argparse.Namespace) -> int:
-    from ffclip.plugin.client import edit_file
+    """The photo (and selection) read here by the engine's own reader, so that a bad file is refused
+    with the same error as in the engine, before any connection; then sent to the daemon."""
+    from ffclip.plugin.client import edit_pixels
 
-    if args.selection:
-        raise EngineError("bad_request", "--selection is not sent to a daemon yet; run without --url")
-    summary = edit_file(
-        args.url, args.input, edit_params(args), args.output, mask_out=args.mask_out, tls=tls_options(args)
+    params = edit_params(args)
+    image = load_image(args.input, max_pixels=args.max_pixels)
+    selection = _load_selection(args.selection, image.shape[:2], args.max_pixels) if args.selection else None
+    data = Path(args.input).read_bytes()
+    height, width = image.shape[:2]
+    photo = Photo(
+        width,
+        height,
+        rgba8(image).tobytes(),
+        png=data if data[:8] == PNG_SIGNATURE else None,  # as it is: smaller, 16 bit kept
+        selection=None if selection is None else selection.tobytes(),
     )
+    summary = edit_pixels(args.url, photo, params, args.output, mask_out=args.mask_out, tls=tls_options(args))
     print(f"wrote {args.output} (daemon {args.url}): {summary}")
     return 0
+
+
+def rgba8(image: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 of a photo as load_image gives it (grey or RGB, 8 or 16 bit, alpha or not)."""
+    rgb = as_rgb8(image)
+    if image.shape[2] in (2, 4):
+        alpha = image[..., -1]
+        alpha = to_uint8(alpha / 257.0) if alpha.dtype == np.uint16 else alpha
+    else:
+        alpha = np.full(image.shape[:2], 255, np.uint8)
+    return np.dstack([rgb, alpha])
 
 
 def tls_options(args: argparse.Namespace):
