@@ -85,6 +85,7 @@ class GuardedConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self.frame_filter = frame_filter
         self.identity: Identity | None = None  # set by the handshake check when the token is valid
+        self.token_sent = False  # whether the handshake carried a token at all (for the refusal's words)
 
     def data_received(self, data: bytes) -> None:
         data = self.frame_filter.feed(data)
@@ -110,6 +111,7 @@ class Session:
         self.ws = ws
         self.identity = ws.identity
         self.user = ws.identity.owner if ws.identity is not None else ""
+        self.peer = _address(ws)  # now: the transport forgets the address once it closes
         self.filter = ws.frame_filter
         self.jobs: weakref.WeakSet[Job] = weakref.WeakSet()
         self.pending: Pending | None = None
@@ -144,11 +146,6 @@ class Session:
     @property
     def idle(self) -> bool:
         return not self._outbox
-
-    @property
-    def peer(self) -> str:
-        address = self.ws.remote_address
-        return f"{address[0]}:{address[1]}" if address else "?"
 
     async def _send_loop(self) -> None:
         with contextlib.suppress(ConnectionClosed):  # the receive loop notices the close too
@@ -440,6 +437,7 @@ class EngineServer:
             log.warning("refused a connection from a web page (Origin: %s)", origins[0][:100])
             return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
         authorization = request.headers.get_all("Authorization")  # two of them: neither counts
+        connection.token_sent = bool(authorization)
         connection.identity = self._identify(authorization[0] if len(authorization) == 1 else None)
         return None
 
@@ -453,8 +451,12 @@ class EngineServer:
 
     async def _handle(self, ws: GuardedConnection) -> None:
         if ws.identity is None:
-            log.warning("refused a client without a valid token (%s)", _address(ws))
-            hint = "this engine needs a token: send the header 'Authorization: Bearer <token>'"
+            if ws.token_sent:
+                log.warning("refused a client whose token is not accepted (%s)", _address(ws))
+                hint = "this engine does not accept the token sent in 'Authorization: Bearer <token>' (a wrong one, or revoked)"
+            else:
+                log.warning("refused a client without a token (%s)", _address(ws))
+                hint = "this engine needs a token: send the header 'Authorization: Bearer <token>'"
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(msg.encode(msg.error("unauthorized", hint)))
                 await ws.close(1008, "unauthorized")

@@ -95,6 +95,10 @@ def test_token_on_all_interfaces_refuses_clients_without_it(tmp_path):
         assert daemon.stop() == 0
     log = (tmp_path / "e.log").read_text()
     assert "tok" not in log.replace("token", "")  # the token is never logged
+    assert "tokens travel unencrypted on 0.0.0.0 (--insecure-plain-token)" in log  # said once, at the start
+    connected = [line for line in log.splitlines() if " connected" in line and "client " in line]
+    gone = [line for line in log.splitlines() if line.endswith(" disconnected")]
+    assert connected and gone and not any("client ?" in line for line in gone), gone  # the address, also at the end
 
 
 def test_second_serve_on_the_same_port_says_already_running(tmp_path):

@@ -577,3 +577,13 @@ def test_autostart_real_tiny_engine(photos_dir):
         for p in started:
             p.terminate()
             p.wait(30)
+
+
+def test_the_install_message_names_the_engine_the_plugin_will_reach():
+    from ffclip.engine.cli.install_gimp_plugin import serve_command
+
+    assert serve_command("ws://127.0.0.1:8765/") == "with: ffclip-engine serve"
+    assert serve_command("ws://127.0.0.1:9120/") == "with: ffclip-engine serve --port 9120"
+    remote = serve_command("wss://gpu.studio.lan:9120/")
+    assert remote.startswith("on gpu.studio.lan with: ffclip-engine serve --host 0.0.0.0 --tokens-file TOKENS")
+    assert remote.endswith("--port 9120 --tls-cert CERT.pem --tls-key KEY.pem")

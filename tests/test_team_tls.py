@@ -309,3 +309,10 @@ def test_service_unit_for_a_team_server(certs, tmp_path):
     assert installed.returncode == 0, installed.stderr
     unit = (tmp_path / "units" / "ffclip-engine.service").read_text()
     assert f"--tokens-file {tokens} --tls-cert {certs.cert} --tls-key {certs.key} --devices cuda:0,cuda:1" in unit
+
+
+def test_plain_ws_to_a_tls_engine_suggests_wss(engine):
+    plain = engine.url.replace("wss://", "ws://")
+    with pytest.raises(ConnectionFailed) as info:
+        EngineClient(plain, token=TOKEN, timeout=5).connect()
+    assert "wss://" in info.value.message and "TLS" in info.value.message, info.value.message

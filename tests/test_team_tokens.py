@@ -212,8 +212,22 @@ def test_the_log_names_the_owner_never_the_token(team, caplog):
         assert _refused(server.url, "wrong-token-0123456789")
     text = caplog.text
     assert "connected as alice" in text and "connected as bob" in text and "queued as bob" in text
-    assert "refused a client without a valid token" in text
+    assert "refused a client whose token is not accepted" in text
     assert ALICE not in text and BOB not in text and "wrong-token" not in text
+
+
+def test_a_wrong_token_and_a_missing_one_are_told_apart(team, caplog):
+    server, _ = team
+    with caplog.at_level(logging.INFO, logger="ffclip.bridge"):
+        with pytest.raises(EngineError) as wrong:
+            EngineClient(server.url, token="wrong-token-0123456789", timeout=5).connect()
+        with pytest.raises(EngineError) as missing:
+            EngineClient(server.url, token=None, timeout=5).connect()
+    assert wrong.value.code == missing.value.code == "unauthorized"
+    assert "does not accept the token sent" in wrong.value.message, wrong.value.message
+    assert "needs a token" in missing.value.message, missing.value.message
+    assert "refused a client without a token" in caplog.text
+    assert "refused a client whose token is not accepted" in caplog.text
 
 
 def test_removing_a_line_revokes_at_once_and_closes_open_connections(team):

@@ -143,6 +143,43 @@ def _kill_like_a_lost_machine(torchrun_pid: int) -> None:
         time.sleep(0.05)
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
+def test_ranks_and_their_workers_end_when_torchrun_is_killed(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latents.npy"
+    partial = tmp_path / "latents.npy.partial"
+    cmd = torchrun_cmd(*_invert_args(photos, out, "--flush-every", "1", "--batch-size", "1"))
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    family: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(_finished_per_rank(partial)) < 2:  # both ranks at work, their detection workers started
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        family = _descendants(proc.pid)
+        assert len(family) >= 4, family  # two ranks, a detection worker or more each
+        os.kill(proc.pid, signal.SIGKILL)  # torchrun alone, as a lost machine's OOM killer would
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [pid for pid in family if not _gone(pid)] == []
+    finally:
+        for pid in family or _descendants(proc.pid):  # whatever is left, however the test ended
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the ranks through /proc")
 def test_a_killed_two_rank_run_resumes_per_rank(photos: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "latents.npy"

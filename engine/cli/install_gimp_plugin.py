@@ -66,9 +66,25 @@ def run(args: argparse.Namespace) -> int:
     if status == 0 and not args.uninstall and not args.dry_run:
         print(
             "Restart GIMP: the entries are Filters > FFCLIP Edit... and Filters > FFCLIP Cancel.\n"
-            "Start the engine with: ffclip-engine serve"
+            f"Start the engine {serve_command(gimp_settings.normalize_url(args.url or DEFAULT_URL))}"
         )
     return status
+
+
+def serve_command(url: str) -> str:
+    """Where and how to start the engine that the plug-in reaches at `url`: 'with: ffclip-engine serve
+    --port 9120', or 'on HOST with: ...' for another machine (listening beyond loopback, with a token)."""
+    from ffclip.plugin.protocol import DEFAULT_PORT
+    from ffclip.plugin.websocket import parse_url
+
+    host, port, _, secure = parse_url(url)
+    local = host in ("127.0.0.1", "localhost", "::1")
+    words = ["ffclip-engine", "serve"] + ([] if local else ["--host", "0.0.0.0", "--tokens-file", "TOKENS"])
+    if port != DEFAULT_PORT:
+        words += ["--port", str(port)]
+    if secure:
+        words += ["--tls-cert", "CERT.pem", "--tls-key", "KEY.pem"]
+    return ("with: " if local else f"on {host} with: ") + shlex.join(words)
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
 import sys
 
 from ffclip.bridge.daemon import (
@@ -99,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"ffclip-engine serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log_path = setup_logging(args.log_file, args.log_level)
+    if plain_tokens_exposed(args):
+        logging.getLogger("ffclip.bridge").warning(
+            "tokens travel unencrypted on %s (--insecure-plain-token): anyone on the network can read and reuse "
+            "them; serve wss:// with --tls-cert and --tls-key instead (docs/deployment.md)",
+            args.host,
+        )
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
@@ -159,6 +166,11 @@ def check_exposure(args: argparse.Namespace, secured: object) -> None:
             "Serve wss:// with --tls-cert CERT.pem --tls-key KEY.pem (docs/deployment.md), or accept the risk "
             "with --insecure-plain-token."
         )
+
+
+def plain_tokens_exposed(args: argparse.Namespace) -> bool:
+    """Whether tokens cross the network in the clear: off loopback, without TLS (--insecure-plain-token)."""
+    return not is_loopback(args.host) and not args.tls_cert and bool(args.insecure_plain_token)
 
 
 def check_limits(args: argparse.Namespace) -> None:

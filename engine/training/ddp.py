@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ffclip.engine.inference import resolve_device
+from ffclip.engine.training.orphans import end_with_parent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +53,7 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0
         raise ValueError(f"--device {device}: {exc}") from None
     if not launched_by_torchrun():
         return DistInfo(device=dev)
+    end_with_parent()  # a rank runs in its own session: a killed torchrun would not take it along
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local = int(os.environ["LOCAL_RANK"])

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ffclip.engine.training.orphans import end_with_parent
+
 CROP_SIZE = 256  # e4e's input size
 CRASHED = "the photo crashed a detection worker process"
 
@@ -77,6 +79,7 @@ def _init_worker() -> None:
     # Ctrl-C goes to the whole process group: the parent shuts the pool down, workers must not
     # print their own KeyboardInterrupt tracebacks. One thread each: the workers are the parallelism.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent()  # a worker outlives a SIGKILLed rank otherwise
     import cv2
 
     from ffclip.engine.face.detect import FaceDetector
