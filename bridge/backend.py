@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ffclip.plugin.protocol import EditResult, EngineError
+from ffclip.plugin.protocol import EditResult, EngineError, EngineState
 
 from .messages import EditAnnouncement
 
@@ -99,7 +99,7 @@ class EngineBackend:
     def describe(self) -> dict:
         info = dict(self.engine.describe()) if self.engine is not None else {"profile": "none"}
         info["editor"] = self.pipeline.editor
-        return {"state": "ready", "models": info, "device": str(info.get("device", "cpu"))}
+        return {"state": EngineState.READY, "models": info, "device": str(info.get("device", "cpu"))}
 
     def cache_stats(self) -> dict:
         stats: dict = {}
@@ -143,32 +143,13 @@ class UnavailableBackend:
         self.models = models
 
     def describe(self) -> dict:
-        return {"state": "missing" if self.code == "models_missing" else "failed", "models": self.models}
+        return {
+            "state": EngineState.MISSING if self.code == "models_missing" else EngineState.FAILED,
+            "models": self.models,
+        }
 
     def cache_stats(self) -> dict:
         return {}
 
     def run(self, request, image, selection, progress, should_cancel, memo) -> EditResult:
         raise EngineError(self.code, self.message)
-
-
-def load_engine_backend(
-    profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int, budget: int | None = None
-) -> Backend:
-    """Load the face models now and every other domain on first use (bridge/domains.py), within
-    `budget` bytes of domain networks; missing checkpoints are reported per domain, not a crash."""
-    from ffclip.engine.imageio import load_image
-    from ffclip.engine.inference import resolve_device
-
-    from .domains import DEFAULT_BUDGET, load_domain_backend
-
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and resolved.index is not None:
-        import torch
-
-        # This runs on the worker's own device thread, where its jobs run too: CUDA's current device
-        # is per thread, so each worker's kernels, streams and graphs stay on its GPU.
-        torch.cuda.set_device(resolved)
-    device = str(resolved)
-    budget = DEFAULT_BUDGET if budget is None else budget
-    return load_domain_backend(profile, models_dir, device, editor, max_pixels, budget, load_image)

@@ -23,9 +23,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ffclip.plugin.protocol import DOMAINS, EditResult, EngineError
+from ffclip.plugin.protocol import DOMAINS, EditResult, EngineError, EngineState
 
-from .backend import EngineBackend
+from .backend import Backend, EngineBackend
 from .messages import EditAnnouncement
 
 log = logging.getLogger("ffclip.bridge")
@@ -78,7 +78,7 @@ class DomainBackend:
         self._check_files(domain)
         need = self._estimate(domain)
         self._make_room(need)
-        self._set_state(domain, state="loading")
+        self._set_state(domain, state=EngineState.LOADING)
         started = time.monotonic()
         try:
             backend = self._build(domain)
@@ -87,7 +87,7 @@ class DomainBackend:
         except Exception as exc:  # noqa: BLE001 - reported in status and to the job, never a crash
             log.exception("loading the %s models failed", domain)
             text = f"{type(exc).__name__}: {exc}"[:300]
-            self._set_state(domain, state="failed", error=text)
+            self._set_state(domain, state=EngineState.FAILED, error=text)
             raise EngineError("internal", f"the {domain} models failed to load ({text}); see the engine log") from None
         if warm_up:
             _warm_up(backend)
@@ -96,7 +96,7 @@ class DomainBackend:
             self._loaded[domain] = backend
             self._bytes[domain] = nbytes
             self.loads += 1
-        self._set_state(domain, state="ready", bytes=nbytes, seconds=round(time.monotonic() - started, 2))
+        self._set_state(domain, state=EngineState.READY, bytes=nbytes, seconds=round(time.monotonic() - started, 2))
         if domain == "face" and backend.engine is not None:
             self._face_models = dict(backend.engine.describe())
         log.info("%s domain loaded in %.1f s (%.0f MB of networks)", domain, time.monotonic() - started, nbytes / 1e6)
@@ -119,7 +119,7 @@ class DomainBackend:
         missing = self.missing_names(domain)
         if missing:
             hint = self.fetch_hint(domain)
-            self._set_state(domain, state="missing", missing=missing, fetch=hint)
+            self._set_state(domain, state=EngineState.MISSING, missing=missing, fetch=hint)
             what = "faces" if domain == "face" else f"the {domain} domain"
             files = ", ".join(self.missing_files(domain))
             lines = [f"{what} needs model files that are not here ({files}); run: {hint}"]
@@ -174,7 +174,7 @@ class DomainBackend:
                 del self._loaded[domain]
                 del self._bytes[domain]
                 self.evictions += 1
-            self._set_state(domain, state="available", bytes=0)
+            self._set_state(domain, state=EngineState.AVAILABLE, bytes=0)
             log.info("evicted the %s domain (memory budget %.0f MB)", domain, self.budget / 1e6)
             del backend
             _release()
@@ -199,9 +199,11 @@ class DomainBackend:
     def describe(self) -> dict:
         domains = self.domain_states()
         face = domains.get("face", {})
-        state = {"missing": "missing", "failed": "failed"}.get(face.get("state"), "ready")
+        state = (
+            face.get("state") if face.get("state") in (EngineState.MISSING, EngineState.FAILED) else EngineState.READY
+        )
         models = dict(self._face_models)
-        if face.get("state") == "missing":
+        if face.get("state") == EngineState.MISSING:
             models.update(missing=face["missing"], fetch=face["fetch"], **self._fetch_notes.get("face", {}))
         models["editor"] = self.editor
         with self._lock:
@@ -215,12 +217,16 @@ class DomainBackend:
         with self._lock:
             states = {d: dict(s) for d, s in self._states.items()}
         for domain in DOMAINS:
-            if states.get(domain, {}).get("state") in (None, "missing"):  # files may have come since
+            if states.get(domain, {}).get("state") in (None, EngineState.MISSING):  # files may have come since
                 missing = self.missing_names(domain)
                 if missing:
-                    states[domain] = {"state": "missing", "missing": missing, "fetch": self.fetch_hint(domain)}
+                    states[domain] = {
+                        "state": EngineState.MISSING,
+                        "missing": missing,
+                        "fetch": self.fetch_hint(domain),
+                    }
                 else:
-                    states[domain] = {"state": "available"}
+                    states[domain] = {"state": EngineState.AVAILABLE}
         return {d: states[d] for d in DOMAINS}
 
     def cache_stats(self) -> dict:
@@ -269,3 +275,23 @@ def load_domain_backend(
     except EngineError as exc:
         log.warning("faces unavailable: %s", exc.message)
     return backend
+
+
+def load_engine_backend(
+    profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int, budget: int | None = None
+) -> Backend:
+    """The daemon's loader: the face models now and every other domain on first use, within
+    `budget` bytes of domain networks; missing checkpoints are reported per domain, not a crash."""
+    from ffclip.engine.imageio import load_image
+    from ffclip.engine.inference import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is not None:
+        import torch
+
+        # This runs on the worker's own device thread, where its jobs run too: CUDA's current device
+        # is per thread, so each worker's kernels, streams and graphs stay on its GPU.
+        torch.cuda.set_device(resolved)
+    device = str(resolved)
+    budget = DEFAULT_BUDGET if budget is None else budget
+    return load_domain_backend(profile, models_dir, device, editor, max_pixels, budget, load_image)

@@ -23,7 +23,7 @@ LAUNCHD_LABEL = "org.ffclip.engine"
 
 def serve_command(args: argparse.Namespace) -> list[str]:
     """The `serve` command line the service runs (the current interpreter, so the same install)."""
-    command = [sys.executable, "-m", "ffclip.engine", "serve", "--host", args.host, "--port", str(args.port)]
+    command = [sys.executable, "-m", "ffclip.app", "serve", "--host", args.host, "--port", str(args.port)]
     if args.models:
         command += ["--models", str(Path(args.models).expanduser().resolve())]
     elif args.profile != "real":

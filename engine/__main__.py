@@ -1,5 +1,7 @@
+"""`python -m ffclip.engine`: the same commands as `python -m ffclip.app`, kept because the start
+command saved in users' plug-in settings (`ffclip-edit.json`) names this module."""
+
 import sys
+from importlib import import_module
 
-from ffclip.engine.cli import main
-
-sys.exit(main())
+sys.exit(import_module("ffclip.app.cli").main())

@@ -1,6 +1,6 @@
 """Settings of the GIMP plug-in and the small state file that lets **FFCLIP Cancel** reach a job.
 
-Standard library only: this module is copied into the GIMP plug-in folder (gimp/install.py).
+Standard library only: this module is copied into the GIMP plug-in folder (app/install.py).
 
 Settings live in `ffclip-edit.json` next to the plug-in entry; `ffclip-engine install-gimp-plugin`
 writes it, the dialog updates the engine URL in it. Keys:

@@ -26,7 +26,7 @@ PHOTO = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
 
 class Daemon:
     def __init__(self, *args: str, env: dict | None = None):
-        command = [sys.executable, "-m", "ffclip.engine", "serve", *args]
+        command = [sys.executable, "-m", "ffclip.app", "serve", *args]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
         )
@@ -59,7 +59,7 @@ def _env(**extra: str) -> dict:
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "ffclip.engine", *args]
+    command = [sys.executable, "-m", "ffclip.app", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or _env())
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffclip.bridge.backend import load_engine_backend
+from ffclip.bridge.domains import load_engine_backend
 from ffclip.bridge.domains import DomainBackend
 from ffclip.bridge.testing import running_server
 from ffclip.plugin.client import EngineClient

@@ -217,7 +217,7 @@ def test_the_client_reuses_its_image(server):
 
 @pytest.fixture(scope="module")
 def tiny_server():
-    from ffclip.bridge.backend import load_engine_backend
+    from ffclip.bridge.domains import load_engine_backend
 
     with running_server(lambda: load_engine_backend("tiny", None, "cpu", "model", 40_000_000)) as thread:
         yield thread

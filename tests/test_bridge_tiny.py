@@ -157,7 +157,7 @@ def test_edit_command_with_url_uses_the_daemon(daemon, photos_dir, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "ffclip.engine",
+        "ffclip.app",
         "edit",
         str(photos_dir / "astronaut.png"),
         "smiling",

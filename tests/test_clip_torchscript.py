@@ -16,11 +16,11 @@ import pytest
 import torch
 from http_files import Server
 
+from ffclip.app.cli import main
 from ffclip.engine import store as store_module
 from ffclip.engine.checkpoints import CheckpointError, UnsafeCheckpointError
 from ffclip.engine.checkpoints import layouts as L
 from ffclip.engine.checkpoints.torchscript import is_torchscript_archive, read_torchscript_state_dict
-from ffclip.engine.cli import main
 from ffclip.engine.models.clip import load_clip_weights
 from ffclip.engine.store import ModelStore
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from http_files import QUOTA_PAGE, Behaviour, Server
 
-from ffclip.bridge.backend import load_engine_backend
+from ffclip.bridge.domains import load_engine_backend
 from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.provision import Provisioner
 from ffclip.bridge.testing import ServerThread
@@ -259,7 +259,7 @@ def test_shutdown_during_a_download_stops_it_and_keeps_the_part_file(
 
 
 def test_serve_fetches_unless_told_not_to() -> None:
-    from ffclip.engine.cli import serve
+    from ffclip.app.cli import serve
 
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)

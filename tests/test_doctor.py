@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from ffclip.app import install
+from ffclip.app.doctor import gimp as gd
 from ffclip.bridge import daemon
 from ffclip.bridge.backend import UnavailableBackend
 from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.testing import running_server
 from ffclip.engine import __version__
-from ffclip.engine import doctor as ed
-from ffclip.gimp import doctor as gd
+from ffclip.app.doctor import engine as ed
 from ffclip.gimp import edit as gimp_edit
-from ffclip.gimp import install
 from ffclip.gimp.settings import url_port
 from ffclip.plugin.protocol import ConnectionFailed, EngineError, ProtocolViolation
 from ffclip.plugin.tls import TLSVerify
@@ -71,7 +71,7 @@ def native_plugins(env: dict) -> Path:
 
 def install_plugin(dest: Path, url: str, **settings) -> Path:
     port = str(url_port(url))
-    start = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", port]
+    start = [sys.executable, "-m", "ffclip.app", "serve", "--profile", "tiny", "--port", port]
     given = {"url": url, "autostart": False, "start_command": start, **settings}
     return install.install(dest, given)
 
@@ -409,10 +409,10 @@ def test_autostart_start_command(tmp_path):
     check = by_id(ed.diagnose(context(env, run_gimp=False)))["engine.reachable"]
     assert check.status == gd.OK and "starts it when needed" in check.text
     gone = str(tmp_path / "old-venv" / "bin" / "python")
-    install_plugin(native_plugins(env), url, autostart=True, start_command=[gone, "-m", "ffclip.engine", "serve"])
+    install_plugin(native_plugins(env), url, autostart=True, start_command=[gone, "-m", "ffclip.app", "serve"])
     check = by_id(ed.diagnose(context(env, run_gimp=False)))["engine.reachable"]
     assert check.status == gd.FAIL and gone in check.text
-    assert f"--start-command '{sys.executable} -m ffclip.engine serve --port {url_port(url)}'" in check.fix
+    assert f"--start-command '{sys.executable} -m ffclip.app serve --port {url_port(url)}'" in check.fix
 
 
 def test_engine_states():
@@ -578,7 +578,7 @@ def test_daemon_record_lifecycle(tmp_path, monkeypatch):
 def test_command_line(tmp_path):
     env = environment(tmp_path, PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     install_plugin(native_plugins(env), f"ws://127.0.0.1:{free_port()}/")
-    run = [sys.executable, "-m", "ffclip.engine", "doctor", "--no-gimp", "--timeout", "2"]
+    run = [sys.executable, "-m", "ffclip.app", "doctor", "--no-gimp", "--timeout", "2"]
     out = subprocess.run([*run, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
     data = json.loads(out.stdout)

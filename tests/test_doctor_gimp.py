@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ffclip.gimp import install
-from ffclip.gimp.batch_edit import GimpConsole
+from ffclip.app import install
+from ffclip.app.batch_edit import GimpConsole
 
 pytestmark = pytest.mark.gimp
 NATIVE = "plugin.native-3.0"
@@ -60,11 +60,11 @@ class World:
         return self.plugins / install.NAME
 
     def ffclip(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        cmd = [PYTHON, "-m", "ffclip.engine", *args]
+        cmd = [PYTHON, "-m", "ffclip.app", *args]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def install(self, *args: str) -> None:
-        start = f"{PYTHON} -m ffclip.engine serve --profile tiny --port {self.port}"
+        start = f"{PYTHON} -m ffclip.app serve --profile tiny --port {self.port}"
         out = self.ffclip("install-gimp-plugin", "--no-autostart", "--start-command", start, *args)
         assert out.returncode == 0, out.stderr
 
@@ -83,7 +83,7 @@ class World:
         self.stop()
         if profile is None:
             return
-        cmd = [PYTHON, "-m", "ffclip.engine", "serve", "--profile", profile, "--port", str(self.port)]
+        cmd = [PYTHON, "-m", "ffclip.app", "serve", "--profile", profile, "--port", str(self.port)]
         if profile == "real":
             cmd.append("--no-fetch")  # an engine without models, not one downloading them (no network here)
         # the engine's console goes to a file: an unread pipe would fill and stop it

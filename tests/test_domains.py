@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_pipeline_passthrough import psnr  # noqa: E402 - sibling test module
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.domains import DOMAIN_SPECS, needed_models
 from ffclip.engine.face.blend import BlendConfig
 from ffclip.engine.imageio import load_image, save_image
@@ -165,7 +165,7 @@ def test_a_church_larger_than_its_frame_resolution_still_pastes_back():
 
 
 def test_models_fetch_names_each_domains_files():
-    from ffclip.engine.cli.models import expand_domains
+    from ffclip.app.cli.models import expand_domains
 
     assert needed_models("car") == ("e4e-cars", "ffclip-car", "clip")
     assert expand_domains(["church"]) == ["e4e-church", "ffclip-church", "clip"]

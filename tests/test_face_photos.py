@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.face.align import align_face, ffhq_quad
 from ffclip.engine.imageio import as_rgb8, load_image
 

@@ -21,11 +21,11 @@ import pytest
 import torch
 from torch_files import Call, Storage, Tensor, floats, pickle_bytes, write_legacy, write_zip
 
+from ffclip.app.cli import main
 from ffclip.engine.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint, to_plain
 from ffclip.engine.checkpoints.errors import DamagedCheckpointError
 from ffclip.engine.checkpoints.safe_load import outline
 from ffclip.engine.checkpoints.unpickler import restricted_loads
-from ffclip.engine.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

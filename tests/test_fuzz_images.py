@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from ffclip.app.cli import main
 from ffclip.engine import imageio
-from ffclip.engine.cli import main
 from ffclip.engine.imageio import load_image
 from ffclip.plugin.protocol import EngineError
 

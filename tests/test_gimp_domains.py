@@ -99,7 +99,7 @@ def test_batch_edits_a_church_folder_through_gimp(console, installed, engine, tm
     shutil.copyfile(source, folder / "reims.webp")
     out_dir = tmp_path / "edited"
     env = dict(os.environ, **console.environment())
-    cmd = [sys.executable, str(REPO / "gimp" / "batch_edit.py"), str(folder), "a gothic cathedral", "-o"]
+    cmd = [sys.executable, str(REPO / "app" / "batch_edit.py"), str(folder), "a gothic cathedral", "-o"]
     cmd += [str(out_dir), "--url", engine, "--domain", "church"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

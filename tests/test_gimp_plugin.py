@@ -33,7 +33,7 @@ OBAMA = "obama.jpg"
 
 
 def _load_batch():
-    spec = importlib.util.spec_from_file_location("ffclip_batch_edit", REPO / "gimp" / "batch_edit.py")
+    spec = importlib.util.spec_from_file_location("ffclip_batch_edit", REPO / "app" / "batch_edit.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -90,7 +90,7 @@ def engine(tmp_path_factory):
 
     port = free_port()
     log = tmp_path_factory.mktemp("engine") / "engine.log"
-    cmd = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", str(port)]
+    cmd = [sys.executable, "-m", "ffclip.app", "serve", "--profile", "tiny", "--port", str(port)]
     console = log.with_name("console.txt")  # a file, not an unread pipe that would fill and stop it
     with open(console, "wb") as out:
         proc = subprocess.Popen([*cmd, "--log-file", str(log)], stdout=subprocess.DEVNULL, stderr=out)
@@ -127,7 +127,7 @@ def engine(tmp_path_factory):
 def installed(console, engine):
     """The plug-in, installed into the test profile by the installer command."""
     dest = console.plugin_dir()
-    cmd = [sys.executable, "-m", "ffclip.engine", "install-gimp-plugin", "--dest", str(dest)]
+    cmd = [sys.executable, "-m", "ffclip.app", "install-gimp-plugin", "--dest", str(dest)]
     out = subprocess.run([*cmd, "--url", engine, "--no-autostart"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return dest / "ffclip-edit"
@@ -419,7 +419,7 @@ def test_batch_script_edits_folder_and_reports_failures(console, installed, engi
     env = dict(os.environ, **console.environment())
     cmd = [
         sys.executable,
-        str(REPO / "gimp" / "batch_edit.py"),
+        str(REPO / "app" / "batch_edit.py"),
         str(folder),
         "smiling",
         "-o",

@@ -140,7 +140,7 @@ def test_decode_errors_raised_while_reading_the_exif_are_not_swallowed(monkeypat
 
 
 def _edit(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "ffclip.engine", "edit", *args]
+    command = [sys.executable, "-m", "ffclip.app", "edit", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ffclip.app.cli import conformance as conformance_cli
 from ffclip.engine import conformance
-from ffclip.engine.cli import conformance as conformance_cli
 from ffclip.engine.inference import Engine
 from ffclip.engine.models.arcface import Backbone
 from ffclip.engine.models.e4e import Encoder4Editing

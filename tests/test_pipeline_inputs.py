@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.imageio import load_image, save_image
 from ffclip.engine.pipeline import Pipeline
 from ffclip.plugin.protocol import BadRequest, EditParams, EngineError, parse_faces

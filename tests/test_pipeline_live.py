@@ -148,7 +148,7 @@ def test_a_cancel_stops_the_synthesis_between_levels(photo: np.ndarray) -> None:
 
 
 def test_edit_command_takes_several_attributes(tmp_path, photos_dir, capsys) -> None:
-    from ffclip.engine.cli import main
+    from ffclip.app.cli import main
 
     assert Attribute.parse("grey hair=1.2") == Attribute("grey hair", 1.2)
     assert Attribute.parse("smiling") == Attribute("smiling", 1.0)

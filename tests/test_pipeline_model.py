@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.face.align import AlignTransform
 from ffclip.engine.face.blend import BlendConfig
 from ffclip.engine.imageio import load_image

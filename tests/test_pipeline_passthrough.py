@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.imageio import load_image
 from ffclip.engine.pipeline import Pipeline
 from ffclip.plugin.protocol import EditParams

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ffclip.app import install
 from ffclip.gimp import edit as gimp_edit
-from ffclip.gimp import install
 from ffclip.gimp import settings as gimp_settings
 from ffclip.plugin.protocol import Attribute, ConnectionFailed, EditParams, EngineError
 
@@ -26,7 +26,7 @@ from gimp_fake_engine import FakeEngine, fake_mask, fake_region  # noqa: E402
 
 
 def _load_batch():
-    spec = importlib.util.spec_from_file_location("ffclip_batch_edit", REPO / "gimp" / "batch_edit.py")
+    spec = importlib.util.spec_from_file_location("ffclip_batch_edit", REPO / "app" / "batch_edit.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -351,7 +351,7 @@ def test_autostart_starts_the_engine_and_waits():
 
 
 def test_start_command_follows_the_url_port():
-    cmd = ["py", "-m", "ffclip.engine", "serve", "--port", "8765"]
+    cmd = ["py", "-m", "ffclip.app", "serve", "--port", "8765"]
     assert gimp_edit.command_for_url(cmd, "ws://127.0.0.1:9001/")[-2:] == ["--port", "9001"]
     assert gimp_edit.command_for_url(["x"], "ws://h:1") == ["x"]
 
@@ -485,7 +485,7 @@ def test_install_layout(tmp_path):
 
 def test_install_command_line(tmp_path):
     dest = tmp_path / "p"
-    run = [sys.executable, "-m", "ffclip.engine", "install-gimp-plugin", "--dest", str(dest)]
+    run = [sys.executable, "-m", "ffclip.app", "install-gimp-plugin", "--dest", str(dest)]
     out = subprocess.run([*run, "--url", "localhost:8766", "--autostart"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     settings = json.loads((dest / "ffclip-edit" / "ffclip-edit.json").read_text())
@@ -544,7 +544,7 @@ def test_batch_without_gimp_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FFCLIP_GIMP_ROOT", str(tmp_path / "nothing"))
     (tmp_path / "in").mkdir()
     out = subprocess.run(
-        [sys.executable, str(REPO / "gimp" / "batch_edit.py"), str(tmp_path / "in"), "x", "-o", str(tmp_path / "out")],
+        [sys.executable, str(REPO / "app" / "batch_edit.py"), str(tmp_path / "in"), "x", "-o", str(tmp_path / "out")],
         capture_output=True,
         text=True,
     )
@@ -561,7 +561,7 @@ def test_autostart_real_tiny_engine(photos_dir):
         w, h, rgba = im.width, im.height, im.tobytes()
     port = free_port()
     url = f"ws://127.0.0.1:{port}/"
-    command = [sys.executable, "-m", "ffclip.engine", "serve", "--profile", "tiny", "--port", "1"]
+    command = [sys.executable, "-m", "ffclip.app", "serve", "--profile", "tiny", "--port", "1"]
     settings = dict(gimp_settings.DEFAULTS, autostart=True, start_timeout=240, start_command=command)
     started = []
 
@@ -580,7 +580,7 @@ def test_autostart_real_tiny_engine(photos_dir):
 
 
 def test_the_install_message_names_the_engine_the_plugin_will_reach():
-    from ffclip.engine.cli.install_gimp_plugin import serve_command
+    from ffclip.app.cli.install_gimp_plugin import serve_command
 
     assert serve_command("ws://127.0.0.1:8765/") == "with: ffclip-engine serve"
     assert serve_command("ws://127.0.0.1:9120/") == "with: ffclip-engine serve --port 9120"

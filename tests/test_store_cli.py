@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ffclip.app.cli import main
 from ffclip.engine.checkpoints import layouts as L
 from ffclip.engine.checkpoints import synthetic as S
-from ffclip.engine.cli import main
 from ffclip.engine.store import ModelStore, default_root
 
 

@@ -184,8 +184,8 @@ def test_fetch_cli_shows_the_licence_and_fetches_clip_through_open_clip(
     import torch
     from safetensors.torch import save_file
 
+    from ffclip.app.cli import main
     from ffclip.engine.checkpoints import layouts
-    from ffclip.engine.cli import main
 
     small = {"token_embedding.weight": (10, 4), "positional_embedding": (7, 4), "visual.conv1.weight": (4, 3, 2, 2)}
     monkeypatch.setattr(layouts, "clip_shapes", lambda: small)
@@ -227,7 +227,7 @@ def test_a_second_fetch_of_the_same_file_stops_at_once(drive: Server, tmp_path: 
 def test_fetch_brings_stylegan2_only_after_a_mapper_only_ffclip_file(
     drive: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ffclip.engine.cli import main
+    from ffclip.app.cli import main
 
     full = S.official_size_files(1024)["ffclip"]
     mapper = {k: v for k, v in full["state_dict"].items() if k.startswith("module.att_mapper.")}
@@ -252,7 +252,7 @@ def test_fetch_brings_stylegan2_only_after_a_mapper_only_ffclip_file(
 def test_fetch_from_a_mirror(
     server: Server, official_bytes: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ffclip.engine.cli import main
+    from ffclip.app.cli import main
 
     server.files["/mirror/e4e.pt"] = official_bytes["e4e"]
     server.behaviour["/mirror/e4e.pt"] = Behaviour(drop_after=[40_000])

@@ -32,7 +32,7 @@ TERMINAL = ("result", "error", "cancelled")
 
 
 def tiny_loader():
-    from ffclip.bridge.backend import load_engine_backend
+    from ffclip.bridge.domains import load_engine_backend
 
     return load_engine_backend("tiny", None, "cpu", "model", DEFAULT_MAX_PIXELS)
 

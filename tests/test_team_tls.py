@@ -226,7 +226,7 @@ def test_serve_refuses_a_plain_token_off_loopback(tmp_path):
         assert "refusing to send tokens over plain ws://" in refused.stderr and "--tls-cert" in refused.stderr
         assert "t0k" not in refused.stderr and TOKEN not in refused.stderr
     plain_loopback = subprocess.Popen(
-        [sys.executable, "-m", "ffclip.engine", "serve", "--port", "0", "--fake-engine", "--token", "t0k"],
+        [sys.executable, "-m", "ffclip.app", "serve", "--port", "0", "--fake-engine", "--token", "t0k"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -241,7 +241,7 @@ def test_serve_refuses_a_plain_token_off_loopback(tmp_path):
 
 def test_serve_over_tls_and_edit_url_wss(certs, tmp_path):
     log = tmp_path / "engine.log"
-    command = [sys.executable, "-m", "ffclip.engine", "serve", "--host", "0.0.0.0", "--port", "0", "--fake-engine"]
+    command = [sys.executable, "-m", "ffclip.app", "serve", "--host", "0.0.0.0", "--port", "0", "--fake-engine"]
     command += ["--token", TOKEN, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--log-file", str(log)]
     env = _env(XDG_STATE_HOME=str(tmp_path / "state"), FFCLIP_TOKEN=TOKEN)
     daemon = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -279,7 +279,7 @@ def test_serve_over_tls_and_edit_url_wss(certs, tmp_path):
 def test_doctor_checks_tls_the_way_the_plugin_connects(engine, certs, tmp_path):
     from test_doctor import by_id, context, environment, install_plugin, native_plugins
 
-    from ffclip.engine import doctor as ed
+    from ffclip.app.doctor import engine as ed
 
     env = environment(tmp_path)
     install_plugin(native_plugins(env), engine.url, token=TOKEN, tls_fingerprint=certs.fingerprint)

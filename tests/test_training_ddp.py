@@ -30,7 +30,7 @@ def test_torchrun_two_processes_agree_on_the_weights(tmp_path: Path) -> None:
         "--nproc_per_node",
         "2",
         "-m",
-        "ffclip.engine",
+        "ffclip.app",
         "train",
         "--profile",
         "tiny",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from ffclip.app.cli import main
 from ffclip.engine.checkpoints.errors import CheckpointError
-from ffclip.engine.cli import main
 from ffclip.engine.inference import build_tiny
 from ffclip.engine.profiles import profile_for
 from ffclip.engine.training import nets as training_nets

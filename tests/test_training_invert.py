@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.face.detect import FaceDetector
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ffclip.app.cli import main
 from ffclip.engine.checkpoints.safe_load import load_checkpoint
-from ffclip.engine.cli import main
 from ffclip.engine.training.synthetic import CLIP_NAME, write_real_size_files
 
 

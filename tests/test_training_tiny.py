@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.inference import build_tiny
 from ffclip.engine.profiles import TINY
 

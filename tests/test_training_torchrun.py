@@ -21,7 +21,7 @@ import torch
 from crashing_prepare import crashing_prepare
 from PIL import Image, ImageOps
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.inference import build_tiny
 from ffclip.engine.models.mapper import DynamicMapper
 from ffclip.engine.profiles import TINY
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 def torchrun_cmd(*args: str) -> list[str]:
     """torchrun of this interpreter (a `torchrun` on PATH may belong to another environment)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    return [*launcher, "-m", "ffclip.engine", *args]
+    return [*launcher, "-m", "ffclip.app", *args]
 
 
 def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

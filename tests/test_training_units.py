@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffclip.engine.cli import main
+from ffclip.app.cli import main
 from ffclip.engine.training import losses
 from ffclip.engine.training.data import epoch_indices, load_latents, steps_per_epoch
 from ffclip.engine.training.metrics import PSNR_CAP, masked_psnr_ssim

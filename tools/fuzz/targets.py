@@ -169,7 +169,7 @@ class ImportTarget:
         return M.blind(rng, self.seed)
 
     def run(self, data: bytes, path: Path) -> str:
-        from ffclip.engine.cli import main
+        from ffclip.app.cli import main
 
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

@@ -6,7 +6,7 @@ the menu entry "never appears". This command writes exactly that layout:
 
     <plug-ins>/ffclip-edit/ffclip-edit.py        the GIMP entry (gimp/ffclip-edit/ffclip-edit.py)
     <plug-ins>/ffclip-edit/ffclip/plugin/        a copy of ffclip.plugin: protocol and client
-    <plug-ins>/ffclip-edit/ffclip/gimp/          a copy of ffclip.gimp's modules: the plug-in's logic
+    <plug-ins>/ffclip-edit/ffclip/gimp/          a copy of ffclip.gimp: the plug-in's logic and dialog
     <plug-ins>/ffclip-edit/ffclip-edit.json      settings: engine URL, token, TLS, autostart
     <plug-ins>/ffclip-edit/VERSION               the ffclip-edit version that installed it (the doctor's check)
 
@@ -30,14 +30,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import settings as gimp_settings
+from ffclip.gimp import settings as gimp_settings
 
 NAME = "ffclip-edit"
 ENTRY = f"{NAME}.py"
 VERSION_NAME = "VERSION"  # <plug-in>/VERSION: which ffclip-edit installed this copy
 PACKAGE = "ffclip"  # <plug-in>/ffclip/{plugin,gimp}: the project's own import names
 OLD_PACKAGE = "ffclip_plugin"  # the layout of earlier versions, removed on reinstall
-_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", NAME, "batch_edit.py", "doctor.py")
+_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", NAME)  # the entry folder is copied on its own
 FLATPAK_APP = "org.gimp.GIMP"
 SNAP_NAME = "gimp"
 _PROFILE_VERSION = re.compile(r"3\.(\d+)")  # GIMP 3.x keeps one profile folder per minor version
@@ -129,15 +129,17 @@ def sandboxed(dest: Path) -> bool:
 
 
 def entry_source() -> Path:
-    """The GIMP entry file: package data of this package (checkout, editable install or wheel), or
-    the entry of the plug-in folder this copy runs from."""
-    here = Path(__file__).resolve().parent
-    candidates = [here / NAME / ENTRY, here.parent.parent / ENTRY]
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = ", ".join(map(str, candidates))
-    raise FileNotFoundError(f"cannot find the GIMP entry {ENTRY} (looked in {looked})")
+    """The GIMP entry file: package data of ffclip.gimp (checkout, editable install or wheel)."""
+    path = _gimp_package() / NAME / ENTRY
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot find the GIMP entry {ENTRY} (looked in {path.parent})")
+    return path
+
+
+def _gimp_package() -> Path:
+    from ffclip import gimp
+
+    return Path(gimp.__file__).resolve().parent
 
 
 def training_prompts_source() -> Path | None:
@@ -155,7 +157,7 @@ def package_sources() -> dict[str, Path]:
     """Subpackage name -> source folder, for the copies under `<plug-in>/ffclip/`."""
     from ffclip import plugin
 
-    return {"plugin": Path(plugin.__file__).resolve().parent, "gimp": Path(__file__).resolve().parent}
+    return {"plugin": Path(plugin.__file__).resolve().parent, "gimp": _gimp_package()}
 
 
 def source_version() -> str:
@@ -213,7 +215,7 @@ def differing_files(target: Path) -> list[str]:
 
 def default_start_command(url: str) -> list[str]:
     port = gimp_settings.url_port(url)
-    return [sys.executable, "-m", "ffclip.engine", "serve", "--port", str(port)]
+    return [sys.executable, "-m", "ffclip.app", "serve", "--port", str(port)]
 
 
 def install(dest: Path, given: dict | None = None, dry_run: bool = False, default_autostart: bool = True) -> Path:

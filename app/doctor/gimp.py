@@ -1,12 +1,12 @@
 """`ffclip-engine doctor`, GIMP side: the GIMP 3 profiles, the plug-in installed in each, whether a
 GIMP that runs here registers it, and the plug-in's log files. Standard library only; not shipped
-into the plug-in folder (gimp/install.py).
+into the plug-in folder (app/install.py).
 
 Every finding is a `Check`: ✔ ok, ✘ fail (with `fix`, the exact command or step that repairs it) or
 – info (not checked, not applicable, or worth knowing). A check that fails only because another one
 failed names that one in `cause`. Every location comes from a `Context` (HOME, the environment, the
 platform, how to run GIMP), so the checks run as well on a fake profile in a test as on a desktop.
-The engine-side checks (engine, models, device, engine log) are in ffclip.engine.doctor.
+The engine-side checks (engine, models, device, engine log) are in ffclip.app.doctor.engine.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ffclip.app import install
+from ffclip.gimp import settings as gimp_settings
+from ffclip.gimp.edit import CANCEL_PROCEDURE, MENU_LABEL, PROCEDURE
 from ffclip.plugin import paths
-
-from . import install
-from . import settings as gimp_settings
-from .edit import CANCEL_PROCEDURE, MENU_LABEL, PROCEDURE
 
 OK, FAIL, INFO = "ok", "fail", "info"
 SYMBOL = {OK: "\u2714", FAIL: "\u2718", INFO: "\u2013"}
@@ -53,7 +52,7 @@ class Check:
 
 @dataclass
 class Gimp:
-    """A GIMP 3 that can run here (gimp/batch_edit.py GimpConsole) and how it was found."""
+    """A GIMP 3 that can run here (app/batch_edit.py GimpConsole) and how it was found."""
 
     label: str
     console: object  # GimpConsole: run_python(code, timeout), host(path)
@@ -314,8 +313,8 @@ print(__MARK__ + json.dumps(answer), flush=True)
 
 def find_gimps(ctx: Context) -> list[Gimp]:
     """The GIMPs to ask: $FFCLIP_GIMP_CONSOLE or $FFCLIP_GIMP_ROOT when set, else gimp-console-3.0
-    on PATH or the chroot /opt/gimp3-root (as gimp/batch_edit.py finds them), and a Flatpak GIMP 3."""
-    from .batch_edit import DEFAULT_CHROOT, GimpConsole
+    on PATH or the chroot /opt/gimp3-root (as app/batch_edit.py finds them), and a Flatpak GIMP 3."""
+    from ffclip.app.gimp_console import DEFAULT_CHROOT, GimpConsole
 
     env = ctx.environ
     home = env.get("FFCLIP_GIMP_HOME")
@@ -364,7 +363,7 @@ class GimpAnswer:
 
 def ask_gimp(gimp: Gimp, timeout: float) -> GimpAnswer:
     """Run GIMP once (no display) and ask its PDB which of our procedures it registered."""
-    from .batch_edit import clean_log
+    from ffclip.app.gimp_console import clean_log
 
     code = QUERY.replace("__NAMES__", repr([PROCEDURE, CANCEL_PROCEDURE])).replace("__MARK__", repr(QUERY_MARK))
     try:

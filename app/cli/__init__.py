@@ -12,18 +12,19 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("ffclip.engine.cli.serve", "run the engine daemon (websocket server)"),
-    "edit": ("ffclip.engine.cli.edit", "edit the faces of a photo with a text prompt"),
-    "faces": ("ffclip.engine.cli.faces", "detect faces: boxes, landmarks, FFHQ quads"),
-    "models": ("ffclip.engine.cli.models", "list, fetch, import and verify model checkpoints"),
-    "conformance": ("ffclip.engine.cli.conformance", "check the models against parity fixtures"),
-    "service": ("ffclip.engine.cli.service", "install the daemon as a desktop service"),
-    "invert-folder": ("ffclip.engine.cli.invert_folder", "invert every face of a folder into W+"),
-    "train": ("ffclip.engine.cli.train", "train the FFCLIP mapper"),
-    "evaluate": ("ffclip.engine.cli.evaluate", "evaluate a mapper checkpoint"),
-    "bench": ("ffclip.engine.cli.bench", "time each stage at real model sizes"),
-    "install-gimp-plugin": ("ffclip.engine.cli.install_gimp_plugin", "install the GIMP 3 plug-in"),
-    "doctor": ("ffclip.engine.cli.doctor", "check the GIMP plug-in, the engine and the models; say how to fix"),
+    "serve": ("ffclip.app.cli.serve", "run the engine daemon (websocket server)"),
+    "edit": ("ffclip.app.cli.edit", "edit the faces of a photo with a text prompt"),
+    "faces": ("ffclip.app.cli.faces", "detect faces: boxes, landmarks, FFHQ quads"),
+    "models": ("ffclip.app.cli.models", "list, fetch, import and verify model checkpoints"),
+    "conformance": ("ffclip.app.cli.conformance", "check the models against parity fixtures"),
+    "service": ("ffclip.app.cli.service", "install the daemon as a desktop service"),
+    "invert-folder": ("ffclip.app.cli.invert_folder", "invert every face of a folder into W+"),
+    "train": ("ffclip.app.cli.train", "train the FFCLIP mapper"),
+    "evaluate": ("ffclip.app.cli.evaluate", "evaluate a mapper checkpoint"),
+    "bench": ("ffclip.app.cli.bench", "time each stage at real model sizes"),
+    "install-gimp-plugin": ("ffclip.app.cli.install_gimp_plugin", "install the GIMP 3 plug-in"),
+    "doctor": ("ffclip.app.cli.doctor", "check the GIMP plug-in, the engine and the models; say how to fix"),
+    "batch-edit": ("ffclip.app.batch_edit", "edit every photo of a folder through GIMP 3 and the plug-in"),
 }
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Edit every photo of a folder with one prompt, through GIMP 3 and the FFCLIP Edit plug-in.
 
-    python3 gimp/batch_edit.py PHOTOS/ "smiling, blond hair" -o EDITED/ [--edit "grey hair=1.2"]
-    python3 gimp/batch_edit.py CHURCHES/ "a gothic cathedral" -o EDITED/ --domain church
+    ffclip-engine batch-edit PHOTOS/ "smiling, blond hair" -o EDITED/ [--edit "grey hair=1.2"]
+    ffclip-engine batch-edit CHURCHES/ "a gothic cathedral" -o EDITED/ --domain church
+    (or python3 app/batch_edit.py ... from a checkout)
 
 Runs one `gimp-console-3.0 -i --batch-interpreter python-fu-eval -b - --quit` for the whole folder;
 inside it, each file is opened, `python-fu-ffclip-edit` runs non-interactively on its (selected or
@@ -20,136 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_CHROOT = "/opt/gimp3-root"
-CHROOT_HOME = "/tmp/ffclip-home"
+from ffclip.app.gimp_console import GimpConsole, clean_log
+
 PROCEDURE = "python-fu-ffclip-edit"
 STATUS_MARK = "FFCLIP-BATCH "
-GIMP_NOISE = (
-    "cannot open display",
-    "gimp_wire_read(): unexpected EOF",
-    "gimp_flush(): error: Broken pipe",
-)
-
-
-# --------------------------------------------------------------------------- finding and running GIMP
-
-
-@dataclass
-class GimpConsole:
-    """How to run gimp-console-3.0: natively, or inside a chroot (paths then need mapping)."""
-
-    command: list[str]
-    root: Path | None = None
-    home: str | None = None  # HOME for GIMP (inside the chroot for a chroot)
-    extra_env: dict = field(default_factory=dict)
-
-    @classmethod
-    def find(cls, gimp: str | None = None, root: str | None = None, home: str | None = None) -> GimpConsole:
-        gimp = gimp or os.environ.get("FFCLIP_GIMP_CONSOLE")
-        root = root or os.environ.get("FFCLIP_GIMP_ROOT")
-        home = home or os.environ.get("FFCLIP_GIMP_HOME")
-        if gimp:
-            return cls(shlex.split(gimp), None, home)
-        if root:
-            return cls.chroot(Path(root), home)
-        native = shutil.which("gimp-console-3.0")
-        if native:
-            return cls([native], None, home)
-        if (Path(DEFAULT_CHROOT) / "usr/bin/gimp-console-3.0").exists():
-            return cls.chroot(Path(DEFAULT_CHROOT), home)
-        raise FileNotFoundError(
-            "GIMP 3 was not found: install it (Debian 13: apt install gimp), give --gimp CMD, or build "
-            "the trixie chroot with `bash .ci/setup-gimp.sh` (then --gimp-root /opt/gimp3-root)"
-        )
-
-    @classmethod
-    def chroot(cls, root: Path, home: str | None = None) -> GimpConsole:
-        if not (root / "usr/bin/gimp-console-3.0").exists():
-            raise FileNotFoundError(f"no gimp-console-3.0 in the chroot {root} (run .ci/setup-gimp.sh)")
-        return cls(["/usr/bin/gimp-console-3.0"], root, home or CHROOT_HOME)
-
-    def environment(self) -> dict[str, str]:
-        """The variables by which `find()` finds this same GIMP again (in a child process, such as a
-        batch run started by a test)."""
-        env = {"FFCLIP_GIMP_HOME": self.home or ""}
-        if self.root is not None:
-            env["FFCLIP_GIMP_ROOT"] = str(self.root)
-        else:
-            env["FFCLIP_GIMP_CONSOLE"] = shlex.join(self.command)
-        return env
-
-    # Paths: `host(p)` is where GIMP's path p lies on this machine; `inside(p)` the reverse.
-    def host(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        if self.root is None:
-            return path
-        return self.root / path.relative_to("/")
-
-    def inside(self, path: str | os.PathLike) -> str:
-        path = Path(path).resolve()
-        if self.root is None:
-            return str(path)
-        return "/" + str(path.relative_to(self.root.resolve()))
-
-    def home_dir(self) -> Path:
-        """HOME of GIMP, on this machine."""
-        if self.home:
-            return self.host(self.home)
-        return Path(os.environ.get("HOME") or Path.home())
-
-    def plugin_dir(self) -> Path:
-        """GIMP 3's plug-ins folder of that HOME, on this machine."""
-        return self.home_dir() / ".config" / "GIMP" / "3.0" / "plug-ins"
-
-    def scratch(self) -> Path:
-        """A fresh folder GIMP can read and write (inside the chroot's /tmp for a chroot)."""
-        base = self.host("/tmp") if self.root is not None else None
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="ffclip-batch-", dir=str(base) if base else None))
-
-    def wrap(self, argv: list[str], display: str | None = None) -> tuple[list[str], dict]:
-        """(argv, env) to run a program of GIMP's system (gimp-console, xvfb-run, its python3)."""
-        inner = {"HOME": self.home or (CHROOT_HOME if self.root is not None else str(self.home_dir()))}
-        if display is not None:
-            inner["DISPLAY"] = display
-        inner.update(self.extra_env)
-        if self.root is None:
-            # The host's Python settings (virtualenvs, PYTHONPATH) must not reach GIMP's Python.
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "DISPLAY"}
-            env.pop("VIRTUAL_ENV", None)
-            env.update(inner)
-            return list(argv), env
-        inner = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **inner}
-        env_args = [f"{k}={v}" for k, v in inner.items()]
-        host_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-        return ["chroot", str(self.root), "env", "-i", *env_args, *argv], host_env
-
-    def argv(self, *gimp_args: str, display: str | None = None) -> tuple[list[str], dict]:
-        """(argv, env) to run gimp-console with `gimp_args`."""
-        return self.wrap([*self.command, *gimp_args], display)
-
-    def run_python(self, code: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
-        """Run Python `code` inside GIMP (python-fu-eval), without a display."""
-        self.home_dir().mkdir(parents=True, exist_ok=True)
-        argv, env = self.argv("-i", "-n", "-d", "--batch-interpreter", "python-fu-eval", "-b", "-", "--quit")
-        return subprocess.run(argv, input=code, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def clean_log(text: str) -> str:
-    """GIMP's output without the known harmless noise."""
-    lines = [ln for ln in text.splitlines() if ln.strip() and not any(n in ln for n in GIMP_NOISE)]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the GIMP-side driver
@@ -350,7 +231,7 @@ def _write_status(out_dir: Path, results: list[dict]) -> None:
 
 def install_plugin(console: GimpConsole, url: str | None) -> None:
     try:
-        from ffclip.gimp import install
+        from ffclip.app import install
     except ImportError:
         raise SystemExit("--install-plugin needs the project installed: pip install '.[dev]'") from None
     given = {"url": url} if url else {}
@@ -378,10 +259,7 @@ def procedure_args(args: argparse.Namespace) -> dict:
     return proc_args
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="batch_edit.py", description="Edit every photo of a folder with FFCLIP Edit in GIMP 3."
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, help="folder of photos (every file in it is tried)")
     parser.add_argument("prompt", help='the edit, e.g. "smiling, blond hair"')
     parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
@@ -408,24 +286,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gimp-home", help="HOME for GIMP (inside the chroot for --gimp-root)")
     parser.add_argument("--install-plugin", action="store_true", help="install the plug-in into that GIMP first")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole folder")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
-        parser.error(f"{args.folder} is not a folder")
+        print(f"batch-edit: {args.folder} is not a folder", file=sys.stderr)
+        return 2
     try:
         proc_args = procedure_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        print(f"batch-edit: {exc}", file=sys.stderr)
+        return 2
     try:
         console = GimpConsole.find(args.gimp, args.gimp_root, args.gimp_home)
         if args.install_plugin:
             install_plugin(console, args.url)
     except (FileNotFoundError, OSError) as exc:
-        print(f"batch_edit: {exc}", file=sys.stderr)
+        print(f"batch-edit: {exc}", file=sys.stderr)
         return 2
     status, _ = run_batch(args.folder, args.prompt, args.out, console, proc_args, args.format, args.timeout)
     return status
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="batch_edit.py", description="Edit every photo of a folder with FFCLIP Edit in GIMP 3."
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

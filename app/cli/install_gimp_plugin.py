@@ -1,4 +1,4 @@
-"""`ffclip-engine install-gimp-plugin`: put the FFCLIP Edit plug-in where GIMP 3 finds it (gimp/install.py)."""
+"""`ffclip-engine install-gimp-plugin`: put the FFCLIP Edit plug-in where GIMP 3 finds it (app/install.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ffclip.app.install import ENTRY, find_plugin_dirs, install, sandboxed, uninstall
 from ffclip.gimp import settings as gimp_settings
-from ffclip.gimp.install import ENTRY, find_plugin_dirs, install, sandboxed, uninstall
 from ffclip.plugin.protocol import DEFAULT_URL
 from ffclip.plugin.tls import format_fingerprint, normalize_fingerprint
 

@@ -190,7 +190,7 @@ def make_loader(args: argparse.Namespace, device: str | None = None, first: bool
         return functools.partial(
             FakeBackend, args.fake_stage_seconds, photos, max_pixels=args.max_pixels, device=device
         )
-    from ffclip.bridge.backend import load_engine_backend
+    from ffclip.bridge.domains import load_engine_backend
 
     budget = None if args.domain_memory is None else int(args.domain_memory * 1e9)
     load = functools.partial(

@@ -1,5 +1,5 @@
 """`ffclip-engine doctor`: why is the menu entry missing, or why does an edit fail, in one command
-(the checks are in engine/doctor.py and gimp/doctor.py; docs/troubleshooting.md explains each)."""
+(the checks are in app/doctor/engine.py and app/doctor/gimp.py; docs/troubleshooting.md explains each)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ffclip.app.doctor.engine import diagnose
+    from ffclip.app.doctor.gimp import Context, render_text, to_json
     from ffclip.engine import __version__
-    from ffclip.engine.doctor import diagnose
-    from ffclip.gimp.doctor import Context, render_text, to_json
     from ffclip.gimp.settings import normalize_url
 
     if args.url:

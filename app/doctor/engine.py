@@ -1,9 +1,9 @@
 """`ffclip-engine doctor`: every check, in the order a user fixes things (the command is cli/doctor.py).
 
-GIMP side (ffclip.gimp.doctor): profiles, the plug-in in each, whether GIMP registers it, the
+GIMP side (ffclip.app.doctor.gimp): profiles, the plug-in in each, whether GIMP registers it, the
 plug-in's logs. Here: the engine at each URL the plug-in uses (reachable, version, state, token,
 TLS), the models of the profile in use, the device, the engine's log. `diagnose(ctx)` returns the
-checks; `render_text` / `to_json` in ffclip.gimp.doctor print them.
+checks; `render_text` / `to_json` in ffclip.app.doctor.gimp print them.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ffclip.gimp import doctor as gd
+from ffclip.app.doctor import gimp as gd
+from ffclip.app.doctor.gimp import FAIL, INFO, OK, Check, Context, Profile, command, install_fix
 from ffclip.gimp import settings as gimp_settings
-from ffclip.gimp.doctor import FAIL, INFO, OK, Check, Context, Profile, command, install_fix
 from ffclip.plugin import paths
+from ffclip.plugin.protocol import EngineState
 from ffclip.plugin.tls import CertificateRefused, TLSVerify, certificate_fingerprint, format_fingerprint
 
 GB = 1 << 30
@@ -165,7 +166,7 @@ def serve_argv(target: Target, profile: str | None = None) -> list[str]:
     from ffclip.gimp.edit import command_for_url
 
     start = [str(c) for c in (target.settings.get("start_command") or [])]
-    if "serve" in start and "ffclip.engine" in start:
+    if "serve" in start and ("ffclip.app" in start or "ffclip.engine" in start):  # the latter: older settings
         argv = ["ffclip-engine", *start[start.index("serve") :]]
     else:
         argv = ["ffclip-engine", "serve", "--port", "8765"]
@@ -319,7 +320,7 @@ def _not_running(ctx: Context, target: Target, check) -> Check:
         if os.path.isfile(program) or (os.sep not in program and _which(program, ctx)):
             text = f"not running; the plug-in starts it when needed: {command(start, ctx.platform)}"
             return check("reachable", OK, text, autostart=True)
-        fresh = [sys.executable, "-m", "ffclip.engine", "serve", "--port", str(gimp_settings.url_port(target.url))]
+        fresh = [sys.executable, "-m", "ffclip.app", "serve", "--port", str(gimp_settings.url_port(target.url))]
         fix = settings_fix(ctx, target, "--start-command", command(fresh, ctx.platform))
         return check("reachable", FAIL, f"not running, and the plug-in's start command {program} does not exist", fix)
     return check("reachable", FAIL, f"the engine is not running at {target.url}", start_fix(ctx, target))
@@ -340,28 +341,28 @@ def _version_check(ctx: Context, target: Target, status: dict, check) -> Check:
 
 
 def state_check(ctx: Context, target: Target, status: dict, check) -> Check:
-    state = status.get("state") or "ready"
+    state = status.get("state") or EngineState.READY
     profile = status.get("profile") or "?"
     untrained = " (untrained networks: edits are noise)" if status.get("untrained") else ""
     where = f"profile {profile}{untrained}, device {status.get('device', '?')}"
-    if state == "ready":
+    if state == EngineState.READY:
         return check("state", OK, f"ready: {where}", state=state, profile=profile)
-    if state == "loading":
+    if state == EngineState.LOADING:
         return check("state", OK, "loading its models: edits wait in the queue until it is ready", state=state)
-    if state == "downloading":
+    if state == EngineState.DOWNLOADING:
         d = status.get("download") or {}
         done, total = d.get("done"), d.get("total")
         amount = f"{_gb(done)} of {_gb(total)}" if done is not None and total else (f"{_gb(done)}" if done else "")
         text = f"downloading its models ({d.get('file', '?')} {amount}, {d.get('files_left', '?')} files left)"
         return check("state", OK, text + ": edits wait until it is ready", state=state)
     models = status.get("models") or {}
-    if state == "missing":
+    if state == EngineState.MISSING:
         missing = ", ".join(models.get("missing") or []) or "?"
         restart = restart_fix(ctx, target, profile)
         fix = f"ffclip-engine models fetch   (then restart the engine: {restart})"
         text = f"missing models ({missing}): it refuses every edit"
         return check("state", FAIL, text, fix, "models.real", state=state, restart=restart)
-    if state == "failed":
+    if state == EngineState.FAILED:
         restart = restart_fix(ctx, target, profile)
         fix = f"read the last error in the engine log (below), then restart the engine: {restart}"
         return check("state", FAIL, "the engine failed to load its models", fix, state=state)

@@ -167,7 +167,7 @@ def module_convs(module: nn.Module, *inputs: Tensor) -> list[ConvShape]:
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
     try:
-        # autograd on: the reference formulation, which calls every Conv2d module (the inference
+        # the REFERENCE synthesis path (a module's default) calls every Conv2d module (the inference
         # paths call F.conv2d with folded weights); nothing requires grad, so no graph is kept
         with torch.enable_grad():
             module(*inputs)
