@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ffclip.engine.cache import LRUCache
-from ffclip.plugin.protocol import CACHEABLE_STAGES, STAGES, EditResult, EngineError
+from ffclip.plugin.protocol import CACHEABLE_STAGES, STAGES, EditResult, EngineError, EngineState
 
 from .backend import CancelFn, ProgressFn, image_array, selection_array
 from .messages import EditAnnouncement
@@ -33,7 +33,7 @@ class FakeBackend:
 
     def describe(self) -> dict:
         models = {"profile": "fake", "untrained": True, "note": "no models: a test stand-in"}
-        return {"state": "ready", "models": models, "device": self.device}
+        return {"state": EngineState.READY, "models": models, "device": self.device}
 
     def cache_stats(self) -> dict:
         return {"inversion": self._cache.stats(), "text": {"entries": len(self._prompts)}}

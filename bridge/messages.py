@@ -1,9 +1,10 @@
 """Protocol messages on the engine side: reading client requests, building replies.
 
-The request and result values, the constants and the field rules are `ffclip.plugin.protocol`'s
-(one definition for the daemon and its clients); this module adds what only the engine does: the
-lenient frame count of a refused announcement, JSON encoding of numpy values, and scrubbing this
-machine's paths out of every message.
+The request and result values, the message types, the constants and the field rules are
+`ffclip.plugin.protocol`'s (one definition for the daemon and its clients); this module builds the
+engine's messages from those types and adds what only the engine does: the lenient frame count of a
+refused announcement, JSON encoding of numpy values, and scrubbing this machine's paths out of
+every message.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ffclip.plugin.protocol import PROTOCOL_VERSION, BadRequest, EditParams, ImageSpec, job_id_of
+from ffclip.plugin.protocol import (
+    BadRequest,
+    CancelledMessage,
+    EditParams,
+    ErrorMessage,
+    ImageSpec,
+    ProgressMessage,
+    QueuedMessage,
+    StatusMessage,
+    job_id_of,
+)
 
 
 @dataclass(frozen=True)
@@ -73,26 +84,23 @@ def _plain(value: Any) -> Any:
 
 
 def status(fields: dict) -> dict:
-    return {"type": "status", "protocol": PROTOCOL_VERSION, **fields}
+    return StatusMessage(fields).to_message()
 
 
 def queued(job_id: str, position: int) -> dict:
-    return {"type": "queued", "id": job_id, "position": position}
+    return QueuedMessage(job_id, position).to_message()
 
 
 def progress(job_id: str, stage: str, value: float) -> dict:
-    return {"type": "progress", "id": job_id, "stage": stage, "value": round(min(max(value, 0.0), 1.0), 4)}
+    return ProgressMessage(job_id, stage, value).to_message()
 
 
 def error(code: str, message: str, job_id: str | None = None) -> dict:
-    reply: dict = {"type": "error", "code": code, "message": scrub_paths(message)}
-    if job_id is not None:
-        reply["id"] = job_id
-    return reply
+    return ErrorMessage(code, scrub_paths(message), job_id).to_message()
 
 
 def cancelled(job_id: str) -> dict:
-    return {"type": "cancelled", "id": job_id}
+    return CancelledMessage(job_id).to_message()
 
 
 # ---------------------------------------------------------------------- no paths on the wire

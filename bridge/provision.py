@@ -1,6 +1,6 @@
 """The daemon gets its model files by itself: fetch what the store lacks, then load the engine.
 
-`Provisioner` wraps the daemon's loader (`load_engine_backend`). It runs on the worker thread, like
+`Provisioner` wraps the daemon's loader (`domains.load_engine_backend`). It runs on the worker thread, like
 the loader, so the event loop never waits on the network; while it downloads, `describe()` (read by
 the event loop for every status message, under a lock, a few microseconds) says `downloading`
 with the current file's progress. When the files are in, the engine loads as it always did. What
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ffclip.engine.store import ModelStore, VerifyResult
+from ffclip.plugin.protocol import EngineState
 
 from .backend import Backend, UnavailableBackend
 
@@ -67,7 +68,7 @@ class Provisioner:
             if self._download is None:
                 return None
             download = dict(self._download)
-        return {"state": "downloading", "download": download, "models": {"state": "downloading"}}
+        return {"state": EngineState.DOWNLOADING, "download": download, "models": {"state": EngineState.DOWNLOADING}}
 
     def stop(self) -> None:
         self._stop.set()

@@ -34,6 +34,7 @@ from ffclip.plugin.protocol import (
     STAGES,
     BadRequest,
     EngineError,
+    EngineState,
     ImageSpec,
     decode,
     job_id_of,
@@ -312,8 +313,14 @@ class Worker:
     def describe(self) -> dict:
         """For `status.workers`: the device, the state, the running job's user and stage (never its id:
         ids let anyone cancel)."""
-        info = self.backend.describe() if self.backend is not None else {"state": "loading", "device": "loading"}
-        entry: dict = {"index": self.index, "device": info.get("device", "cpu"), "state": info.get("state", "ready")}
+        info = (
+            self.backend.describe() if self.backend is not None else {"state": EngineState.LOADING, "device": "loading"}
+        )
+        entry: dict = {
+            "index": self.index,
+            "device": info.get("device", "cpu"),
+            "state": info.get("state", EngineState.READY),
+        }
         job = self.job
         entry["job"] = None if job is None else {"user": job.user or None, "stage": self.stage}
         entry["jobs_done"] = self.done
@@ -453,7 +460,10 @@ class EngineServer:
         if ws.identity is None:
             if ws.token_sent:
                 log.warning("refused a client whose token is not accepted (%s)", _address(ws))
-                hint = "this engine does not accept the token sent in 'Authorization: Bearer <token>' (a wrong one, or revoked)"
+                hint = (
+                    "this engine does not accept the token sent in 'Authorization: Bearer <token>' "
+                    "(a wrong one, or revoked)"
+                )
             else:
                 log.warning("refused a client without a token (%s)", _address(ws))
                 hint = "this engine needs a token: send the header 'Authorization: Bearer <token>'"
@@ -719,7 +729,7 @@ class EngineServer:
         while True:
             await asyncio.sleep(self.config.download_status_interval)
             details = self._loading_details()
-            if (self._downloaded or details.get("state") == "downloading") and details != last:
+            if (self._downloaded or details.get("state") == EngineState.DOWNLOADING) and details != last:
                 self._broadcast_status()
             last = details
 
@@ -731,19 +741,21 @@ class EngineServer:
     def status_message(self) -> dict:
         backend = self.backend
         if backend is None:
-            info: dict = {"state": "loading", "models": {"state": "loading"}, "device": "loading"}
+            info: dict = {"state": EngineState.LOADING, "models": {"state": EngineState.LOADING}, "device": "loading"}
             info.update(self._loading_details())
             # a client told `downloading` is told how it ended, too (see _load_all)
-            self._downloaded = self._downloaded or info["state"] == "downloading"
+            self._downloaded = self._downloaded or info["state"] == EngineState.DOWNLOADING
             cache: dict = {}
         else:
             info, cache = backend.describe(), self._cache_stats()
         models = info.get("models", {})
         workers = [w.describe() for w in self.workers]
-        devices = [str(w["device"]) for w in workers if w["state"] != "loading"] or [info.get("device", "cpu")]
+        devices = [str(w["device"]) for w in workers if w["state"] != EngineState.LOADING] or [
+            info.get("device", "cpu")
+        ]
         fields = {
             "version": self.version,
-            "state": info.get("state", "ready"),
+            "state": info.get("state", EngineState.READY),
             "device": ",".join(devices) if len(workers) > 1 else info.get("device", "cpu"),
             "profile": models.get("profile"),
             "untrained": bool(models.get("untrained", False)),

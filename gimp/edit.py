@@ -2,7 +2,7 @@
 
 The GIMP entry (`gimp/ffclip-edit/ffclip-edit.py`) only reads and writes GIMP objects; every decision
 lives here so that it can be tested with plain Python. Standard library only (copied into the GIMP plug-in
-folder with ffclip.plugin, see gimp/install.py).
+folder with ffclip.plugin, see app/install.py).
 
 Pixel conventions: layer pixels travel as RGBA8 rows (`R'G'B'A u8`, what GEGL converts any layer
 precision and type to), selections and masks as one byte per pixel (`Y u8`). Coordinates in a
@@ -29,6 +29,7 @@ from ffclip.plugin.protocol import (
     ConnectionFailed,
     EditParams,
     EditResult,
+    EngineState,
     ImageSpec,
 )
 
@@ -185,7 +186,7 @@ class Progress:
 
 def download_text(status: dict) -> str | None:
     """What to show while the engine downloads its model files (status `downloading`), else None."""
-    download = status.get("download") if status.get("state") == "downloading" else None
+    download = status.get("download") if status.get("state") == EngineState.DOWNLOADING else None
     if not isinstance(download, dict):
         return None
     done, total = download.get("done") or 0, download.get("total")
@@ -208,7 +209,7 @@ class ProgressRelay:
         """A status the engine pushed while the job waits: the download's progress, then loading."""
         text = download_text(message)
         if text is None:
-            if message.get("state") == "loading" and self.stage == "download":
+            if message.get("state") == EngineState.LOADING and self.stage == "download":
                 self.stage = "loading"
                 self.sink.text(stage_text("loading"))
             return

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ffclip.plugin import session as events
-from ffclip.plugin.protocol import MAX_EDITS, Attribute, BadRequest, EditParams, EditResult, EngineError
+from ffclip.plugin.protocol import MAX_EDITS, Attribute, BadRequest, EditParams, EditResult, EngineError, EngineState
 
 from .edit import STRENGTH_DEFAULT, download_text, error_message, overall_progress, stage_text
 
@@ -255,18 +255,18 @@ class LiveEditor:
 
 def engine_state(status: dict, domain: str = "face") -> tuple[str, bool]:
     """(a line about the engine's state, whether it can edit `domain` now)."""
-    state = status.get("state", "ready")
+    state = status.get("state", EngineState.READY)
     models = status.get("models") or {}
-    if domain != "face" and state not in ("loading", "downloading"):
+    if domain != "face" and state not in EngineState.WAITING:
         return _domain_state(status, domain)
-    if state == "loading":
+    if state == EngineState.LOADING:
         return "The FFCLIP engine is loading its models\u2026", False
-    if state == "downloading":
+    if state == EngineState.DOWNLOADING:
         return f"The FFCLIP engine is fetching its models: {download_text(status) or 'downloading'}", False
-    if state == "missing":
+    if state == EngineState.MISSING:
         fetch = models.get("fetch") or "ffclip-engine models fetch"
         return f"The FFCLIP engine has no model weights yet: run {fetch}", False
-    if state == "failed":
+    if state == EngineState.FAILED:
         return "The FFCLIP engine could not load its models; see its log (engine.log).", False
     device = status.get("device", "?")
     if status.get("untrained"):
@@ -280,16 +280,16 @@ def _domain_state(status: dict, domain: str) -> tuple[str, bool]:
     if info is None:
         return f"This FFCLIP engine edits faces only; update it to edit a {domain}.", False
     state = info.get("state")
-    if state == "missing":
+    if state == EngineState.MISSING:
         fetch = info.get("fetch") or f"ffclip-engine models fetch {domain}"
         return f"The FFCLIP engine has no {domain} model weights yet: run {fetch}", False
-    if state == "failed":
+    if state == EngineState.FAILED:
         return f"The FFCLIP engine could not load its {domain} models; see its log (engine.log).", False
     untrained = " tiny profile, untrained networks — the edits are noise." if status.get("untrained") else ""
-    if state == "loading":
+    if state == EngineState.LOADING:
         return f"Loading the {domain} models…{untrained}", True  # the edit waits for them
     device = status.get("device", "?")
-    first = " (its models load with the first preview)" if state == "available" else ""
+    first = " (its models load with the first preview)" if state == EngineState.AVAILABLE else ""
     return f"Engine ready on {device} for a {domain}{first}.{untrained}", True
 
 

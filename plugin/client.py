@@ -22,17 +22,23 @@ from .protocol import (
     PROTOCOL_VERSION,
     BadRequest,
     Cancelled,
+    CancelledMessage,
     ConnectionFailed,
     EditParams,
     EditResult,
     EngineError,
+    ErrorMessage,
     ImageSpec,
+    ProgressMessage,
     ProtocolViolation,
+    QueuedMessage,
+    ResultMessage,
+    StatusMessage,
     cancel_message,
     decode,
     encode,
-    error_from,
     new_job_id,
+    read_event,
     status_request,
 )
 from .tls import CertificateRefused, TLSVerify, refusal
@@ -89,19 +95,18 @@ class EngineClient:
         except BaseException:
             self.close()
             raise
-        if greeting.get("type") == "error":
+        event = read_event(greeting)
+        if isinstance(event, ErrorMessage):
             self.close()
-            raise error_from(greeting)
-        if greeting.get("type") != "status":
+            raise event.exception()
+        if not isinstance(event, StatusMessage):
             self.close()
-            raise ProtocolViolation(f"expected a status greeting, got {greeting.get('type')!r}")
-        if greeting.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolViolation(f"expected a status greeting, got {greeting['type']!r}")
+        if event.protocol != PROTOCOL_VERSION:
             self.close()
-            raise ProtocolViolation(
-                f"engine speaks protocol {greeting.get('protocol')!r}, this client {PROTOCOL_VERSION}"
-            )
-        self.last_status = greeting
-        return greeting
+            raise ProtocolViolation(f"engine speaks protocol {event.protocol!r}, this client {PROTOCOL_VERSION}")
+        self.last_status = event.fields
+        return event.fields
 
     def close(self) -> None:
         ws, self._ws = self._ws, None
@@ -139,12 +144,12 @@ class EngineClient:
         ws = self._send_fresh(status_request())
         deadline = time.monotonic() + self.timeout
         while True:
-            message = self._receive_json(ws, deadline)
-            if message.get("type") == "status":
-                self.last_status = message
-                return message
-            if message.get("type") == "error" and "id" not in message:
-                raise error_from(message)
+            event = read_event(self._receive_json(ws, deadline))
+            if isinstance(event, StatusMessage):
+                self.last_status = event.fields
+                return event.fields
+            if isinstance(event, ErrorMessage) and event.id is None:
+                raise event.exception()
 
     def cancel(self, job_id: str) -> None:
         """Ask the engine to cancel a job (of any connection); the job's own connection gets the answer."""
@@ -217,32 +222,32 @@ class EngineClient:
                     raise ProtocolViolation("engine sent an unannounced binary frame")
                 skip_binary = False
                 continue
-            message = _decode(raw)
-            kind, mine = message["type"], message.get("id") == job_id
-            if kind == "status":
-                self.last_status = message
+            event = read_event(_decode(raw))
+            if isinstance(event, StatusMessage):
+                self.last_status = event.fields
                 if on_status is not None:
-                    on_status(message)
-            elif kind == "result" and not mine:
-                skip_binary = True
-            elif kind == "error" and (mine or "id" not in message):
-                raise error_from(message)
-            elif not mine:
-                continue
-            elif kind == "queued" and on_queued is not None:
-                on_queued(int(message.get("position", 0)))
-            elif kind == "progress" and on_progress is not None:
-                on_progress(str(message.get("stage")), float(message.get("value", 0.0)))
-            elif kind == "cancelled":
+                    on_status(event.fields)
+            elif isinstance(event, ErrorMessage):
+                if event.id in (job_id, None):  # this job's, or a refusal of what was sent
+                    raise event.exception()
+            elif event is None or event.id != job_id:
+                skip_binary = isinstance(event, ResultMessage)
+            elif isinstance(event, QueuedMessage):
+                if on_queued is not None:
+                    on_queued(event.position)
+            elif isinstance(event, ProgressMessage):
+                if on_progress is not None:
+                    on_progress(event.stage, event.value)
+            elif isinstance(event, CancelledMessage):
                 raise Cancelled(job_id=job_id)
-            elif kind == "result":
-                return self._read_result(ws, message, job_id)
+            else:
+                return self._read_result(ws, event)
 
-    def _read_result(self, ws: WebSocket, message: dict, job_id: str) -> EditResult:
+    def _read_result(self, ws: WebSocket, event: ResultMessage) -> EditResult:
         data = self._receive(ws)
         if not isinstance(data, bytes):
             raise ProtocolViolation("result without its binary frame")
-        return EditResult.from_message(message, data)
+        return event.result(data)
 
     def _receive(self, ws: WebSocket, deadline: float | None = None) -> str | bytes:
         timeout = self.timeout if deadline is None else max(0.001, deadline - time.monotonic())

@@ -1,10 +1,12 @@
 """Wire protocol version 1 between the engine daemon and its clients (docs/protocol.md).
 
 Standard library only: the GIMP plug-in, the command-line client and the daemon all import it, so
-every constant, every field limit and the two values that cross the wire — the edit's parameters
-(`EditParams`) and its result (`EditResult`) — are defined here once. Each value builds its own
-message (`to_message`) and reads one back (`from_message`); reading validates every field, and the
-engine is the side that reads requests, so a request is validated once, where it is used.
+every constant, every field limit, the engine's states (`EngineState`) and every value that crosses
+the wire are defined here once: the edit's parameters (`EditParams`) and its result (`EditResult`),
+and a type per engine message (`StatusMessage`, `QueuedMessage`, `ProgressMessage`, `ResultMessage`,
+`CancelledMessage`, `ErrorMessage`). Each builds its own message (`to_message`); the engine reads
+requests with `EditParams.from_message` (which validates every field, once, where it is used) and
+clients read the engine's messages with one `read_event`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ ERROR_CODES = (
     "unauthorized",
     "internal",
 )
+
+
+class EngineState:
+    """What the engine can do now: `status.state`, a worker's and a domain's `state` (docs/protocol.md)."""
+
+    READY = "ready"  # edits run
+    LOADING = "loading"  # the models are loading; edits wait
+    DOWNLOADING = "downloading"  # the daemon fetches its model files (`status.download`); edits wait
+    MISSING = "missing"  # model files are absent; edits answer models_missing
+    FAILED = "failed"  # loading failed; edits answer the reason
+    AVAILABLE = "available"  # a domain whose files are here, loaded on its first edit
+    ALL = (READY, LOADING, DOWNLOADING, MISSING, FAILED, AVAILABLE)
+    WAITING = (LOADING, DOWNLOADING)  # states in which an edit is queued until the engine is ready
+
 
 IMAGE_FORMATS = ("rgba8", "png")
 SELECTION_FORMATS = ("a8",)
@@ -353,7 +369,7 @@ class EditResult:
     def to_message(self) -> dict:
         x, y, w, h = self.region
         return {
-            "type": "result",
+            "type": ResultMessage.TYPE,
             "id": self.id,
             "region": [x, y, w, h],
             "format": "rgba8",
@@ -399,6 +415,154 @@ class EditResult:
         )
 
 
+# --------------------------------------------------------------------------- engine → client
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    """`status`: the engine's state and what it holds (the whole message in `fields`)."""
+
+    fields: dict
+
+    TYPE = "status"
+
+    @property
+    def state(self) -> str:
+        state = self.fields.get("state")
+        return state if state in EngineState.ALL else EngineState.READY
+
+    @property
+    def protocol(self) -> Any:
+        return self.fields.get("protocol")
+
+    @property
+    def download(self) -> dict | None:
+        """The file being fetched (`file`, `done`, `total`, `files_left`) while `downloading`."""
+        download = self.fields.get("download")
+        return download if self.state == EngineState.DOWNLOADING and isinstance(download, dict) else None
+
+    @property
+    def domains(self) -> dict:
+        domains = self.fields.get("domains")
+        return domains if isinstance(domains, dict) else {}
+
+    def to_message(self) -> dict:
+        return {"type": self.TYPE, "protocol": PROTOCOL_VERSION, **self.fields}
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """`queued`: the job waits with `position` jobs ahead of it."""
+
+    id: str
+    position: int
+
+    TYPE = "queued"
+
+    def to_message(self) -> dict:
+        return {"type": self.TYPE, "id": self.id, "position": self.position}
+
+
+@dataclass(frozen=True)
+class ProgressMessage:
+    """`progress`: how far the job is in one of STAGES (0..1)."""
+
+    id: str
+    stage: str
+    value: float
+
+    TYPE = "progress"
+
+    def to_message(self) -> dict:
+        value = round(min(max(self.value, 0.0), 1.0), 4)
+        return {"type": self.TYPE, "id": self.id, "stage": self.stage, "value": value}
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """`result`: announces the RGBA frame that follows; `result(frame)` is the EditResult of both."""
+
+    id: str
+    fields: dict
+
+    TYPE = "result"
+
+    def result(self, frame: bytes) -> EditResult:
+        return EditResult.from_message(self.fields, frame)
+
+
+@dataclass(frozen=True)
+class CancelledMessage:
+    """`cancelled`: the job ended without a result (asked by a client, or the engine shut down)."""
+
+    id: str
+
+    TYPE = "cancelled"
+
+    def to_message(self) -> dict:
+        return {"type": self.TYPE, "id": self.id}
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    """`error`: a job's failure (`id`), or a refusal of a message that names no job (id None)."""
+
+    code: str
+    message: str
+    id: str | None = None
+
+    TYPE = "error"
+
+    def to_message(self) -> dict:
+        reply: dict = {"type": self.TYPE, "code": self.code, "message": self.message}
+        if self.id is not None:
+            reply["id"] = self.id
+        return reply
+
+    def exception(self) -> EngineError:
+        if self.code == "cancelled":
+            return Cancelled(self.message or "the edit was cancelled", self.id)
+        return EngineError(self.code, self.message, self.id)
+
+
+ServerMessage = StatusMessage | QueuedMessage | ProgressMessage | ResultMessage | CancelledMessage | ErrorMessage
+
+
+def read_event(message: dict) -> ServerMessage | None:
+    """An engine message (decoded: a dict with a string `type`) as its type; None for a type this
+    client does not know (a newer engine's addition: ignored). Raises ProtocolViolation when a
+    known type lacks what it must carry."""
+    kind = message["type"]
+    if kind == StatusMessage.TYPE:
+        return StatusMessage(message)
+    if kind == ErrorMessage.TYPE:
+        job_id = message.get("id") if isinstance(message.get("id"), str) else None
+        return ErrorMessage(str(message.get("code") or "internal"), str(message.get("message") or ""), job_id)
+    job_id = message.get("id")
+    if not isinstance(job_id, str):
+        if kind in (QueuedMessage.TYPE, ProgressMessage.TYPE, ResultMessage.TYPE, CancelledMessage.TYPE):
+            raise ProtocolViolation(f"a {kind!r} message without its job id")
+        return None
+    if kind == QueuedMessage.TYPE:
+        return QueuedMessage(job_id, _reported_int(message.get("position")))
+    if kind == ProgressMessage.TYPE:
+        return ProgressMessage(job_id, str(message.get("stage")), _reported_float(message.get("value")))
+    if kind == ResultMessage.TYPE:
+        return ResultMessage(job_id, message)
+    if kind == CancelledMessage.TYPE:
+        return CancelledMessage(job_id)
+    return None
+
+
+def _reported_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _reported_float(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else 0.0
+
+
 # --------------------------------------------------------------------------- other messages
 
 
@@ -440,18 +604,6 @@ def job_id_of(message: dict) -> str:
     if len(job_id) > MAX_ID_LENGTH:
         raise BadRequest(f"'id' is longer than {MAX_ID_LENGTH} characters")
     return job_id
-
-
-def error_from(message: dict) -> EngineError:
-    """The exception for an engine `error` (or `cancelled`) message."""
-    job_id = message.get("id") if isinstance(message.get("id"), str) else None
-    if message.get("type") == "cancelled":
-        return Cancelled(job_id=job_id)
-    code = str(message.get("code") or "internal")
-    text = str(message.get("message") or "")
-    if code == "cancelled":
-        return Cancelled(text or "the edit was cancelled", job_id)
-    return EngineError(code, text, job_id)
 
 
 def attributes(pairs: Iterable[tuple[str, float]]) -> tuple[Attribute, ...]:

@@ -19,17 +19,23 @@ from .client import closed_error, open_engine_socket
 from .protocol import (
     PROTOCOL_VERSION,
     BadRequest,
+    CancelledMessage,
     ConnectionFailed,
     EditParams,
     EditResult,
     EngineError,
+    ErrorMessage,
     ImageSpec,
+    ProgressMessage,
     ProtocolViolation,
+    QueuedMessage,
+    ResultMessage,
+    StatusMessage,
     cancel_message,
     decode,
     encode,
-    error_from,
     new_job_id,
+    read_event,
     status_request,
 )
 from .tls import TLSVerify
@@ -237,24 +243,24 @@ class EngineSession:
             message = decode(raw)
         except BadRequest as exc:
             raise ProtocolViolation(f"the engine sent {exc.message}") from None
-        kind, job_id = message["type"], message.get("id")
-        if kind == "status":
-            if message.get("protocol") != PROTOCOL_VERSION:
-                raise ProtocolViolation(f"the engine speaks protocol {message.get('protocol')!r}")
-            self._emit(StatusChanged(message))
-        elif kind == "queued":
-            self._emit(Queued(str(job_id), int(message.get("position", 0))))
-        elif kind == "progress":
-            self._emit(Progress(str(job_id), str(message.get("stage")), float(message.get("value", 0.0))))
-        elif kind == "result":
+        event = read_event(message)
+        if isinstance(event, StatusMessage):
+            if event.protocol != PROTOCOL_VERSION:
+                raise ProtocolViolation(f"the engine speaks protocol {event.protocol!r}")
+            self._emit(StatusChanged(event.fields))
+        elif isinstance(event, QueuedMessage):
+            self._emit(Queued(event.id, event.position))
+        elif isinstance(event, ProgressMessage):
+            self._emit(Progress(event.id, event.stage, event.value))
+        elif isinstance(event, ResultMessage):
             frame = ws.recv(timeout=None)
             if not isinstance(frame, bytes):
                 raise ProtocolViolation("result without its binary frame")
-            self._emit(ResultReady(str(job_id), EditResult.from_message(message, frame)))
-        elif kind == "cancelled":
-            self._emit(JobCancelled(str(job_id)))
-        elif kind == "error":
-            self._emit(JobFailed(job_id if isinstance(job_id, str) else None, error_from(message)))
+            self._emit(ResultReady(event.id, event.result(frame)))
+        elif isinstance(event, CancelledMessage):
+            self._emit(JobCancelled(event.id))
+        elif isinstance(event, ErrorMessage):
+            self._emit(JobFailed(event.id, event.exception()))
 
     def _emit(self, event: Event) -> None:
         if isinstance(event, ResultReady | JobFailed | JobCancelled) and event.job_id is not None:
