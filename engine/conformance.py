@@ -87,15 +87,17 @@ def _image_outputs(tag: str, image: torch.Tensor, expected: np.lib.npyio.NpzFile
 
 def run_generator(sd: dict, data, device: torch.device, dtype: torch.dtype) -> dict[str, np.ndarray]:
     from .checkpoints.layouts import generator_config
-    from .models.stylegan2 import Generator
+    from .models.stylegan2 import Generator, SynthesisPath
 
     g = Generator(**generator_config(sd)).eval()
     g.load_state_dict(sd, strict=True)
     g.to(device, dtype)
+    path = SynthesisPath.for_inference(device)  # the path the engine synthesizes with on this device
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         if "w_plus" in data.files:
-            img, _ = g([_tensor(data["w_plus"], device, dtype)], input_is_latent=True, randomize_noise=False)
+            w_plus = _tensor(data["w_plus"], device, dtype)
+            img, _ = g([w_plus], input_is_latent=True, randomize_noise=False, path=path)
             out.update(_image_outputs("img_wplus", img, data))
         if "z" in data.files:
             z = _tensor(data["z"], device, dtype)
@@ -104,7 +106,9 @@ def run_generator(sd: dict, data, device: torch.device, dtype: torch.dtype) -> d
             t_lat = None
             if "truncation_latent" in data.files:
                 t_lat = _tensor(data["truncation_latent"], device, dtype)
-            img, latents = g([z], truncation=trunc, truncation_latent=t_lat, randomize_noise=False, return_latents=True)
+            img, latents = g(
+                [z], truncation=trunc, truncation_latent=t_lat, randomize_noise=False, return_latents=True, path=path
+            )
             out["latents_z"] = latents.cpu().numpy()
             out.update(_image_outputs("img_z", img, data))
     return out

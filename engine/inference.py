@@ -22,7 +22,7 @@ from torch import Tensor
 from .models.clip import TextEncoder, build_clip, build_tiny_clip, load_clip_weights
 from .models.e4e import Encoder4Editing
 from .models.mapper import DynamicMapper
-from .models.stylegan2 import Generator
+from .models.stylegan2 import Generator, SynthesisPath
 from .profiles import TINY_DOMAIN_SEED, TINY_SEED, Profile, profile_for
 from .seeding import seeded
 
@@ -96,7 +96,8 @@ def normalise_untrained_rgb(g: Generator, latent_avg: Tensor) -> None:
     untrained ToRGB sum reaches ±30, which would clip every image to a flat colour)."""
     w = latent_avg + 0.5 * torch.randn(8, g.n_latent, latent_avg.shape[-1])
     # one sample at a time: a batch of 8 at 1024² would hold gigabytes of activations
-    image = torch.cat([g.synthesis(w[i : i + 1], g.fixed_noise()) for i in range(len(w))])
+    fast = SynthesisPath.for_inference(latent_avg.device)
+    image = torch.cat([g.synthesis(w[i : i + 1], g.fixed_noise(), path=fast) for i in range(len(w))])
     scale = 0.5 / float(image.std())
     for to_rgb in [g.to_rgb1, *g.to_rgbs]:
         to_rgb.conv.weight.mul_(scale)
@@ -254,6 +255,7 @@ class Engine:
         if threads > 0 and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         self.generator = nets.generator.eval().to(self.device)
+        self.path = SynthesisPath.for_inference(self.device)  # how synthesis runs here (stylegan2.py)
         self.encoder = nets.encoder.eval().to(self.device)
         self.mapper = nets.mapper.eval().to(self.device)
         self.latent_avg = nets.latent_avg.to(self.device)
@@ -395,7 +397,7 @@ class Engine:
     ) -> dict[int, Tensor]:
         with torch.inference_mode(), self._amp():
             g = self.generator
-            images = g.synthesis_levels(g.broadcast_latent([w]), g.fixed_noise(), sizes, between_levels)
+            images = g.synthesis_levels(g.broadcast_latent([w]), g.fixed_noise(), sizes, between_levels, self.path)
             return {s: image.float() for s, image in images.items()}
 
     def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:

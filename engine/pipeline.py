@@ -31,6 +31,7 @@ from ffclip.engine.face.blend import BlendConfig, Compositor, change_mask, match
 from ffclip.engine.face.detect import DetectorConfig, FaceDetector, FaceInfo
 from ffclip.engine.imageio import LUMA, as_hwc, as_rgb8, rgb_float, to_uint8
 from ffclip.engine.interface import EditEngine
+from ffclip.engine.models.mapper import edited_latent
 from ffclip.engine.scene import SceneCrop, frame_scene, render_frame
 from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, BadRequest, EditParams, EditResult, EngineError, check_image_size
 
@@ -379,11 +380,8 @@ class Pipeline:
 
         w_all = torch.cat([e.w for e in entries]).to(device)
         deltas = self._deltas(params, w_all, key, chosen, entries, stages)
-        # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt (one prompt: the paper's
-        # w + α·Δw, in the same order of operations as DynamicMapper.edit)
-        w_hat = w_all
-        for edit in params.edits:
-            w_hat = w_hat + edit.strength * deltas[edit.prompt]
+        # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt
+        w_hat = edited_latent(w_all, [(edit.strength, deltas[edit.prompt]) for edit in params.edits])
 
         # The edit comes with its own 256² copy from the same pass (the generator's RGB skip there);
         # the reconstruction G(w), needed only for the change mask and the colour reference, is

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffclip.engine.cli import bench
+from ffclip.app.cli import bench
 from ffclip.engine.inference import Engine, build_tiny
 from ffclip.engine.models import stylegan2
 from ffclip.engine.models.e4e import Encoder4Editing
 from ffclip.engine.models.irse import BottleneckIRSE
-from ffclip.engine.models.stylegan2 import Generator, ModulatedConv2d, upfirdn2d
+from ffclip.engine.models.stylegan2 import Generator, ModulatedConv2d, SynthesisPath, upfirdn2d
 from ffclip.engine.profiles import TINY
 
 F32 = {"rtol": 1e-5, "atol": 1e-5}
@@ -73,7 +73,7 @@ def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir, monkeypa
     from contextlib import redirect_stdout
     from io import StringIO
 
-    from ffclip.engine.cli import main
+    from ffclip.app.cli import main
     from ffclip.engine.face.detect import FaceInfo
 
     faces_json = tmp_path / "faces.json"
@@ -188,7 +188,7 @@ def test_inference_synthesis_equals_the_reference(batch: int, stop_at: int | Non
     with torch.enable_grad():  # autograd on: the reference formulation
         expected = g.synthesis(latent, g.fixed_noise(), stop_at).detach()
     with torch.inference_mode():
-        got = g.synthesis(latent, g.fixed_noise(), stop_at)
+        got = g.synthesis(latent, g.fixed_noise(), stop_at, path=SynthesisPath.FOLDED)
     assert got.is_contiguous()
     _assert_rel(got, expected)
 
@@ -201,7 +201,7 @@ def test_inference_synthesis_draws_random_noise_as_the_reference() -> None:
         expected = g.synthesis(latent, [None] * g.num_layers).detach()
     torch.manual_seed(7)
     with torch.no_grad():
-        got = g.synthesis(latent, [None] * g.num_layers)
+        got = g.synthesis(latent, [None] * g.num_layers, path=SynthesisPath.FOLDED)
     _assert_rel(got, expected)
 
 
@@ -212,7 +212,7 @@ def test_banded_levels_equal_the_reference(monkeypatch, batch: int, band_rows: i
     g = _lively_generator()
     latent = torch.randn(batch, g.n_latent, 32)
     with torch.no_grad():
-        whole = g.synthesis(latent, g.fixed_noise(), stop_at)
+        whole = g.synthesis(latent, g.fixed_noise(), stop_at, path=SynthesisPath.FOLDED)
     with torch.enable_grad():
         expected = g.synthesis(latent, g.fixed_noise(), stop_at).detach()
         torch.manual_seed(3)
@@ -220,9 +220,9 @@ def test_banded_levels_equal_the_reference(monkeypatch, batch: int, band_rows: i
     monkeypatch.setattr(stylegan2, "BANDED_FROM", 16)  # levels 16², 32², 64² in bands
     monkeypatch.setattr(stylegan2, "BAND_ROWS", band_rows)
     with torch.inference_mode():
-        got = g.synthesis(latent, g.fixed_noise(), stop_at)
+        got = g.synthesis(latent, g.fixed_noise(), stop_at, path=SynthesisPath.BANDED)
         torch.manual_seed(3)  # random noise is drawn at full size, in the reference's order
-        got_random = g.synthesis(latent, [None] * g.num_layers)
+        got_random = g.synthesis(latent, [None] * g.num_layers, path=SynthesisPath.BANDED)
     assert got.shape == expected.shape and got.is_contiguous()
     _assert_rel(got, expected)
     _assert_rel(got_random, expected_random)
@@ -313,6 +313,23 @@ def test_levels_are_the_images_of_synthesis_stopped_there() -> None:
         torch.testing.assert_close(ref[8], g.synthesis(latent, g.fixed_noise(), 8))
     with pytest.raises(ValueError):
         engine.synthesize_levels(w, (48,))
+
+
+def test_the_synthesis_path_is_named_by_the_caller() -> None:
+    """Nothing picks a path silently: REFERENCE unless asked, and an inference path refuses autograd
+    (it computes in place) instead of falling back."""
+    g = _lively_generator()
+    latent = torch.randn(1, g.n_latent, 32)
+    with torch.no_grad():
+        plain = g.synthesis(latent, g.fixed_noise())  # no autograd, and still REFERENCE
+    with torch.enable_grad():
+        reference = g.synthesis(latent, g.fixed_noise())
+        with pytest.raises(ValueError, match="folded synthesis path is for inference"):
+            g.synthesis(latent, g.fixed_noise(), path=SynthesisPath.FOLDED)
+    torch.testing.assert_close(plain, reference.detach(), rtol=0, atol=0)
+    assert SynthesisPath.for_inference("cpu") is SynthesisPath.BANDED
+    assert SynthesisPath.for_inference("cuda:1") is SynthesisPath.FOLDED
+    assert Engine(build_tiny(TINY), TINY, "cpu").path is SynthesisPath.BANDED
 
 
 def test_engine_options() -> None:

@@ -16,12 +16,22 @@ the official checkpoint was trained with them:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .stylegan2 import PixelNorm
+
+
+def edited_latent(w: Tensor, edits: Iterable[tuple[float, Tensor]]) -> Tensor:
+    """ŵ = w + Σ αᵢ·Δwᵢ, added in the order given; one attribute is the paper's ŵ = w + α·Δw. The one
+    place the edit is written: the engine, the pipeline, training and evaluation all come here."""
+    w_hat = w
+    for strength, delta in edits:
+        w_hat = w_hat + strength * delta
+    return w_hat
 
 
 def _film_mlp(dim: int) -> nn.Sequential:
@@ -93,4 +103,4 @@ class DynamicMapper(nn.Module):
 
     def edit(self, w: Tensor, e: Tensor, strength: float = 1.0) -> Tensor:
         """ŵ = w + α·Δw (α = 1 is the paper's edit)."""
-        return w + strength * self(w, e)
+        return edited_latent(w, [(strength, self(w, e))])

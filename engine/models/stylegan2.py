@@ -11,19 +11,23 @@ The arithmetic is the reference's, arranged for speed where it is provably ident
   (a 6×6 kernel computed once per weight), instead of a separate up-fir-down pass;
 * the `ToRGB` skip up-sampling is a depthwise transposed convolution with the 4×4 kernel.
 
-Without autograd (inference), `Generator.synthesis` takes a faster route with the same arithmetic
-(the `forward_inference` methods): channels-last activations, the style folded into the *weight* per sample
-(rosinality's `fused=True` formulation: one small weight product instead of two passes over the
-activations), the reference's 3×3 stride-2 transposed convolution followed by the 4×4 blur as a
-depthwise convolution (fewer FLOPs than the 6×6 fold, and no slow NCHW `conv_transpose2d`), the
-activation's bias fused into the convolution, noise and leaky ReLU applied in place, and the
-leaky ReLU's √2 gain carried into the next layer's weights instead of a pass over the activations.
-On the CPU the 512² and 1024² levels run in bands of rows (`banded_level`): less memory, and the
-band stays in cache from one operation to the next.
+Synthesis takes one of three named paths (`SynthesisPath`, chosen by the caller):
+
+* REFERENCE: the arrangement above, differentiable (training);
+* FOLDED, for inference without autograd: the same arithmetic, faster (the `forward_inference`
+  methods): channels-last activations, the style folded into the *weight* per sample (rosinality's
+  `fused=True` formulation: one small weight product instead of two passes over the activations),
+  the reference's 3×3 stride-2 transposed convolution followed by the 4×4 blur as a depthwise
+  convolution (fewer FLOPs than the 6×6 fold, and no slow NCHW `conv_transpose2d`), the
+  activation's bias fused into the convolution, noise and leaky ReLU applied in place, and the
+  leaky ReLU's √2 gain carried into the next layer's weights instead of a pass over the activations;
+* BANDED: FOLDED with the 512² and 1024² levels in bands of rows (`banded_level`): less memory,
+  and on a CPU the band stays in cache from one operation to the next.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Sequence
 
@@ -358,7 +362,21 @@ class ToRGB(nn.Module):
 
 # -- the large levels on the CPU, in bands of rows -------------------------------------------------
 
-BANDED_FROM = 512  # levels of at least this output size run in bands on the CPU
+
+class SynthesisPath(enum.Enum):
+    """How `Generator.synthesis` computes: the same images three ways (the module's docstring)."""
+
+    REFERENCE = "reference"  # the activations modulated; differentiable: training
+    FOLDED = "folded"  # inference: the style folded into each sample's weight, channels-last
+    BANDED = "banded"  # FOLDED, the levels from BANDED_FROM on in bands of rows
+
+    @classmethod
+    def for_inference(cls, device: torch.device | str) -> SynthesisPath:
+        """The fastest path without autograd on `device`: bands on a CPU, whole levels on a GPU."""
+        return cls.BANDED if torch.device(device).type == "cpu" else cls.FOLDED
+
+
+BANDED_FROM = 512  # levels of at least this output size run in bands (SynthesisPath.BANDED)
 BAND_ROWS = 64
 
 
@@ -517,8 +535,10 @@ class Generator(nn.Module):
         noise: list[Tensor | None] | None = None,
         randomize_noise: bool = True,
         stop_at: int | None = None,
+        path: SynthesisPath = SynthesisPath.REFERENCE,
     ) -> tuple[Tensor, Tensor | None]:
-        """rosinality's signature; `stop_at` ends synthesis at that resolution (a preview)."""
+        """rosinality's signature; `stop_at` ends synthesis at that resolution (a preview), `path` is
+        how it is computed."""
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
         if noise is None:
@@ -526,7 +546,7 @@ class Generator(nn.Module):
         if truncation < 1:
             styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
         latent = self.broadcast_latent(styles, inject_index)
-        image = self.synthesis(latent, noise, stop_at)
+        image = self.synthesis(latent, noise, stop_at, path)
         return image, (latent if return_latents else None)
 
     def broadcast_latent(self, styles: list[Tensor], inject_index: int | None = None) -> Tensor:
@@ -540,10 +560,16 @@ class Generator(nn.Module):
         latent2 = styles[1].unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)
         return torch.cat([latent, latent2], 1)
 
-    def synthesis(self, latent: Tensor, noise: list[Tensor | None], stop_at: int | None = None) -> Tensor:
+    def synthesis(
+        self,
+        latent: Tensor,
+        noise: list[Tensor | None],
+        stop_at: int | None = None,
+        path: SynthesisPath = SynthesisPath.REFERENCE,
+    ) -> Tensor:
         """W+ -> the RGB image at `stop_at` (default: full size)."""
         size = stop_at or self.size
-        return self.synthesis_levels(latent, noise, (size,))[size]
+        return self.synthesis_levels(latent, noise, (size,), path=path)[size]
 
     def synthesis_levels(
         self,
@@ -551,17 +577,21 @@ class Generator(nn.Module):
         noise: list[Tensor | None],
         sizes: Sequence[int],
         between_levels: Callable[[], None] | None = None,
+        path: SynthesisPath = SynthesisPath.REFERENCE,
     ) -> dict[int, Tensor]:
         """The RGB skip image at each of `sizes` (powers of two, 4..size) from one pass that stops at
         the largest. The image at a smaller size is exactly what synthesis stopped there returns
         (the later ToRGBs only add to the skip), e.g. a 256² copy of a 1024² edit for comparisons
         with a reconstruction synthesized only up to 256². `between_levels` is called after each
         resolution; whatever it raises ends the pass there (a cancelled job: nothing is shared
-        between passes, so stopping half-way is safe)."""
+        between passes, so stopping half-way is safe). The inference paths compute in place: they
+        refuse to run with autograd on."""
         wanted = set(sizes)
         if not wanted or any(s < 4 or s > self.size or s & (s - 1) for s in wanted):
             raise ValueError(f"sizes must be powers of two in [4, {self.size}], not {sorted(wanted)}")
-        inference = not torch.is_grad_enabled()
+        inference = path is not SynthesisPath.REFERENCE
+        if inference and torch.is_grad_enabled():
+            raise ValueError(f"the {path.value} synthesis path is for inference: run it under torch.inference_mode()")
         out = self.input(latent.shape[0])
         if inference:
             out = out.contiguous(memory_format=torch.channels_last)
@@ -577,7 +607,7 @@ class Generator(nn.Module):
             if res >= max(wanted):
                 break
             n1, n2 = noise[2 * level + 1], noise[2 * level + 2]
-            if inference and out.device.type == "cpu" and res * 2 >= BANDED_FROM:
+            if path is SynthesisPath.BANDED and res * 2 >= BANDED_FROM:
                 styles = (latent[:, i], latent[:, i + 1], latent[:, i + 2])
                 last = res * 2 >= max(wanted)
                 out, skip = banded_level(conv_up, conv, to_rgb, out, styles, (n1, n2), skip, not last)

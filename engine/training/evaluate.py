@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ffclip.engine.models.stylegan2 import SynthesisPath
+
 from . import ddp
 from .data import Latents, load_latents
 from .ddp import DistInfo
@@ -118,7 +120,10 @@ class EvalContext:
         return min(self.args.grid_rows, self.n)
 
     def synth(self, w: torch.Tensor) -> torch.Tensor:
-        return self.nets.generator([w], input_is_latent=True, randomize_noise=False, stop_at=self.stop)[0].float()
+        fast = SynthesisPath.for_inference(self.device)  # evaluation runs without autograd
+        return self.nets.generator([w], input_is_latent=True, randomize_noise=False, stop_at=self.stop, path=fast)[
+            0
+        ].float()
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """`ffclip-engine train`: train the FFCLIP mapper Δw = mapper(w, e) on W+ latents.
 
     ffclip-engine train --latents train.npy [--val-latents val.npy] [--prompts prompts.txt] --out DIR
-    torchrun --nproc_per_node N -m ffclip.engine train ...       # the same command, N processes
+    torchrun --nproc_per_node N -m ffclip.app train ...       # the same command, N processes
 
 The official objective and defaults (train_configs.yaml): identity 0.9, CLIP 1.0, latent L1 1.6,
 CLIP-embedding L1 1.0, background 2.0 when a face-parsing checkpoint is given; Adam 5e-4, the
@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ffclip.engine.models.mapper import edited_latent
+from ffclip.engine.models.stylegan2 import SynthesisPath
 
 from . import ddp
 from .ckpt import load_train_state, save_checkpoint
@@ -180,6 +183,7 @@ class Trainer:
         self.info = info
         self.out = out
         self.device = info.device
+        self.fast = SynthesisPath.for_inference(self.device)  # synthesis without autograd
         self.nets = load_training_nets(
             args.profile,
             args.models,
@@ -290,8 +294,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
-    def synthesize(self, w: Tensor, stop_at: int | None = None) -> Tensor:
-        img, _ = self.generator([w], input_is_latent=True, randomize_noise=False, stop_at=stop_at or self.render)
+    def synthesize(
+        self, w: Tensor, stop_at: int | None = None, path: SynthesisPath = SynthesisPath.REFERENCE
+    ) -> Tensor:
+        """G(w) at the rendering size: REFERENCE where the loss flows back through it; without
+        autograd (targets, validation, samples) the inference path."""
+        stop_at = stop_at or self.render
+        img, _ = self.generator([w], input_is_latent=True, randomize_noise=False, stop_at=stop_at, path=path)
         return img
 
     # -- steps --
@@ -302,7 +311,7 @@ class Trainer:
         if cached is not None and not self.objective.use_background:
             return cached, None
         with torch.no_grad(), self.autocast():
-            x = self.synthesize(w)
+            x = self.synthesize(w, path=self.fast)
             targets = self.objective.targets(x)
         cache.put(idx, targets)
         return targets, (x if self.objective.use_background else None)
@@ -318,7 +327,7 @@ class Trainer:
         targets, x = self._targets(self.train_targets, idx, w)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            w_hat = w + self.model(w, e)
+            w_hat = edited_latent(w, [(1.0, self.model(w, e))])
             x_hat = self.synthesize(w_hat)
             loss, terms = self.objective(w, w_hat, x_hat, entries, targets, x)
         if not torch.isfinite(loss):
@@ -363,8 +372,8 @@ class Trainer:
             e = self.text_raw[self.entry_text.to(self.device)[entries]].unsqueeze(1)
             targets, x = self._targets(self.val_targets, idx, w)
             with self.autocast():
-                w_hat = w + self.mapper(w, e)
-                x_hat = self.synthesize(w_hat)
+                w_hat = edited_latent(w, [(1.0, self.mapper(w, e))])
+                x_hat = self.synthesize(w_hat, path=self.fast)
                 _, terms = self.objective(w, w_hat, x_hat, entries, targets, x)
             for i, k in enumerate(TERMS):
                 if k in terms:
@@ -539,8 +548,8 @@ class Trainer:
         self.mapper.eval()
         small = min(self.generator.size, 256)
         with self.autocast():
-            before = self.synthesize(w, stop_at=small)
-            after = self.synthesize(w + self.mapper(w, e), stop_at=small)
+            before = self.synthesize(w, stop_at=small, path=self.fast)
+            after = self.synthesize(edited_latent(w, [(1.0, self.mapper(w, e))]), stop_at=small, path=self.fast)
         self.mapper.train()
         rows = [[to_uint8_image(x) for x in before], [to_uint8_image(x) for x in after]]
         (self.out / "images").mkdir(exist_ok=True)
