@@ -1,27 +1,53 @@
-"""Shared test fixtures: the reference data the repository carries (tests/data, see its README), and a
-local HTTP server that serves official-layout model files the way Google Drive does."""
+"""Shared test fixtures: the reference data the repository carries (tests/data, see its README), a
+local HTTP server that serves official-layout model files the way Google Drive does, and the rule
+that a test which starts a process says so (`@pytest.mark.process`: the quick subset leaves it out).
+
+The tests mirror the code: tests/<package>/test_<module>.py; what they share is tests/support/."""
 
 from __future__ import annotations
 
 import io
+import multiprocessing.process
 import os
-import sys
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
+from tests.support.http_files import Behaviour, Server, start_server, stop_server
+from tests.support.paths import DATA
+
 # Property tests: no per-example deadline (a wall-clock limit, and flaky on a shared 2-core machine);
 # in CI the examples are derived from the test's name, so a run is reproducible.
 settings.register_profile("ffclip", deadline=None, derandomize=bool(os.environ.get("CI")), print_blob=True)
 settings.load_profile("ffclip")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_files import Behaviour, Server, start_server, stop_server  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
+@pytest.fixture(autouse=True)
+def _a_process_is_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail a test that starts a process (subprocess, multiprocessing) without the `process` or
+    `gimp` mark, so that `-m "not slow and not process and not gimp"` stays quick and honest."""
+    if request.node.get_closest_marker("process") or request.node.get_closest_marker("gimp"):
+        yield
+        return
+    started: list[str] = []
+    popen_init, process_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+
+    def popen(self, args, *rest, **kwargs):
+        started.append(repr(args)[:120])
+        popen_init(self, args, *rest, **kwargs)
+
+    def start(self):
+        started.append(f"a {type(self).__name__}")
+        process_start(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
+    yield
+    if started:
+        pytest.fail(f"this test starts a process ({started[0]}) but is not marked @pytest.mark.process")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +62,7 @@ def photos_dir() -> Path:
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    """A local HTTP server that misbehaves on request (tests/http_files.py)."""
+    """A local HTTP server that misbehaves on request (tests/support/http_files.py)."""
     srv = start_server()
     yield srv
     stop_server(srv)

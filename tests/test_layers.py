@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
+
 PACKAGES = {"plugin": "plugin", "engine": "engine", "bridge": "bridge", "app": "app", "gimp": "gimp"}
 
 

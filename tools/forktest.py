@@ -11,7 +11,7 @@ arguments and exits with the child's exit code. When the client goes away (cosmi
 kills it), the server kills the child's process group.
 
     python tools/forktest.py serve SOCKET [--preload torch numpy ...]   # tools/mutate.py starts it
-    python tools/forktest.py run SOCKET -- -x -q tests/test_x.py        # one test run
+    python tools/forktest.py run SOCKET -- -x -q tests/engine/test_x.py # one test run
 """
 
 from __future__ import annotations

@@ -4,15 +4,16 @@
     python tools/mutate.py engine/checkpoints/safe_load.py            # run (or resume), then report
     python tools/mutate.py bridge/server.py --only _check_request _identify
     python tools/mutate.py engine/face/blend.py --report              # report an earlier run only
-    python tools/mutate.py engine/face/blend.py --tests tests/test_blend_change_mask.py
+    python tools/mutate.py engine/face/blend.py --tests tests/engine/face/test_blend_change_mask.py
 
 cosmic-ray mutates the module's file in place, one mutant at a time, and runs the tests. So that
 the checkout itself is never mutated (a commit or another test run could pick a mutant up), every run
 works in a scratch copy, .mutation/NAME/work, whose `ffclip` package shadows the editable install
 (PYTHONPATH; the copy's `ffclip/engine` etc. link to its own folders). The session database
 (.mutation/NAME/session.sqlite) makes a run resumable: run the same command again to continue.
-The relevant tests of each module are listed below; the fast ones first, since pytest stops at the
-first failure (-x) and a killed mutant then costs only those. Results: docs/testing.md.
+A module's tests are found by the layout (`tests_for`: tests/<folder>/test_<name>*.py, the module's
+own file first, since pytest stops at the first failure (-x) and a killed mutant then costs only
+those); `--tests` names others. Results: docs/testing.md.
 """
 
 from __future__ import annotations
@@ -32,68 +33,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"engine": "engine", "bridge": "bridge", "plugin": "plugin", "gimp": "gimp"}  # ffclip.X -> folder
+# ffclip.X -> its folder
+PACKAGES = {"plugin": "plugin", "engine": "engine", "bridge": "bridge", "app": "app", "gimp": "gimp"}
 
-# Module -> the tests that guard it, fastest first.
-TESTS: dict[str, list[str]] = {
-    "engine/checkpoints/safe_load.py": [
-        "tests/test_checkpoints_safe_load.py",
-        "tests/test_checkpoints_allow_list.py",
-        "tests/test_checkpoints_edges.py",
-        "tests/test_checkpoints_layouts.py",
-    ],
-    # the restricted unpickler and the torch-file readers behind safe_load (issue 18)
-    "engine/checkpoints/unpickler.py": [
-        "tests/test_checkpoints_unpickler.py",
-        "tests/test_checkpoints_allow_list.py",
-        "tests/test_checkpoints_safe_load.py",
-        "tests/test_checkpoints_edges.py",
-        "tests/test_fuzz_checkpoints.py",
-    ],
-    "engine/checkpoints/torchfile.py": [
-        "tests/test_checkpoints_torchfile.py",
-        "tests/test_checkpoints_safe_load.py",
-        "tests/test_checkpoints_allow_list.py",
-        "tests/test_checkpoints_edges.py",
-        "tests/test_clip_torchscript.py",
-        "tests/test_fuzz_checkpoints.py",
-    ],
-    "bridge/framing.py": [
-        "tests/test_bridge_framing.py",
-        "tests/test_bridge_protocol.py -k 'framing or oversized or bad_inputs or never_reads'",
-    ],
-    # the authentication: `--only _check_request _identify` (the token comparison is tokens.py's)
-    "bridge/server.py": [
-        "tests/test_bridge_auth.py",
-        "tests/test_team_tokens.py",
-        "tests/test_bridge_protocol.py -k 'auth or token'",
-    ],
-    "bridge/tokens.py": ["tests/test_team_tokens.py", "tests/test_bridge_auth.py"],
-    "engine/face/blend.py": [
-        "tests/test_blend_change_mask.py",
-        "tests/test_blend_paste.py",
-        "tests/test_pipeline_drift.py",
-        "tests/test_pipeline_model.py",
-        "tests/test_pipeline_synthetic.py",
-    ],
-    "engine/models/mapper.py": [
-        "tests/test_mapper.py tests/test_models.py tests/test_checkpoints_layouts.py -k 'mapper or ffclip or float64'"
-    ],
-    # the protocol parser: what reads a client's messages (`--only`: see docs/testing.md) ...
-    "plugin/protocol.py": [
-        "tests/test_protocol_parser.py",
-        "tests/test_plugin_client.py::test_protocol_helpers",
-        "tests/test_pipeline_inputs.py::test_bad_requests",
-        "tests/test_domains.py::test_domain_travels_in_the_edit_and_faces_stay_as_they_were",
-        "tests/test_bridge_requests.py",
-    ],
-    # ... and the engine's side of it, `--only parse_edit announced_frames frames`
-    "bridge/messages.py": [
-        "tests/test_protocol_parser.py",
-        "tests/test_bridge_requests.py",
-        "tests/test_bridge_protocol.py",
-    ],
-}
+
+def tests_for(module: str) -> list[str]:
+    """The tests that guard `module`, found by the layout the tests mirror (docs/testing.md):
+    tests/<its folder>/test_<name>.py first, then its aspects, tests/<its folder>/test_<name>_*.py
+    (e.g. engine/face/blend.py: tests/engine/face/test_blend.py, test_blend_change_mask.py)."""
+    path = Path(module)
+    folder = REPO / "tests" / path.parent
+    exact = folder / f"test_{path.stem}.py"
+    found = ([exact] if exact.is_file() else []) + sorted(folder.glob(f"test_{path.stem}_*.py"))
+    return [p.relative_to(REPO).as_posix() for p in found]
+
 
 # Operators left out, with the reason (docs/testing.md repeats it):
 # - a binary operator replaced by a shift or a bitwise one, or by **, % or //, on float arrays and
@@ -142,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     module = args.module.replace(os.sep, "/")
     if not (REPO / module).is_file():
         parser.error(f"{module} is not a file of the repository")
-    tests = args.tests or TESTS.get(module)
+    tests = args.tests or tests_for(module)
     if not tests:
-        parser.error(f"no tests are listed for {module}; give --tests")
+        parser.error(f"no tests/{Path(module).parent}/test_{Path(module).stem}*.py for {module}; give --tests")
     name = module.replace("/", ".").removesuffix(".py") + (".only-" + "-".join(args.only) if args.only else "")
     home = REPO / ".mutation" / name
     session = home / "session.sqlite"
@@ -293,7 +246,7 @@ def check_shadowing(work: Path, module: str, env: dict) -> None:
 
 
 def pytest_command(tests: list[str], server: Path | None) -> str:
-    """One pytest command; an entry may carry options (`tests/test_models.py -k mapper`) for its file
+    """One pytest command; an entry may carry options (`tests/engine/test_conformance.py -k mapper`) for its file
     only when it is the last one (pytest options apply to the whole run). With a fork server, the
     same arguments go to it (tools/forktest.py)."""
     options = "-x -q -p no:cacheprovider " + " ".join(tests)

@@ -98,11 +98,12 @@ def _storage_headers(data: bytes, at: int, left: int) -> list[tuple[int, int]]:
 
 
 def torchscript_bytes() -> bytes:
-    """OpenAI's CLIP archive layout at tiny widths (tests/openai_clip_archive.py), float16."""
-    sys.path.insert(0, str(REPO / "tests"))
+    """OpenAI's CLIP archive layout at tiny widths (tests/support/openai_clip_archive.py), float16."""
     import tempfile
 
-    from openai_clip_archive import save_archive  # type: ignore[import-not-found]
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # `python -m tools.fuzz` from elsewhere
+    from tests.support.openai_clip_archive import save_archive
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ViT-B-32.pt"
