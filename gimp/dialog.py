@@ -1,12 +1,15 @@
 """FFCLIP Edit's live dialog: GTK widgets (through GimpUi) bound to live.LiveEditor.
 
-Up to four attribute rows (a prompt with completion, a strength slider), what to edit (faces, or
-the car / church in the selection), a face chooser once the photo shows several faces, a
-before/after switch, the engine's state and the job's progress. The preview is a temporary layer
-on the canvas (layers.PreviewLayer); Apply leaves one masked layer in one undo step, Cancel leaves
-the image as it was. Every decision is LiveEditor's; this module only reads widgets, draws what it
-is told, and carries engine events from the session's threads to GTK's main loop. Runs only inside
-GIMP.
+Up to four attribute rows (a prompt, Enter previews at once; a labelled strength spin-scale),
+presets, what to edit (faces, or the car / church in the selection), a face chooser numbered left
+to right once the photo shows several faces (the numbers are drawn on the preview), a before/after
+switch, the engine's state in one line (with Start when the plug-in can start it) and the job's
+progress. Help (F1), Reset, Cancel, Apply. The preview is a temporary layer on the canvas
+(layers.PreviewLayer) that never reaches the undo history or becomes the active layer; Apply leaves
+one masked layer in one undo step (or, for a reopened edit, replaces that layer in place), Cancel
+leaves the image, its history and its saved state as they were. Every decision is LiveEditor's;
+this module only reads widgets, draws what it is told, and carries engine events from the
+session's threads to GTK's main loop. Runs only inside GIMP.
 
 `FFCLIP_DIALOG_SCRIPT` (a JSON file of steps) makes the dialog act out a user's session on its own
 widgets — typing, sliders, buttons, screenshots — which the real-GIMP tests and the documentation
@@ -19,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +41,29 @@ from ffclip.plugin.session import EngineSession, Event  # noqa: E402
 from . import edit as gimp_edit  # noqa: E402
 from . import live  # noqa: E402
 from . import settings as gimp_settings  # noqa: E402
-from .layers import RGBA, LayerPixels, PreviewLayer, place_result  # noqa: E402
+from .layers import RGBA, LayerPixels, PreviewLayer, place_result, replace_result  # noqa: E402
+from .recipe import Recipe, SourceRef, pixels_digest  # noqa: E402
 
 TICK_MS = 50
+CONNECT_TIMEOUT_S = 2.0  # the engine's state is known within about this long of opening
+HELP_PAGE = "help.html"  # next to this module in the plug-in folder
 HINT = (
-    "Describe the change, e.g. <i>smiling</i> or <i>grey hair</i>; add rows to change several things at "
-    "once. The preview on the canvas follows as you type; <b>Apply</b> renders it at full resolution "
-    "into a new layer."
+    "Describe the change, e.g. <i>smiling</i> or <i>grey hair</i>, and press Enter; add rows to change "
+    "several things at once. The preview on the canvas follows as you type; <b>Apply</b> renders it at "
+    "full resolution into a new layer."
 )
+
+
+@dataclass
+class Opening:
+    """What the dialog opens with: the procedure's last values, or a reopened edit's recipe."""
+
+    rows: list[tuple[str, float]]
+    domain: str = "face"
+    faces: str | tuple[int, ...] = "all"
+    output: str = "layer-mask"
+    reopened: Gimp.Layer | None = None  # the FFCLIP layer being edited again, replaced by Apply
+    recipe: Recipe | None = None
 
 
 class _EnginePort:
@@ -69,28 +88,33 @@ class _Row:
         self.box = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         self.entry = Gtk.Entry(text=prompt, hexpand=True, placeholder_text="e.g. smiling, grey hair")
         self.entry.set_completion(dialog.completion())
-        self.scale = Gtk.Scale.new_with_range(
-            Gtk.Orientation.HORIZONTAL, gimp_edit.STRENGTH_MIN, gimp_edit.STRENGTH_MAX, 0.05
+        self.entry.set_tooltip_text("What to change; Enter shows the preview at once")
+        self.adjustment = Gtk.Adjustment(
+            value=strength,
+            lower=gimp_edit.STRENGTH_MIN,
+            upper=gimp_edit.STRENGTH_MAX,
+            step_increment=0.05,
+            page_increment=0.25,
         )
-        self.scale.set_value(strength)
-        self.scale.set_digits(2)
-        self.scale.set_size_request(170, -1)
-        self.scale.set_tooltip_text("Strength (1 = the edit as trained, 0 = none)")
+        self.scale = GimpUi.SpinScale.new(self.adjustment, "Strength", 2)
+        self.scale.set_size_request(200, -1)
+        self.scale.set_tooltip_text("How strong the change is: 1 = as trained, 0 = none (type a number, or drag)")
         self.remove = Gtk.Button.new_from_icon_name("list-remove-symbolic", Gtk.IconSize.BUTTON)
         self.remove.set_tooltip_text("Remove this attribute")
         for widget in (self.entry, self.scale, self.remove):
             self.box.pack_start(widget, widget is self.entry, True, 0)
         self.entry.connect("changed", lambda *_: dialog.changed())
-        self.scale.connect("value-changed", lambda *_: dialog.changed())
+        self.entry.connect("activate", lambda *_: dialog.editor.preview_now())
+        self.adjustment.connect("value-changed", lambda *_: dialog.changed())
         self.remove.connect("clicked", lambda *_: dialog.remove_row(self))
 
     @property
     def value(self) -> tuple[str, float]:
-        return self.entry.get_text(), round(self.scale.get_value(), 2)
+        return self.entry.get_text(), round(self.adjustment.get_value(), 2)
 
 
 class LiveDialog:
-    """live.Canvas and live.View for LiveEditor; `run()` returns the new layer or None."""
+    """live.Canvas and live.View for LiveEditor; `run()` returns the new (or replaced) layer or None."""
 
     def __init__(
         self,
@@ -98,63 +122,99 @@ class LiveDialog:
         layer: Gimp.Layer,
         settings: dict,
         plugin_dir: str,
-        first: tuple,
-        domain: str | None = None,
+        opening: Opening,
+        on_applied=None,
     ) -> None:
         GimpUi.init("python-fu-ffclip-edit")
-        # a script's explicit domain, else the one of the last dialog (settings)
-        self.first_domain = domain if domain not in (None, "face") else settings.get("domain") or "face"
         self.image, self.source = image, layer
-        self.settings, self.plugin_dir = settings, plugin_dir
+        self.settings, self.plugin_dir, self.opening = settings, plugin_dir, opening
+        self.on_applied = on_applied  # (params, output): the procedure's last values
         self.pixels = LayerPixels(image, layer)
         if gimp_edit.selection_is_full(self.pixels.selection):
             self.pixels.selection = None
-        self.preview = PreviewLayer(self.pixels)
+        above, cover = layer, None
+        if opening.reopened is not None:
+            above = opening.reopened
+            _, sx, sy = layer.get_offsets()
+            _, rx, ry = above.get_offsets()
+            cover = (rx - sx, ry - sy, above.get_width(), above.get_height())
+        self.preview = PreviewLayer(self.pixels, above, cover)
         self.new_layer: Gimp.Layer | None = None
         self.url = gimp_settings.resolve_url(None, settings)
         self.session = EngineSession(
             self.url,
             lambda e: GLib.idle_add(self._event, e),
             token=settings.get("token"),
+            connect_timeout=CONNECT_TIMEOUT_S,
             tls=gimp_edit.session_tls(settings),
         )
-        start = self._start_engine if settings.get("autostart") and gimp_settings.is_local_url(self.url) else None
+        starter = (
+            gimp_edit.EngineStarter(dict(settings, url=self.url)) if gimp_edit.can_start(settings, self.url) else None
+        )
+        self._completion_model = Gtk.ListStore(str)
+        for prompt in live.suggestions(settings.get("recent_prompts") or [], live.training_prompts()):
+            self._completion_model.append([prompt])
+        self._build()
         port = _EnginePort(self.session, self.pixels)
-        self.editor = live.LiveEditor(port, self, self, self.pixels.width, start_engine=start)
+        self.editor = live.LiveEditor(
+            port,
+            self,
+            self,
+            self.pixels.width,
+            starter=starter,
+            autostart=bool(settings.get("autostart")),
+            url=self.url,
+            start_timeout=float(settings.get("start_timeout") or live.START_TIMEOUT_S),
+        )
         self.shown = 0  # previews drawn, for the scripted runs
         self.faces_listed = False
-        self._completion_model = Gtk.ListStore(str)
-        training = live.training_prompts()
-        for prompt in live.suggestions(settings.get("recent_prompts") or [], training):
-            self._completion_model.append([prompt])
-        self._build(first)
+        self._fill(opening)
 
     # ------------------------------------------------------------------ widgets
 
-    def _build(self, first: tuple) -> None:
-        self.dialog = GimpUi.Dialog(title="FFCLIP Edit", role="ffclip-edit", use_header_bar=False)
+    def _build(self) -> None:
+        title = "FFCLIP Edit (reopened)" if self.opening.reopened is not None else "FFCLIP Edit"
+        self.dialog = GimpUi.Dialog(title=title, role="ffclip-edit", use_header_bar=False)
+        self.dialog.add_button("_Help", Gtk.ResponseType.HELP)
+        self.dialog.add_button("_Reset", RESPONSE_RESET)
         self.dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
         self.apply_button = self.dialog.add_button("_Apply", Gtk.ResponseType.OK)
-        self.dialog.set_default_size(560, -1)
+        self.dialog.set_default_size(600, -1)
+        self.dialog.set_resizable(False)  # a long message must not make it grow: lines wrap instead
         self.dialog.connect("response", self._response)
+        self.dialog.connect("key-press-event", self._key)
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8, border_width=12)
-        self.dialog.get_content_area().pack_start(box, True, True, 0)
+        self.dialog.get_content_area().pack_start(box, False, False, 0)
 
-        hint = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=60)
+        hint = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=70)
         hint.set_markup(HINT)
         box.pack_start(hint, False, False, 0)
         self.rows_box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
         box.pack_start(self.rows_box, False, False, 0)
         self.rows: list[_Row] = []
+        tools = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         self.add_button = Gtk.Button.new_with_mnemonic("_Add an attribute")
         self.add_button.connect("clicked", lambda *_: self.add_row("", gimp_edit.STRENGTH_DEFAULT))
-        box.pack_start(self.add_button, False, False, 0)
+        tools.pack_start(self.add_button, False, False, 0)
+        tools.pack_start(Gtk.Label(label="Preset:"), False, False, 6)
+        self.presets = Gtk.ComboBoxText()
+        self.presets.set_tooltip_text("Rows saved under a name")
+        self.presets.connect("changed", lambda *_: self._load_preset())
+        tools.pack_start(self.presets, True, True, 0)
+        self.save_preset_button = Gtk.Button.new_with_mnemonic("_Save\u2026")
+        self.save_preset_button.set_tooltip_text("Save these rows as a preset")
+        self.save_preset_button.connect("clicked", lambda *_: self._save_preset())
+        tools.pack_start(self.save_preset_button, False, False, 0)
+        self.delete_preset_button = Gtk.Button.new_from_icon_name("edit-delete-symbolic", Gtk.IconSize.BUTTON)
+        self.delete_preset_button.set_tooltip_text("Delete the chosen preset")
+        self.delete_preset_button.connect("clicked", lambda *_: self._delete_preset())
+        tools.pack_start(self.delete_preset_button, False, False, 0)
+        box.pack_start(tools, False, False, 0)
+        self._refill_presets()
 
         self.domain = Gtk.ComboBoxText()
         for nick, label in gimp_edit.DOMAIN_CHOICES:
             self.domain.append(nick, label)
-        if not self.domain.set_active_id(self.first_domain):
-            self.domain.set_active_id("face")
         self.domain.set_tooltip_text(
             "Faces are found in the layer; a car or a church is the selection (or the whole layer)"
         )
@@ -168,6 +228,7 @@ class LiveDialog:
         self.faces.append("all", "All faces")
         self.faces.append("largest", "The largest face")
         self.faces.set_active_id("all")
+        self.faces.set_tooltip_text("Faces are numbered from the left; the preview shows the numbers")
         self.faces.connect("changed", lambda *_: self.changed())
         self.faces_row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         self.faces_row.pack_start(Gtk.Label(label="Faces:"), False, False, 0)
@@ -177,20 +238,46 @@ class LiveDialog:
         self.before = Gtk.CheckButton.new_with_mnemonic("Show the _original (before)")
         self.before.connect("toggled", lambda b: self.editor.toggle_before(b.get_active()))
         box.pack_start(self.before, False, False, 0)
-        self.engine_label = Gtk.Label(label="Connecting to the FFCLIP engine\u2026", xalign=0.0, wrap=True)
-        box.pack_start(self.engine_label, False, False, 0)
+        engine_row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        self.engine_label = Gtk.Label(label="", xalign=0.0, wrap=True, max_width_chars=60, hexpand=True)
+        engine_row.pack_start(self.engine_label, True, True, 0)
+        self.start_button = Gtk.Button.new_with_mnemonic("_Start the engine")
+        self.start_button.set_tooltip_text("Run the FFCLIP engine on this computer (its start command)")
+        self.start_button.connect("clicked", lambda *_: self.editor.start())
+        engine_row.pack_start(self.start_button, False, False, 0)
+        box.pack_start(engine_row, False, False, 0)
         self.progress = Gtk.ProgressBar(show_text=True, text="")
+        self.progress.set_ellipsize(3)  # Pango.EllipsizeMode.END: one line, whatever it says
         box.pack_start(self.progress, False, False, 0)
 
-        prompt, strength = first
-        self.add_row(prompt, strength)
+    def _fill(self, opening: Opening) -> None:
+        """The widgets set to what the dialog opens with (also Reset, with the defaults)."""
+        for row in list(self.rows):
+            self.rows_box.remove(row.box)
+        self.rows = []
+        for prompt, strength in opening.rows or [("", gimp_edit.STRENGTH_DEFAULT)]:
+            self.add_row(prompt, strength)
+        if not self.domain.set_active_id(opening.domain):
+            self.domain.set_active_id("face")
+        if isinstance(opening.faces, tuple):  # a reopened edit of one face: that face again
+            key = f"face:{opening.faces[0]}"
+            self.faces.append(key, "The face edited before")
+            self.faces.set_active_id(key)
+            self.faces_listed = True
+        else:
+            self.faces.set_active_id(opening.faces if opening.faces in ("all", "largest") else "all")
         self.dialog.show_all()
-        self.faces_row.hide()  # until the photo shows several faces
+        self.start_button.hide()
+        if not self.faces_listed:
+            self.faces_row.hide()  # until the photo shows several faces
+        self.changed()
 
     def completion(self) -> Gtk.EntryCompletion:
-        completion = Gtk.EntryCompletion(model=self._completion_model, minimum_key_length=1)
+        # inline only: a completion pop-up grabs the pointer and swallows the next click elsewhere
+        completion = Gtk.EntryCompletion(model=self._completion_model, minimum_key_length=2)
         completion.set_text_column(0)
-        completion.set_inline_selection(True)
+        completion.set_popup_completion(False)
+        completion.set_inline_completion(True)
         return completion
 
     def add_row(self, prompt: str, strength: float) -> None:
@@ -216,6 +303,8 @@ class LiveDialog:
         self.changed()
 
     def changed(self) -> None:
+        if not hasattr(self, "editor"):
+            return  # still building
         choice = self.faces.get_active_id() or "all"
         faces: Any = (int(choice.split(":")[1]),) if choice.startswith("face:") else choice
         domain = self.domain.get_active_id() or "face"
@@ -229,23 +318,83 @@ class LiveDialog:
             self.faces_row.show_all()
         self.changed()
 
+    # -- presets
+
+    def _refill_presets(self) -> None:
+        self.presets.remove_all()
+        for name in live.preset_names(self.settings):
+            self.presets.append(name, name)
+        has = bool(live.preset_names(self.settings))
+        self.presets.set_sensitive(has)
+        self.delete_preset_button.set_sensitive(has)
+
+    def _load_preset(self) -> None:
+        name = self.presets.get_active_id()
+        rows = live.preset_rows(self.settings, name) if name else []
+        if rows:
+            self._fill(Opening(rows, self.domain.get_active_id() or "face"))
+
+    def _save_preset(self, name: str | None = None) -> None:
+        if name is None:
+            name = _ask_name(self.dialog, self.presets.get_active_id() or "")
+        if name and live.save_preset(self.settings, name, [row.value for row in self.rows]):
+            self._save_settings()
+            self._refill_presets()
+            self.presets.set_active_id(" ".join(name.split()))
+
+    def _delete_preset(self) -> None:
+        name = self.presets.get_active_id()
+        if name:
+            live.delete_preset(self.settings, name)
+            self._save_settings()
+            self._refill_presets()
+
+    # -- responses
+
     def _response(self, _dialog, response: int) -> None:
         if response == Gtk.ResponseType.OK:
             self.editor.apply()
-        else:
+        elif response == Gtk.ResponseType.HELP:
+            self.show_help()
+        elif response == RESPONSE_RESET:
+            self.before.set_active(False)
+            self._fill(Opening([("", gimp_edit.STRENGTH_DEFAULT)]))
+        else:  # Cancel, Escape, the window's close button
             self.editor.cancel()
+
+    def _key(self, _widget, event) -> bool:
+        if event.keyval == Gdk.KEY_F1:
+            self.show_help()
+            return True
+        return False
+
+    def show_help(self) -> None:
+        page = Path(__file__).resolve().parent / HELP_PAGE
+        with contextlib.suppress(GLib.Error):
+            Gtk.show_uri_on_window(self.dialog, page.as_uri(), Gdk.CURRENT_TIME)
+
+    def place_beside_the_image(self) -> None:
+        """At the right edge of the screen, not centred over the photo (and its faces)."""
+        display = Gdk.Display.get_default()
+        monitor = display.get_primary_monitor() or display.get_monitor(0)
+        if monitor is None:
+            return
+        area = monitor.get_workarea()
+        width, _ = self.dialog.get_size()
+        self.dialog.move(area.x + area.width - width - 24, area.y + 48)
 
     # ------------------------------------------------------------------ live.View
 
-    def set_status(self, text: str, fraction: float | None = None) -> None:
+    def set_status(self, text: str, fraction: float | None = live.IDLE) -> None:
         self.progress.set_text(text)
         if fraction is None:
             self.progress.pulse()
         else:
             self.progress.set_fraction(fraction)
 
-    def set_engine(self, text: str, ready: bool) -> None:
+    def set_engine(self, text: str, ready: bool, can_start: bool = False) -> None:
         self.engine_label.set_text(text)
+        self.start_button.set_visible(can_start)
 
     def set_faces(self, labels: list[tuple[int, str]]) -> None:  # once, and only for faces
         for index, label in labels:
@@ -254,7 +403,7 @@ class LiveDialog:
         self.faces_row.show_all()
 
     def set_busy(self, busy: bool) -> None:
-        for widget in (self.rows_box, self.add_button, self.faces, self.domain, self.apply_button):
+        for widget in (self.rows_box, self.add_button, self.faces, self.domain, self.apply_button, self.presets):
             widget.set_sensitive(not busy)
 
     def close(self, applied: bool) -> None:
@@ -262,8 +411,8 @@ class LiveDialog:
 
     # ------------------------------------------------------------------ live.Canvas
 
-    def show_preview(self, result: EditResult, visible: bool) -> None:
-        self.preview.show(result, visible)
+    def show_preview(self, result: EditResult, visible: bool, badges: list | None = None) -> None:
+        self.preview.show(result, visible, badges)
         self.shown += 1
 
     def set_preview_visible(self, visible: bool) -> None:
@@ -273,13 +422,31 @@ class LiveDialog:
         self.preview.remove()
 
     def place_result(self, result: EditResult, params: EditParams) -> None:
-        self.preview.close(changed=True)  # the undo history back first: the new layer is its one new step
-        new = self.pixels.new_layer(result, "layer-mask")
-        self.new_layer = place_result(self.image, self.source, gimp_edit.layer_name(params), new)
+        self.preview.close()  # gone before the edit's one undo step
+        output = self.opening.output
+        new = self.pixels.new_layer(result, output)
+        name = gimp_edit.layer_name(params)
+        recipe = self._recipe(params, output)
+        if self.opening.reopened is not None:
+            replace_result(self.image, self.opening.reopened, self.source, name, new, recipe.to_bytes())
+            self.new_layer = self.opening.reopened
+        else:
+            self.new_layer = place_result(self.image, self.source, name, new, recipe.to_bytes())
+        if self.on_applied is not None:
+            self.on_applied(params, output)
         self.settings["domain"] = params.domain  # the next dialog opens with it
         self.settings["recent_prompts"] = live.remember_prompts(
             self.settings.get("recent_prompts") or [], params.prompts
         )
+        self._save_settings()
+
+    def _recipe(self, params: EditParams, output: str) -> Recipe:
+        digest = pixels_digest(self.pixels.rgba)  # the layer alone: what a reopened edit checks
+        source = SourceRef(self.source.get_tattoo(), self.source.get_name(), digest)
+        models = self.editor.last_status.get("models") or {}
+        return Recipe.of(params, source, output, models)
+
+    def _save_settings(self) -> None:
         with contextlib.suppress(OSError):
             gimp_settings.save_settings(self.plugin_dir, self.settings)
 
@@ -293,11 +460,9 @@ class LiveDialog:
         self.editor.tick()
         return not self.editor.closed
 
-    def _start_engine(self) -> None:
-        with contextlib.suppress(gimp_edit.PluginError):
-            gimp_edit.start_engine(dict(self.settings, url=self.url), gimp_edit.Progress())
-
     def run(self) -> Gimp.Layer | None:
+        self.place_beside_the_image()
+        self.editor.tick()  # the engine's state asked at once
         GLib.timeout_add(TICK_MS, self._tick)
         script = os.environ.get("FFCLIP_DIALOG_SCRIPT")
         if script:
@@ -312,15 +477,71 @@ class LiveDialog:
         return self.new_layer
 
 
+RESPONSE_RESET = 1  # Gtk response ids >= 0 are the application's own
+
+
+def ask_edit_as_it_is(problem: str) -> bool:
+    """A reopened edit whose source is gone or changed: edit the FFCLIP layer as it now is (a new
+    layer over it), or cancel. Never a silent edit of something else."""
+    GimpUi.init("python-fu-ffclip-edit")
+    dialog = Gtk.MessageDialog(
+        message_type=Gtk.MessageType.QUESTION,
+        buttons=Gtk.ButtonsType.NONE,
+        text="FFCLIP Edit cannot reopen this edit",
+    )
+    dialog.format_secondary_text(
+        problem + " You can edit this layer as it is now (the result goes into a new layer above it), or cancel."
+    )
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Edit the layer as it is now", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.CANCEL)
+    script = os.environ.get("FFCLIP_DIALOG_SCRIPT")
+    if script:  # a scripted session answers from its steps
+        steps = json.loads(Path(script).read_text())
+        answer = next((s["source_problem"] for s in steps if "source_problem" in s), "cancel")
+        _log_record({"step": "source_problem", "problem": problem, "answer": answer})
+        dialog.destroy()
+        return answer == "edit"
+    answer = dialog.run()
+    dialog.destroy()
+    return answer == Gtk.ResponseType.OK
+
+
+def _log_record(record: dict) -> None:
+    path = os.environ.get("FFCLIP_DIALOG_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _ask_name(parent: Gtk.Window, suggestion: str) -> str | None:
+    """A small modal asking for a preset's name."""
+    dialog = Gtk.Dialog(title="Save preset", transient_for=parent, modal=True)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Save", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    entry = Gtk.Entry(text=suggestion, activates_default=True)
+    dialog.get_content_area().pack_start(Gtk.Label(label="Name of the preset:", xalign=0.0), False, False, 6)
+    dialog.get_content_area().pack_start(entry, False, False, 6)
+    dialog.show_all()
+    answer = dialog.run()
+    name = entry.get_text()
+    dialog.destroy()
+    return name if answer == Gtk.ResponseType.OK else None
+
+
 class _Replay:
     """A user's session acted out on the dialog's own widgets, one step at a time on the main loop.
 
     Steps (JSON objects): {"type": TEXT, "row": N, "key_s": 0.08} types TEXT key by key into row N;
+    {"clear": true, "row": N} empties row N; {"enter": true, "row": N} presses Enter in it;
     {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"}; {"before": true|false};
-    {"wait_preview": true} until a new preview is drawn; {"shot": PATH, "area": [X, Y, W, H]} saves
-    the screen (or that part of it) as PNG;
-    {"note": LABEL} logs the image's layers and the preview; {"move": [X, Y]} places the dialog;
-    {"sleep": S}; {"apply": true}; {"cancel": true}."""
+    {"wait_preview": true} until a new preview is drawn; {"wait_engine": TEXT} until the engine line
+    holds TEXT; {"start": true} presses Start; {"reset": true}; {"preset_save": NAME}; {"preset": NAME};
+    {"paint": true} paints a stroke on the photo layer as a user's brush would (the paintbrush through
+    the PDB, the image's undo as GIMP keeps it); {"shot": PATH, "area": [X, Y, W, H]} saves the screen
+    (or that part of it) as PNG; {"note": LABEL} logs the image's layers and the preview; {"move": [X, Y]}
+    places the dialog; {"sleep": S}; {"apply": true}; {"cancel": true}."""
 
     def __init__(self, dialog: LiveDialog, steps: list[dict], log_path: str | None) -> None:
         self.dialog, self.steps, self.log_path = dialog, steps, log_path
@@ -345,8 +566,12 @@ class _Replay:
                 for n in range(1, len(step["type"]) + 1):
                     row.entry.set_text(step["type"][:n])
                     yield step.get("key_s", 0.08)
+            elif "clear" in step:
+                row.entry.set_text("")
+            elif "enter" in step:
+                row.entry.activate()
             elif "slider" in step:
-                row.scale.set_value(step["slider"])
+                row.adjustment.set_value(step["slider"])
             elif "add_row" in step:
                 d.add_button.clicked()
             elif "faces" in step:
@@ -362,6 +587,22 @@ class _Replay:
                         break
                     yield 0.1
                 self._log({"step": "wait_preview", "drawn": d.shown > seen})
+            elif "wait_engine" in step:
+                for _ in range(int(step.get("timeout", 120) * 10)):
+                    if step["wait_engine"] in d.engine_label.get_text():
+                        break
+                    yield 0.1
+                self._log({"step": "wait_engine", "engine": d.engine_label.get_text()})
+            elif "start" in step:
+                d.start_button.clicked()
+            elif "reset" in step:
+                d.dialog.response(RESPONSE_RESET)
+            elif "preset_save" in step:
+                d._save_preset(step["preset_save"])
+            elif "preset" in step:
+                d.presets.set_active_id(step["preset"])
+            elif "paint" in step:
+                self._paint()
             elif "shot" in step:
                 yield 0.5  # let the canvas and the dialog repaint
                 root = Gdk.get_default_root_window()
@@ -381,28 +622,54 @@ class _Replay:
                 d.dialog.response(Gtk.ResponseType.CANCEL)
             yield 0.05
 
+    def _paint(self) -> None:
+        """A stroke across the photo layer, as the paintbrush leaves it (one undo step in GIMP)."""
+        layer = self.dialog.source
+        w, h = layer.get_width(), layer.get_height()
+        Gimp.context_push()
+        Gimp.context_set_foreground(_colour(255, 0, 0))
+        Gimp.context_set_brush_size(max(4.0, w / 40))
+        Gimp.paintbrush_default(layer, [w * 0.1, h * 0.9, w * 0.5, h * 0.85, w * 0.9, h * 0.9])
+        Gimp.context_pop()
+        Gimp.displays_flush()
+
     def observe(self) -> dict:
         d = self.dialog
         layer = d.preview.layer
         preview = None
-        if layer is not None:
+        if layer is not None and layer.is_valid():
             rect = Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height())
             data = bytes(layer.get_buffer().get(rect, 1.0, RGBA, Gegl.AbyssPolicy.CLAMP))
-            preview = {"visible": layer.get_visible(), "region": list(d.preview.region), "sha1": _sha1(data)}
+            preview = {
+                "visible": d.preview.visible,
+                "region": list(d.preview.region or ()),
+                "sha1": _sha1(data),
+                "locked": layer.get_lock_content(),
+            }
         return {
             "layers": [item.get_name() for item in d.image.get_layers()],
+            "selected": [item.get_name() for item in d.image.get_selected_layers()],
             "preview": preview,
             "undo_enabled": d.image.undo_is_enabled(),
             "dirty": d.image.is_dirty(),
             "engine": d.engine_label.get_text(),
+            "start_button": d.start_button.get_visible(),
             "domain": d.domain.get_active_id(),
             "status": d.progress.get_text(),
+            "rows": [row.value for row in d.rows],
         }
 
     def _log(self, record: dict) -> None:
         if self.log_path:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _colour(r: int, g: int, b: int):
+    gi.require_version("Gegl", "0.4")
+    colour = Gegl.Color.new("black")
+    colour.set_rgba(r / 255, g / 255, b / 255, 1.0)
+    return colour
 
 
 def _sha1(data: bytes) -> str:

@@ -8,19 +8,24 @@ precision and type to), selections and masks one byte per pixel (`Y u8`), layer-
 
 from __future__ import annotations
 
+import contextlib
+
 import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
 
+from ffclip.plugin.imageops import composite  # noqa: E402
 from ffclip.plugin.protocol import EditResult  # noqa: E402
 
+from .badges import draw_badges  # noqa: E402
 from .edit import NewLayer, check_region, compose_result, crop  # noqa: E402
+from .recipe import PARASITE  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 MASK = "Y u8"
-PREVIEW_NAME = "FFCLIP preview"
+PREVIEW_NAME = "FFCLIP preview (temporary)"
 NEW_LAYER_TYPE = {
     Gimp.ImageBaseType.RGB: Gimp.ImageType.RGBA_IMAGE,
     Gimp.ImageBaseType.GRAY: Gimp.ImageType.GRAYA_IMAGE,
@@ -53,11 +58,16 @@ class LayerPixels:
         return NewLayer(region, layer_rgba, mask, result)
 
 
-def place_result(image: Gimp.Image, source: Gimp.Layer, name: str, new: NewLayer) -> Gimp.Layer:
-    """The edited layer (and its mask) above `source`, in one undo step."""
+def place_result(
+    image: Gimp.Image, source: Gimp.Layer, name: str, new: NewLayer, recipe: bytes | None = None
+) -> Gimp.Layer:
+    """The edited layer (and its mask, and its recipe) above `source`, in one undo step; the new
+    layer, not its mask, is the active drawable afterwards (what Filters > Repeat works on)."""
     image.undo_group_start()
     try:
         layer = _insert_layer(image, source, name, new)
+        if recipe is not None:
+            layer.attach_parasite(_recipe_parasite(recipe))
         image.set_selected_layers([layer])
     finally:
         image.undo_group_end()
@@ -65,73 +75,195 @@ def place_result(image: Gimp.Image, source: Gimp.Layer, name: str, new: NewLayer
     return layer
 
 
-def _insert_layer(image: Gimp.Image, source: Gimp.Layer, name: str, new: NewLayer) -> Gimp.Layer:
+def replace_result(
+    image: Gimp.Image, layer: Gimp.Layer, source: Gimp.Layer, name: str, new: NewLayer, recipe: bytes
+) -> None:
+    """A reopened edit applied again: the FFCLIP layer's pixels, mask, name and recipe replaced in
+    place, in one undo step (the layer keeps its place, its tattoo and its other properties)."""
     x, y, w, h = new.region
     _, ox, oy = source.get_offsets()
+    image.undo_group_start()
+    try:
+        if (layer.get_width(), layer.get_height()) != (w, h):
+            layer.resize(w, h, 0, 0)
+        layer.set_offsets(ox + x, oy + y)
+        _write_undoable(layer, RGBA, new.layer_rgba, w, h)
+        mask = layer.get_mask()
+        if new.mask is not None:
+            if mask is None:
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.WHITE))
+                mask = layer.get_mask()
+            _write_undoable(mask, MASK, new.mask, w, h)
+        elif mask is not None:
+            layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
+        layer.set_edit_mask(False)
+        layer.set_name(name)
+        layer.attach_parasite(_recipe_parasite(recipe))
+        image.set_selected_layers([layer])
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+
+
+def read_recipe(layer: Gimp.Layer) -> bytes | None:
+    """The layer's `ffclip-edit/recipe` parasite's data (None: not an FFCLIP layer)."""
+    parasite = layer.get_parasite(PARASITE)
+    return bytes(parasite.get_data()) if parasite is not None else None
+
+
+def _recipe_parasite(recipe: bytes) -> Gimp.Parasite:
+    # persistent: saved in the XCF; undoable: undoing the edit takes its recipe away with it
+    return Gimp.Parasite.new(PARASITE, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(recipe))
+
+
+def _insert_layer(image: Gimp.Image, above: Gimp.Layer, name: str, new: NewLayer) -> Gimp.Layer:
+    x, y, w, h = new.region
+    _, ox, oy = above.get_offsets()
     layer_type = NEW_LAYER_TYPE.get(image.get_base_type(), Gimp.ImageType.RGBA_IMAGE)
     layer = Gimp.Layer.new(image, name, w, h, layer_type, 100.0, Gimp.LayerMode.NORMAL)
-    image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+    image.insert_layer(layer, above.get_parent(), image.get_item_position(above))
     layer.set_offsets(ox + x, oy + y)
     _write(layer, RGBA, new.layer_rgba, w, h)
     if new.mask is not None:
         mask = layer.create_mask(Gimp.AddMaskType.WHITE)
         layer.add_mask(mask)
         _write(mask, MASK, new.mask, w, h)
+        layer.set_edit_mask(False)  # the layer is what the user works on next, not its mask
     return layer
 
 
-def _write(drawable: Gimp.Drawable, fmt: str, data: bytes, w: int, h: int) -> None:
+def _write(drawable: Gimp.Drawable, fmt: str, data: bytes, w: int, h: int, x: int = 0, y: int = 0) -> None:
+    """Pixels straight into the drawable's buffer: no undo step, the image not marked changed."""
     buffer = drawable.get_buffer()
-    buffer.set(Gegl.Rectangle.new(0, 0, w, h), fmt, data)
+    buffer.set(Gegl.Rectangle.new(x, y, w, h), fmt, data)
     buffer.flush()
+    drawable.update(x, y, w, h)
+
+
+def _write_undoable(drawable: Gimp.Drawable, fmt: str, data: bytes, w: int, h: int) -> None:
+    """Pixels through the shadow buffer, merged with an undo step (a reopened edit's replacement)."""
+    shadow = drawable.get_shadow_buffer()
+    shadow.set(Gegl.Rectangle.new(0, 0, w, h), fmt, data)
+    shadow.flush()
+    drawable.merge_shadow(True)
     drawable.update(0, 0, w, h)
 
 
 class PreviewLayer:
-    """The live preview: a temporary layer above the source, drawn with the image's undo frozen,
-    so that neither it nor its updates ever reach the undo history. `close()` removes it and thaws
-    the undo stack: the image is then exactly as before."""
+    """The live preview on the canvas: a temporary layer the size of the photo layer, above it (or
+    above the FFCLIP layer being reopened), locked, never the active layer: the user's tools go on
+    working on what they worked on. GIMP's contract for a filter dialog holds because of how it changes:
 
-    def __init__(self, pixels: LayerPixels) -> None:
+    - its pixels are written straight into its buffer: no undo step, the image not marked changed;
+    - it is added and removed with the undo frozen for those few milliseconds only (the user's own
+      work meanwhile is recorded and undoable). GIMP marks an image changed for a layer added or
+      removed even with the undo frozen; when the image was clean just before, nothing of the
+      user's is pending and it is marked clean again, which is exact; when it was not, the mark
+      stays (the image is changed anyway; docs/gimp.md tells the one trace this leaves)."""
+
+    def __init__(self, pixels: LayerPixels, above: Gimp.Layer | None = None, cover: tuple | None = None) -> None:
         self.pixels = pixels
         self.image = pixels.image
+        self.above = above or pixels.layer
+        self.cover = cover  # a reopened FFCLIP layer's extent (layer-local): the preview hides it there
         self.layer: Gimp.Layer | None = None
-        self.region: tuple[int, int, int, int] | None = None
-        self.was_clean = not self.image.is_dirty()
-        self.frozen = self.image.undo_freeze()
+        self.region: tuple[int, int, int, int] | None = None  # what is drawn now, layer-local
+        self.content: tuple[tuple[int, int, int, int], bytes] | None = None
+        self.visible = True
 
-    def show(self, result: EditResult, visible: bool) -> None:
-        new = self.pixels.new_layer(result, "layer")  # the blend mask in the alpha, the selection applied
-        if self.layer is not None and new.region[2:] != self.region[2:]:
-            self.remove()
-        if self.layer is None:
-            self.layer = _insert_layer(self.image, self.pixels.layer, PREVIEW_NAME, new)
-        else:
-            _, ox, oy = self.pixels.layer.get_offsets()
-            self.layer.set_offsets(ox + new.region[0], oy + new.region[1])
-            _write(self.layer, RGBA, new.layer_rgba, new.region[2], new.region[3])
-        self.region = new.region
-        self.layer.set_visible(visible)
-        Gimp.displays_flush()
+    def show(self, result: EditResult, visible: bool, badges: list | None = None) -> None:
+        region, rgba = self._content(result)
+        if badges:
+            pixels = bytearray(rgba)
+            draw_badges(pixels, region[2], region[3], badges, origin=region[:2])
+            rgba = bytes(pixels)
+        self.content, self.visible = (region, rgba), visible
+        self._draw()
 
     def set_visible(self, visible: bool) -> None:
-        if self.layer is not None:
-            self.layer.set_visible(visible)
-            Gimp.displays_flush()
+        """Before/after: the preview's pixels written in or cleared (a hidden layer would mark the
+        image changed)."""
+        if visible != self.visible and self.content is not None:
+            self.visible = visible
+            self._draw()
+
+    def _content(self, result: EditResult) -> tuple[tuple[int, int, int, int], bytes]:
+        new = self.pixels.new_layer(result, "layer")  # the blend mask in the alpha, the selection applied
+        if self.cover is None:
+            return new.region, new.layer_rgba
+        return cover_with_source(self.pixels, new.region, new.layer_rgba, self.cover)
+
+    def _draw(self) -> None:
+        if self.layer is None or not self.layer.is_valid():
+            self._add()
+        region, rgba = self.content
+        if not self.visible:
+            rgba = bytes(len(rgba))
+        old, self.region = self.region, region
+        with self._quietly():
+            self.layer.set_lock_content(False)  # GIMP stops a plug-in that writes to a locked layer
+            if old is not None and old != region:
+                _write(self.layer, RGBA, bytes(old[2] * old[3] * 4), old[2], old[3], old[0], old[1])
+            _write(self.layer, RGBA, rgba, region[2], region[3], region[0], region[1])
+            self.layer.set_lock_content(True)
+        Gimp.displays_flush()
+
+    def _add(self) -> None:
+        selected = self.image.get_selected_layers()
+        _, ox, oy = self.pixels.layer.get_offsets()
+        layer_type = NEW_LAYER_TYPE.get(self.image.get_base_type(), Gimp.ImageType.RGBA_IMAGE)
+        with self._quietly():
+            # a new layer is transparent: the size of the photo layer, over it, never moved afterwards
+            self.layer = Gimp.Layer.new(
+                self.image,
+                PREVIEW_NAME,
+                self.pixels.width,
+                self.pixels.height,
+                layer_type,
+                100.0,
+                Gimp.LayerMode.NORMAL,
+            )
+            self.image.insert_layer(self.layer, self.above.get_parent(), self.image.get_item_position(self.above))
+            self.layer.set_offsets(ox, oy)
+            self.layer.set_lock_content(True)  # the user's brush cannot land on it
+            self.layer.set_lock_position(True)
+            if selected:
+                self.image.set_selected_layers(selected)  # never the active layer
+        self.region = None
 
     def remove(self) -> None:
-        layer, self.layer, self.region = self.layer, None, None
+        layer, self.layer, self.region, self.content = self.layer, None, None, None
         if layer is not None and layer.is_valid():
-            self.image.remove_layer(layer)
+            with self._quietly():
+                self.image.remove_layer(layer)
             Gimp.displays_flush()
 
-    def close(self, changed: bool = False) -> None:
-        """Remove the preview and give the image its undo history back. GIMP counts every layer
-        added or removed as a change even with the undo frozen: an image that was saved when the
-        dialog opened and that the dialog leaves unchanged (`changed` False) is marked saved again."""
+    def close(self) -> None:
         self.remove()
-        if self.frozen:
-            self.frozen = False
+
+    @contextlib.contextmanager
+    def _quietly(self):
+        """The undo frozen around the dialog's own change, and the image's clean mark kept."""
+        was_clean = not self.image.is_dirty()
+        self.image.undo_freeze()
+        try:
+            yield
+        finally:
             self.image.undo_thaw()
-            if self.was_clean and not changed:
+            if was_clean and self.image.is_dirty():
                 self.image.clean_all()
+
+
+def cover_with_source(
+    pixels: LayerPixels, region: tuple[int, int, int, int], rgba: bytes, cover: tuple[int, int, int, int]
+) -> tuple[tuple[int, int, int, int], bytes]:
+    """The preview over a reopened FFCLIP layer: the new edit composited over the source's own pixels,
+    opaque over the old layer's extent too, so that the old edit does not show through."""
+    x0, y0 = min(region[0], cover[0]), min(region[1], cover[1])
+    x1 = max(region[0] + region[2], cover[0] + cover[2])
+    y1 = max(region[1] + region[3], cover[1] + cover[3])
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, pixels.width), min(y1, pixels.height)
+    union = (x0, y0, x1 - x0, y1 - y0)
+    base = crop(pixels.rgba, pixels.width, pixels.height, union, 4)
+    inner = (region[0] - x0, region[1] - y0, region[2], region[3])
+    return union, composite(base, union[2], union[3], inner, rgba)

@@ -431,8 +431,11 @@ def sha(layer):
 
 def state(image):
     layers = image.get_layers()
+    drawables = image.get_selected_drawables()
     return {"layers": [l.get_name() for l in layers], "masks": [l.get_mask() is not None for l in layers],
-            "source": sha(layers[-1]), "dirty": image.is_dirty()}
+            "source": sha(layers[-1]), "dirty": image.is_dirty(),
+            "selected": [d.get_name() for d in drawables if not isinstance(d, Gimp.LayerMask)],
+            "mask_active": any(isinstance(d, Gimp.LayerMask) for d in drawables)}
 
 def wait_for(path):
     for _ in range(600):
@@ -537,14 +540,18 @@ def test_live_dialog_apply_leaves_one_masked_layer_in_one_undo_step(console, ins
     assert notes["opened"]["preview"] is None
     typed, slider, two = notes["typed"]["preview"], notes["slider"]["preview"], notes["two attributes"]["preview"]
     assert typed and slider and two and len({typed["sha1"], slider["sha1"], two["sha1"]}) == 3  # it changes
-    assert notes["typed"]["layers"] == ["FFCLIP preview", "Background"] and typed["visible"]
+    assert notes["typed"]["layers"] == ["FFCLIP preview (temporary)", "Background"] and typed["visible"]
+    assert notes["typed"]["selected"] == ["Background"] and typed["locked"]  # never the user's target
     assert notes["before"]["preview"]["visible"] is False and notes["after"]["preview"]["visible"] is True
-    assert notes["typed"]["undo_enabled"] is False  # the preview never reaches the undo history
+    # the undo stays on for the user, and the previews neither reach it nor mark the saved image changed
+    assert notes["typed"]["undo_enabled"] is True and notes["two attributes"]["dirty"] is False
     assert "untrained" in notes["typed"]["engine"]
     assert out["status"] == "success"
-    assert out["after"]["layers"] == ["FFCLIP: a smiling face + grey hair", "Background"]
+    assert out["after"]["layers"] == ["FFCLIP: a smiling face 1.6 + grey hair 1", "Background"]
     assert out["after"]["masks"] == [True, False] and out["after"]["source"] == out["before"]["source"]
+    assert out["after"]["selected"] == ["FFCLIP: a smiling face 1.6 + grey hair 1"] and not out["after"]["mask_active"]
     assert out["undo1"]["layers"] == ["Background"]  # one ctrl+z takes the edit away...
+    assert out["undo1"]["dirty"] is False  # ... and the image is as saved again
     assert out["undo2"] == out["undo1"]  # ... and there is nothing else to undo
     for name in ("live.png", "before.png"):
         shot = scratch_hint / name
@@ -557,7 +564,28 @@ def test_live_dialog_apply_leaves_one_masked_layer_in_one_undo_step(console, ins
 
 def test_live_dialog_cancel_leaves_the_image_as_it_was(console, installed, photos, tmp_path):
     out, records, _ = run_live_dialog(console, photos[ASTRONAUT], _live_steps(None, {"cancel": True}), tmp_path)
-    assert _previews(records)["two attributes"]["layers"] == ["FFCLIP preview", "Background"]
+    assert _previews(records)["two attributes"]["layers"] == ["FFCLIP preview (temporary)", "Background"]
     assert out["status"] == "cancel"
-    assert out["after"] == out["before"]  # same layers, bit-identical pixels, still unmodified
-    assert out["undo1"] == out["before"] and out["undo2"] == out["before"]  # no undo step was left
+    assert out["after"] == out["before"]  # the same layers and pixels, still unmodified
+    assert out["undo1"] == out["before"]  # and nothing was added to the history
+
+
+def test_a_stroke_painted_while_the_dialog_is_open_survives_cancel_and_can_be_undone(
+    console, installed, photos, tmp_path
+):
+    """Issue 25, point 1: open the dialog, type, paint on the photo meanwhile, Cancel."""
+    steps = [
+        {"type": "smiling", "row": 0, "key_s": 0.03},
+        {"wait_preview": True},
+        {"paint": True},  # the user's brush, on the photo layer
+        {"note": "painted"},
+        {"cancel": True},
+    ]
+    out, records, _ = run_live_dialog(console, photos[ASTRONAUT], steps, tmp_path)
+    painted = _previews(records)["painted"]
+    assert painted["dirty"] is True and painted["undo_enabled"] is True
+    assert out["status"] == "cancel"
+    assert out["after"]["layers"] == ["Background"]  # the preview went...
+    assert out["after"]["source"] != out["before"]["source"]  # ... the stroke stayed
+    assert out["after"]["dirty"] is True  # and the image says it was changed
+    assert out["undo1"]["source"] == out["before"]["source"]  # the stroke is one ctrl+z
