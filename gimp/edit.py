@@ -127,7 +127,7 @@ class ProcedureArgs:
         if self.output not in dict(OUTPUT_MODES):
             raise PluginError(f"Output must be layer-mask or layer, not {self.output!r}.")
         if self.face_mode == "index" and int(self.face_index) < 0:
-            raise PluginError("The face number must be 0 or more (0 is the most confident face).")
+            raise PluginError("The face number must be 0 or more (the engine's numbering: `ffclip-engine faces`).")
         if self.domain not in DOMAINS:
             raise PluginError(f"Domain must be one of {', '.join(DOMAINS)}, not {self.domain!r}.")
         faces = [int(self.face_index)] if self.face_mode == "index" else self.face_mode
@@ -141,10 +141,23 @@ class ProcedureArgs:
         except BadRequest as exc:
             raise PluginError(f"FFCLIP Edit cannot send this edit: {exc.message}.") from None
 
+    @classmethod
+    def of(cls, params: EditParams, output: str = "layer-mask", url: str | None = None) -> ProcedureArgs:
+        """The arguments that ask for `params` (what the dialog stores as the procedure's last values):
+        the first attribute in prompt/strength, the others in more-edits."""
+        first, *more = params.edits
+        if isinstance(params.faces, str):
+            face_mode, face_index = params.faces, 0
+        else:
+            face_mode, face_index = "index", params.faces[0]
+        more_edits = "\n".join(f"{a.prompt}={a.strength:g}" for a in more)
+        return cls(first.prompt, first.strength, face_mode, face_index, output, url, more_edits, params.domain)
+
 
 def layer_name(params: EditParams, limit: int = 120) -> str:
-    """`FFCLIP: smiling + grey hair`: the prompts of the edit, shortened to `limit` characters."""
-    text = " + ".join(params.prompts)
+    """`FFCLIP: smiling 0.8 + grey hair 1.2`: each prompt with its strength, shortened to `limit`
+    characters; the Layers dock then tells two edits of the same prompts apart."""
+    text = " + ".join(f"{e.prompt} {e.strength:g}" for e in params.edits)
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "\u2026"
     return LAYER_PREFIX + text
@@ -342,6 +355,7 @@ class NewLayer:
     layer_rgba: bytes
     mask: bytes | None
     result: EditResult
+    models: dict | None = None  # the engine's `models` status (the recipe keeps its identities)
 
 
 def _client_module():
@@ -454,6 +468,53 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
         ) from exc
 
 
+class EngineProcess:
+    """A daemon the plug-in started (live.StartedEngine): whether it has ended, and why, in the
+    start command's own words (the last lines it wrote to engine-start.log)."""
+
+    def __init__(self, process: subprocess.Popen, log_path: str, log_offset: int) -> None:
+        self.process, self.log_path, self.log_offset = process, log_path, log_offset
+
+    def exited(self) -> str | None:
+        code = self.process.poll()
+        if code is None:
+            return None
+        said = self._said()
+        return f"exit status {code}: {said}" if said else f"exit status {code} (nothing in {self.log_path})"
+
+    def _said(self, lines: int = 2) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                text = log.read(64 * 1024).decode("utf-8", "replace")
+        except OSError:
+            return ""
+        kept = [line.strip() for line in text.splitlines() if line.strip()]
+        return " / ".join(kept[-lines:])
+
+
+class EngineStarter:
+    """live.Starter for a local engine: `start_command` from the settings, its output in
+    engine-start.log."""
+
+    def __init__(self, settings: dict) -> None:
+        self.settings = settings
+
+    def start(self) -> EngineProcess:
+        log_path = engine_log_path()
+        try:
+            offset = os.path.getsize(log_path)
+        except OSError:
+            offset = 0
+        process = start_engine(self.settings, Progress())
+        return EngineProcess(process, log_path, offset)
+
+
+def can_start(settings: dict, url: str) -> bool:
+    """Whether the plug-in can start the engine at `url`: a local URL and a start command."""
+    return bool(settings.get("start_command")) and gimp_settings.is_local_url(url)
+
+
 def run_edit(
     params: EditParams,
     output: str,
@@ -519,12 +580,13 @@ def run_edit(
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
+    models = dict((getattr(client, "last_status", None) or {}).get("models") or {})
     region = check_region(result.region, width, height)
     source = crop(rgba, width, height, region, 4)
     sel = crop(selection, width, height, region, 1) if selection is not None else None
     layer_rgba, mask = compose_result(bytes(result.rgba), source, sel, output)
     progress.fraction(1.0)
-    return NewLayer(region, layer_rgba, mask, result)
+    return NewLayer(region, layer_rgba, mask, result, models)
 
 
 def cancel_running(settings: dict | None = None, client_factory=None) -> str:

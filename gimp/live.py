@@ -1,14 +1,19 @@
 """The live dialog's logic, without GTK: what to ask the engine, when, and what to show.
 
-`LiveEditor` takes the user's input (attribute rows, the face choice, the before/after toggle,
-Apply, Cancel), the engine's events (`ffclip.plugin.session`) and the clock, and drives three
-ports: the engine (submit, cancel, status), the canvas (the preview layer, the final layer) and the
-view (status line, progress, face chooser). The GTK dialog (gimp/dialog.py) only binds widgets to
-it, so every decision here is tested with plain Python and a fake clock.
+`LiveEditor` takes the user's input (attribute rows, the face choice, Enter, the before/after
+toggle, Start, Apply, Cancel), the engine's events (`ffclip.plugin.session`) and the clock, and
+drives four ports: the engine (submit, cancel, status), the canvas (the preview, the final layer),
+the view (engine line, status line, face chooser) and the starter (the engine's process). The GTK
+dialog (gimp/dialog.py) only binds widgets to it, so every decision here is tested with plain
+Python and a fake clock.
 
-- A preview is asked for once the input has been still for DEBOUNCE_S; each request supersedes the
-  one before (the engine cancels it), so typing a prompt queues at most one preview.
-- Only the newest request's answer is shown; a stale one is dropped.
+- A preview is asked for once the input has been still for DEBOUNCE_S (Enter: at once); each
+  request supersedes the one before (the engine cancels it), so typing queues at most one preview.
+  Only the newest request's answer is shown; an empty prompt takes the preview away.
+- The engine's state is known within a poll or two of opening: connecting, not running (with Start
+  where the plug-in can start it), starting (and why a start failed), loading, downloading,
+  missing models, ready, lost. Each is one short line; when the engine is back after being away,
+  the current input is previewed again without the user doing anything.
 - Apply asks for the full resolution with the same parameters (the engine has their Δw cached)
   and ends the dialog with the result; Cancel cancels what runs and removes the preview.
 - The domain (faces, a car, a church) goes into every request; the engine's readiness is judged
@@ -26,12 +31,15 @@ from typing import Protocol
 from ffclip.plugin import session as events
 from ffclip.plugin.protocol import MAX_EDITS, Attribute, BadRequest, EditParams, EditResult, EngineError, EngineState
 
-from .edit import STRENGTH_DEFAULT, download_text, error_message, overall_progress, stage_text
+from .edit import STAGE_TEXT, STRENGTH_DEFAULT, PluginError, download_text, error_message, overall_progress, stage_text
 
 DEBOUNCE_S = 0.3  # how long the input must be still before a preview is asked for
 STATUS_POLL_S = 1.0  # how often the engine's state is asked while it is not ready
+START_TIMEOUT_S = 120.0  # how long a started engine may take to answer
 ROWS_MAX = MAX_EDITS
 RECENT_MAX = 20  # recent prompts kept for completion
+IDLE = 0.0  # the status line's fraction when nothing runs (None: busy, no known fraction)
+TYPE_A_PROMPT = "Type a prompt describing the edit, for example \u201csmiling\u201d, and press Enter."
 
 
 class Engine(Protocol):
@@ -43,7 +51,7 @@ class Engine(Protocol):
 
 
 class Canvas(Protocol):
-    def show_preview(self, result: EditResult, visible: bool) -> None: ...
+    def show_preview(self, result: EditResult, visible: bool, badges: list[tuple[int, list]]) -> None: ...
 
     def set_preview_visible(self, visible: bool) -> None: ...
 
@@ -53,15 +61,25 @@ class Canvas(Protocol):
 
 
 class View(Protocol):
-    def set_status(self, text: str, fraction: float | None = None) -> None: ...
+    def set_status(self, text: str, fraction: float | None = IDLE) -> None: ...
 
-    def set_engine(self, text: str, ready: bool) -> None: ...
+    def set_engine(self, text: str, ready: bool, can_start: bool = False) -> None: ...
 
     def set_faces(self, labels: list[tuple[int, str]]) -> None: ...
 
     def set_busy(self, busy: bool) -> None: ...
 
     def close(self, applied: bool) -> None: ...
+
+
+class StartedEngine(Protocol):
+    def exited(self) -> str | None:
+        """None while the process runs; once it has ended, why (its exit status and last log lines)."""
+
+
+class Starter(Protocol):
+    def start(self) -> StartedEngine:
+        """Start the engine's process; PluginError (a sentence) when it cannot be started at all."""
 
 
 class LiveEditor:
@@ -73,11 +91,16 @@ class LiveEditor:
         width: int,
         clock: Callable[[], float] = time.monotonic,
         debounce: float = DEBOUNCE_S,
-        start_engine: Callable[[], None] | None = None,
+        starter: Starter | None = None,
+        autostart: bool = False,
+        url: str = "",
+        start_timeout: float = START_TIMEOUT_S,
     ) -> None:
-        """`start_engine`: starts the daemon when it cannot be reached (the plug-in's autostart)."""
+        """`starter`: how to start the engine here (None: it cannot be, e.g. a remote URL);
+        `autostart`: start it as soon as it is found not running."""
         self.engine, self.canvas, self.view = engine, canvas, view
-        self.start_engine = start_engine
+        self.starter, self.autostart, self.url = starter, autostart, url
+        self.start_timeout = start_timeout
         self.width = width  # of the layer, to describe where each face is
         self.clock, self.debounce = clock, debounce
         self.rows: list[tuple[str, float]] = [("", STRENGTH_DEFAULT)]
@@ -92,9 +115,15 @@ class LiveEditor:
         self.applied_params: EditParams | None = None
         self.closed = False
         self.engine_ready = False
+        self.connection = "connecting"  # connecting | absent | starting | connected | lost
+        self.started: StartedEngine | None = None
+        self.start_time = 0.0
+        self.tried_autostart = False
         self.last_poll = float("-inf")
         self.known_faces: list[dict] = []
         self.last_status: dict = {}
+        self.view.set_engine(STAGE_TEXT["connect"] + "\u2026", False)
+        self.view.set_status(TYPE_A_PROMPT, IDLE)
 
     # ------------------------------------------------------------------ user input
 
@@ -114,10 +143,28 @@ class LiveEditor:
                 self._engine_status(self.last_status)
         self.due = self.clock() + self.debounce
 
+    def preview_now(self) -> None:
+        """Enter in a prompt field: the preview is asked for at once, without the pause."""
+        if not self.applying and not self.closed:
+            self.due = self.clock()
+
     def toggle_before(self, show_before: bool) -> None:
         self.show_before = show_before
         if self.shown is not None:
             self.canvas.set_preview_visible(not show_before)
+
+    def start(self) -> None:
+        """Start the engine (the Start button, or autostart when it is found not running)."""
+        if self.starter is None or self.connection in ("starting", "connected") or self.closed:
+            return
+        try:
+            self.started = self.starter.start()
+        except PluginError as exc:
+            self.view.set_engine(first_line(str(exc)), False, can_start=True)
+            return
+        self.connection, self.start_time = "starting", self.clock()
+        self.last_poll = self.start_time  # give it a moment before asking
+        self.view.set_engine(STAGE_TEXT["start"] + "\u2026", False)
 
     def apply(self) -> None:
         """Render at full resolution; the dialog closes with the result."""
@@ -125,13 +172,13 @@ class LiveEditor:
             return
         params = self.params(preview=False)
         if params is None:
-            self.view.set_status("Type a prompt describing the edit, for example \u201csmiling\u201d.")
+            self.view.set_status(TYPE_A_PROMPT, IDLE)
             return
         self.due = None
         self.applied_params = params
         self.applying = self.engine.submit(params)
         self.view.set_busy(True)
-        self.view.set_status("Rendering the faces at full resolution\u2026", 0.0)
+        self.view.set_status("Rendering at full resolution\u2026", 0.0)
 
     def cancel(self) -> None:
         """Close without changing the image: what runs is cancelled, the preview removed."""
@@ -150,6 +197,8 @@ class LiveEditor:
         if self.closed:
             return
         now = self.clock()
+        if self.connection == "starting":
+            self._watch_start(now)
         if not self.engine_ready and now - self.last_poll >= STATUS_POLL_S:
             self.last_poll = now
             self.engine.request_status()
@@ -157,15 +206,33 @@ class LiveEditor:
             self.due = None
             self._preview()
 
+    def _watch_start(self, now: float) -> None:
+        reason = self.started.exited() if self.started is not None else None
+        if reason is None and now - self.start_time < self.start_timeout:
+            return
+        self.connection, self.started = "absent", None
+        if reason is None:
+            reason = f"it did not answer within {self.start_timeout:g} s"
+        self.view.set_engine(f"The FFCLIP engine could not start: {reason}", False, can_start=True)
+
     def _preview(self) -> None:
         params = self.params(preview=True)
         if params is None:
-            self.view.set_status("Type a prompt describing the edit, for example \u201csmiling\u201d.")
+            self._clear_preview()
             return
         if params == self.requested:
             return  # the same request is on its way or shown
         self.requested = params
         self.latest = self.engine.submit(params)
+
+    def _clear_preview(self) -> None:
+        """No words in any row: no preview on the canvas, nothing on its way."""
+        if self.latest is not None:
+            self.engine.cancel(self.latest)
+        if self.shown is not None:
+            self.canvas.remove_preview()
+        self.latest = self.requested = self.shown = None
+        self.view.set_status(TYPE_A_PROMPT, IDLE)
 
     def params(self, preview: bool) -> EditParams | None:
         """The edit the rows describe (rows without words left out); None when there is nothing to edit."""
@@ -176,7 +243,7 @@ class LiveEditor:
         try:
             return EditParams(tuple(attributes), faces, preview=preview, supersede=True, domain=self.domain)
         except BadRequest as exc:
-            self.view.set_status(f"This edit cannot be sent: {exc.message}.")
+            self.view.set_status(f"This edit cannot be sent: {exc.message}.", IDLE)
             return None
 
     # ------------------------------------------------------------------ engine events
@@ -196,22 +263,50 @@ class LiveEditor:
             self.applying = None
             self.view.set_busy(False)
         elif isinstance(event, events.Disconnected):
-            self.engine_ready = False
-            self.view.set_engine(error_message(event.error), False)
+            self._lost()
+        elif isinstance(event, events.Unreachable):
+            self._unreachable(event.error)
 
     def _engine_status(self, status: dict) -> None:
         self.last_status = status
         was_ready = self.engine_ready
+        self.connection, self.started = "connected", None
         text, self.engine_ready = engine_state(status, self.domain)
         self.view.set_engine(text, self.engine_ready)
-        if self.engine_ready and not was_ready and self.shown is None and not self.applying:
-            self.requested, self.due = None, self.clock()  # (again) now that it can edit
+        if self.engine_ready and not was_ready and not self.applying:
+            # (again) now that it can edit: the preview asked while it was away, or never asked
+            self.requested = None
+            if self.params(preview=True) is not None:
+                self.due = self.clock()
+
+    def _unreachable(self, error: EngineError) -> None:
+        """A connection attempt failed: the engine is not running (or not reachable)."""
+        if self.connection == "starting":
+            return  # a started engine takes a while to listen; _watch_start judges it
+        self.engine_ready = False
+        if self.connection == "lost":
+            return  # "reconnecting" says it
+        self.connection = "absent"
+        if error.code != "connection_failed":  # a certificate, a token: not a matter of starting it
+            self.view.set_engine(first_line(error_message(error, self.url)), False)
+            return
+        if self.autostart and self.starter is not None and not self.tried_autostart:
+            self.tried_autostart = True
+            self.start()
+            return
+        where = f" at {self.url}" if self.url else ""
+        self.view.set_engine(f"The FFCLIP engine is not running{where}.", False, can_start=self.starter is not None)
+
+    def _lost(self) -> None:
+        self.engine_ready = False
+        self.connection = "lost"
+        self.view.set_engine("Lost the FFCLIP engine; reconnecting\u2026", False)
 
     def _progress(self, event: events.Progress | events.Queued) -> None:
         if event.job_id not in (self.latest, self.applying):
             return
         if isinstance(event, events.Queued):
-            self.view.set_status(stage_text("queued", event.position))
+            self.view.set_status(stage_text("queued", event.position), None)
         else:
             self.view.set_status(
                 stage_text(event.stage, domain=self.domain), overall_progress(event.stage, event.value)
@@ -224,11 +319,16 @@ class LiveEditor:
             self._close(applied=True)
         elif job_id == self.latest:
             self.shown = self.requested
-            self.canvas.show_preview(result, visible=not self.show_before)
-            if self.domain == "face" and self.faces == "all" and len(result.faces) > 1 and not self.known_faces:
-                self.known_faces = result.faces
-                self.view.set_faces(face_labels(result.faces, self.width))
+            badges: list[tuple[int, list]] = []
+            if self.domain == "face" and len(result.faces) > 1:
+                if not self.known_faces and self.faces == "all":
+                    self.known_faces = result.faces
+                    self.view.set_faces(face_labels(result.faces, self.width))
+                badges = face_badges(result.faces)
+            self.canvas.show_preview(result, not self.show_before, badges)
             self.view.set_status(preview_note(result), 1.0)
+            if self.domain != "face":  # its networks loaded with this preview: the engine line follows
+                self.engine.request_status()
 
     def _failed(self, job_id: str | None, error: EngineError) -> None:
         if job_id is not None and job_id not in (self.latest, self.applying):
@@ -238,12 +338,9 @@ class LiveEditor:
             self.view.set_busy(False)
         if job_id == self.latest:
             self.requested = None  # asking again is worth it (the engine may be back)
-        if error.code == "connection_failed" and self.start_engine is not None:
-            start, self.start_engine = self.start_engine, None  # once
-            start()
-            self.view.set_engine(stage_text("start"), False)
-            return
-        self.view.set_status(error_message(error))
+        if error.code == "connection_failed":
+            return  # the engine line says it (Unreachable, Disconnected); the preview comes when it is back
+        self.view.set_status(first_line(error_message(error, self.url)), IDLE)
 
     def _close(self, applied: bool) -> None:
         self.closed = True
@@ -251,6 +348,11 @@ class LiveEditor:
 
 
 # --------------------------------------------------------------------------- words for the view
+
+
+def first_line(text: str) -> str:
+    """A message's first line: the dialog shows one short line (the long form is for the error console)."""
+    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def engine_state(status: dict, domain: str = "face") -> tuple[str, bool]:
@@ -300,15 +402,78 @@ def preview_note(result: EditResult) -> str:
     return f"Preview: faces drawn at {size}; Apply renders them at full resolution."
 
 
+def faces_left_to_right(faces: Iterable[dict]) -> list[dict]:
+    """The faces in the order a reader counts them: by the horizontal centre of their box."""
+    return sorted(faces, key=lambda f: (f.get("box") or (0, 0, 0, 0))[0] + (f.get("box") or (0, 0, 0, 0))[2] / 2)
+
+
 def face_labels(faces: Iterable[dict], width: int) -> list[tuple[int, str]]:
-    """(index, "Face 1: left, 140 px wide") for a face chooser, numbered from 1 as users count."""
+    """(the engine's index, "Face 1: left, 140 px wide") for the chooser, numbered from 1 left to
+    right, the numbers the canvas shows beside each face (face_badges)."""
     labels = []
-    for face in faces:
+    for number, face in enumerate(faces_left_to_right(faces), 1):
         x, _, w, _ = face.get("box") or (0, 0, 0, 0)
         centre = (x + w / 2) / max(width, 1)
         where = "left" if centre < 0.36 else "right" if centre > 0.64 else "middle"
-        labels.append((int(face["index"]), f"Face {int(face['index']) + 1}: {where}, {int(w)} px wide"))
+        labels.append((int(face["index"]), f"Face {number}: {where}, {int(w)} px wide"))
     return labels
+
+
+def face_badges(faces: Iterable[dict]) -> list[tuple[int, list]]:
+    """(number, box) of each face, numbered as face_labels numbers them, for the canvas."""
+    return [(n, list(f.get("box") or (0, 0, 0, 0))) for n, f in enumerate(faces_left_to_right(faces), 1)]
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names(settings: dict) -> list[str]:
+    return sorted((settings.get("presets") or {}).keys(), key=str.casefold)
+
+
+def preset_rows(settings: dict, name: str) -> list[tuple[str, float]]:
+    """A saved preset's rows (prompt, strength); empty when there is no such preset."""
+    rows = (settings.get("presets") or {}).get(name) or []
+    out = []
+    for row in rows[:ROWS_MAX]:
+        try:
+            out.append((str(row[0]), float(row[1])))
+        except (IndexError, TypeError, ValueError):
+            continue
+    return out
+
+
+def save_preset(settings: dict, name: str, rows: Sequence[tuple[str, float]]) -> bool:
+    """Keep the rows with words under `name` (replacing a preset of that name); False when there is
+    nothing to keep or no name."""
+    name = " ".join(name.split())
+    kept = [[p, round(float(s), 2)] for p, s in rows if " ".join(p.split())]
+    if not name or not kept:
+        return False
+    presets = dict(settings.get("presets") or {})
+    presets[name] = kept[:ROWS_MAX]
+    settings["presets"] = presets
+    return True
+
+
+def delete_preset(settings: dict, name: str) -> None:
+    presets = dict(settings.get("presets") or {})
+    presets.pop(name, None)
+    settings["presets"] = presets
+
+
+def args_rows(prompt: str, strength: float, more_edits: str) -> list[tuple[str, float]]:
+    """The dialog's rows for the procedure's arguments (its last values): the first row, then one per
+    PROMPT=STRENGTH line of more-edits (lines that do not read are left out)."""
+    rows = [(prompt or "", float(strength))]
+    for line in (more_edits or "").splitlines():
+        if line.strip():
+            try:
+                attribute = Attribute.parse(line)
+            except BadRequest:
+                continue
+            rows.append((attribute.prompt, attribute.strength))
+    return rows[:ROWS_MAX]
 
 
 # --------------------------------------------------------------------------- prompt completion

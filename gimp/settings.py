@@ -18,6 +18,9 @@ writes it, the dialog updates the engine URL in it. Keys:
 - `timeout`: seconds of silence from the engine before a job is given up.
 - `recent_prompts`: prompts of the last applied edits, offered first by the dialog's completion.
 - `domain`: what the last applied edit edited (face, car, church); the dialog opens with it.
+- `presets`: named sets of the dialog's rows, {name: [[prompt, strength], ...]}.
+- `last_edit`: the last edit a script applied (the procedure's arguments), for Filters > Repeat
+  (GIMP keeps the last values of a dialog's run itself, not of a script's).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ DEFAULTS: dict = {
     "timeout": 600.0,
     "recent_prompts": [],  # the live dialog's completion, most recent first
     "domain": "face",  # the live dialog's last domain
+    "presets": {},  # the live dialog's named rows
+    "last_edit": None,  # a script's last edit, for WITH_LAST_VALS
 }
 
 

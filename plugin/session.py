@@ -84,7 +84,12 @@ class Disconnected:
     error: EngineError  # why; the next request connects again
 
 
-Event = StatusChanged | Queued | Progress | ResultReady | JobFailed | JobCancelled | Disconnected
+@dataclass(frozen=True)
+class Unreachable:
+    error: EngineError  # a connection attempt failed (not running, refused, no answer); the next request tries again
+
+
+Event = StatusChanged | Queued | Progress | ResultReady | JobFailed | JobCancelled | Disconnected | Unreachable
 
 
 @dataclass
@@ -172,7 +177,7 @@ class EngineSession:
                     return
                 item = self._outbox.popleft()
             try:
-                ws = self._connection()
+                ws = self._connect_or_say_why()
                 if isinstance(item, _Edit):
                     self._send_edit(ws, item)
                 else:
@@ -196,6 +201,17 @@ class EngineSession:
             if job.selection is not None:
                 ws.send_binary(job.selection)
             self._image_sent = job.image
+
+    def _connect_or_say_why(self) -> WebSocket:
+        """The connection; a failed attempt is told as `Unreachable` before it is raised, so that a
+        dialog learns at once that the engine is not there (not only when an edit fails)."""
+        try:
+            return self._connection()
+        except (EngineError, WebSocketError, OSError) as exc:
+            error = exc if isinstance(exc, EngineError) else ConnectionFailed(f"cannot reach the engine: {exc}")
+            if not self._closed:
+                self._emit(Unreachable(error))
+            raise
 
     def _connection(self) -> WebSocket:
         if self._ws is not None and not self._ws.closed:

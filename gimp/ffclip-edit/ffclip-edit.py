@@ -8,6 +8,7 @@
 # project's ffclip.plugin and ffclip.gimp packages, standard library only). Installed by
 # `ffclip-engine install-gimp-plugin`; the engine daemon is `ffclip-engine serve`.
 
+import contextlib
 import os
 import sys
 import traceback
@@ -22,7 +23,7 @@ from gi.repository import Gimp, GLib, GObject  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # the installed copies (or, from a checkout, the project installed)
 from ffclip.gimp import edit as gimp_edit  # noqa: E402
-from ffclip.gimp import layers  # noqa: E402
+from ffclip.gimp import layers, live, recipe  # noqa: E402
 from ffclip.gimp import settings as gimp_settings  # noqa: E402
 from ffclip.plugin import paths  # noqa: E402
 
@@ -66,37 +67,55 @@ def _log_unexpected():
 
 def ffclip_edit(procedure, run_mode, image, drawables, config, data):
     settings = gimp_settings.load_settings(HERE)
-    layers = [d for d in drawables if isinstance(d, Gimp.Layer) and not isinstance(d, Gimp.LayerMask)]
-    if len(drawables) != 1 or not layers:
+    layer = _the_layer(drawables)
+    if layer is None:
         return _fail(
             procedure,
-            "Select exactly one layer (not a mask or channel) to edit with FFCLIP.",
+            "Select exactly one layer (not a channel) to edit with FFCLIP.",
             Gimp.PDBStatusType.CALLING_ERROR,
         )
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        return _live(procedure, image, layers[0], config, settings)
-    return _edit(procedure, image, layers[0], config, settings)
-
-
-def _live(procedure, image, layer, config, settings):
-    """The live dialog: previews on the canvas as the user types; Apply leaves the edited layer."""
     try:
-        from ffclip.gimp.dialog import LiveDialog
-
-        first = (config.get_property("prompt") or "", config.get_property("strength"))
-        new = LiveDialog(image, layer, settings, HERE, first, config.get_property("domain")).run()
-    except gimp_edit.PluginError as exc:  # e.g. an unusable certificate setting
-        return _fail(procedure, str(exc))
-    except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
-        return _fail(procedure, "FFCLIP Edit could not run its dialog" + _log_unexpected())
-    if new is None:
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    return _done(new)
+        target = _target(image, layer)
+    except recipe.RecipeError as exc:
+        return _fail(procedure, f"This layer's FFCLIP recipe cannot be read ({exc}); select the photo layer.")
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        return _live(procedure, image, target, config, settings)
+    return _edit(procedure, image, target, config, settings, run_mode)
 
 
-def _edit(procedure, image, layer, config, settings):
-    """A script's or a batch's edit: the procedure's arguments, no dialog."""
-    args = gimp_edit.ProcedureArgs(
+class Target:
+    """What an edit works on: a photo layer, or an FFCLIP layer reopened (its recipe, its source)."""
+
+    def __init__(self, layer, recipe=None, source=None, problem=None):
+        self.layer, self.recipe, self.source, self.problem = layer, recipe, source, problem
+
+    @property
+    def reopened(self):
+        return self.recipe is not None and self.problem is None
+
+
+def _the_layer(drawables):
+    """The one layer to edit; a layer mask stands for its layer (a mask is often the active drawable)."""
+    if len(drawables) != 1:
+        return None
+    drawable = drawables[0]
+    if isinstance(drawable, Gimp.LayerMask):
+        return Gimp.Layer.from_mask(drawable)
+    return drawable if isinstance(drawable, Gimp.Layer) else None
+
+
+def _target(image, layer):
+    data = layers.read_recipe(layer)
+    if data is None:
+        return Target(layer)
+    found = recipe.Recipe.from_bytes(data)
+    source = image.get_layer_by_tattoo(found.source.tattoo)
+    digest = recipe.pixels_digest(layers.LayerPixels(image, source).rgba) if source is not None else None
+    return Target(layer, found, source, recipe.check_source(found, source is not None, digest))
+
+
+def _args(config):
+    return gimp_edit.ProcedureArgs(
         prompt=config.get_property("prompt"),
         strength=config.get_property("strength"),
         face_mode=config.get_property("faces"),
@@ -106,14 +125,84 @@ def _edit(procedure, image, layer, config, settings):
         more_edits=config.get_property("more-edits") or "",
         domain=config.get_property("domain"),
     )
+
+
+def _keep_last(settings, params, output):
+    """The last edit, for Filters > Repeat after a script's run (GIMP keeps a dialog's itself)."""
+    args = gimp_edit.ProcedureArgs.of(params, output)
+    settings["last_edit"] = {k: v for k, v in args.__dict__.items() if k != "url"}
+    with contextlib.suppress(OSError):
+        gimp_settings.save_settings(HERE, settings)
+
+
+def _remember(config, params, output):
+    """The applied edit as the procedure's arguments: GIMP keeps them as its last values (Filters >
+    Repeat and Re-Show, RunMode.WITH_LAST_VALS, the next dialog)."""
+    args = gimp_edit.ProcedureArgs.of(params, output)
+    config.set_property("prompt", args.prompt)
+    config.set_property("strength", args.strength)
+    config.set_property("more-edits", args.more_edits)
+    config.set_property("faces", args.face_mode)
+    config.set_property("face-index", args.face_index)
+    config.set_property("domain", args.domain)
+    config.set_property("output", args.output)
+
+
+def _live(procedure, image, target, config, settings):
+    """The live dialog: previews on the canvas as the user types; Apply leaves the edited layer."""
+    try:
+        from ffclip.gimp.dialog import LiveDialog, Opening, ask_edit_as_it_is
+
+        source, opening = target.layer, None
+        if target.recipe is not None and target.problem is not None:
+            if not ask_edit_as_it_is(target.problem):
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        elif target.reopened:
+            r = target.recipe
+            source = target.source
+            opening = Opening([(e.prompt, e.strength) for e in r.edits], r.domain, r.faces, r.output, target.layer, r)
+        if opening is None:
+            args = _args(config)
+            rows = live.args_rows(args.prompt, args.strength, args.more_edits)
+            domain = args.domain if args.domain != "face" else settings.get("domain") or "face"
+            faces = args.face_mode if args.face_mode in ("all", "largest") else "all"
+            opening = Opening(rows, domain, faces, args.output)
+        dialog = LiveDialog(image, source, settings, HERE, opening, lambda p, o: _remember(config, p, o))
+        new = dialog.run()
+    except gimp_edit.PluginError as exc:  # e.g. an unusable certificate setting
+        return _fail(procedure, str(exc))
+    except Exception:  # noqa: BLE001 - a dialog problem must not become a traceback
+        return _fail(procedure, "FFCLIP Edit could not run its dialog" + _log_unexpected())
+    if new is None:
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    return _done(new)
+
+
+def _edit(procedure, image, target, config, settings, run_mode=Gimp.RunMode.NONINTERACTIVE):
+    """A script's, a batch's or Filters > Repeat's edit: the procedure's arguments, no dialog. With an
+    FFCLIP layer selected, its source is edited again with these arguments and the layer replaced."""
+    if target.recipe is not None and target.problem is not None:
+        return _fail(procedure, target.problem + " Select the layer itself to edit it as it is now.")
+    args = _args(config)
+    if run_mode == Gimp.RunMode.WITH_LAST_VALS and not (args.prompt or "").strip():
+        # GIMP keeps a procedure's last values after a dialog only; a script's edit is kept here too
+        args = gimp_edit.ProcedureArgs(**{**gimp_edit.ProcedureArgs("").__dict__, **(settings.get("last_edit") or {})})
+    source = target.source if target.reopened else target.layer
     progress = GimpProgress()
     try:
         params = args.params()
-        px = layers.LayerPixels(image, layer)
+        px = layers.LayerPixels(image, source)
         new = gimp_edit.run_edit(
             params, args.output, args.url, px.rgba, px.width, px.height, px.selection, settings, progress
         )
-        return _done(layers.place_result(image, layer, gimp_edit.layer_name(params), new))
+        _keep_last(settings, params, args.output)
+        name = gimp_edit.layer_name(params)
+        source_ref = recipe.SourceRef(source.get_tattoo(), source.get_name(), recipe.pixels_digest(px.rgba))
+        made = recipe.Recipe.of(params, source_ref, args.output, new.models)
+        if target.reopened:
+            layers.replace_result(image, target.layer, source, name, new, made.to_bytes())
+            return _done(target.layer)
+        return _done(layers.place_result(image, source, name, new, made.to_bytes()))
     except gimp_edit.Cancelled as exc:
         return _fail(procedure, str(exc), Gimp.PDBStatusType.CANCEL)
     except gimp_edit.PluginError as exc:

@@ -71,11 +71,24 @@ def test_procedure_arguments_become_edit_params():
 
 
 def test_layer_name():
-    assert gimp_edit.layer_name(EditParams.single("smiling")) == "FFCLIP: smiling"
-    assert gimp_edit.layer_name(EditParams.single(" a\n b ")) == "FFCLIP: a b"
-    two = EditParams((Attribute("smiling", 0.8), Attribute("grey hair", 1.2)))
-    assert gimp_edit.layer_name(two) == "FFCLIP: smiling + grey hair"
+    assert gimp_edit.layer_name(EditParams.single("smiling")) == "FFCLIP: smiling 1"
+    assert gimp_edit.layer_name(EditParams.single(" a\n b ", strength=0.8)) == "FFCLIP: a b 0.8"
+    two = EditParams((Attribute("smiling", 0.8), Attribute("grey hair", 1.25)))
+    assert gimp_edit.layer_name(two) == "FFCLIP: smiling 0.8 + grey hair 1.25"  # the strengths tell edits apart
     assert len(gimp_edit.layer_name(EditParams.single("x" * 500))) == len("FFCLIP: ") + 120
+
+
+def test_procedure_arguments_of_an_edit_give_the_edit_back():
+    """What the dialog stores as the procedure's last values (Repeat, WITH_LAST_VALS) asks for the
+    same edit."""
+    for params in (
+        EditParams.single("smiling", strength=0.8),
+        EditParams((Attribute("smiling", 0.8), Attribute("grey hair", 1.2), Attribute("beard", 0.35)), "largest"),
+        EditParams.single("bald", faces=(2,)),
+        EditParams.single("a red car", domain="car"),
+    ):
+        args = gimp_edit.ProcedureArgs.of(params, "layer")
+        assert args.output == "layer" and args.params() == params
 
 
 def test_progress_is_monotone_and_named():
@@ -416,3 +429,26 @@ def test_autostart_real_tiny_engine(photos_dir):
         for p in started:
             p.terminate()
             p.wait(30)
+
+
+@pytest.mark.process
+def test_a_start_command_that_fails_is_reported_in_its_own_words(tmp_path, monkeypatch):
+    """The dialog's Start: a start command that exits says why, from what it wrote (issue 25)."""
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "engine-start.log").write_text("an older run's last words\n")
+    failing = [sys.executable, "-c", "import sys; print('serve: port 8765 is in use by another program'); sys.exit(3)"]
+    started = gimp_edit.EngineStarter({"start_command": failing, "url": "ws://127.0.0.1:8765/"}).start()
+    for _ in range(200):
+        reason = started.exited()
+        if reason is not None:
+            break
+        time.sleep(0.05)
+    assert reason == "exit status 3: serve: port 8765 is in use by another program"  # not the older run's
+    running = gimp_edit.EngineStarter({"start_command": [sys.executable, "-c", "import time; time.sleep(30)"]}).start()
+    assert running.exited() is None
+    running.process.kill()
+    running.process.wait()
+    assert gimp_edit.can_start({"start_command": ["x"]}, "ws://127.0.0.1:8765/")
+    assert not gimp_edit.can_start({"start_command": ["x"]}, "wss://gpu.lan:8765/")
+    assert not gimp_edit.can_start({}, "ws://127.0.0.1:8765/")

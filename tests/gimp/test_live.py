@@ -51,9 +51,10 @@ def test_only_the_newest_answer_is_shown(setup):
     editor.input_changed([("smiling", 1.5)])
     run_for(editor, clock, 0.5)
     old, new = (job for job, _ in engine.submitted)
+    before = list(view.named("set_status"))
     editor.on_event(events.Progress(old, "synthesize", 0.5))
     editor.on_event(events.ResultReady(old, result()))
-    assert canvas.named("show_preview") == [] and view.named("set_status") == []
+    assert canvas.named("show_preview") == [] and view.named("set_status") == before
     editor.on_event(events.Progress(new, "synthesize", 0.5))
     editor.on_event(events.ResultReady(new, result(size=128)))
     assert len(canvas.named("show_preview")) == 1 and canvas.named("show_preview")[0][2] is True
@@ -144,29 +145,27 @@ def test_the_engine_state_is_shown_and_polled_until_ready(setup):
 
 def test_a_preview_asked_while_the_engine_was_away_is_asked_again(setup):
     editor, clock, engine, _, view = setup
-    starts = []
-    editor.start_engine = lambda: starts.append(1)
     editor.input_changed([("smiling", 1.0)])
     run_for(editor, clock, 0.5)
     first = engine.submitted[-1][0]
-    editor.on_event(events.JobFailed(first, ConnectionFailed("cannot reach the FFCLIP engine")))
-    assert starts == [1]  # autostart, once
-    editor.on_event(events.JobFailed(first, ConnectionFailed("cannot reach the FFCLIP engine")))
-    assert starts == [1]
+    editor.on_event(events.JobFailed(first, ConnectionFailed("cannot reach the FFCLIP engine at ws://x")))
+    assert "cannot reach" not in view.named("set_status")[-1][1]  # the engine line says it, once
     editor.on_event(events.StatusChanged({"state": "ready", "device": "cpu"}))
     run_for(editor, clock, 0.1)
     assert len(engine.submitted) == 2 and engine.submitted[-1][1].prompts == ("smiling",)
 
 
 def test_several_faces_fill_the_chooser(setup):
-    editor, clock, engine, _, view = setup
+    editor, clock, engine, canvas, view = setup
     editor.input_changed([("smiling", 1.0)])
     run_for(editor, clock, 0.5)
     faces = [{"index": 0, "box": [700, 100, 150, 150]}, {"index": 1, "box": [100, 120, 90, 90]}]
     editor.on_event(events.ResultReady(engine.submitted[-1][0], result(faces=faces)))
-    assert view.named("set_faces") == [
-        ("set_faces", [(0, "Face 1: right, 150 px wide"), (1, "Face 2: left, 90 px wide")])
+    assert view.named("set_faces") == [  # numbered left to right, the engine's index beside each
+        ("set_faces", [(1, "Face 1: left, 90 px wide"), (0, "Face 2: right, 150 px wide")])
     ]
+    badges = canvas.named("show_preview")[-1][3]  # the same numbers drawn beside the faces on the canvas
+    assert badges == [(1, [100, 120, 90, 90]), (2, [700, 100, 150, 150])]
     editor.input_changed([("smiling", 1.0)], faces=(1,))
     run_for(editor, clock, 0.5)
     assert engine.submitted[-1][1].faces == (1,)
@@ -188,3 +187,220 @@ def test_completion_lists():
     assert recent == ["beard", "smiling", "curly hair"]
     assert live.suggestions(recent, ["Sad", "beard"])[:4] == ["beard", "smiling", "curly hair", "Sad"]
     assert len(live.remember_prompts([f"p{i}" for i in range(30)], ["new"])) == live.RECENT_MAX
+
+
+# --------------------------------------------------------------------------- issue 25: engine states
+
+
+class FakeStarter:
+    """The engine's process: started when asked; `fail` makes it exit with a reason."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.reason: str | None = None
+
+    def start(self):
+        self.starts += 1
+        return self
+
+    def exited(self) -> str | None:
+        return self.reason
+
+
+def editor_with(starter=None, autostart=False, url="ws://127.0.0.1:8765/"):
+    clock, engine, canvas, view = Clock(), RecordingSession(), Recorder(), Recorder()
+    editor = live.LiveEditor(
+        engine, canvas, view, width=1000, clock=clock, starter=starter, autostart=autostart, url=url
+    )
+    return editor, clock, engine, canvas, view
+
+
+def not_running():
+    return events.Unreachable(ConnectionFailed("cannot reach the FFCLIP engine at ws://127.0.0.1:8765/"))
+
+
+def test_an_engine_that_is_not_running_is_said_within_the_first_poll_with_a_start_button():
+    starter = FakeStarter()
+    editor, clock, engine, _, view = editor_with(starter)
+    assert view.named("set_engine")[0][1].startswith("Connecting")
+    editor.tick()  # the dialog's first tick asks for the status at once
+    assert engine.status_requests == 1
+    editor.on_event(not_running())  # the session's answer to a refused connection
+    assert view.named("set_engine")[-1] == (
+        "set_engine",
+        "The FFCLIP engine is not running at ws://127.0.0.1:8765/.",
+        False,
+        True,  # the Start button
+    )
+    assert starter.starts == 0  # no autostart: the user decides
+    editor.start()
+    assert starter.starts == 1 and view.named("set_engine")[-1][1] == "Starting the FFCLIP engine\u2026"
+    editor.on_event(not_running())  # still coming up: the line stays
+    assert view.named("set_engine")[-1][1] == "Starting the FFCLIP engine\u2026"
+    editor.on_event(events.StatusChanged({"state": "loading"}))
+    assert view.named("set_engine")[-1][1] == "The FFCLIP engine is loading its models\u2026"
+
+
+def test_a_remote_engine_gets_no_start_button():
+    editor, _, _, _, view = editor_with(starter=None, url="wss://gpu.lan:8765/")
+    editor.on_event(not_running())
+    assert view.named("set_engine")[-1] == (
+        "set_engine",
+        "The FFCLIP engine is not running at wss://gpu.lan:8765/.",
+        False,
+        False,
+    )
+
+
+def test_autostart_starts_the_engine_when_the_dialog_opens_not_after_typing():
+    starter = FakeStarter()
+    editor, clock, engine, _, view = editor_with(starter, autostart=True)
+    editor.tick()
+    editor.on_event(not_running())
+    assert starter.starts == 1 and engine.submitted == []  # before any prompt
+    assert view.named("set_engine")[-1][1] == "Starting the FFCLIP engine\u2026"
+
+
+def test_a_failed_start_is_shown_with_the_start_commands_own_words_and_can_be_retried():
+    starter = FakeStarter()
+    editor, clock, engine, _, view = editor_with(starter, autostart=True)
+    editor.on_event(not_running())
+    starter.reason = "exit status 2: ffclip-engine serve: port 8765 is in use by another program"
+    run_for(editor, clock, 0.2)
+    assert view.named("set_engine")[-1] == (
+        "set_engine",
+        "The FFCLIP engine could not start: exit status 2: ffclip-engine serve: port 8765 is in use by another program",
+        False,
+        True,
+    )
+    editor.on_event(not_running())  # the next poll does not start it again by itself
+    assert starter.starts == 1
+    starter.reason = None
+    editor.start()  # the Start button: once more
+    assert starter.starts == 2
+
+
+def test_a_start_that_never_answers_times_out_with_a_message():
+    starter = FakeStarter()
+    editor, clock, engine, _, view = editor_with(starter, autostart=True)
+    editor.start_timeout = 5.0
+    editor.on_event(not_running())
+    run_for(editor, clock, 6.0)
+    assert "did not answer within 5 s" in view.named("set_engine")[-1][1]
+
+
+def test_an_engine_lost_mid_session_is_one_short_line_and_its_return_brings_the_preview_back():
+    editor, clock, engine, canvas, view = editor_with()
+    editor.on_event(events.StatusChanged({"state": "ready", "device": "cpu"}))
+    editor.input_changed([("smiling", 1.0)])
+    run_for(editor, clock, 0.5)
+    editor.on_event(events.ResultReady(engine.submitted[-1][0], result()))
+    statuses = len(view.named("set_status"))
+    editor.on_event(events.Disconnected(ConnectionFailed("the FFCLIP engine closed the connection (1006)")))
+    editor.input_changed([("smiling", 1.4)])  # the user goes on meanwhile
+    run_for(editor, clock, 0.5)
+    editor.on_event(events.JobFailed(engine.submitted[-1][0], ConnectionFailed("lost the engine")))
+    editor.on_event(not_running())  # polling while it is away
+    assert view.named("set_engine")[-1] == ("set_engine", "Lost the FFCLIP engine; reconnecting\u2026", False)
+    assert all("\n" not in call[1] for call in view.named("set_engine") + view.named("set_status"))
+    assert len(view.named("set_status")) == statuses  # nothing said twice in the status line
+    asked = len(engine.submitted)
+    editor.on_event(events.StatusChanged({"state": "ready", "device": "cpu"}))  # back
+    run_for(editor, clock, 0.1)
+    assert len(engine.submitted) == asked + 1 and engine.submitted[-1][1].edits[0].strength == 1.4
+
+
+def test_clearing_the_prompt_takes_the_preview_away():
+    editor, clock, engine, canvas, view = editor_with()
+    editor.input_changed([("smiling", 1.0)])
+    run_for(editor, clock, 0.5)
+    editor.on_event(events.ResultReady(engine.submitted[-1][0], result()))
+    assert len(canvas.named("show_preview")) == 1
+    editor.input_changed([("", 1.0)])
+    run_for(editor, clock, 0.5)
+    assert canvas.named("remove_preview") == [("remove_preview",)]
+    assert view.named("set_status")[-1] == ("set_status", live.TYPE_A_PROMPT, live.IDLE)
+    editor.input_changed([("smiling", 1.0)])  # the same prompt again is asked again
+    run_for(editor, clock, 0.5)
+    assert len(engine.submitted) == 2
+
+
+def test_a_prompt_cleared_while_its_preview_runs_never_shows_it():
+    editor, clock, engine, canvas, _ = editor_with()
+    editor.input_changed([("smiling", 1.0)])
+    run_for(editor, clock, 0.5)
+    job = engine.submitted[-1][0]
+    editor.input_changed([("", 1.0)])
+    run_for(editor, clock, 0.5)
+    assert job in engine.cancelled
+    editor.on_event(events.ResultReady(job, result()))
+    assert canvas.named("show_preview") == []
+
+
+def test_enter_previews_at_once():
+    editor, clock, engine, _, _ = editor_with()
+    editor.input_changed([("smiling", 1.0)])
+    editor.preview_now()
+    editor.tick()  # no pause needed
+    assert [p.prompts for _, p in engine.submitted] == [("smiling",)]
+
+
+def test_the_status_line_is_busy_only_while_something_runs():
+    editor, clock, engine, _, view = editor_with()
+    editor.input_changed([("smiling", 1.0)])
+    run_for(editor, clock, 0.5)
+    job = engine.submitted[-1][0]
+    editor.on_event(events.Queued(job, 2))
+    assert view.named("set_status")[-1][2] is None  # waiting: the bar pulses
+    editor.on_event(events.Progress(job, "synthesize", 0.5))
+    editor.on_event(events.ResultReady(job, result()))
+    assert view.named("set_status")[-1][2] == 1.0
+    idle = [c for c in view.named("set_status") if "Type a prompt" in c[1]]
+    assert idle and all(c[2] == live.IDLE for c in idle)  # never pulsing while idle
+
+
+def test_a_cars_engine_line_follows_its_first_preview():
+    editor, clock, engine, _, view = editor_with()
+    status = {"state": "ready", "device": "cpu", "domains": {"face": {"state": "ready"}, "car": {"state": "available"}}}
+    editor.on_event(events.StatusChanged(status))
+    editor.input_changed([("a red car", 1.0)], domain="car")
+    assert "load with the first preview" in view.named("set_engine")[-1][1]
+    run_for(editor, clock, 0.5)
+    asked = engine.status_requests
+    editor.on_event(events.ResultReady(engine.submitted[-1][0], result()))
+    assert engine.status_requests == asked + 1  # asked what the car's state is now
+    status["domains"]["car"] = {"state": "ready"}
+    editor.on_event(events.StatusChanged(status))
+    assert "first preview" not in view.named("set_engine")[-1][1]
+
+
+def test_an_error_is_one_line_in_the_dialog():
+    editor, clock, engine, _, view = editor_with()
+    editor.input_changed([("smiling", 1.0)])
+    run_for(editor, clock, 0.5)
+    editor.on_event(events.JobFailed(engine.submitted[-1][0], EngineError("models_missing", "run it")))
+    assert "\n" not in view.named("set_status")[-1][1] and "no model weights" in view.named("set_status")[-1][1]
+
+
+# --------------------------------------------------------------------------- presets, last values
+
+
+def test_presets_keep_rows_by_name():
+    settings: dict = {}
+    assert not live.save_preset(settings, "  ", [("smiling", 1.0)])  # no name
+    assert not live.save_preset(settings, "empty", [("  ", 1.0)])  # nothing to keep
+    assert live.save_preset(settings, " Happy  old ", [("smiling", 0.8), ("", 1.0), ("grey hair", 1.234)])
+    assert live.preset_names(settings) == ["Happy old"]
+    assert live.preset_rows(settings, "Happy old") == [("smiling", 0.8), ("grey hair", 1.23)]
+    live.save_preset(settings, "bald", [("bald", 1.5)])
+    assert live.preset_names(settings) == ["bald", "Happy old"]
+    live.delete_preset(settings, "bald")
+    assert live.preset_names(settings) == ["Happy old"] and live.preset_rows(settings, "bald") == []
+    settings["presets"]["broken"] = [["ok", 1.0], ["no strength"], 7]  # a hand-edited settings file
+    assert live.preset_rows(settings, "broken") == [("ok", 1.0)]
+
+
+def test_the_dialog_opens_with_the_procedures_last_values():
+    rows = live.args_rows("smiling", 0.8, "grey hair=1.2\n\n=1.0\ntoo strong=9\nbeard=0.5")
+    assert rows == [("smiling", 0.8), ("grey hair", 1.2), ("beard", 0.5)]
+    assert live.args_rows("", 1.0, "") == [("", 1.0)]

@@ -183,3 +183,20 @@ def test_submit_never_waits_for_the_network(server, monkeypatch):
     finally:
         gate.set()
         session.close()
+
+
+def test_an_engine_that_is_not_there_is_told_at_once_without_an_edit():
+    """A dialog asks for the status when it opens: with nothing listening, the answer is an
+    `Unreachable` event (the dialog says "not running"), not silence."""
+    from tests.support.net import free_port
+
+    rec = Recorder()
+    session = live.EngineSession(f"ws://127.0.0.1:{free_port()}/", rec, connect_timeout=2.0)
+    try:
+        session.request_status()
+        event = rec.next_of(live.Unreachable, timeout=5)
+        assert event.error.code == "connection_failed"
+        session.request_status()  # asked again: told again (the dialog polls until the engine is up)
+        assert rec.next_of(live.Unreachable, timeout=5).error.code == "connection_failed"
+    finally:
+        session.close()
