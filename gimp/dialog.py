@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from .layers import RGBA, LayerPixels, PreviewLayer, place_result, replace_resul
 from .recipe import Recipe, SourceRef, pixels_digest  # noqa: E402
 
 TICK_MS = 50
+DIALOG_WIDTH = 560
 CONNECT_TIMEOUT_S = 2.0  # the engine's state is known within about this long of opening
 HELP_PAGE = "help.html"  # next to this module in the plug-in folder
 HINT = (
@@ -179,14 +181,17 @@ class LiveDialog:
         self.dialog.add_button("_Reset", RESPONSE_RESET)
         self.dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
         self.apply_button = self.dialog.add_button("_Apply", Gtk.ResponseType.OK)
-        self.dialog.set_default_size(600, -1)
-        self.dialog.set_resizable(False)  # a long message must not make it grow: lines wrap instead
+        # Resizable, with a width of its own: a window that is not takes its contents' natural width,
+        # and a long message would make it grow; this way the lines wrap instead.
+        self.dialog.set_default_size(DIALOG_WIDTH, -1)
         self.dialog.connect("response", self._response)
         self.dialog.connect("key-press-event", self._key)
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8, border_width=12)
         self.dialog.get_content_area().pack_start(box, False, False, 0)
 
-        hint = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=70)
+        # wrapping labels as wide at their narrowest as at their widest: GTK sizes a window's height for
+        # its labels wrapped at their narrowest, and a narrower minimum leaves empty space below them
+        hint = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=64, width_chars=64)
         hint.set_markup(HINT)
         box.pack_start(hint, False, False, 0)
         self.rows_box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
@@ -239,7 +244,7 @@ class LiveDialog:
         self.before.connect("toggled", lambda b: self.editor.toggle_before(b.get_active()))
         box.pack_start(self.before, False, False, 0)
         engine_row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-        self.engine_label = Gtk.Label(label="", xalign=0.0, wrap=True, max_width_chars=60, hexpand=True)
+        self.engine_label = Gtk.Label(label="", xalign=0.0, wrap=True, max_width_chars=46, width_chars=46, hexpand=True)
         engine_row.pack_start(self.engine_label, True, True, 0)
         self.start_button = Gtk.Button.new_with_mnemonic("_Start the engine")
         self.start_button.set_tooltip_text("Run the FFCLIP engine on this computer (its start command)")
@@ -268,6 +273,7 @@ class LiveDialog:
             self.faces.set_active_id(opening.faces if opening.faces in ("all", "largest") else "all")
         self.dialog.show_all()
         self.start_button.hide()
+        self._fit()
         if not self.faces_listed:
             self.faces_row.hide()  # until the photo shows several faces
         self.changed()
@@ -358,6 +364,7 @@ class LiveDialog:
             self.show_help()
         elif response == RESPONSE_RESET:
             self.before.set_active(False)
+            self.presets.set_active(-1)  # no preset chosen: choosing one again loads it
             self._fill(Opening([("", gimp_edit.STRENGTH_DEFAULT)]))
         else:  # Cancel, Escape, the window's close button
             self.editor.cancel()
@@ -380,8 +387,7 @@ class LiveDialog:
         if monitor is None:
             return
         area = monitor.get_workarea()
-        width, _ = self.dialog.get_size()
-        self.dialog.move(area.x + area.width - width - 24, area.y + 48)
+        self.dialog.move(area.x + area.width - DIALOG_WIDTH - 24, area.y + 48)
 
     # ------------------------------------------------------------------ live.View
 
@@ -395,6 +401,11 @@ class LiveDialog:
     def set_engine(self, text: str, ready: bool, can_start: bool = False) -> None:
         self.engine_label.set_text(text)
         self.start_button.set_visible(can_start)
+        self._fit()
+
+    def _fit(self) -> None:
+        """As tall as the contents, no taller (a message that took two lines may now take one)."""
+        self.dialog.resize(DIALOG_WIDTH, 1)
 
     def set_faces(self, labels: list[tuple[int, str]]) -> None:  # once, and only for faces
         for index, label in labels:
@@ -461,6 +472,7 @@ class LiveDialog:
         return not self.editor.closed
 
     def run(self) -> Gimp.Layer | None:
+        self.opened_at = time.monotonic()
         self.place_beside_the_image()
         self.editor.tick()  # the engine's state asked at once
         GLib.timeout_add(TICK_MS, self._tick)
@@ -535,13 +547,14 @@ class _Replay:
 
     Steps (JSON objects): {"type": TEXT, "row": N, "key_s": 0.08} types TEXT key by key into row N;
     {"clear": true, "row": N} empties row N; {"enter": true, "row": N} presses Enter in it;
-    {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"}; {"before": true|false};
-    {"wait_preview": true} until a new preview is drawn; {"wait_engine": TEXT} until the engine line
-    holds TEXT; {"start": true} presses Start; {"reset": true}; {"preset_save": NAME}; {"preset": NAME};
+    {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"};
+    {"before": true|false}; {"wait_preview": true} until a new preview is drawn; {"wait_engine": TEXT}
+    until the engine line holds TEXT; {"start": true} presses Start; {"reset": true};
+    {"preset_save": NAME}; {"preset": NAME}; {"touch": PATH} creates a file (the test acts on it);
     {"paint": true} paints a stroke on the photo layer as a user's brush would (the paintbrush through
     the PDB, the image's undo as GIMP keeps it); {"shot": PATH, "area": [X, Y, W, H]} saves the screen
-    (or that part of it) as PNG; {"note": LABEL} logs the image's layers and the preview; {"move": [X, Y]}
-    places the dialog; {"sleep": S}; {"apply": true}; {"cancel": true}."""
+    (or that part of it) as PNG; {"note": LABEL} logs the image's layers and the preview;
+    {"move": [X, Y]} places the dialog; {"sleep": S}; {"apply": true}; {"cancel": true}."""
 
     def __init__(self, dialog: LiveDialog, steps: list[dict], log_path: str | None) -> None:
         self.dialog, self.steps, self.log_path = dialog, steps, log_path
@@ -603,6 +616,8 @@ class _Replay:
                 d.presets.set_active_id(step["preset"])
             elif "paint" in step:
                 self._paint()
+            elif "touch" in step:  # tells the test on the host that this point was reached
+                Path(step["touch"]).touch()
             elif "shot" in step:
                 yield 0.5  # let the canvas and the dialog repaint
                 root = Gdk.get_default_root_window()
@@ -657,6 +672,8 @@ class _Replay:
             "domain": d.domain.get_active_id(),
             "status": d.progress.get_text(),
             "rows": [row.value for row in d.rows],
+            "completion_popup": d.rows[0].entry.get_completion().get_popup_completion() if d.rows else None,
+            "seconds": round(time.monotonic() - d.opened_at, 2),  # since the dialog opened
         }
 
     def _log(self, record: dict) -> None:

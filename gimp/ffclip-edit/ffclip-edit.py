@@ -253,9 +253,11 @@ class FfclipEdit(Gimp.PlugIn):
         procedure.set_documentation(
             "Edit the faces (or a car or church) of a layer with a text prompt (FFCLIP)",
             "Sends the layer (and the selection, as a mask) to the FFCLIP engine daemon and puts the "
-            "edited faces in a new layer 'FFCLIP: <prompt>' above it, with a layer mask from the blend "
-            "mask. With domain car or church, the selection (or the whole layer) is the car or church "
-            "to edit. Start the engine with 'ffclip-engine serve'.",
+            "edited faces in a new layer 'FFCLIP: <prompt> <strength>' above it, with a layer mask from "
+            "the blend mask, in one undo step. With domain car or church, the selection (or the whole "
+            "layer) is the car or church to edit. With an FFCLIP layer selected, its source is edited "
+            "again (its recipe's edits, or the given prompt) and that layer replaced in place. Start the "
+            "engine with 'ffclip-engine serve'.",
             name,
         )
         procedure.set_attribution("FFCLIP Edit contributors", "FFCLIP Edit contributors", "2025")
@@ -277,7 +279,8 @@ class FfclipEdit(Gimp.PlugIn):
         procedure.add_int_argument(
             "face-index",
             "Face _number",
-            "With faces = index: the face to edit (0 = largest)",
+            "With faces = index: the face to edit as the engine numbers them, 0 = its most confident "
+            "detection (`ffclip-engine faces PHOTO` lists them; the dialog numbers faces from the left)",
             0,
             99,
             0,

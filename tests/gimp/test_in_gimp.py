@@ -579,6 +579,12 @@ def test_a_stroke_painted_while_the_dialog_is_open_survives_cancel_and_can_be_un
         {"wait_preview": True},
         {"paint": True},  # the user's brush, on the photo layer
         {"note": "painted"},
+        {"preset_save": "happy"},
+        {"reset": True},
+        {"sleep": 1},
+        {"note": "reset"},
+        {"preset": "happy"},
+        {"note": "preset"},
         {"cancel": True},
     ]
     out, records, _ = run_live_dialog(console, photos[ASTRONAUT], steps, tmp_path)
@@ -589,3 +595,7 @@ def test_a_stroke_painted_while_the_dialog_is_open_survives_cancel_and_can_be_un
     assert out["after"]["source"] != out["before"]["source"]  # ... the stroke stayed
     assert out["after"]["dirty"] is True  # and the image says it was changed
     assert out["undo1"]["source"] == out["before"]["source"]  # the stroke is one ctrl+z
+    reset, preset = _previews(records)["reset"], _previews(records)["preset"]
+    assert reset["rows"] == [["", 1.0]] and reset["preview"] is None  # Reset: the defaults, no preview
+    assert preset["rows"] == [["smiling", 1.0]]  # the preset saved before Reset brings the rows back
+    assert painted["completion_popup"] is False  # completion inline only: no pop-up to swallow a click
