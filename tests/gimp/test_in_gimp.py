@@ -228,7 +228,7 @@ def test_edit_makes_masked_layer_above_source(session):
     r = scenario(session, "photo")
     assert r["status"] == "success", r
     assert r["n_layers"] == [1, 2] and r["returned_is_new"] and r["above_source"]
-    assert r["name"] == "FFCLIP: smiling"
+    assert r["name"] == "FFCLIP: smiling 1"
     assert r["has_mask"]
     ox, oy = r["source_offsets"]
     x, y = r["offsets"][0] - ox, r["offsets"][1] - oy
@@ -244,7 +244,7 @@ def test_edit_makes_masked_layer_above_source(session):
 def test_selection_limits_the_edit_and_layer_without_mask(session):
     r = scenario(session, "selection")
     assert r["status"] == "success", r
-    assert not r["has_mask"] and r["name"] == "FFCLIP: blond hair"
+    assert not r["has_mask"] and r["name"] == "FFCLIP: blond hair 1.5"
     assert r["mask_outside_selection"] == 0
     assert r["outside_diff"] == 0
 
@@ -575,6 +575,7 @@ def test_a_stroke_painted_while_the_dialog_is_open_survives_cancel_and_can_be_un
 ):
     """Issue 25, point 1: open the dialog, type, paint on the photo meanwhile, Cancel."""
     steps = [
+        {"reset": True},  # the dialog opens with the last values of an earlier test's Apply
         {"type": "smiling", "row": 0, "key_s": 0.03},
         {"wait_preview": True},
         {"paint": True},  # the user's brush, on the photo layer
