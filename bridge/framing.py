@@ -7,12 +7,20 @@ websockets parser and rewrites the incoming byte stream: the payload of a data m
 its limit is skipped as it arrives (constant memory) and replaced by one small marker frame that the
 session recognises (the marker carries a per-connection secret, so a client cannot forge one). Every
 other byte passes through untouched.
+
+The filter also sees a binary message's length before its payload arrives, which makes it the place
+to hold memory to a budget (bridge/limits.py): `admit(n)` is asked before `n` more bytes of a binary
+message are let through, and a message it refuses is skipped like an oversized one (marker kind
+`m`). `inflight` counts the binary bytes let through that the session has not taken yet (they sit in
+the websockets library's buffers meanwhile), and `touched` is when the last byte arrived.
 """
 
 from __future__ import annotations
 
 import secrets
 import struct
+import time
+from collections.abc import Callable
 
 _CONT, _TEXT, _BINARY = 0x0, 0x1, 0x2
 _HANDSHAKE_END = b"\r\n\r\n"
@@ -20,9 +28,12 @@ _MAX_HANDSHAKE = 1 << 16  # beyond this the request is bad anyway: let websocket
 
 
 class FrameFilter:
-    def __init__(self, binary_limit: int, text_limit: int):
+    def __init__(self, binary_limit: int, text_limit: int, admit: Callable[[int], bool] | None = None):
         self.binary_limit = binary_limit
         self.text_limit = text_limit
+        self.admit = admit  # admit(n): whether n more bytes of a binary message may be held
+        self.inflight = 0
+        self.touched = time.monotonic()
         self.prefix = f"\x00ffclip-oversize:{secrets.token_hex(16)}:"
         self._prefix_bytes = self.prefix.encode("ascii")
         self._in_handshake = True
@@ -34,11 +45,12 @@ class FrameFilter:
         self._message_size = 0
         self._dropping = False  # the rest of the current message is being dropped
         self._emitted = False  # part of the current (dropped) message already went through
+        self._refused = False  # the current message is dropped because `admit` refused it
 
     # ------------------------------------------------------------------ the session's side
 
     def oversize_of(self, data: str | bytes) -> tuple[str, int] | None:
-        """("text" | "binary", original size) of a message replaced by a marker, else None."""
+        """("text" | "binary" | "memory", original size) of a message replaced by a marker, else None."""
         prefix = self._prefix_bytes if isinstance(data, bytes | bytearray) else self.prefix
         start = data.rfind(prefix, max(0, len(data) - len(prefix) - 24))  # type: ignore[arg-type]
         if start < 0:
@@ -46,15 +58,20 @@ class FrameFilter:
         tail = data[start + len(prefix) :]
         tail = tail.decode("ascii") if isinstance(tail, bytes | bytearray) else tail
         try:
-            return ("text" if tail[:1] == "t" else "binary"), int(tail[1:])
+            return _KINDS.get(tail[:1], "binary"), int(tail[1:])
         except ValueError:
             return None
+
+    def taken(self, data: bytes) -> None:
+        """The session took a binary message: its bytes no longer wait in the library's buffers."""
+        self.inflight = max(0, self.inflight - len(data))
 
     # ------------------------------------------------------------------ the socket's side
 
     def feed(self, data: bytes) -> bytes:
         """Bytes from the socket → the bytes websockets should see."""
         out: list = []
+        self.touched = time.monotonic()
         view = memoryview(data)
         if self._in_handshake:
             view = self._handshake(view, out)
@@ -110,15 +127,15 @@ class FrameFilter:
     def _route(self, header: bytes, fin: bool, opcode: int, length: int, out: list) -> None:
         if opcode in (_TEXT, _BINARY):
             self._message_op, self._message_size = opcode, length
-            self._dropping, self._emitted = False, False
-            if length > self._limit():
+            self._dropping, self._emitted, self._refused = False, False, False
+            if length > self._limit() or not self._admitted(length):
                 self._drop(length, fin, out)
             else:
                 self._pass(header, length, out)
                 self._emitted = True
         elif opcode == _CONT and self._message_op is not None:
             self._message_size += length
-            if self._dropping or self._message_size > self._limit():
+            if self._dropping or self._message_size > self._limit() or not self._admitted(length):
                 self._drop(length, fin, out)
             else:
                 self._pass(header, length, out)
@@ -127,6 +144,16 @@ class FrameFilter:
             return
         if fin:
             self._message_op = None
+
+    def _admitted(self, length: int) -> bool:
+        """Whether `length` more bytes of the current message may be held (binary messages only)."""
+        if self._message_op != _BINARY or length == 0:
+            return True
+        if self.admit is not None and not self.admit(length):
+            self._refused = True
+            return False
+        self.inflight += length
+        return True
 
     def _limit(self) -> int:
         return self.text_limit if self._message_op == _TEXT else self.binary_limit
@@ -140,7 +167,7 @@ class FrameFilter:
         self._skipping = length
         if not fin:
             return
-        kind = b"t" if self._message_op == _TEXT else b"b"
+        kind = b"t" if self._message_op == _TEXT else (b"m" if self._refused else b"b")
         marker = self._prefix_bytes + kind + str(self._message_size).encode("ascii")
         # A message that already went partly through must be completed by a continuation frame.
         frame = marker_frame(_CONT if self._emitted else _BINARY, marker)
@@ -148,6 +175,9 @@ class FrameFilter:
             self._after_skip = frame
         else:
             out.append(frame)
+
+
+_KINDS = {"t": "text", "b": "binary", "m": "memory"}
 
 
 def marker_frame(opcode: int, payload: bytes) -> bytes:

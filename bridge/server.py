@@ -5,7 +5,8 @@ worker's device thread (one worker per device, `serve --devices`, each with its 
 own model copy and caches). Workers never wait on a client: results and progress are queued on the
 client's own outbox and a per-connection sender task writes them, so a slow or vanished client only
 ever delays itself. Which worker runs which job is scheduler.py's (fair between users, affine to
-the worker holding a photo's inversion); who may connect is tokens.py's.
+the worker holding a photo's inversion); who may connect is tokens.py's; how many connections and how
+much memory one client may take is limits.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import ssl
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 
@@ -44,6 +45,17 @@ from . import messages as msg
 from .backend import Backend, UnavailableBackend
 from .framing import FrameFilter
 from .jobs import DeviceThread, Job, QueueFull, release_memory
+from .limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_PER_USER,
+    DEFAULT_MEMORY_BUDGET,
+    Admission,
+    MemoryBudget,
+    Throttled,
+    connection_cap,
+    raise_file_limit,
+)
 from .messages import EditAnnouncement
 from .scheduler import Scheduler
 from .tokens import Identity, TokenBook
@@ -65,7 +77,15 @@ class ServerConfig:
     max_queue_bytes: int = 2 << 30  # pixels held by one user's waiting jobs
     steal_after: int = 2  # jobs ahead for a busy worker before another worker takes its photo's job
     max_text: int = 1 << 20  # a JSON message
-    max_backlog: int = 1 << 30  # bytes waiting to be sent to one client before it is dropped
+    max_backlog: int = 512 << 20  # bytes (results included) waiting to be sent to one client before it is dropped
+    max_unsent_text: int = 8 << 20  # text bytes waiting to be sent to one client before it is dropped
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # kept below the file limit (limits.connection_cap)
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES  # in progress at once; the oldest gives way
+    max_connections_per_user: int = DEFAULT_MAX_PER_USER  # per token owner (per address without tokens)
+    handshake_timeout: float = 5.0  # seconds from the accept to an open websocket
+    request_timeout: float = 60.0  # seconds without a byte before a half-sent edit is dropped
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes held for clients (frames, last images, replies)
+    log_interval: float = 10.0  # seconds between two log lines about refused clients of one kind
     progress_interval: float = 0.05  # seconds between two progress messages within a stage
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
@@ -80,13 +100,31 @@ class ServerConfig:
 
 
 class GuardedConnection(ServerConnection):
-    """A connection whose incoming bytes pass through a FrameFilter (see framing.py)."""
+    """A connection whose incoming bytes pass through a FrameFilter (see framing.py), and that tells
+    the server's Admission (limits.py) when it opens and when it is gone."""
 
-    def __init__(self, *args, frame_filter: FrameFilter, **kwargs):
+    def __init__(self, *args, frame_filter: FrameFilter, admission: Admission | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.frame_filter = frame_filter
+        self.admission = admission
+        self.refused: str | None = None  # why Admission refused it at the accept
         self.identity: Identity | None = None  # set by the handshake check when the token is valid
         self.token_sent = False  # whether the handshake carried a token at all (for the refusal's words)
+        self.quota_key: Hashable = None  # whose quotas it counts against (set at the handshake)
+        self.memory_refusal: str | None = None  # why the memory budget refused its last frame
+        self.session: Session | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self.admission is not None:
+            self.refused = self.admission.opened(self)
+            if self.refused == "connections":  # after websockets has started its handler, which ends cleanly
+                asyncio.get_running_loop().call_soon(transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.admission is not None:
+            self.admission.closed(self)
 
     def data_received(self, data: bytes) -> None:
         data = self.frame_filter.feed(data)
@@ -102,6 +140,7 @@ class Pending:
     remaining: int
     frames: list[bytes] = field(default_factory=list)
     refused: bool = False
+    since: float = field(default_factory=time.monotonic)
 
 
 class Session:
@@ -121,32 +160,86 @@ class Session:
         self.last_frames: tuple[ImageSpec, list[bytes], dict] | None = None
         self.closed = False
         self.revoked = False  # its token was revoked: nothing it sends counts any more
-        self._outbox: deque[tuple[str, bytes | None]] = deque()
+        self.used = time.monotonic()  # its last edit (the least recently used last image goes first)
+        self.peak_held = 0  # the most bytes it held (memory is given back after a big client leaves)
+        self.messages = 0  # how many it sent
+        self._outbox: deque[_Outgoing] = deque()
+        self._status: _Outgoing | None = None  # a status reply not sent yet (a newer one replaces it)
         self._wake = asyncio.Event()
         self._backlog = 0
+        self._unsent_text = 0
+        ws.session = self
 
     # ------------------------------------------------------------------ output
 
     def deliver(self, message: dict, binary: bytes | None = None, droppable: bool = False) -> None:
-        """Queue a message (and its binary frame); never blocks. Droppable = in-stage progress."""
+        """Queue a message (and its binary frame); never blocks. Droppable = in-stage progress. A
+        status not sent yet is replaced by a newer one (a client asking for status a million times
+        and reading nothing holds one reply)."""
         if self.closed:
             return
         if droppable and len(self._outbox) >= _PROGRESS_BACKLOG:
             return
         text = msg.encode(message)
+        if message.get("type") == "status" and self._status is not None:
+            self._count(-len(self._status.text), 0)
+            self._status.text = text
+            self._count(len(text), 0)
+            return
+        config = self.server.config
         size = len(text) + len(binary or b"")
-        if self._backlog + size > self.server.config.max_backlog:
-            log.warning("client %s reads too slowly (%d bytes waiting): dropping it", self.peer, self._backlog)
+        if self._backlog + size > config.max_backlog or self._unsent_text + len(text) > config.max_unsent_text:
+            waiting = f"{self.peer}, {self._backlog} bytes waiting"
+            self.server.throttle.note("slow", "dropped {n} client(s) that read too slowly", waiting)
             self.closed = True
             asyncio.get_running_loop().create_task(self.ws.close(1008, "client too slow"))
             return
-        self._outbox.append((text, binary))
-        self._backlog += size
+        item = _Outgoing(text, binary)
+        if message.get("type") == "status":
+            self._status = item
+        self._outbox.append(item)
+        self._count(len(text), len(binary or b""))
         self._wake.set()
+
+    def _count(self, text: int, binary: int) -> None:
+        self._backlog += text + binary
+        self._unsent_text += text
 
     @property
     def idle(self) -> bool:
         return not self._outbox
+
+    def held_bytes(self) -> int:
+        """The bytes this connection holds: frames arrived for an edit, its last image (for
+        `reuse_image`), its unfinished jobs' frames, its replies not sent yet."""
+        seen: set[int] = set()
+        total = self._backlog
+
+        def add(data: bytes | None) -> None:
+            nonlocal total
+            if data is not None and id(data) not in seen:
+                seen.add(id(data))
+                total += len(data)
+
+        if self.pending is not None:
+            for frame in self.pending.frames:
+                add(frame)
+        if self.last_frames is not None:
+            for frame in self.last_frames[1]:
+                add(frame)
+        for job in list(self.jobs):
+            if not job.done:
+                add(job.image)
+                add(job.selection)
+        self.peak_held = max(self.peak_held, total)
+        return total
+
+    def forget_image(self) -> bool:
+        """Drop the last image (memory is short); False when a job still uses it."""
+        if self.last_frames is None or any(not job.done for job in list(self.jobs)):
+            return False
+        self.last_frames = None
+        return True
 
     async def _send_loop(self) -> None:
         with contextlib.suppress(ConnectionClosed):  # the receive loop notices the close too
@@ -157,12 +250,15 @@ class Session:
             while not self._outbox:
                 self._wake.clear()
                 await self._wake.wait()
-            text, binary = self._outbox[0]
+            item = self._outbox[0]
+            if item is self._status:
+                self._status = None  # from here on a newer status is queued behind it
+            text, binary = item.text, item.binary
             await self.ws.send(text)
             if binary is not None:
                 await self.ws.send(binary)
             self._outbox.popleft()
-            self._backlog -= len(text) + len(binary or b"")
+            self._count(-len(text), -len(binary or b""))
 
     def reply(self, exc: EngineError) -> None:
         self.deliver(msg.error(exc.code, exc.message, exc.job_id))
@@ -186,10 +282,15 @@ class Session:
             sender.cancel()
 
     def on_message(self, data: str | bytes) -> None:
+        self.messages += 1
         if self.revoked:
             return
         oversize = self.filter.oversize_of(data)
-        if oversize is not None and oversize[0] == "text":
+        if isinstance(data, bytes | bytearray):
+            self.filter.taken(data)
+        if oversize is not None and oversize[0] == "memory":
+            self.on_refused_frame()
+        elif oversize is not None and oversize[0] == "text":
             self._abandon_pending("a text message arrived instead")
             self.reply(
                 BadRequest(
@@ -272,6 +373,38 @@ class Session:
                 if not pending.refused:
                     self.server.submit(self, pending.request, pending.frames)
 
+    def on_refused_frame(self) -> None:
+        """A binary frame the memory budget had no room for (framing.py skipped it)."""
+        reason = self.ws.memory_refusal or "the engine's memory for clients is taken; try again shortly"
+        pending = self.pending
+        if pending is None:
+            self.reply(EngineError("busy", reason))
+            return
+        pending.remaining -= 1
+        if pending.request is not None and not pending.refused:
+            self._refuse(pending, EngineError("busy", reason, pending.request.id))
+        if pending.remaining == 0:
+            self.pending = None
+            if pending.request is not None:
+                self.server.pending_ids.pop(pending.request.id, None)
+
+    def expire(self, now: float, timeout: float) -> None:
+        """Drop a half-sent edit when no byte arrived for `timeout` seconds: its frames are freed,
+        and frames that still come are read and discarded."""
+        pending = self.pending
+        if pending is None or pending.request is None or pending.refused:
+            return
+        if now - max(pending.since, self.filter.touched) < timeout:
+            return
+        got = len(pending.frames)
+        text = (
+            f"the edit announced {pending.request.frames} binary frame(s) but only {got} arrived "
+            f"within {timeout:g} s: dropped"
+        )
+        self.server.pending_ids.pop(pending.request.id, None)
+        self._refuse(pending, BadRequest(text, job_id=pending.request.id))
+        self.server.throttle.note("expired", "dropped {n} half-sent edit(s)", self.peer)
+
     def cancel_pending(self, job_id: str) -> None:
         pending = self.pending
         if pending is not None and pending.request is not None and pending.request.id == job_id:
@@ -295,6 +428,12 @@ class Session:
             got = len(pending.frames)
             text = f"the edit announced {pending.request.frames} binary frame(s) but {why} after {got}: dropped"
             self.reply(BadRequest(text, job_id=pending.request.id))
+
+
+@dataclass(eq=False)
+class _Outgoing:
+    text: str
+    binary: bytes | None
 
 
 @dataclass(eq=False)
@@ -356,6 +495,16 @@ class EngineServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._downloaded = False  # a status said `downloading`: the end of loading is announced
         self.loaded = asyncio.Event()
+        self.throttle = Throttled(log, config.log_interval)
+        self.admission = Admission(
+            config.max_connections,
+            config.max_handshakes,
+            config.max_connections_per_user,
+            drop=self._drop_handshake,
+            full=lambda: self.throttle.note("full", "refused {n} connection(s): the engine holds all it may"),
+        )
+        self.memory = MemoryBudget(config.memory_budget, self._held)
+        self._trimmed = 0.0  # when memory was last given back after a client left
 
     @property
     def backend(self) -> Backend | None:
@@ -366,8 +515,10 @@ class EngineServer:
 
     async def start(self, sock=None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_exception)
+        self.admission.max_connections = connection_cap(self.config.max_connections, raise_file_limit())
         self.workers = [Worker(i, load, DeviceThread(f"ffclip-worker-{i}")) for i, load in enumerate(self._loaders)]
-        self._tasks = [asyncio.create_task(self._load_all())]
+        self._tasks = [asyncio.create_task(self._load_all()), asyncio.create_task(self._expire_requests())]
         if self.tokens is not None and self.tokens.path is not None:
             self._tasks.append(asyncio.create_task(self._watch_tokens()))
         where = {"sock": sock} if sock is not None else {"host": self.config.host, "port": self.config.port}
@@ -378,6 +529,7 @@ class EngineServer:
             compression=None,  # no permessage-deflate: pixels do not compress well, bombs would
             max_size=max(self.config.max_frame, self.config.max_text) + 256,
             max_queue=4,
+            open_timeout=self.config.handshake_timeout,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
             server_header="ffclip-engine",
@@ -434,19 +586,43 @@ class EngineServer:
 
     def _connection(self, protocol, server, **kwargs) -> GuardedConnection:
         frame_filter = FrameFilter(self.config.max_frame, self.config.max_text)
-        return GuardedConnection(protocol, server, frame_filter=frame_filter, **kwargs)
+        connection = GuardedConnection(protocol, server, frame_filter=frame_filter, admission=self.admission, **kwargs)
+        frame_filter.admit = lambda n: self._admit_bytes(connection, n)
+        return connection
+
+    def _drop_handshake(self, connection: GuardedConnection) -> None:
+        """The oldest handshake in progress gives way to a new connection (limits.Admission)."""
+        self.throttle.note("handshakes", "dropped {n} unfinished handshake(s) to make room for new connections")
+        connection.transport.abort()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """asyncio logs a refused accept (out of file descriptors) with a traceback each time it
+        retries: once per interval with a count instead."""
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            self.throttle.note("accept", "could not accept {n} connection(s): the process is out of file descriptors")
+        else:
+            loop.default_exception_handler(context)
 
     def _check_request(self, connection: GuardedConnection, request):
         origins = request.headers.get_all("Origin")  # get() would raise on a repeated header
         if origins:
             # Browsers always send Origin; native clients (the plug-in, scripts) do not. Refusing it
             # keeps any web page the user visits from driving the engine.
-            log.warning("refused a connection from a web page (Origin: %s)", origins[0][:100])
+            self.throttle.note("origin", "refused {n} connection(s) from web pages", f"Origin: {origins[0][:100]!r}")
             return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
         authorization = request.headers.get_all("Authorization")  # two of them: neither counts
         connection.token_sent = bool(authorization)
         connection.identity = self._identify(authorization[0] if len(authorization) == 1 else None)
+        connection.quota_key = self._quota_key(connection)
+        self.admission.handshaken(connection)
         return None
+
+    def _quota_key(self, connection: GuardedConnection) -> Hashable:
+        """Whom a connection's quotas count against: its token's owner; without tokens, its address."""
+        if self.tokens is not None and connection.identity is not None:
+            return ("user", connection.identity.owner)
+        address = connection.remote_address
+        return ("address", address[0] if address else "?")
 
     def _identify(self, header: str | None) -> Identity | None:
         """Who the handshake's token belongs to (constant-time, tokens.py); everyone is the same
@@ -459,13 +635,13 @@ class EngineServer:
     async def _handle(self, ws: GuardedConnection) -> None:
         if ws.identity is None:
             if ws.token_sent:
-                log.warning("refused a client whose token is not accepted (%s)", _address(ws))
+                self.throttle.note("token", "refused {n} client(s) whose token is not accepted", _address(ws))
                 hint = (
                     "this engine does not accept the token sent in 'Authorization: Bearer <token>' "
                     "(a wrong one, or revoked)"
                 )
             else:
-                log.warning("refused a client without a token (%s)", _address(ws))
+                self.throttle.note("no-token", "refused {n} client(s) without a token", _address(ws))
                 hint = "this engine needs a token: send the header 'Authorization: Bearer <token>'"
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(msg.encode(msg.error("unauthorized", hint)))
@@ -473,6 +649,9 @@ class EngineServer:
             return
         if self.closing:
             await ws.close(1001, "the engine is shutting down")
+            return
+        if not self.admission.joins(ws, ws.quota_key):
+            await self._refuse_over_quota(ws)
             return
         session = Session(self, ws)
         self.sessions.add(session)
@@ -483,6 +662,76 @@ class EngineServer:
             self.sessions.discard(session)
             self._abandon(session)
             log.info("client %s%s disconnected", session.peer, _as(session.user))
+            session.held_bytes()
+            self._give_back_memory(session)
+
+    async def _refuse_over_quota(self, ws: GuardedConnection) -> None:
+        limit = self.config.max_connections_per_user
+        whose = "this token" if self.tokens is not None else "this address"
+        self.throttle.note("per-user", f"refused {{n}} connection(s) over the limit of {limit} per user", _address(ws))
+        text = f"{whose} already holds {limit} connections to the engine (its limit): close one and try again"
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(msg.encode(msg.error("busy", text)))
+            await ws.close(1013, "too many connections")
+
+    def _give_back_memory(self, session: Session) -> None:
+        """A client that held much leaves: give the memory back to the OS (at most every few seconds:
+        it costs a collection and a malloc_trim)."""
+        if session.peak_held < (16 << 20) and session.messages < 10_000:
+            return
+        now = time.monotonic()
+        if now - self._trimmed < 5.0 or not (self._trim is None or self._trim.done()):
+            return
+        self._trimmed = now
+        self._trim = asyncio.create_task(asyncio.to_thread(release_memory))
+
+    # ------------------------------------------------------------------ memory
+
+    def _held(self) -> Counter:
+        """Bytes held for clients now, per quota key (limits.MemoryBudget)."""
+        held: Counter = Counter()
+        for connection in list(self.admission.open):
+            size = connection.frame_filter.inflight
+            if connection.session is not None:
+                size += connection.session.held_bytes()
+            if size:
+                held[connection.quota_key] += size
+        return held
+
+    def _admit_bytes(self, connection: GuardedConnection, size: int) -> bool:
+        """Whether `size` more bytes of a binary frame from `connection` fit the memory budget; when
+        they do not, idle connections' last images go first (the user's own, then the least recently
+        used of anyone's)."""
+        key = connection.quota_key
+        refusal = self.memory.refusal(key, size)
+        if refusal is not None and self._forget_images(key, size):
+            refusal = self.memory.refusal(key, size)
+        connection.memory_refusal = refusal
+        if refusal is not None:
+            self.throttle.note("memory", "refused {n} frame(s) over the memory budget", _address(connection))
+        return refusal is None
+
+    def _forget_images(self, key: Hashable, size: int) -> bool:
+        """Forget idle last images until `size` bytes fit; whether any was forgotten."""
+        idle = sorted(
+            (s for s in self.sessions if s.last_frames is not None and s.ws.quota_key is not None),
+            key=lambda s: (s.ws.quota_key != key, s.used),
+        )
+        forgot = False
+        for session in idle:
+            if self.memory.refusal(key, size) is None:
+                break
+            forgot = session.forget_image() or forgot
+        return forgot
+
+    async def _expire_requests(self) -> None:
+        """Half-sent edits (an announcement whose frames stopped coming) expire (Session.expire)."""
+        timeout = self.config.request_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for session in list(self.sessions):
+                session.expire(now, timeout)
 
     async def _watch_tokens(self) -> None:
         """Look at the tokens file now and then: a revoked token's connections are closed."""
@@ -550,6 +799,7 @@ class EngineServer:
             return
         session.jobs.add(job)
         session.last_frames = (request.image, frames, job.memo)
+        session.used = time.monotonic()
         self.stats["accepted"] += 1
         log.info("job %s queued%s (%d waiting)", job.id, _as(job.user), len(self.queue))
         if len(self.workers) > 1 and "photo" not in memo:
@@ -771,8 +1021,12 @@ class EngineServer:
                 "max_frame_bytes": self.config.max_frame,
                 "max_text_bytes": self.config.max_text,
                 "max_queue": self.config.max_queue,
+                "max_connections": self.admission.max_connections,
+                "max_connections_per_user": self.config.max_connections_per_user,
+                "request_timeout_s": self.config.request_timeout,
+                "memory_budget_bytes": self.memory.budget,
             },
-            "memory": {"rss_bytes": rss_bytes(), **info.get("memory", {})},
+            "memory": {"rss_bytes": rss_bytes(), "clients_bytes": sum(self._held().values()), **info.get("memory", {})},
             "workers": workers,
             "routing": dict(self.queue.stats),
         }

@@ -122,6 +122,7 @@ class EngineSession:
         self._ws: WebSocket | None = None
         self._image_sent: bytes | None = None  # the image this connection already holds
         self._in_flight: set[str] = set()  # jobs sent on this connection that have not ended
+        self._reused: dict[str, _Edit] = {}  # jobs sent as `reuse_image`, until they end
         self._lock = threading.Lock()
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="ffclip-session-writer", daemon=True)
@@ -195,6 +196,8 @@ class EngineSession:
         params = replace(job.params, selection=not reuse and job.selection is not None)
         with self._lock:
             self._in_flight.add(job.job_id)
+            if reuse:
+                self._reused[job.job_id] = job
         ws.send_text(encode(params.to_message(job.job_id, None if reuse else job.spec)))
         if not reuse:
             ws.send_binary(job.image)
@@ -227,6 +230,7 @@ class EngineSession:
         self._image_sent = None
         with self._lock:
             lost, self._in_flight = sorted(self._in_flight), set()
+            self._reused.clear()
         if ws is not None:
             with contextlib.suppress(Exception):
                 ws.close()
@@ -276,11 +280,34 @@ class EngineSession:
         elif isinstance(event, CancelledMessage):
             self._emit(JobCancelled(event.id))
         elif isinstance(event, ErrorMessage):
-            self._emit(JobFailed(event.id, event.exception()))
+            with self._lock:
+                reused = self._reused.pop(event.id, None) if event.id is not None else None
+            if reused is not None and event.code == "bad_request":
+                self._send_again(ws, reused)
+            else:
+                self._emit(JobFailed(event.id, event.exception()))
+
+    def _send_again(self, ws: WebSocket, job: _Edit) -> None:
+        """An engine short of memory forgets a connection's last image, and refuses the next edit
+        that reuses it: that edit goes again with its image (unless a newer one replaces it)."""
+        with self._lock:
+            self._in_flight.discard(job.job_id)
+        with self._wake:
+            if self._ws is ws:
+                self._image_sent = None
+            if job.params.supersede and any(isinstance(item, _Edit) for item in self._outbox):
+                replaced = True
+            else:
+                replaced = False
+                self._outbox.appendleft(job)
+                self._wake.notify()
+        if replaced:
+            self._emit(JobCancelled(job.job_id))
 
     def _emit(self, event: Event) -> None:
         if isinstance(event, ResultReady | JobFailed | JobCancelled) and event.job_id is not None:
             with self._lock:
                 self._in_flight.discard(event.job_id)
+                self._reused.pop(event.job_id, None)
         with contextlib.suppress(Exception):  # a failing handler must not stop the threads
             self._on_event(event)

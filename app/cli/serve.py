@@ -18,6 +18,7 @@ from ffclip.bridge.daemon import (
     server_tls,
     setup_logging,
 )
+from ffclip.bridge.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_USER, DEFAULT_MEMORY_BUDGET
 from ffclip.bridge.server import ServerConfig
 from ffclip.bridge.tokens import TokenBook, TokensFileError
 from ffclip.plugin.protocol import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT
@@ -64,6 +65,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N", help="largest image accepted"
     )
     parser.add_argument("--max-queue", type=int, default=32, metavar="N", help="jobs allowed to wait (per token)")
+    limits = parser.add_argument_group("limits (docs/deployment.md: sizing them for a team)")
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections at once, all clients (default {DEFAULT_MAX_CONNECTIONS}; always kept "
+        "below the process's open-file limit)",
+    )
+    limits.add_argument(
+        "--max-connections-per-user",
+        type=int,
+        default=DEFAULT_MAX_PER_USER,
+        metavar="N",
+        help=f"connections of one token (without tokens: one address) at once (default {DEFAULT_MAX_PER_USER})",
+    )
+    limits.add_argument(
+        "--memory-budget",
+        type=parse_size,
+        default=DEFAULT_MEMORY_BUDGET,
+        metavar="SIZE",
+        help="memory held for clients (frames arriving, kept images, unsent replies), e.g. 2G or 512M; one "
+        "user may hold half of it (default 2G)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds an announced edit may take to send all its frames (default 60)",
+    )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--devices",
@@ -100,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"ffclip-engine serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log_path = setup_logging(args.log_file, args.log_level)
+    if args.token:
+        print(
+            "ffclip-engine serve: a token given with --token is visible to every user of this computer in "
+            "the process list; use --token-file F or the FFCLIP_TOKEN environment variable instead",
+            file=sys.stderr,
+        )
     if plain_tokens_exposed(args):
         logging.getLogger("ffclip.bridge").warning(
             "tokens travel unencrypted on %s (--insecure-plain-token): anyone on the network can read and reuse "
@@ -119,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
         tls=tls.context if tls is not None else None,
         max_pixels=args.max_pixels,
         max_queue=args.max_queue,
+        max_connections=args.max_connections,
+        max_connections_per_user=args.max_connections_per_user,
+        memory_budget=args.memory_budget,
+        request_timeout=args.request_timeout,
     )
     loaders = [make_loader(args, device, first=i == 0) for i, device in enumerate(devices)]
     try:
@@ -126,6 +168,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "2G", "512M", "1.5g", "4096" (binary units)."""
+    number, unit = text.strip().upper().rstrip("IB") or "0", ""
+    if number[-1:] in _UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2G or 512M") from None
 
 
 def parse_devices(text: str) -> list[str]:
@@ -176,6 +232,10 @@ def plain_tokens_exposed(args: argparse.Namespace) -> bool:
 def check_limits(args: argparse.Namespace) -> None:
     if args.max_pixels < 256 or args.max_queue < 1 or (args.domain_memory is not None and args.domain_memory <= 0):
         raise UsageError("--max-pixels, --max-queue or --domain-memory is too small")
+    if args.max_connections < 8 or not 1 <= args.max_connections_per_user <= args.max_connections:
+        raise UsageError("--max-connections takes 8 or more, --max-connections-per-user 1 up to --max-connections")
+    if args.memory_budget < (64 << 20) or args.request_timeout <= 0:
+        raise UsageError("--memory-budget takes 64M or more, --request-timeout a positive number of seconds")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
 

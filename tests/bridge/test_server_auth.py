@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import time
 
 import pytest
 from hypothesis import example, given
@@ -170,9 +171,17 @@ def test_the_plugin_client_sends_its_token(server) -> None:
     assert info.value.code == "unauthorized"
 
 
-def test_a_refused_web_page_is_logged_with_its_origin_cut_short(server, caplog) -> None:
+def test_refused_web_pages_are_logged_once_per_interval_with_a_count_and_the_origin_cut_short(caplog) -> None:
     origin = "http://evil.example/" + "x" * 300
-    with caplog.at_level("WARNING", logger="ffclip.bridge"), pytest.raises(HandshakeError):
-        WebSocket.connect(server.url, headers={"Origin": origin, "origin": "http://second.example"})
-    (record,) = [r for r in caplog.records if "web page" in r.getMessage()]
-    assert record.getMessage() == f"refused a connection from a web page (Origin: {origin[:100]})"
+    server = running_server(lambda: FakeBackend(0.0), token=TOKEN, log_interval=1.0)
+    with server as server, caplog.at_level("WARNING", logger="ffclip.bridge"):
+        for _ in range(20):
+            with pytest.raises(HandshakeError):
+                WebSocket.connect(server.url, headers={"Origin": origin, "origin": "http://second.example"})
+        lines = [r.getMessage() for r in caplog.records if "web page" in r.getMessage()]
+        assert lines == [f"refused 1 connection(s) from web pages (last: Origin: {origin[:100]!r})"]
+        time.sleep(1.1)
+        with pytest.raises(HandshakeError):
+            WebSocket.connect(server.url, headers={"Origin": "http://b.example"})
+    lines = [r.getMessage() for r in caplog.records if "web page" in r.getMessage()]
+    assert lines[1:] == ["refused 20 connection(s) from web pages (last: Origin: 'http://b.example')"]
