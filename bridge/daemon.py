@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ffclip.plugin.paths import ENGINE_LOG, state_dir
+from ffclip.plugin.paths import ENGINE_LOG, open_private, private_folder, state_dir
 
 from .server import EngineServer, ServerConfig
 
@@ -156,6 +156,8 @@ async def serve_until_signal(
         log.info("TLS certificate SHA-256 fingerprint %s", pin)
     workers = len(loaders) if isinstance(loaders, Sequence) else 1
     log.info("listening on %s, %d worker(s) (log: %s)", url, workers, log_path or "stderr only")
+    if log_path is not None:
+        quiet_console_when_detached()
     local = f"{listener.scheme}://{_url_host(_probe_host(sock.getsockname()[0]))}:{server.port}/"
     with announce(local, __version__, listener.tls.fingerprint if listener.tls else None):
         await stop.wait()
@@ -177,9 +179,10 @@ def announce(url: str, version: str, fingerprint: str | None = None) -> Iterator
     if fingerprint:
         record["fingerprint"] = fingerprint
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         _prune_dead(folder)
-        path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        with open_private(path, "w", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
     except OSError as exc:  # a read-only state folder only costs the doctor a hint
         log.debug("cannot write %s: %s", path, exc)
     try:
@@ -212,6 +215,12 @@ def _prune_dead(folder: Path) -> None:
                 path.unlink()
 
 
+LOG_BYTES, LOG_BACKUPS = 5 << 20, 3  # engine.log and three rotations: at most 20 MB
+
+
+DETACHED_ENV = "FFCLIP_DETACHED"  # set by the plug-in when it starts the daemon
+
+
 def setup_logging(log_file: str | None, level: str) -> Path | None:
     """Log to stderr and to a rotating file (default: the state folder's engine.log, see plugin/paths.py)."""
     root = logging.getLogger()
@@ -223,13 +232,34 @@ def setup_logging(log_file: str | None, level: str) -> Path | None:
     logging.getLogger("websockets").setLevel(logging.WARNING)
     path = Path(log_file) if log_file else state_dir() / ENGINE_LOG
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
+        if log_file:
+            path.parent.mkdir(parents=True, exist_ok=True)  # the user's own choice of folder
+        else:
+            private_folder(path.parent)
+        handler = PrivateRotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write the log file %s: %s", path, exc)
         return None
     handler.setFormatter(formatter)
     root.addHandler(handler)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
     return path
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log whose every file (the first and each one after a rotation) is 0600 from its
+    creation: it carries job ids (which cancel jobs), owner names and addresses."""
+
+    def _open(self):
+        return open_private(self.baseFilename, self.mode, self.encoding)
+
+
+def quiet_console_when_detached() -> None:
+    """A daemon started by the plug-in writes its console to engine-start.log, meant for the errors of
+    its first seconds; once it listens, its log goes to engine.log only (rotated, bounded)."""
+    if os.environ.get(DETACHED_ENV) != "1":
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            log.info("listening; from here on the log goes to engine.log only")
+            root.removeHandler(handler)

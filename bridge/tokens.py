@@ -52,9 +52,11 @@ def token_digest(token: str) -> bytes:
 
 
 def parse_tokens(text: str, where: str = "the tokens file") -> dict[str, bytes]:
-    """`NAME TOKEN` lines → {name: sha256(token)}; TokensFileError naming the line on any problem."""
+    """`NAME TOKEN` lines → {name: sha256(token)}; TokensFileError naming the line on any problem — by its
+    number only: a line's words are never repeated (with its columns swapped, the "name" is a token)."""
     entries: dict[str, bytes] = {}
-    owners: dict[bytes, str] = {}
+    lines_of: dict[str, int] = {}
+    owners: dict[bytes, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -67,15 +69,16 @@ def parse_tokens(text: str, where: str = "the tokens file") -> dict[str, bytes]:
             raise TokensFileError(f"{where}, line {number}: a name is letters, digits and ._@+- (up to 64)")
         if len(token) < MIN_TOKEN_LENGTH:
             raise TokensFileError(
-                f"{where}, line {number}: {name}'s token is shorter than {MIN_TOKEN_LENGTH} characters; make "
-                "one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                f"{where}, line {number}: the token (the second word: NAME comes first) is shorter than "
+                f"{MIN_TOKEN_LENGTH} characters; make one with: "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         if name in entries:
-            raise TokensFileError(f"{where}, line {number}: {name} appears twice")
+            raise TokensFileError(f"{where}, line {number}: its name is already on line {lines_of[name]}")
         digest = token_digest(token)
         if digest in owners:
-            raise TokensFileError(f"{where}, line {number}: {name} has the same token as {owners[digest]}")
-        entries[name], owners[digest] = digest, name
+            raise TokensFileError(f"{where}, line {number}: its token is already on line {owners[digest]}")
+        entries[name], lines_of[name], owners[digest] = digest, number, number
     return entries
 
 

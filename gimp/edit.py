@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ffclip.plugin import paths
 from ffclip.plugin.protocol import (
@@ -451,9 +452,10 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
     command = command_for_url([str(c) for c in command], settings.get("url"))
     progress.text(stage_text("start"))
     log_path = engine_log_path()
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     try:
-        with open(log_path, "ab") as log:
+        paths.private_folder(Path(log_path).parent)
+        paths.rotate_if_larger(log_path, paths.ENGINE_START_LOG_LIMIT)
+        with paths.open_private(log_path, "ab") as log:
             return subprocess.Popen(
                 [str(c) for c in command],
                 stdin=subprocess.DEVNULL,
@@ -461,6 +463,7 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                env={**os.environ, "FFCLIP_DETACHED": "1"},  # its console goes quiet once it listens
             )
     except OSError as exc:
         raise PluginError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ DEFAULT_DOMAIN = "face"
 
 # Field limits: clients build within them, the engine refuses anything outside them.
 MAX_ID_LENGTH = 128
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+", re.ASCII)
 MAX_PROMPT_LENGTH = 1000
 MAX_EDITS = 4  # attributes edited at once: ŵ = w + Σ αᵢ·Δwᵢ
 MAX_FACE_INDICES = 64
@@ -598,11 +600,15 @@ def decode(text: str) -> dict:
 
 
 def job_id_of(message: dict) -> str:
+    """A job id from the wire: letters, digits and `._:-`, 1–128 of them (a UUID fits). Nothing else:
+    ids are logged, and a newline in one would forge a log line. The refusal never repeats it."""
     job_id = message.get("id")
-    if not isinstance(job_id, str) or not job_id.strip():
+    if not isinstance(job_id, str) or not job_id:
         raise BadRequest("'id' must be a non-empty string")
     if len(job_id) > MAX_ID_LENGTH:
         raise BadRequest(f"'id' is longer than {MAX_ID_LENGTH} characters")
+    if not ID_PATTERN.fullmatch(job_id):
+        raise BadRequest("'id' may only hold letters, digits and . _ : - (a UUID fits)")
     return job_id
 
 

@@ -57,8 +57,8 @@ def _fail(procedure, message, status=Gimp.PDBStatusType.EXECUTION_ERROR):
 def _log_unexpected():
     path = paths.state_dir() / paths.PLUGIN_LOG
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as log:
+        paths.private_folder(path.parent)
+        with paths.open_private(path, "a", encoding="utf-8") as log:
             log.write(traceback.format_exc() + "\n")
     except OSError:
         return ""

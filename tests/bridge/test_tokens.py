@@ -47,8 +47,10 @@ def test_tokens_file_rules_name_the_line_never_the_token():
         f"alice {ALICE} extra": "line 1: expected 'NAME TOKEN'",
         f"al/ice {ALICE}": "line 1: a name is",
         "alice short": "shorter than 16",
-        f"alice {ALICE}\nalice {BOB}": "line 2: alice appears twice",
-        f"alice {ALICE}\nbob {ALICE}": "line 2: bob has the same token as alice",
+        f"alice {ALICE}\nalice {BOB}": "line 2: its name is already on line 1",
+        f"alice {ALICE}\nbob {ALICE}": "line 2: its token is already on line 1",
+        f"{ALICE} alice": "line 1: the token (the second word: NAME comes first) is shorter",  # columns swapped
+        f"bob {BOB}\n{ALICE} alice-0123456789abcd\n{ALICE} other-0123456789abcd": "line 3: its name is already",
     }
     for text, expected in cases.items():
         with pytest.raises(tk.TokensFileError) as info:
@@ -74,7 +76,7 @@ def test_identify_compares_every_entry_in_constant_time(monkeypatch):
 def test_token_and_name_lengths_at_their_limits():
     assert tk.MIN_TOKEN_LENGTH == 16  # docs/deployment.md: at least 16 characters
     assert tk.parse_tokens("a " + "t" * 16) == {"a": tk.token_digest("t" * 16)}
-    with pytest.raises(tk.TokensFileError, match="line 1: a's token is shorter than 16 characters"):
+    with pytest.raises(tk.TokensFileError, match="line 1: the token .* is shorter than 16 characters"):
         tk.parse_tokens("a " + "t" * 15)
     assert set(tk.parse_tokens("n" * 64 + " " + ALICE)) == {"n" * 64}
     with pytest.raises(tk.TokensFileError, match="a name is"):
@@ -170,7 +172,7 @@ def test_serve_refuses_an_unusable_tokens_file(tmp_path):
     bad = tmp_path / "tokens"
     bad.write_text(f"alice {ALICE}\nbob short\n")
     refused = run_cli("serve", "--port", "0", "--fake-engine", "--tokens-file", str(bad))
-    assert refused.returncode == 2 and "line 2: bob's token is shorter" in refused.stderr
+    assert refused.returncode == 2 and "line 2: the token (the second word" in refused.stderr
     empty = tmp_path / "empty"
     empty.write_text("# nobody yet\n")
     assert "names nobody" in run_cli("serve", "--port", "0", "--fake-engine", "--tokens-file", str(empty)).stderr
@@ -213,7 +215,7 @@ def test_the_log_names_the_owner_never_the_token(team, caplog):
         assert _refused(server.url, "wrong-token-0123456789")
     text = caplog.text
     assert "connected as alice" in text and "connected as bob" in text and "queued as bob" in text
-    assert "refused a client whose token is not accepted" in text
+    assert "client(s) whose token is not accepted" in text
     assert ALICE not in text and BOB not in text and "wrong-token" not in text
 
 
@@ -227,8 +229,8 @@ def test_a_wrong_token_and_a_missing_one_are_told_apart(team, caplog):
     assert wrong.value.code == missing.value.code == "unauthorized"
     assert "does not accept the token sent" in wrong.value.message, wrong.value.message
     assert "needs a token" in missing.value.message, missing.value.message
-    assert "refused a client without a token" in caplog.text
-    assert "refused a client whose token is not accepted" in caplog.text
+    assert "client(s) without a token" in caplog.text
+    assert "client(s) whose token is not accepted" in caplog.text
 
 
 def test_removing_a_line_revokes_at_once_and_closes_open_connections(team):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import threading
 import time
@@ -10,6 +12,7 @@ import pytest
 
 from ffclip.gimp import edit as gimp_edit
 from ffclip.gimp import settings as gimp_settings
+from ffclip.plugin import paths
 from ffclip.plugin.protocol import Attribute, ConnectionFailed, EditParams, EngineError
 from tests.support.engine_server import FakeEngineServer, fake_mask, fake_region
 from tests.support.net import free_port
@@ -452,3 +455,23 @@ def test_a_start_command_that_fails_is_reported_in_its_own_words(tmp_path, monke
     assert gimp_edit.can_start({"start_command": ["x"]}, "ws://127.0.0.1:8765/")
     assert not gimp_edit.can_start({"start_command": ["x"]}, "wss://gpu.lan:8765/")
     assert not gimp_edit.can_start({}, "ws://127.0.0.1:8765/")
+
+
+@pytest.mark.process
+def test_the_start_log_is_private_bounded_and_quiet_after_the_start(tmp_path, monkeypatch):
+    """engine-start.log: 0600 from its creation in a 0700 folder, moved aside past its limit, and the
+    daemon is told that it runs detached (its console goes quiet once it listens) (issue 30)."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(state))
+    monkeypatch.setattr(paths, "ENGINE_START_LOG_LIMIT", 100)
+    state.mkdir(mode=0o755)
+    (state / "engine-start.log").write_bytes(b"x" * 101)
+    command = [sys.executable, "-c", "import os; print('detached', os.environ.get('FFCLIP_DETACHED'))"]
+    old = os.umask(0o022)
+    try:
+        gimp_edit.start_engine({"start_command": command, "url": "ws://127.0.0.1:8765/"}, Recorder()).wait(30)
+    finally:
+        os.umask(old)
+    log = state / "engine-start.log"
+    assert log.read_text() == "detached 1\n" and (state / "engine-start.log.1").stat().st_size == 101
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(state.stat().st_mode) == 0o700

@@ -9,6 +9,7 @@ test that imported the module's constants would agree with whatever the module s
 from __future__ import annotations
 
 import math
+import uuid
 
 import pytest
 
@@ -222,9 +223,15 @@ def test_a_text_frame_is_a_json_object_with_a_string_type() -> None:
 def test_job_ids() -> None:
     assert p.job_id_of({"id": "i" * 128}) == "i" * 128 and p.job_id_of({"id": "x"}) == "x"
     refused(p.job_id_of, {"id": "i" * 129}, match="'id' is longer than 128 characters")
-    for value in ("", "  ", None, 7, ["x"]):
+    for value in ("", None, 7, ["x"]):
         refused(p.job_id_of, {"id": value}, match="'id' must be a non-empty string")
     refused(p.job_id_of, {}, match="'id' must be a non-empty string")
+    for fine in (str(uuid.uuid4()), "job-1.preview:2_a", "Z9"):
+        assert p.job_id_of({"id": fine}) == fine
+    for forged in ("x\n2026-12-06 INFO ffclip.bridge: done", "x\n", "  ", "a b", "é", "a/b", "x\x00", "<job>"):
+        with pytest.raises(p.BadRequest, match="letters, digits") as refusal:
+            p.job_id_of({"id": forged})
+        assert forged not in refusal.value.message  # never echoed (a log line, an error in a dialog)
 
 
 # --------------------------------------------------------------------------- the engine's announcement
