@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ffclip.plugin.paths import ENGINE_LOG, open_private, private_folder, state_dir
+from ffclip.plugin import identity
+from ffclip.plugin.paths import ENGINE_LOG, ENGINES_DIR, open_private, private_folder, state_dir
 
 from .server import EngineServer, ServerConfig
 
@@ -138,6 +140,7 @@ async def serve_until_signal(
 
     listener = listener if isinstance(listener, Listener) else Listener(listener)
     sock = listener.sock
+    config = dataclasses.replace(config, identity_key=config.identity_key or identity.new_key())
     server = EngineServer(config, loaders, __version__)
     await server.start(sock)
     stop = asyncio.Event()
@@ -159,25 +162,28 @@ async def serve_until_signal(
     if log_path is not None:
         quiet_console_when_detached()
     local = f"{listener.scheme}://{_url_host(_probe_host(sock.getsockname()[0]))}:{server.port}/"
-    with announce(local, __version__, listener.tls.fingerprint if listener.tls else None):
+    with announce(local, __version__, listener.tls.fingerprint if listener.tls else None, config.identity_key):
         await stop.wait()
         await server.stop()
     print("ffclip-engine: stopped", flush=True)
 
 
 def running_dir(environ: dict | None = None) -> Path:
-    return state_dir(environ) / "engines"
+    return state_dir(environ) / ENGINES_DIR
 
 
 @contextlib.contextmanager
-def announce(url: str, version: str, fingerprint: str | None = None) -> Iterator[Path]:
+def announce(url: str, version: str, fingerprint: str | None = None, key: str | None = None) -> Iterator[Path]:
     """Keep `<state>/engines/<pid>.json` while the body runs (the engine listens at `url`; a wss://
-    engine records its certificate's fingerprint, so the doctor can greet it)."""
+    engine records its certificate's fingerprint, so the doctor can greet it; `key` answers the
+    challenges of plug-ins that started it, plugin/identity.py — the file is readable by this user only)."""
     folder = running_dir()
     path = folder / f"{os.getpid()}.json"
     record = {"url": url, "pid": os.getpid(), "version": version, "started": time.time()}
     if fingerprint:
         record["fingerprint"] = fingerprint
+    if key:
+        record["key"] = key
     try:
         private_folder(folder)
         _prune_dead(folder)

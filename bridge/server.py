@@ -27,6 +27,7 @@ from http import HTTPStatus
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from ffclip.plugin import identity
 from ffclip.plugin.png import PNGError, png_size
 from ffclip.plugin.protocol import (
     DEFAULT_HOST,
@@ -92,6 +93,7 @@ class ServerConfig:
     shutdown_grace: float = 10.0  # how long a running job may take to reach its next stage
     download_status_interval: float = 0.5  # seconds between status messages pushed while downloading
     tokens_interval: float = 1.0  # seconds between two looks at the tokens file (revocations)
+    identity_key: str | None = None  # proves to a challenging client that it is this user's engine (in its record)
 
     @property
     def max_frame(self) -> int:
@@ -110,6 +112,7 @@ class GuardedConnection(ServerConnection):
         self.refused: str | None = None  # why Admission refused it at the accept
         self.identity: Identity | None = None  # set by the handshake check when the token is valid
         self.token_sent = False  # whether the handshake carried a token at all (for the refusal's words)
+        self.challenge: str | None = None  # the client's nonce, for the greeting's proof (plugin/identity.py)
         self.quota_key: Hashable = None  # whose quotas it counts against (set at the handshake)
         self.memory_refusal: str | None = None  # why the memory budget refused its last frame
         self.session: Session | None = None
@@ -267,7 +270,7 @@ class Session:
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
-        self.deliver(self.server.status_message())
+        self.deliver(self.server.greeting(self.ws.challenge))
         try:
             async for data in self.ws:
                 try:
@@ -612,6 +615,9 @@ class EngineServer:
             return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
         authorization = request.headers.get_all("Authorization")  # two of them: neither counts
         connection.token_sent = bool(authorization)
+        challenges = request.headers.get_all(identity.CHALLENGE_HEADER)
+        if len(challenges) == 1 and identity.is_challenge(challenges[0]):
+            connection.challenge = challenges[0]
         connection.identity = self._identify(authorization[0] if len(authorization) == 1 else None)
         connection.quota_key = self._quota_key(connection)
         self.admission.handshaken(connection)
@@ -987,6 +993,13 @@ class EngineServer:
         message = self.status_message()
         for session in list(self.sessions):
             session.deliver(message, droppable=droppable)
+
+    def greeting(self, challenge: str | None) -> dict:
+        """The status a connection opens with; with its proof of identity when the client challenged."""
+        status = self.status_message()
+        if challenge is not None and self.config.identity_key:
+            status["proof"] = identity.proof(self.config.identity_key, challenge)
+        return status
 
     def status_message(self) -> dict:
         backend = self.backend

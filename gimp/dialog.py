@@ -149,6 +149,8 @@ class LiveDialog:
             token=settings.get("token"),
             connect_timeout=CONNECT_TIMEOUT_S,
             tls=gimp_edit.session_tls(settings),
+            plain_token=bool(settings.get("insecure_plain_token")),
+            verify_local=gimp_edit.must_be_ours(settings, self.url),
         )
         starter = (
             gimp_edit.EngineStarter(dict(settings, url=self.url)) if gimp_edit.can_start(settings, self.url) else None

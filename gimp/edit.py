@@ -408,7 +408,11 @@ def _default_factory(settings: dict):
     def factory(url: str):
         timeout = float(settings.get("timeout") or 600)
         tls = _tls_verify(settings)
-        return client.EngineClient(url, token=settings.get("token"), timeout=timeout, tls=tls)
+        plain = bool(settings.get("insecure_plain_token"))
+        ours = must_be_ours(settings, url)
+        return client.EngineClient(
+            url, token=settings.get("token"), timeout=timeout, tls=tls, plain_token=plain, verify_local=ours
+        )
 
     return factory
 
@@ -511,6 +515,12 @@ class EngineStarter:
             offset = 0
         process = start_engine(self.settings, Progress())
         return EngineProcess(process, log_path, offset)
+
+
+def must_be_ours(settings: dict, url: str) -> bool:
+    """With autostart, the engine on the local port must prove it is this user's (plugin/identity.py):
+    the plug-in would otherwise hand its photos to whatever program took the port first."""
+    return bool(settings.get("autostart")) and can_start(settings, url)
 
 
 def can_start(settings: dict, url: str) -> bool:

@@ -12,6 +12,8 @@ writes it, the dialog updates the engine URL in it. Keys:
   system's trust store).
 - `tls_fingerprint`: for a `wss://` URL, the engine certificate's pinned SHA-256 fingerprint
   (`AB:CD:…`, as `serve` prints it); any other certificate is refused before anything is sent.
+- `insecure_plain_token`: send the token over plain `ws://` to another computer (refused without it:
+  anyone on the network could read it; serve `wss://` instead).
 - `autostart`: start the engine when it is not reachable (only for a local URL).
 - `start_command`: argv list that starts the daemon (`ffclip-engine serve ...`).
 - `start_timeout`: seconds to wait for a started daemon to accept connections.
@@ -43,6 +45,7 @@ DEFAULTS: dict = {
     "token": None,
     "tls_ca_file": None,
     "tls_fingerprint": None,
+    "insecure_plain_token": False,
     "autostart": False,
     "start_command": None,
     "start_timeout": 120.0,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import imageops, png
+from . import identity, imageops, png
 from .protocol import (
     DEFAULT_URL,
     PROTOCOL_VERSION,
@@ -39,14 +39,16 @@ from .protocol import (
     encode,
     new_job_id,
     read_event,
+    reply_limit,
     status_request,
 )
-from .tls import CertificateRefused, TLSVerify, refusal
+from .tls import CertificateRefused, PlainTokenRefused, TLSVerify, check_plain_token, refusal
 from .websocket import ConnectionClosed, HandshakeError, WebSocket, WebSocketError
 
 __all__ = [
     "Cancelled",
     "CertificateRefused",
+    "PlainTokenRefused",
     "ConnectionFailed",
     "EditResult",
     "EngineClient",
@@ -64,6 +66,9 @@ class EngineClient:
     `timeout` is an inactivity limit: how long to wait for any sign of life (a message or the
     engine's keep-alive ping) before giving up with TimeoutError. `tls`: how a wss:// engine's
     certificate is verified (a CA file, a pinned fingerprint; default the system's trust store).
+    `plain_token`: allow the token over plain ws:// to another computer (refused otherwise).
+    `verify_local`: the engine must prove that it is one of this user's (identity.py) before anything
+    is sent — for a plug-in that starts its engine on a local port itself.
     """
 
     def __init__(
@@ -73,10 +78,15 @@ class EngineClient:
         timeout: float = 600.0,
         connect_timeout: float = 10.0,
         tls: TLSVerify | None = None,
+        plain_token: bool = False,
+        verify_local: bool = False,
     ):
         self.url = url
+        self.verify_local = verify_local
         self.token = token
         self.tls = tls
+        self.plain_token = plain_token
+        self._pixels = 0  # the largest image this connection sent (a reused one comes back that size)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.last_status: dict = {}
@@ -88,10 +98,13 @@ class EngineClient:
     def connect(self) -> dict:
         """Open the connection; returns the engine's greeting status message."""
         self.close()
-        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls)
-        self._ws = ws
+        challenge = identity.new_challenge() if self.verify_local else None
+        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls, self.plain_token, challenge)
+        self._ws, self._pixels = ws, 0
         try:
             greeting = self._receive_json(ws)
+            if challenge is not None:
+                identity.check(greeting, challenge, self.url)
         except BaseException:
             self.close()
             raise
@@ -174,6 +187,8 @@ class EngineClient:
         job_id = job_id or new_job_id()
         message, frames = edit_frames(params, image, spec, selection, job_id)
         ws = self._send_fresh(message, frames)
+        self._pixels = max(self._pixels, spec.pixels if spec is not None else 0)
+        ws.max_message = reply_limit(self._pixels)  # what this request can bring back, no more
         try:
             return self._await_result(ws, job_id, on_progress, on_queued, on_status)
         except KeyboardInterrupt:
@@ -285,12 +300,25 @@ def edit_frames(
     return params.to_message(job_id, spec), [image] if selection is None else [image, selection]
 
 
-def open_engine_socket(url: str, token: str | None, timeout: float, tls: TLSVerify | None = None) -> WebSocket:
+def open_engine_socket(
+    url: str,
+    token: str | None,
+    timeout: float,
+    tls: TLSVerify | None = None,
+    plain_token: bool = False,
+    challenge: str | None = None,
+) -> WebSocket:
     """A websocket to the engine at `url`, the token in the handshake; EngineError when refused
-    (CertificateRefused when a wss:// engine's certificate fails `tls`: then nothing was sent)."""
+    (CertificateRefused when a wss:// engine's certificate fails `tls`, PlainTokenRefused when the
+    token would cross the network unencrypted: then nothing was sent). Replies are read up to a text
+    message's size until a request says it can bring back more. `challenge`: for the greeting's
+    proof of identity (identity.py)."""
+    check_plain_token(url, token, plain_token)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if challenge is not None:
+        headers[identity.CHALLENGE_HEADER] = challenge
     try:
-        return WebSocket.connect(url, headers=headers, timeout=timeout, tls=tls)
+        return WebSocket.connect(url, headers=headers, timeout=timeout, tls=tls, max_message=reply_limit())
     except ssl.SSLCertVerificationError as exc:
         raise refusal(exc, url, tls) from None
     except HandshakeError as exc:
@@ -363,6 +391,7 @@ def edit_pixels(
     timeout: float = 600.0,
     on_progress: ProgressCallback | None = None,
     tls: TLSVerify | None = None,
+    plain_token: bool = False,
 ) -> dict:
     """Edit a decoded photo with a running daemon and write the edited photo to `out_path`.
 
@@ -374,7 +403,7 @@ def edit_pixels(
     width, height, base = photo.width, photo.height, photo.rgba
     spec = ImageSpec(width, height, "png" if photo.png is not None else "rgba8")
     started = time.monotonic()
-    with EngineClient(url, token=token, timeout=timeout, tls=tls) as client:
+    with EngineClient(url, token=token, timeout=timeout, tls=tls, plain_token=plain_token) as client:
         frame = photo.png if photo.png is not None else base
         result = client.edit(params, frame, spec, photo.selection, on_progress=on_progress)
     edited = imageops.composite(base, width, height, result.region, result.rgba)

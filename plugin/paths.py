@@ -15,6 +15,7 @@ ENGINE_LOG = "engine.log"  # the daemon's own log (rotated)
 ENGINE_START_LOG = "engine-start.log"  # console output of a daemon the plug-in started (early crashes)
 ENGINE_START_LOG_LIMIT = 1 << 20  # bytes; at a start, a larger engine-start.log is moved to engine-start.log.1
 PLUGIN_LOG = "plugin.log"  # the plug-in's unexpected errors
+ENGINES_DIR = "engines"  # each running engine's record, <pid>.json (its URL, version and identity key)
 JOB_STATE = "current-job.json"  # the job FFCLIP Cancel can reach
 
 

@@ -64,6 +64,7 @@ DEFAULT_DOMAIN = "face"
 
 # Field limits: clients build within them, the engine refuses anything outside them.
 MAX_ID_LENGTH = 128
+MAX_REPLY_TEXT = 4 << 20  # the engine's text messages (status, progress, a result's header) take kilobytes
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+", re.ASCII)
 MAX_PROMPT_LENGTH = 1000
 MAX_EDITS = 4  # attributes edited at once: ŵ = w + Σ αᵢ·Δwᵢ
@@ -597,6 +598,12 @@ def decode(text: str) -> dict:
     if not isinstance(message.get("type"), str):
         raise BadRequest("a message needs a string 'type'")
     return message
+
+
+def reply_limit(pixels: int = 0) -> int:
+    """The largest message an engine's reply can be for requests of up to `pixels` pixels: a text
+    message, or a result's RGBA frame (its region lies within the image). A client reads no more."""
+    return max(MAX_REPLY_TEXT, 4 * pixels)
 
 
 def job_id_of(message: dict) -> str:

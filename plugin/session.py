@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from . import identity
 from .client import closed_error, open_engine_socket
 from .protocol import (
     PROTOCOL_VERSION,
@@ -36,6 +37,7 @@ from .protocol import (
     encode,
     new_job_id,
     read_event,
+    reply_limit,
     status_request,
 )
 from .tls import TLSVerify
@@ -111,10 +113,14 @@ class EngineSession:
         token: str | None = None,
         connect_timeout: float = 10.0,
         tls: TLSVerify | None = None,
+        plain_token: bool = False,
+        verify_local: bool = False,
     ) -> None:
         self.url = url
+        self.verify_local = verify_local  # the engine proves it is this user's first (identity.py)
         self.token = token
         self.tls = tls
+        self.plain_token = plain_token
         self.connect_timeout = connect_timeout
         self._on_event = on_event
         self._outbox: deque[_Edit | dict] = deque()
@@ -198,6 +204,7 @@ class EngineSession:
             self._in_flight.add(job.job_id)
             if reuse:
                 self._reused[job.job_id] = job
+        ws.max_message = max(ws.max_message, reply_limit(job.spec.pixels))  # what it can bring back, no more
         ws.send_text(encode(params.to_message(job.job_id, None if reuse else job.spec)))
         if not reuse:
             ws.send_binary(job.image)
@@ -219,7 +226,16 @@ class EngineSession:
     def _connection(self) -> WebSocket:
         if self._ws is not None and not self._ws.closed:
             return self._ws
-        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls)
+        challenge = identity.new_challenge() if self.verify_local else None
+        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls, self.plain_token, challenge)
+        if challenge is not None:  # the greeting, read here: nothing is sent before it proves the engine ours
+            try:
+                greeting = ws.recv(timeout=self.connect_timeout)
+                identity.check(decode(greeting) if isinstance(greeting, str) else {}, challenge, self.url)
+            except BaseException:
+                ws.close()
+                raise
+            self._dispatch(ws, greeting)
         self._ws, self._image_sent = ws, None
         threading.Thread(target=self._read_loop, args=(ws,), name="ffclip-session-reader", daemon=True).start()
         return ws

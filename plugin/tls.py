@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import ssl
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .protocol import EngineError
 
@@ -30,6 +32,38 @@ class CertificateRefused(EngineError):
 
     def __init__(self, message: str):
         super().__init__("certificate", message)
+
+
+class PlainTokenRefused(EngineError):
+    """A token would have crossed the network unencrypted (plain ws:// to another computer): nothing
+    was sent."""
+
+    def __init__(self, host: str):
+        super().__init__(
+            "certificate",
+            f"not sending the token over plain ws:// to {host}: anyone on the network could read and reuse it. "
+            "Use the engine's wss:// address (docs/deployment.md), or allow it with the setting "
+            "insecure_plain_token (ffclip-engine edit: --insecure-plain-token)",
+        )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` names this computer (a token sent there never crosses a network)."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere
+
+
+def check_plain_token(url: str, token: str | None, allowed: bool) -> None:
+    """PlainTokenRefused when `token` would go over plain ws:// to another computer and that was not
+    explicitly `allowed`."""
+    parts = urlsplit(url)
+    if token and parts.scheme == "ws" and not allowed and not is_loopback_host(parts.hostname or ""):
+        raise PlainTokenRefused(parts.hostname or url)
 
 
 def normalize_fingerprint(text: str) -> str:

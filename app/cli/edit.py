@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="wss:// daemon: accept only the certificate with this SHA-256 fingerprint, as `serve` prints it "
         "(default $FFCLIP_TLS_FINGERPRINT)",
     )
+    parser.add_argument(
+        "--insecure-plain-token",
+        action="store_true",
+        help="send the token ($FFCLIP_TOKEN) over plain ws:// to another computer (refused otherwise: anyone on "
+        "the network could read it)",
+    )
 
 
 def edit_params(args: argparse.Namespace) -> EditParams:
@@ -132,7 +138,15 @@ def _run_remote(args: argparse.Namespace) -> int:
         png=data if data[:8] == PNG_SIGNATURE else None,  # as it is: smaller, 16 bit kept
         selection=None if selection is None else selection.tobytes(),
     )
-    summary = edit_pixels(args.url, photo, params, args.output, mask_out=args.mask_out, tls=tls_options(args))
+    summary = edit_pixels(
+        args.url,
+        photo,
+        params,
+        args.output,
+        mask_out=args.mask_out,
+        tls=tls_options(args),
+        plain_token=args.insecure_plain_token,
+    )
     print(f"wrote {args.output} (daemon {args.url}): {summary}")
     return 0
 

@@ -76,11 +76,11 @@ def engine_targets(ctx: Context, profiles: list[Profile]) -> list[Target]:
 # --------------------------------------------------------------------------- talking to an engine
 
 
-def greet(url: str, token: str | None, timeout: float, tls: TLSVerify | None = None) -> dict:
+def greet(url: str, token: str | None, timeout: float, tls: TLSVerify | None = None, plain_token: bool = False) -> dict:
     """The engine's status greeting (raises what EngineClient.connect raises)."""
     from ffclip.plugin.client import EngineClient
 
-    client = EngineClient(url, token=token, timeout=timeout, connect_timeout=timeout, tls=tls)
+    client = EngineClient(url, token=token, timeout=timeout, connect_timeout=timeout, tls=tls, plain_token=plain_token)
     try:
         return client.connect()
     finally:
@@ -242,7 +242,8 @@ def engine_checks(ctx: Context, target: Target, n: int) -> tuple[list[Check], di
     else:
         tls = check("tls", INFO, "TLS not checked (ws:// URL: the connection is not encrypted)")
     try:
-        status = greet(target.url, target.settings.get("token"), ctx.timeout, verify)
+        plain = bool(target.settings.get("insecure_plain_token"))
+        status = greet(target.url, target.settings.get("token"), ctx.timeout, verify, plain)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a check
         return _greet_failed(ctx, target, exc, check, tls, host, port), None
     version = str(status.get("version") or "?")

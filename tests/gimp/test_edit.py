@@ -475,3 +475,17 @@ def test_the_start_log_is_private_bounded_and_quiet_after_the_start(tmp_path, mo
     log = state / "engine-start.log"
     assert log.read_text() == "detached 1\n" and (state / "engine-start.log.1").stat().st_size == 101
     assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_with_autostart_a_program_that_took_the_port_gets_no_photo(tmp_path, monkeypatch):
+    """Another program answers like an engine on the local port before ours starts: with autostart the
+    edit stops at its greeting, which proves no key of this user's engine records (issue 30)."""
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path))
+    with FakeEngineServer() as impostor:
+        settings = dict(gimp_settings.DEFAULTS, autostart=True, start_command=["ffclip-engine", "serve"])
+        with pytest.raises(gimp_edit.PluginError, match="not an FFCLIP engine started by this user"):
+            run(gimp_edit.ProcedureArgs("x", url=impostor.url), image(16, 16), 16, 16, None, settings, Recorder())
+        assert impostor.requests == []
+        settings["autostart"] = False  # the user runs the engine themselves: no proof asked
+        run(gimp_edit.ProcedureArgs("x", url=impostor.url), image(16, 16), 16, 16, None, settings, Recorder())
+        assert len(impostor.requests) == 1

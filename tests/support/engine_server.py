@@ -15,6 +15,7 @@ import threading
 
 import websockets
 
+from ffclip.plugin import identity
 from ffclip.plugin.protocol import (
     STAGES,
     CancelledMessage,
@@ -59,6 +60,7 @@ def fake_result(rgba: bytes, width: int, height: int) -> tuple[tuple[int, int, i
 class FakeEngineServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None):
         self.host, self.port, self.token = host, port, token
+        self.key = identity.new_key()  # proves to a challenging plug-in that it is this user's engine
         self.cancelled: set[str] = set()
         self.requests: list[dict] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,7 +103,9 @@ class FakeEngineServer:
             await self._stop
 
     async def _handle(self, ws) -> None:
-        await self._send(ws, StatusMessage(GREETING))
+        challenge = ws.request.headers.get(identity.CHALLENGE_HEADER)
+        proof = {"proof": identity.proof(self.key, challenge)} if challenge else {}
+        await self._send(ws, StatusMessage({**GREETING, **proof}))
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -157,7 +161,10 @@ if __name__ == "__main__":  # manual use: python tests/support/engine_server.py 
     import sys
     import time
 
+    from ffclip.bridge.daemon import announce
+
     engine = FakeEngineServer(port=int(sys.argv[1]) if len(sys.argv) > 1 else 8765).start()
     print("fake engine at", engine.url, flush=True)
-    while True:
-        time.sleep(3600)
+    with announce(engine.url, "fake", key=engine.key):  # as `serve` does: a plug-in that started it checks
+        while True:
+            time.sleep(3600)
