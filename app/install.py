@@ -240,7 +240,7 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
         for name, source in packages.items():
             print(f"would copy {source} -> {target / PACKAGE / name}")
         print(f"would write {target / VERSION_NAME}: {source_version()}")
-        print(f"would write {target / gimp_settings.SETTINGS_NAME}: {settings}")
+        print(f"would write {target / gimp_settings.SETTINGS_NAME}: {_shown(settings)}")
         return target
     target.mkdir(parents=True, exist_ok=True)
     entry_path = target / ENTRY
@@ -259,6 +259,11 @@ def install(dest: Path, given: dict | None = None, dry_run: bool = False, defaul
     (target / VERSION_NAME).write_text(source_version() + "\n", encoding="utf-8")
     gimp_settings.save_settings(target, settings)
     return target
+
+
+def _shown(settings: dict) -> dict:
+    """`settings` as printed: the token hidden, since terminals, logs and screen shares keep what is printed."""
+    return {**settings, "token": "<hidden>"} if settings.get("token") else settings
 
 
 def uninstall(dest: Path, dry_run: bool = False) -> Path | None:

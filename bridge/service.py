@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import plistlib
 import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 from ffclip.plugin.paths import state_dir
 
 UNIT_NAME = "ffclip-engine.service"
 LAUNCHD_LABEL = "org.ffclip.engine"
+TASK_NAME = "FFCLIP-Engine"
+_SYSTEMD_PLAIN = "-_./:=,+@"  # besides letters and digits: what an unquoted ExecStart= word may hold as itself
+_CMD_OPERATORS = "&|<>^()"  # what cmd.exe acts on outside double quotes
+
+
+class ServiceFileError(ValueError):
+    """An argument that a service file cannot hold as itself: refused, nothing is written."""
 
 
 def serve_command(args: argparse.Namespace) -> list[str]:
@@ -49,29 +58,55 @@ def unit_dir(args: argparse.Namespace) -> Path:
 
 
 def unit_text(command: list[str]) -> str:
+    log = _checked(str(state_dir() / "engine.log"), "a systemd unit")  # a newline would end the comment line
     return f"""[Unit]
 Description=FFCLIP Edit engine (text-driven face editing daemon for GIMP)
 
 [Service]
 Type=simple
-ExecStart={" ".join(_systemd_quote(part) for part in command)}
+ExecStart={exec_start(command)}
 Restart=on-failure
 RestartSec=5
 # SIGTERM lets running jobs end between two stages and tells every client.
 KillSignal=SIGTERM
 TimeoutStopSec=30
 Environment=PYTHONUNBUFFERED=1
-# The engine logs to {state_dir() / "engine.log"} ($XDG_STATE_HOME/ffclip-edit/engine.log).
+# The engine logs to {log} ($XDG_STATE_HOME/ffclip-edit/engine.log).
 
 [Install]
 WantedBy=default.target
 """
 
 
+def exec_start(command: list[str]) -> str:
+    """The ExecStart= value that systemd reads back as exactly `command` (systemd.service "Command lines")."""
+    program = command[0]
+    # systemd runs the first word as a literal path: no variable expansion, so no `$$` either, and a
+    # leading `-`, `@`, `+`, `!` or `:` would be read as a flag even when quoted.
+    if not program.startswith("/") or "$" in program:
+        raise ServiceFileError(f"systemd cannot run {program!r}: it needs an absolute program path without '$'")
+    return " ".join(_systemd_quote(part) for part in command)
+
+
 def _systemd_quote(part: str) -> str:
-    if part and all(c.isalnum() or c in "-_./:=,+@" for c in part):
+    """One word of a command line (systemd.syntax "Quoting"): `%` doubled (specifiers are expanded
+    inside quotes too), `$` doubled (variables are expanded when the command runs), and in double quotes
+    `\\` and `"` backslash-escaped (C escapes apply there)."""
+    _checked(part, "a systemd unit")
+    if part and all(c.isalnum() or c in _SYSTEMD_PLAIN for c in part):
         return part
+    part = part.replace("%", "%%").replace("$", "$$")
     return '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _checked(part: str, where: str) -> str:
+    """`part`, or ServiceFileError when it holds what `where` cannot carry as itself: a control character
+    (a newline in a unit starts a new directive; XML 1.0 has no form for most of them), a lone surrogate
+    (a file name that is not UTF-8) or U+FFFE/U+FFFF (not XML characters)."""
+    bad = next((c for c in part if unicodedata.category(c) in ("Cc", "Cs") or c in "\ufffe\uffff"), None)
+    if bad is not None:
+        raise ServiceFileError(f"cannot write {part!r} into {where}: it holds the character {bad!r}")
+    return part
 
 
 def install(unit_path: Path, text: str, args: argparse.Namespace) -> int:
@@ -164,30 +199,51 @@ def _token(token_file: str | None) -> str | None:
         return None
 
 
-def other_system_instructions(command: list[str], action: str) -> str:
-    if sys.platform == "darwin":
-        plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
-        arguments = "\n".join(f"    <string>{part}</string>" for part in command)
+def other_system_instructions(command: list[str], action: str, platform: str | None = None) -> str:
+    if (platform or sys.platform) == "darwin":
+        plist = shlex.quote(str(Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"))
         if action == "uninstall":
             return f"launchctl bootout gui/$(id -u) {plist}\nrm {plist}"
-        return f"""Save this as {plist}:
-
-<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
-<plist version="1.0">
-<dict>
-  <key>Label</key><string>{LAUNCHD_LABEL}</string>
-  <key>ProgramArguments</key>
-  <array>
-{arguments}
-  </array>
-  <key>RunAtLoad</key><true/>
-  <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>
-</dict>
-</plist>
-
-then run: launchctl bootstrap gui/$(id -u) {plist}"""
-    line = subprocess.list2cmdline(command)
+        return f"Save this as {plist}:\n\n{launchd_plist(command)}\nthen run: launchctl bootstrap gui/$(id -u) {plist}"
     if action == "uninstall":
-        return "schtasks /Delete /TN FFCLIP-Engine /F"
-    return f'Run in a command prompt:\n  schtasks /Create /TN FFCLIP-Engine /SC ONLOGON /TR "{line}"'
+        return f"schtasks /Delete /TN {TASK_NAME} /F"
+    return f"Run in a command prompt:\n  {schtasks_command(command)}"
+
+
+def launchd_plist(command: list[str]) -> str:
+    """The launchd agent that runs `command`: plistlib escapes `&`, `<` and `>`; what XML 1.0 cannot hold
+    is refused (plistlib would turn a CR into a LF)."""
+    agent = {
+        "Label": LAUNCHD_LABEL,
+        "ProgramArguments": [_checked(part, "a launchd plist") for part in command],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+    }
+    return plistlib.dumps(agent, sort_keys=False).decode("utf-8")
+
+
+def schtasks_command(command: list[str]) -> str:
+    """The cmd.exe line that makes a Task Scheduler task run `command` at logon.
+
+    Three parsers read it. The task splits its command line by the MS C runtime rules, so each argument
+    is quoted by them (list2cmdline); schtasks splits its own arguments by the same rules, so the whole
+    /TR value is one more argument quoted again; cmd.exe, first, toggles "quoted" at every `"` (escaped
+    or not) and acts on its operators outside, so those get a `^`. Refused: a `"` in an argument (how
+    schtasks splits /TR into program and arguments is not documented for escaped quotes; no Windows path
+    holds one) and `%` (cmd expands %NAME% even between quotes and has no escape for it at its prompt).
+    """
+    for part in command:
+        _checked(part, "a scheduled task")
+        if '"' in part or "%" in part:
+            raise ServiceFileError(f"cannot write {part!r} into a scheduled task: '\"' and '%' cannot be passed")
+    create = ["schtasks", "/Create", "/TN", TASK_NAME, "/SC", "ONLOGON", "/TR", subprocess.list2cmdline(command)]
+    return _cmd_escape(subprocess.list2cmdline(create))
+
+
+def _cmd_escape(line: str) -> str:
+    """`line` as typed at a cmd.exe prompt: a `^` before each operator outside the quotes cmd sees."""
+    out, quoted = [], False
+    for c in line:
+        quoted ^= c == '"'
+        out.append("^" + c if not quoted and c in _CMD_OPERATORS else c)
+    return "".join(out)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ffclip.app.install import ENTRY, find_plugin_dirs, install, sandboxed, uninstall
@@ -17,7 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dest", metavar="DIR", help="GIMP 3 plug-ins folder (default: found automatically)")
     parser.add_argument("--uninstall", action="store_true", help="remove the plug-in instead")
     parser.add_argument("--url", help=f"engine URL the plug-in uses (default {DEFAULT_URL})")
-    parser.add_argument("--token", help="access token, when the daemon runs with --token")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        help="access token, when the daemon needs one ('' clears the saved one); visible to every user in the "
+        "process list: prefer --token-file or $FFCLIP_TOKEN",
+    )
+    tokens.add_argument("--token-file", metavar="F", help="read the access token from this file")
     parser.add_argument(
         "--tls-ca", metavar="FILE", help="wss:// engine: the CA file that signed its certificate ('' to clear)"
     )
@@ -46,6 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        token = given_token(args)
+    except (OSError, ValueError) as exc:
+        print(f"install-gimp-plugin: {exc}", file=sys.stderr)
+        return 2
+    if args.token:
+        print(
+            "install-gimp-plugin: a token given with --token is visible to every user of this computer in the "
+            "process list; use --token-file F or the FFCLIP_TOKEN environment variable instead",
+            file=sys.stderr,
+        )
+    try:
         dests = [Path(args.dest).expanduser()] if args.dest else find_plugin_dirs()
     except RuntimeError as exc:
         print(f"install-gimp-plugin: {exc}", file=sys.stderr)
@@ -58,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"removed {removed}" if removed else f"nothing to remove in {dest}")
             else:
                 autostart = not sandboxed(dest)  # a Flatpak or Snap GIMP cannot start the engine
-                target = install(dest, _settings_from_args(args), dry_run=args.dry_run, default_autostart=autostart)
+                given = _settings_from_args(args, token)
+                target = install(dest, given, dry_run=args.dry_run, default_autostart=autostart)
                 print(f"installed {target / ENTRY}")
         except (OSError, ValueError) as exc:
             print(f"install-gimp-plugin: {dest}: {exc}", file=sys.stderr)
@@ -87,12 +107,30 @@ def serve_command(url: str) -> str:
     return ("with: " if local else f"on {host} with: ") + shlex.join(words)
 
 
-def _settings_from_args(args: argparse.Namespace) -> dict:
+def given_token(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str | None:
+    """The token to save: --token, else the stripped contents of --token-file, else $FFCLIP_TOKEN (the
+    sources `serve` reads); None when none is given (the saved one is kept), '' to clear it (--token '')."""
+    environ = os.environ if environ is None else environ
+    if args.token is not None:
+        return args.token
+    if args.token_file:
+        path = Path(args.token_file).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise OSError(f"cannot read the token file {path}: {exc.strerror}") from None
+        if not token:  # an empty file is a mistake, not a request to clear the saved token
+            raise ValueError(f"the token file {path} is empty")
+        return token
+    return environ.get("FFCLIP_TOKEN") or None
+
+
+def _settings_from_args(args: argparse.Namespace, token: str | None) -> dict:
     given: dict = {}
     if args.url:
         given["url"] = gimp_settings.normalize_url(args.url)
-    if args.token is not None:
-        given["token"] = args.token or None
+    if token is not None:
+        given["token"] = token or None
     if args.tls_ca is not None:
         given["tls_ca_file"] = str(Path(args.tls_ca).expanduser().resolve()) if args.tls_ca else None
     if args.tls_fingerprint is not None:

@@ -8,6 +8,7 @@ import sys
 from ffclip.bridge.daemon import is_loopback
 from ffclip.bridge.service import (
     UNIT_NAME,
+    ServiceFileError,
     install,
     other_system_instructions,
     serve_command,
@@ -45,13 +46,17 @@ def run(args: argparse.Namespace) -> int:
     if refusal:
         print(f"ffclip-engine service: {refusal}", file=sys.stderr)
         return 2
-    command = serve_command(args)
-    if not sys.platform.startswith("linux"):
-        print(other_system_instructions(command, args.action))
-        return 0
-    unit_path = unit_dir(args) / UNIT_NAME
-    if args.action == "install":
-        return install(unit_path, unit_text(command), args)
+    try:
+        command = serve_command(args)
+        if not sys.platform.startswith("linux"):
+            print(other_system_instructions(command, args.action))
+            return 0
+        unit_path = unit_dir(args) / UNIT_NAME
+        if args.action == "install":
+            return install(unit_path, unit_text(command), args)
+    except ServiceFileError as exc:  # an argument the service file cannot hold as itself: nothing written
+        print(f"ffclip-engine service: {exc}", file=sys.stderr)
+        return 2
     return uninstall(unit_path, args)
 
 
