@@ -28,6 +28,7 @@ DEFAULT_MAX_PER_USER = 16
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes held for clients, all together
 USER_SHARE = 0.5  # of the memory budget, what one user may hold
 FILE_RESERVE = 128  # descriptors kept for everything else: logs, model files, worker threads
+ACCEPT_BATCH = 32  # connections asyncio accepts at once before any is looked at (its `backlog`)
 
 
 def raise_file_limit() -> int:
@@ -43,8 +44,9 @@ def raise_file_limit() -> int:
 
 
 def connection_cap(wanted: int, file_limit: int) -> int:
-    """The connections to allow: as asked, but always FILE_RESERVE descriptors below the file limit."""
-    return max(8, min(wanted, file_limit - FILE_RESERVE))
+    """The connections to allow: as asked, but always FILE_RESERVE descriptors below the file limit,
+    plus one accept batch (those are accepted before the cap can close them)."""
+    return max(8, min(wanted, file_limit - FILE_RESERVE - ACCEPT_BATCH))
 
 
 class Throttled:

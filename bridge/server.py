@@ -47,6 +47,7 @@ from .backend import Backend, UnavailableBackend
 from .framing import FrameFilter
 from .jobs import DeviceThread, Job, QueueFull, release_memory
 from .limits import (
+    ACCEPT_BATCH,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_PER_USER,
@@ -204,6 +205,14 @@ class Session:
         self._count(len(text), len(binary or b""))
         self._wake.set()
 
+    def request_status(self) -> None:
+        """A client's `status`: while one is still waiting to be sent, it is only marked to be made
+        anew when it goes (a client asking a million times costs one status, not a million)."""
+        if self._status is not None:
+            self._status.stale = True
+        else:
+            self.deliver(self.server.status_message())
+
     def _count(self, text: int, binary: int) -> None:
         self._backlog += text + binary
         self._unsent_text += text
@@ -256,6 +265,10 @@ class Session:
             item = self._outbox[0]
             if item is self._status:
                 self._status = None  # from here on a newer status is queued behind it
+                if item.stale:
+                    fresh = msg.encode(self.server.status_message())
+                    self._count(len(fresh) - len(item.text), 0)
+                    item.text = fresh
             text, binary = item.text, item.binary
             await self.ws.send(text)
             if binary is not None:
@@ -317,7 +330,7 @@ class Session:
             elif kind == "cancel":
                 self.server.cancel(job_id_of(message))
             elif kind == "status":
-                self.deliver(self.server.status_message())
+                self.request_status()
             else:
                 raise BadRequest(f"unknown message type {kind[:40]!r}")
         except EngineError as exc:
@@ -437,6 +450,7 @@ class Session:
 class _Outgoing:
     text: str
     binary: bytes | None
+    stale: bool = False  # a status asked again since this one was made: made anew when it is sent
 
 
 @dataclass(eq=False)
@@ -532,6 +546,7 @@ class EngineServer:
             compression=None,  # no permessage-deflate: pixels do not compress well, bombs would
             max_size=max(self.config.max_frame, self.config.max_text) + 256,
             max_queue=4,
+            backlog=ACCEPT_BATCH,  # accepted at once, before the connection cap can close any
             open_timeout=self.config.handshake_timeout,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
@@ -596,7 +611,7 @@ class EngineServer:
     def _drop_handshake(self, connection: GuardedConnection) -> None:
         """The oldest handshake in progress gives way to a new connection (limits.Admission)."""
         self.throttle.note("handshakes", "dropped {n} unfinished handshake(s) to make room for new connections")
-        connection.transport.abort()
+        asyncio.get_running_loop().call_soon(connection.transport.abort)  # outside the new one's accept
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """asyncio logs a refused accept (out of file descriptors) with a traceback each time it

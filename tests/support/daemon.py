@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -13,10 +14,17 @@ from collections import deque
 
 
 class Daemon:
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, open_files: int | None = None):
+        """`open_files`: the daemon's limit on open files, soft and hard (as a tight system would set it)."""
         command = [sys.executable, "-m", "ffclip.app", "serve", *args]
+        limit = None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2)
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or daemon_env()
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or daemon_env(),
+            preexec_fn=limit,  # noqa: PLW1509 - sets one limit, no locks involved
         )
         # the daemon logs to stderr as it works: read it as it comes, or a full pipe would stop it
         self.log: deque[str] = deque(maxlen=500)
