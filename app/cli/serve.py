@@ -175,8 +175,8 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 def parse_size(text: str) -> int:
     """Bytes from "2G", "512M", "1.5g", "4096" (binary units)."""
-    number, unit = text.strip().upper().rstrip("IB") or "0", ""
-    if number[-1:] in _UNITS:
+    number, unit = text.strip().upper().rstrip("IB"), ""
+    if number and number[-1] in _UNITS:
         number, unit = number[:-1], number[-1]
     try:
         return int(float(number) * _UNITS[unit])
