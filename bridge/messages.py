@@ -106,9 +106,15 @@ def cancelled(job_id: str) -> dict:
 # ---------------------------------------------------------------------- no paths on the wire
 
 # An absolute POSIX path (two or more components), a home-relative one, or a Windows drive path.
+# A folder's name may hold spaces (`/home/john doe/models`), though not at either end, so that the
+# words after a path stay apart from it; the last name may not (it is where a path ends in prose),
+# except in a quoted path, which ends at its closing quote.
+_DIR = r"[^\s{sep}'\"](?:[^{sep}'\"\r\n]*[^\s{sep}'\"])?{sep}"
 _PATH = re.compile(
-    r"(?:(?<![\w.:/])~?/(?:[^\s/'\"]+/)+[^\s/'\"]*)"
-    r"|(?:\b[A-Za-z]:\\(?:[^\s\\'\"]+\\)*[^\s\\'\"]*)"
+    r"(?:(?<=(['\"]))~?/(?:(?!\1)[^/\r\n])+/(?:(?!\1)[^\r\n])*(?<!\s)(?=\1))"
+    r"|(?:(?<=(['\"]))\b[A-Za-z]:\\(?:(?!\2)[^\r\n])*(?<!\s)(?=\2))"
+    rf"|(?:(?<![\w.:/])~?/(?:{_DIR.format(sep='/')})+[^\s/'\"]*)"
+    rf"|(?:\b[A-Za-z]:\\(?:{_DIR.format(sep=chr(92) * 2)})*[^\s\\'\"]*)"
 )
 
 

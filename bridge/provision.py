@@ -104,7 +104,7 @@ class Provisioner:
                 route = self.store.manual_route(name)
                 result = VerifyResult(name, "invalid", f"{type(exc).__name__}: {exc}\n  {route}")
             if result.ok:
-                log.info("%s: in the store, sha256 %s", name, result.sha256)
+                log.info("%s: in the store, sha256 %s, %s", name, result.sha256, result.trust)
             else:
                 self.failures[name] = result.message
                 log.warning("%s could not be fetched: %s", name, result.message)

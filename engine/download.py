@@ -5,6 +5,12 @@ failures (connection drops, timeouts, 5xx) are retried with exponential backoff;
 delivers nothing for `stall_timeout` seconds counts as dropped. Google Drive answers big files with
 a "can't scan this file for viruses" HTML page whose form (or, in older pages, a `confirm=` link or
 `download_warning` cookie) leads to the file; a quota or sign-in page is reported, never saved.
+
+Every URL on the way (the source, each redirect, a confirm page's form action or link) must be https,
+or http where the source itself is http (a local mirror): an https download is never downgraded and
+no other scheme (file:, ftp:, data:) is ever opened. The bytes are capped (`size_cap`): an answer
+announcing more is refused before it is read, a stream that passes the cap is stopped and its
+`.part` file deleted, so that a retry starts clean.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import urllib.response
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import IO
 
@@ -35,10 +43,83 @@ CHUNK = 1 << 20
 MAX_HTML = 2 << 20  # an HTML answer larger than this is not a confirm page
 USER_AGENT = "ffclip-edit-downloader/1"
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+MAX_UNKNOWN_SIZE = 4 << 30  # the cap for a file of unknown size: no checkpoint we fetch comes near it
+SIZE_MARGIN = 1 << 20  # allowed beyond a known size, with 1 % of it
 
 
 class DownloadError(RuntimeError):
     """A download failed for good; the message says why and what the user can do."""
+
+
+def size_cap(expected: int | None) -> int:
+    """The most bytes a download may bring: its expected size plus 1 % and 1 MiB, or MAX_UNKNOWN_SIZE."""
+    return MAX_UNKNOWN_SIZE if expected is None else expected + expected // 100 + SIZE_MARGIN
+
+
+# --- schemes ------------------------------------------------------------------------------------
+
+
+def allowed_schemes(source: str) -> frozenset[str]:
+    """What a download from `source` may follow: https, and http only when the source is http."""
+    scheme = urllib.parse.urlsplit(source).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise scheme_refusal(source, frozenset({"https"}), "a download from")
+    return frozenset({"https"}) if scheme == "https" else frozenset({"http", "https"})
+
+
+def scheme_refusal(url: str, allowed: frozenset[str], what: str) -> DownloadError:
+    scheme = urllib.parse.urlsplit(url).scheme.lower() or "(none)"
+    if scheme == "http" and "http" not in allowed:
+        why = "an https download is never downgraded to http:"
+    else:
+        why = f"the {scheme}: scheme is not allowed (only https:, and http: from an http: source)"
+    return DownloadError(f"refused {what} {url}: {why}")
+
+
+def check_scheme(url: str, allowed: frozenset[str], what: str) -> str:
+    if urllib.parse.urlsplit(url).scheme.lower() not in allowed:
+        raise scheme_refusal(url, allowed, what)
+    return url
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, which would follow ftp: too, limited to the download's schemes."""
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    def http_error_302(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Message
+    ) -> urllib.response.addinfourl | None:
+        target = headers.get("location") or headers.get("uri")
+        url = urllib.parse.urljoin(req.full_url, target) if target else None
+        if url and urllib.parse.urlsplit(url).scheme.lower() not in self.allowed:
+            fp.close()  # the redirect's body is never read
+            raise scheme_refusal(url, self.allowed, "a redirect to")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(allowed: frozenset[str], cookies: http.cookiejar.CookieJar) -> urllib.request.OpenerDirector:
+    """build_opener's handlers without file:, ftp: and data:, whose redirects are checked."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _GuardedRedirects(allowed),
+        urllib.request.HTTPErrorProcessor(),
+        urllib.request.HTTPCookieProcessor(cookies),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+# --- Google Drive ------------------------------------------------------------------------------
 
 
 def drive_base_url() -> str:
@@ -188,12 +269,19 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
 
 class _Downloader:
     def __init__(
-        self, url: str, part: Path, stall_timeout: float, progress: Progress, on_progress: ProgressCallback | None
+        self,
+        url: str,
+        part: Path,
+        stall_timeout: float,
+        progress: Progress,
+        on_progress: ProgressCallback | None,
+        max_bytes: int,
     ) -> None:
         self.url, self.part, self.stall_timeout, self.progress = url, part, stall_timeout, progress
-        self.on_progress = on_progress
+        self.on_progress, self.max_bytes = on_progress, max_bytes
+        self.allowed = allowed_schemes(url)
         self.cookies = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        self.opener = _opener(self.allowed, self.cookies)
         self.received = 0
         self.total: int | None = None
 
@@ -222,6 +310,7 @@ class _Downloader:
             with response:
                 if response.status == 416:  # nothing left past `offset`
                     return self._range_end(response, offset)
+                self._check_announced(response, offset)
                 first = self._read(response)
                 ctype = response.headers.get("Content-Type", "")
                 if ctype.startswith("text/html") or (first and looks_like_html(first[:4096])):
@@ -229,10 +318,27 @@ class _Downloader:
                     next_url = confirm_url(page, response.geturl(), self.cookies)
                     if next_url is None or next_url == url:
                         raise html_refusal(page, self.url)
-                    url = next_url
+                    url = check_scheme(next_url, self.allowed, "a confirmation page's link to")
                     continue
                 return self._stream(response, first, offset)
         raise DownloadError(f"too many confirm pages from {self.url}; nothing was saved")
+
+    def _check_announced(self, response: http.client.HTTPResponse, offset: int) -> None:
+        """Refuse, before reading it, an answer whose headers announce more than the cap."""
+        start, total = _content_range(response.headers.get("Content-Range"))
+        length = response.headers.get("Content-Length", "")
+        if total is None and length.isdigit():
+            total = int(length) + (offset if response.status == 206 and start == offset else 0)
+        if total is not None and total > self.max_bytes:
+            self.part.unlink(missing_ok=True)  # what it holds belongs to a file we will not take
+            raise DownloadError(
+                f"the server announces {total:,} bytes, more than the {self.max_bytes:,} that "
+                f"{self._name} can be; nothing was read"
+            )
+
+    @property
+    def _name(self) -> str:
+        return self.part.name.removesuffix(".part")
 
     def _range_end(self, response: http.client.HTTPResponse, offset: int) -> bool:
         _, total = _content_range(response.headers.get("Content-Range"))
@@ -263,6 +369,9 @@ class _Downloader:
         with self.part.open(mode) as f:
             chunk = first
             while chunk:
+                if done + len(chunk) > self.max_bytes:
+                    f.close()
+                    self._over_cap(done + len(chunk))
                 f.write(chunk)
                 done += len(chunk)
                 self.received += len(chunk)
@@ -276,6 +385,13 @@ class _Downloader:
             raise DownloadError(f"received {done} bytes, more than the announced {self.total}")
         self.progress.update(done, self.total, final=True)
         return True
+
+    def _over_cap(self, received: int) -> None:
+        self.part.unlink(missing_ok=True)  # a later fetch starts clean
+        raise DownloadError(
+            f"stopped at {received:,} bytes: more than the {self.max_bytes:,} that {self._name} can be; "
+            "the partial file was deleted"
+        )
 
     def _report(self, done: int) -> None:
         if self.on_progress is not None:
@@ -294,19 +410,22 @@ def download(
     progress: bool = True,
     stream: IO[str] | None = None,
     on_progress: ProgressCallback | None = None,
+    max_bytes: int = MAX_UNKNOWN_SIZE,
 ) -> DownloadResult:
     """Download `url` into `part` (resuming what it holds); the caller verifies and renames it.
 
     `retries` counts consecutive failed attempts: an attempt that received data resets it, so a
     long download over a flaky line keeps going as long as it makes progress. `on_progress(done,
     total)` follows the bytes (the daemon's status); an exception it raises ends the download
-    there, the .part file kept for a later resume.
+    there, the .part file kept for a later resume. More than `max_bytes` (see `size_cap`) ends it
+    for good and deletes the .part file; a URL whose scheme is not allowed (`allowed_schemes`) ends
+    it for good.
     """
     part = Path(part)
     part.parent.mkdir(parents=True, exist_ok=True)
     resumed_from = part.stat().st_size if part.exists() else 0
     bar = Progress(label or part.name.removesuffix(".part"), stream, progress)
-    loader = _Downloader(url, part, stall_timeout, bar, on_progress)
+    loader = _Downloader(url, part, stall_timeout, bar, on_progress, max_bytes)
     if on_progress is not None:
         on_progress(resumed_from, None)
     failures = attempts = 0

@@ -8,8 +8,10 @@ file where its layout belongs.
 
 Default location `$XDG_DATA_HOME/ffclip-edit/models` (`~/.local/share/...`), or `--models DIR`.
 `index.json` beside the files records, per model, the sha256 of the file the first time it passed
-the strict structural check (no checksums are published, so this pins what was verified), its size,
-its kind and where it came from. `verify` re-checks structure and compares with the pinned hash.
+the strict structural check, its size, its kind, where it came from and how far it is trusted: a
+download whose project publishes a sha256 (`Published`: e4e, StyleGAN2; CLIP's in OpenAI's URL)
+must match it ("verified"), else it is refused and deleted; any other file is pinned as it was first
+seen ("unverified (first seen)"). `verify` re-checks structure and compares with the pinned hash.
 
 What `serve` and `edit` need is decided in one place, `ModelStore.needed()`: e4e, the FFCLIP file
 and CLIP; the StyleGAN2 file only when the FFCLIP file is a mapper-only export (the FFCLIP Drive
@@ -23,8 +25,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +37,8 @@ from typing import IO, Any
 from .checkpoints.errors import CheckpointError, DamagedCheckpointError
 from .checkpoints.layouts import Inspection, inspect_file
 from .checkpoints.safe_load import outline
-from .checkpoints.torchscript import OPENAI_VIT_B_32_SHA256, OPENAI_VIT_B_32_URL
-from .download import drive_view_url
+from .checkpoints.torchscript import OPENAI_VIT_B_32_URL
+from .download import drive_view_url, size_cap
 
 INDEX_NAME = "index.json"
 APP_DIR = "ffclip-edit"
@@ -49,6 +53,35 @@ STYLEGAN2_LICENCE = (
 )
 
 
+# how far a stored file is trusted (VerifyResult.trust, the index's "trust")
+VERIFIED = "verified"  # its sha256 is the one its project publishes
+FIRST_SEEN = "unverified (first seen)"  # nothing published: pinned as it was when first seen
+NOT_PUBLISHED = "unverified (differs from the published sha256)"  # imported by the user as it is
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a project publishes about its file: its sha256 and its size in bytes, where known."""
+
+    sha256: str | None = None
+    size: int | None = None
+
+
+E4E_FFHQ = Published("2ace1d9a8c05c10a399bcd500b8dda118f759ff1aac89dbdab7435f2136a0999", 1_201_649_680)
+STYLEGAN2_FFHQ = Published("bae494ef77e32a9cd1792a81a3c167692a0e64f6bcd8b06592ff42917e2ed46e", 381_462_551)
+# HyperStyle's faces_w_encoder.pt: not a store entry yet; its spec takes this when it becomes one
+HYPERSTYLE_FACES_W_ENCODER = Published("3cb757ae38268b08db8235b4a3d42c98c74428a817b619338848f277cd23e715", 257_850_531)
+
+
+def published_in_url(url: str) -> str | None:
+    """The sha256 a URL names as its file's folder, as OpenAI publishes CLIP (.../<sha256>/ViT-B-32.pt)."""
+    folders = urllib.parse.urlsplit(url).path.split("/")[:-1]
+    return folders[-1].lower() if folders and re.fullmatch(r"[0-9a-fA-F]{64}", folders[-1]) else None
+
+
+OPENAI_VIT_B_32_SHA256 = published_in_url(OPENAI_VIT_B_32_URL)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # store name used on the command line
@@ -59,6 +92,7 @@ class ModelSpec:
     source: str = ""
     expect: dict[str, Any] = field(default_factory=dict)  # what inspect_file must report
     licence: str | None = None
+    published: Published | None = None  # of the file at drive_id (the store keeps it as it is)
 
 
 SPECS: tuple[ModelSpec, ...] = (
@@ -71,6 +105,7 @@ SPECS: tuple[ModelSpec, ...] = (
         "rosinality conversion (FFCLIP/e4e READMEs)",
         {"size": 1024},
         STYLEGAN2_LICENCE,
+        STYLEGAN2_FFHQ,
     ),
     ModelSpec(
         "e4e",
@@ -81,6 +116,7 @@ SPECS: tuple[ModelSpec, ...] = (
         "encoder4editing README",
         {"stylegan_size": 1024},
         STYLEGAN2_LICENCE,
+        E4E_FFHQ,
     ),
     ModelSpec(
         "ffclip",
@@ -159,6 +195,8 @@ SPECS: tuple[ModelSpec, ...] = (
         STYLEGAN2_LICENCE,
     ),
 )
+# ModelStore.spec(name) reads this: a spec replaced here (a test's published digest) is the one fetch,
+# verify and import go by
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
 
@@ -189,6 +227,7 @@ class VerifyResult:
     message: str = ""
     sha256: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    trust: str = ""  # VERIFIED, FIRST_SEEN or NOT_PUBLISHED once the file is in the store
 
     @property
     def ok(self) -> bool:
@@ -300,7 +339,7 @@ class ModelStore:
         return found
 
     @staticmethod
-    def _entry(spec: ModelSpec, path: Path, sha: str, info: dict[str, Any], source: str) -> dict[str, Any]:
+    def _entry(spec: ModelSpec, path: Path, sha: str, info: dict[str, Any], source: str, trust: str) -> dict[str, Any]:
         return {
             "file": spec.filename,
             "kind": spec.kind,
@@ -309,7 +348,16 @@ class ModelStore:
             "verified_at": _now(),
             "source": source,
             "info": info,
+            "trust": trust,
         }
+
+    def trust(self, name: str, sha: str, recorded: str | None = None) -> str:
+        """How far the file `sha` is trusted as `name`: against the published sha256 where there is
+        one, else what was recorded (a CLIP file converted from OpenAI's), else first seen."""
+        published = (self.spec(name).published or Published()).sha256
+        if published:
+            return VERIFIED if sha == published else NOT_PUBLISHED
+        return recorded or FIRST_SEEN
 
     def verify(self, name: str, *, accept: bool = False, path: Path | None = None) -> VerifyResult:
         """Check the file's structure, then its sha256 against the record (recording it the first time)."""
@@ -338,12 +386,14 @@ class ModelStore:
                 found.info,
             )
         if old.get("sha256") == sha:
-            entry = {**old, "verified_at": _now(), "info": found.info, "size": path.stat().st_size}
+            trust = self.trust(name, sha, old.get("trust"))
+            entry = {**old, "verified_at": _now(), "info": found.info, "size": path.stat().st_size, "trust": trust}
             self.record(name, entry)
-            return VerifyResult(name, "ok", "", sha, found.info)
+            return VerifyResult(name, "ok", "", sha, found.info, trust)
         source = old.get("source", "found in the store") if not accept else "accepted by verify --accept"
-        self.record(name, self._entry(spec, path, sha, found.info, source))
-        return VerifyResult(name, "recorded", "", sha, found.info)
+        trust = self.trust(name, sha)
+        self.record(name, self._entry(spec, path, sha, found.info, source, trust))
+        return VerifyResult(name, "recorded", "", sha, found.info, trust)
 
     # --- import ---
 
@@ -373,11 +423,14 @@ class ModelStore:
         dest = self.path(spec.name)
         self.root.mkdir(parents=True, exist_ok=True)
         source = f"import: {src.resolve()}"
+        vouched = None  # CLIP converted from OpenAI's published file
         if spec.kind == "clip" and found.info.get("format") != "safetensors":
             part = self.part_path(spec.name)
             write_clip_safetensors(src, part, found.parts)
             os.replace(part, dest)
-            source += clip_source_note(src, found.info.get("format"))
+            note, published = clip_source_note(src, found.info.get("format"))
+            source += note
+            vouched = VERIFIED if published else None
         elif src.resolve() != dest.resolve():
             part = self.part_path(spec.name)
             shutil.copyfile(src, part)
@@ -385,8 +438,9 @@ class ModelStore:
         # an explicit import is the user vouching for the file: it replaces any earlier record
         stored = self.check_file(spec.name, dest)
         sha = sha256_file(dest)
-        self.record(spec.name, self._entry(spec, dest, sha, stored.info, source))
-        return spec.name, VerifyResult(spec.name, "recorded", "", sha, found.info)
+        trust = self.trust(spec.name, sha, vouched)
+        self.record(spec.name, self._entry(spec, dest, sha, stored.info, source, trust))
+        return spec.name, VerifyResult(spec.name, "recorded", "", sha, found.info, trust)
 
     # --- fetch ---
 
@@ -418,10 +472,12 @@ class ModelStore:
         url: str | None = None,
         **download_options: Any,
     ) -> VerifyResult:
-        """Download (resuming a .part file), check structure, move into place and record the sha256.
+        """Download (resuming a .part file), check the published sha256 and the structure, move into
+        place and record the sha256.
 
-        `url` takes the file from a mirror instead of its published source. Every failure comes
-        back as a VerifyResult whose message says what happened and the manual route."""
+        `url` takes the file from a mirror instead of its published source (the published sha256
+        and size still apply). Every failure comes back as a VerifyResult whose message says what
+        happened and the manual route."""
         from .download import DownloadError, download, drive_url
 
         out = out or sys.stderr
@@ -429,7 +485,7 @@ class ModelStore:
         if self.present(name):
             result = self.verify(name)
             if result.ok:
-                return VerifyResult(name, "ok", "already in the store", result.sha256, result.info)
+                return VerifyResult(name, "ok", "already in the store", result.sha256, result.info, result.trust)
             # a bad file in place is reported, never silently replaced
             result.message += f"\n  (delete {self.path(name)} to fetch it again, or import a good copy)"
             return result
@@ -438,16 +494,19 @@ class ModelStore:
         manual = f"\n  {self.manual_route(name)}"
         try:
             with _exclusive(part):
+                vouched = None
                 if spec.kind == "clip" and url:
                     fetch_clip_from(self, url, part, out=out, **download_options)
+                    vouched = VERIFIED if published_in_url(url) else None  # a mismatch was refused
                 elif spec.kind == "clip":
                     (fetcher or fetch_clip)(self, part, out=out)
                 elif url or spec.drive_id:
                     target = url or drive_url(spec.drive_id or "")
-                    download(target, part, label=spec.filename, stream=out, **download_options)
+                    cap = size_cap((spec.published or Published()).size)
+                    download(target, part, label=spec.filename, stream=out, max_bytes=cap, **download_options)
                 else:  # pragma: no cover - every spec names a source
                     raise DownloadError(f"no download source for {name}")
-                return self._adopt_download(spec, part, url)
+                return self._adopt_download(spec, part, url, vouched)
         except DownloadError as exc:
             return VerifyResult(name, "invalid", f"{exc}{manual}")
         except CheckpointError as exc:  # e.g. a CLIP download in a form that cannot be read safely
@@ -455,7 +514,20 @@ class ModelStore:
         except OSError as exc:  # disk full, permissions: keep the .part for a later resume
             return VerifyResult(name, "invalid", f"cannot write {part}: {exc}")
 
-    def _adopt_download(self, spec: ModelSpec, part: Path, url: str | None = None) -> VerifyResult:
+    def _adopt_download(
+        self, spec: ModelSpec, part: Path, url: str | None = None, vouched: str | None = None
+    ) -> VerifyResult:
+        # the published sha256 first: a file known not to be the published one is never unpickled
+        sha = sha256_file(part)
+        published = (spec.published or Published()).sha256
+        if published and sha != published:
+            part.unlink(missing_ok=True)  # neither kept nor resumed
+            return VerifyResult(
+                spec.name,
+                "invalid",
+                f"the download's sha256 {sha[:16]}… differs from the published {published[:16]}…: it is not "
+                f"the published {spec.filename}, and was deleted\n  {self.manual_route(spec.name)}",
+            )
         try:
             found = self.check_file(spec.name, part)
         except CheckpointError as exc:
@@ -463,9 +535,8 @@ class ModelStore:
             return VerifyResult(
                 spec.name, "invalid", f"the downloaded file was rejected: {exc}\n  {self.manual_route(spec.name)}"
             )
-        sha = sha256_file(part)
         old = self.index().get(spec.name, {})
-        if old.get("sha256") and old["sha256"] != sha:
+        if not published and old.get("sha256") and old["sha256"] != sha:  # first seen is all we have
             return VerifyResult(
                 spec.name,
                 "changed",
@@ -480,8 +551,9 @@ class ModelStore:
             source = f"fetch: {url}"
         else:
             source = f"fetch: {spec.source}" + (f" (drive id {spec.drive_id})" if spec.drive_id else "")
-        self.record(spec.name, self._entry(spec, self.path(spec.name), sha, found.info, source))
-        return VerifyResult(spec.name, "recorded", "", sha, found.info)
+        trust = self.trust(spec.name, sha, vouched)
+        self.record(spec.name, self._entry(spec, self.path(spec.name), sha, found.info, source, trust))
+        return VerifyResult(spec.name, "recorded", "", sha, found.info, trust)
 
 
 @contextlib.contextmanager
@@ -528,11 +600,18 @@ def fetch_clip(store: ModelStore, part: Path, *, out: IO[str] | None = None) -> 
 
 
 def fetch_clip_from(store: ModelStore, url: str, part: Path, *, out: IO[str] | None = None, **options: Any) -> Path:
-    """CLIP from a mirror URL (any form `models import` takes), kept as safetensors at `part`."""
-    from .download import download
+    """CLIP from a mirror URL (any form `models import` takes), kept as safetensors at `part`; a URL
+    that names its file's sha256, as OpenAI's does, must bring that file."""
+    from .download import DownloadError, download
 
     source = part.with_name(part.name.removesuffix(".part") + ".source.part")
     download(url, source, label=store.spec("clip").filename, stream=out, **options)
+    published = published_in_url(url)
+    if published and (sha := sha256_file(source)) != published:
+        source.unlink()
+        raise DownloadError(
+            f"the download's sha256 {sha[:16]}… differs from the {published[:16]}… its URL publishes; it was deleted"
+        )
     try:
         write_clip_safetensors(source, part)
     except CheckpointError:
@@ -560,11 +639,11 @@ def write_clip_safetensors(src: Path, dest: Path, state_dict: dict[str, Any] | N
     save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in state_dict.items()}, str(dest))
 
 
-def clip_source_note(src: Path, fmt: str | None) -> str:
+def clip_source_note(src: Path, fmt: str | None) -> tuple[str, bool]:
     """For the index: what the imported CLIP file was, and whether it is OpenAI's published one."""
     if fmt != "torchscript":
-        return f" ({fmt or 'pickled'} state_dict, stored as safetensors)"
+        return f" ({fmt or 'pickled'} state_dict, stored as safetensors)", False
     sha = sha256_file(src)
     if sha == OPENAI_VIT_B_32_SHA256:
-        return " (OpenAI's TorchScript ViT-B-32.pt, sha256 as published; stored as safetensors)"
-    return f" (a TorchScript archive, sha256 {sha[:16]}…, not OpenAI's published file; stored as safetensors)"
+        return " (OpenAI's TorchScript ViT-B-32.pt, sha256 as published; stored as safetensors)", True
+    return f" (a TorchScript archive, sha256 {sha[:16]}…, not OpenAI's published file; stored as safetensors)", False

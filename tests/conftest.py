@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# torch's first import runs `ldconfig -p` (cuda.pathfinder): done here, or it would count as a process
+# started by whichever unmarked test happened to import torch first
+import torch  # noqa: F401
 from hypothesis import settings
 
 from tests.support.http_files import Behaviour, Server, start_server, stop_server
@@ -83,12 +87,16 @@ def official_bytes() -> dict[str, bytes]:
 
 @pytest.fixture
 def drive(server: Server, official_bytes: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> Server:
-    """The store's Drive ids served locally, behind the virus-scan confirm page."""
-    from ffclip.engine.store import ModelStore
+    """The store's Drive ids served locally, behind the virus-scan confirm page. The files are
+    synthetic, so no published sha256 or size applies to them (tests/engine/test_store.py sets some)."""
+    import dataclasses
+
+    from ffclip.engine.store import SPEC_BY_NAME, ModelStore
 
     monkeypatch.setenv("FFCLIP_DRIVE_URL", f"{server.base}/download")
     for spec_name, data in official_bytes.items():
-        drive_id = ModelStore.spec(spec_name).drive_id
-        server.files[drive_id] = data
-        server.behaviour[drive_id] = Behaviour(drive_confirm=True)
+        spec = ModelStore.spec(spec_name)
+        monkeypatch.setitem(SPEC_BY_NAME, spec.name, dataclasses.replace(spec, published=None))
+        server.files[spec.drive_id] = data
+        server.behaviour[spec.drive_id] = Behaviour(drive_confirm=True)
     return server

@@ -85,7 +85,8 @@ def _state(store: ModelStore, name: str, index: dict) -> str:
         size = path.stat().st_size
         if entry and entry.get("sha256"):
             same = entry.get("size") == size
-            return f"verified {_size(size)}" if same else f"CHANGED since verified ({_size(size)})"
+            trust = store.trust(name, entry["sha256"], entry.get("trust"))
+            return f"{trust} {_size(size)}" if same else f"CHANGED since verified ({_size(size)})"
         return f"present, not verified ({_size(size)})"
     if part.is_file():
         return f"missing; partial download {_size(part.stat().st_size)}"
@@ -141,7 +142,8 @@ def cmd_import(store: ModelStore, path: str, kind: str | None, name: str | None,
 def _report(result: VerifyResult, out: IO[str]) -> None:
     if result.ok:
         note = "sha256 recorded" if result.status == "recorded" else "matches the recorded sha256"
-        print(f"ok       {result.name}: {note} {result.sha256}", file=out)
+        trust = f"; {result.trust}" if result.trust else ""
+        print(f"ok       {result.name}: {note} {result.sha256}{trust}", file=out)
     else:
         print(f"{result.status.upper():8} {result.name}: {result.message}", file=out)
 

@@ -25,6 +25,7 @@ import pytest
 from ffclip.bridge.fake import FakeBackend
 from ffclip.bridge.testing import running_server
 from ffclip.gimp import edit as gimp_edit
+from ffclip.plugin import identity
 from ffclip.plugin import session as live
 from ffclip.plugin.client import EngineClient, edit_file
 from ffclip.plugin.protocol import ConnectionFailed, EditParams, ImageSpec
@@ -34,6 +35,7 @@ from tests.support.daemon import daemon_env, run_cli
 
 PHOTO = np.random.default_rng(3).integers(0, 256, (64, 80, 4), dtype=np.uint8)
 TOKEN = "team-token-0123456789abcdef"
+KEY = identity.new_key()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,10 @@ def certs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(certs):
-    """The engine over wss:// with the CA-signed certificate, and a token."""
-    with running_server(lambda: FakeBackend(0.0), token=TOKEN, tls=certs.server_context()) as server:
+    """The engine over wss:// with the CA-signed certificate, and a token (and an identity key, for a
+    plug-in with autostart, which checks that the engine is this user's: plugin/identity.py)."""
+    tls = certs.server_context()
+    with running_server(lambda: FakeBackend(0.0), token=TOKEN, tls=tls, identity_key=KEY) as server:
         yield server
 
 
@@ -186,7 +190,9 @@ def test_ca_file_still_checks_the_host_name(engine, certs):
     assert "localhost" in refused.value.message or "mismatch" in refused.value.message
 
 
-def test_the_plugin_verifies_with_its_settings_and_says_why(engine, certs):
+def test_the_plugin_verifies_with_its_settings_and_says_why(engine, certs, tmp_path, monkeypatch):
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(identity, "local_keys", lambda port, folder=None: [KEY])  # as its record would say
     base = dict(gimp_edit.gimp_settings.DEFAULTS, url=engine.url, token=TOKEN, autostart=True, start_command=["x"])
     rgba, spec = PHOTO.tobytes(), (80, 64)
     args = (EditParams.single("smiling"), "layer", engine.url, rgba, *spec, None)

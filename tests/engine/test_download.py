@@ -1,21 +1,39 @@
 """Downloads and `models fetch` against a local HTTP server that misbehaves on purpose: dropped
 connections, stalls, 503s, servers that ignore Range, Google Drive's virus-scan confirm page and
-its quota page."""
+its quota page; and one that tries what the downloader must refuse (other schemes, a downgrade to
+http, more bytes than the file can be)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import http.cookiejar
+import http.server
 import io
 import os
+import ssl
+import threading
+import urllib.error
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from ffclip.engine.checkpoints import synthetic as S
-from ffclip.engine.download import DownloadError, confirm_url, download, drive_url
-from ffclip.engine.store import ModelStore, sha256_file
-from tests.support.http_files import QUOTA_PAGE, Behaviour, Server
+from ffclip.engine.download import (
+    MAX_UNKNOWN_SIZE,
+    DownloadError,
+    _opener,
+    confirm_url,
+    download,
+    drive_url,
+    size_cap,
+)
+from ffclip.engine.store import SPEC_BY_NAME, ModelStore, Published, sha256_file
+from tests.support.certs import Certs, make_certs
+from tests.support.http_files import QUOTA_PAGE, VIRUS_PAGE, Behaviour, Server
 
 # the fixtures `server` (a local HTTP server, tests/support/http_files.py) and `drive` (the store's Drive ids
 # served by it, official-layout files behind the virus-scan page) come from tests/conftest.py
@@ -250,10 +268,17 @@ def test_fetch_brings_stylegan2_only_after_a_mapper_only_ffclip_file(
 
 
 def test_fetch_from_a_mirror(
-    server: Server, official_bytes: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: Server,
+    official_bytes: dict[str, bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ffclip.app.cli import main
 
+    # the mirror's file stands for the published one: its sha256 is checked all the same
+    published = Published(hashlib.sha256(official_bytes["e4e"]).hexdigest(), len(official_bytes["e4e"]))
+    monkeypatch.setitem(SPEC_BY_NAME, "e4e", dataclasses.replace(SPEC_BY_NAME["e4e"], published=published))
     server.files["/mirror/e4e.pt"] = official_bytes["e4e"]
     server.behaviour["/mirror/e4e.pt"] = Behaviour(drop_after=[40_000])
     root = tmp_path / "models"
@@ -262,6 +287,165 @@ def test_fetch_from_a_mirror(
     store = ModelStore(root)
     assert store.index()["e4e"]["source"] == f"fetch: {url}"
     assert store.index()["e4e"]["sha256"] == hashlib.sha256(official_bytes["e4e"]).hexdigest()
+    assert store.index()["e4e"]["trust"] == "verified" and "; verified" in capsys.readouterr().out
     assert [r for _, r in server.log] == [None, "bytes=40000-"]  # resumed from the mirror too
     assert main(["models", "fetch", "e4e", "ffclip", "--from", url, "--models", str(root)]) == 2
     assert "--from URL takes exactly one model NAME" in capsys.readouterr().err
+
+
+# --- what the downloader refuses: other schemes, a downgrade, more bytes than the file can be ---
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers each path with the test's (status, headers, body), over HTTP/1.0: a body without
+    Content-Length ends when the connection closes."""
+
+    server: _ScriptedServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.log.append(self.path)
+        status, headers, body = self.server.routes.get(self.path, (404, {}, b""))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):  # the downloader hangs up on a body it refuses
+            self.wfile.write(body)
+
+
+class _ScriptedServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Scripted)
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.log: list[str] = []
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., _ScriptedServer]]:
+    servers: list[_ScriptedServer] = []
+
+    def start(tls: ssl.SSLContext | None = None) -> _ScriptedServer:
+        servers.append(srv := _ScriptedServer(tls))
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _confirm_page(action: str) -> str:
+    return VIRUS_PAGE.format(action=action, id="FILEID")
+
+
+def test_a_confirm_form_action_to_a_local_file_is_refused(server: Server, tmp_path: Path) -> None:
+    """The audit's case: a "virus scan" page whose form posts to file:// saved a local file."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the store")
+    server.files["FILEID"] = b"unused"
+    server.behaviour["FILEID"] = Behaviour(html_instead=_confirm_page(secret.as_uri()))
+    with pytest.raises(DownloadError, match=r"refused a confirmation page's link to file:///.*the file: scheme is not"):
+        download(drive_url("FILEID", f"{server.base}/download"), tmp_path / "f.part", **FAST)
+    assert not (tmp_path / "f.part").exists() and len(server.log) == 1
+
+
+def test_the_opener_cannot_open_other_schemes_even_past_the_checks(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the store")
+    opener = _opener(frozenset({"http", "https"}), http.cookiejar.CookieJar())
+    for url in (secret.as_uri(), "data:text/plain,hello", "ftp://127.0.0.1:9/x"):
+        with pytest.raises(urllib.error.URLError, match="unknown url type"):
+            opener.open(url, timeout=1)
+
+
+def test_a_source_of_another_scheme_is_refused(tmp_path: Path) -> None:
+    for url in ("file:///etc/passwd", "ftp://127.0.0.1/x.pt", "data:application/octet-stream,xx"):
+        scheme = url.split(":")[0]
+        with pytest.raises(DownloadError, match=f"refused a download from {scheme}:.*the {scheme}: scheme is not"):
+            download(url, tmp_path / "f.part", **FAST)
+    result = ModelStore(tmp_path / "models").fetch("e4e", url="file:///etc/passwd", **FAST)
+    assert result.status == "invalid" and result.message.startswith("refused a download from file:///etc/passwd")
+
+
+def test_a_redirect_to_ftp_is_refused(scripted: Callable[..., _ScriptedServer], tmp_path: Path) -> None:
+    """urllib's own redirect handler follows ftp: (and build_opener could open it)."""
+    srv = scripted()
+    srv.routes["/f.bin"] = (302, {"Location": "ftp://127.0.0.1:9/f.bin", "Content-Length": "0"}, b"")
+    with pytest.raises(DownloadError, match=r"refused a redirect to ftp://127\.0\.0\.1:9/f\.bin: the ftp: scheme"):
+        download(f"{srv.base}/f.bin", tmp_path / "f.part", **FAST)
+    assert srv.log == ["/f.bin"] and not (tmp_path / "f.part").exists()
+
+
+def test_a_redirect_within_http_is_followed(scripted: Callable[..., _ScriptedServer], tmp_path: Path) -> None:
+    srv = scripted()
+    srv.routes["/old"] = (301, {"Location": "/new", "Content-Length": "0"}, b"")
+    srv.routes["/new"] = (200, {"Content-Length": "5"}, b"bytes")
+    download(f"{srv.base}/old", tmp_path / "f.part", **FAST)
+    assert (tmp_path / "f.part").read_bytes() == b"bytes" and srv.log == ["/old", "/new"]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.mark.process  # the certificates come from openssl
+def test_an_https_download_is_never_downgraded_to_http(
+    scripted: Callable[..., _ScriptedServer], certs: Certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))  # urllib's default context trusts the test CA
+    plain, secure = scripted(), scripted(certs.server_context())
+    plain.routes["/f.bin"] = (200, {"Content-Length": "4"}, b"data")
+    secure.routes["/f.bin"] = (200, {"Content-Length": "4"}, b"data")
+    download(f"{secure.base}/f.bin", tmp_path / "ok.part", **FAST)  # https itself goes through
+    assert (tmp_path / "ok.part").read_bytes() == b"data"
+
+    secure.routes["/moved"] = (302, {"Location": f"{plain.base}/f.bin", "Content-Length": "0"}, b"")
+    with pytest.raises(DownloadError, match=r"refused a redirect to http://.*never downgraded to http:"):
+        download(f"{secure.base}/moved", tmp_path / "a.part", **FAST)
+    page = _confirm_page(f"{plain.base}/f.bin").encode()
+    secure.routes["/page"] = (200, {"Content-Type": "text/html", "Content-Length": str(len(page))}, page)
+    with pytest.raises(DownloadError, match=r"refused a confirmation page's link to http://.*never downgraded"):
+        download(f"{secure.base}/page", tmp_path / "b.part", **FAST)
+    assert plain.log == [] and not (tmp_path / "a.part").exists() and not (tmp_path / "b.part").exists()
+
+
+def test_a_stream_without_length_is_stopped_at_the_cap(
+    scripted: Callable[..., _ScriptedServer], tmp_path: Path
+) -> None:
+    """No Content-Length to refuse up front: the bytes are counted as they come, and the .part file
+    goes, so that the next try (here: the server fixed) starts clean."""
+    srv = scripted()
+    srv.routes["/f.bin"] = (200, {"Content-Type": "application/octet-stream"}, _payload(3 * MB))
+    part = tmp_path / "f.part"
+    with pytest.raises(DownloadError, match=r"stopped at [\d,]+ bytes: more than the 2,097,152 that f can be"):
+        download(f"{srv.base}/f.bin", part, max_bytes=2 * MB, **FAST)
+    assert not part.exists() and len(srv.log) == 1  # stopped for good, not retried
+    srv.routes["/f.bin"] = (200, {}, data := _payload(MB))
+    assert download(f"{srv.base}/f.bin", part, max_bytes=2 * MB, **FAST).resumed_from == 0
+    assert part.read_bytes() == data
+
+
+def test_a_length_over_the_cap_is_refused_before_reading(
+    scripted: Callable[..., _ScriptedServer], tmp_path: Path
+) -> None:
+    srv = scripted()
+    srv.routes["/f.bin"] = (200, {"Content-Length": str(5 * MB)}, _payload(5 * MB))
+    seen: list[tuple[int, int | None]] = []
+    with pytest.raises(DownloadError, match=r"announces 5,242,880 bytes, more than the 1,048,576 .* nothing was read"):
+        download(f"{srv.base}/f.bin", tmp_path / "f.part", max_bytes=MB, on_progress=lambda *a: seen.append(a), **FAST)
+    assert seen == [(0, None)] and not (tmp_path / "f.part").exists()  # not a byte of the body taken
+
+
+def test_size_cap() -> None:
+    assert size_cap(100 * MB) == 101 * MB + MB and size_cap(0) == MB
+    assert size_cap(None) == MAX_UNKNOWN_SIZE == 4 << 30
