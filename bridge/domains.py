@@ -47,10 +47,11 @@ class DomainBackend:
         budget: int = DEFAULT_BUDGET,
         cache_bytes: int = DEFAULT_CACHE,
         load_image: Callable | None = None,
+        precision: str = "auto",
     ) -> None:
         from ffclip.engine.cache import LRUCache
 
-        self.profile, self.models_dir, self.device = profile, models_dir, device
+        self.profile, self.models_dir, self.device, self.precision = profile, models_dir, device, precision
         self.editor, self.max_pixels, self.budget = editor, max_pixels, budget
         self.cache = LRUCache(cache_bytes)
         self._load_image = load_image
@@ -108,9 +109,8 @@ class DomainBackend:
 
         engine = None
         if self.editor != "passthrough" or self.profile == "tiny":
-            engine = Engine.load(
-                profile=self.profile, models_dir=self.models_dir, device=self.device, domain=domain, text=self._text
-            )
+            where = {"profile": self.profile, "models_dir": self.models_dir, "device": self.device}
+            engine = Engine.load(**where, domain=domain, text=self._text, precision=self.precision)
             self._text = engine.text
         pipeline = Pipeline(engine, editor=self.editor, max_pixels=self.max_pixels, domain=domain, cache=self.cache)
         return EngineBackend(engine, pipeline, self._load_image)
@@ -266,10 +266,13 @@ def load_domain_backend(
     max_pixels: int,
     budget: int = DEFAULT_BUDGET,
     load_image: Callable | None = None,
+    precision: str = "auto",
 ) -> DomainBackend:
     """The daemon's backend: faces loaded (and warmed up) now, the other domains on first use. Missing
     face models leave faces `missing` (edits answer models_missing) while the others still work."""
-    backend = DomainBackend(profile, models_dir, device, editor, max_pixels, budget, load_image=load_image)
+    backend = DomainBackend(
+        profile, models_dir, device, editor, max_pixels, budget, load_image=load_image, precision=precision
+    )
     try:
         backend.load("face", warm_up=True)
     except EngineError as exc:
@@ -278,7 +281,13 @@ def load_domain_backend(
 
 
 def load_engine_backend(
-    profile: str, models_dir: str | None, device: str, editor: str, max_pixels: int, budget: int | None = None
+    profile: str,
+    models_dir: str | None,
+    device: str,
+    editor: str,
+    max_pixels: int,
+    budget: int | None = None,
+    precision: str = "auto",
 ) -> Backend:
     """The daemon's loader: the face models now and every other domain on first use, within
     `budget` bytes of domain networks; missing checkpoints are reported per domain, not a crash."""
@@ -294,4 +303,4 @@ def load_engine_backend(
         torch.cuda.set_device(resolved)
     device = str(resolved)
     budget = DEFAULT_BUDGET if budget is None else budget
-    return load_domain_backend(profile, models_dir, device, editor, max_pixels, budget, load_image)
+    return load_domain_backend(profile, models_dir, device, editor, max_pixels, budget, load_image, precision)

@@ -23,6 +23,7 @@ from .models.clip import TextEncoder, build_clip, build_tiny_clip, load_clip_wei
 from .models.e4e import Encoder4Editing
 from .models.mapper import DynamicMapper
 from .models.stylegan2 import Generator, SynthesisPath
+from .precision import plan as precision_plan
 from .profiles import TINY_DOMAIN_SEED, TINY_SEED, Profile, profile_for
 from .seeding import seeded
 
@@ -233,22 +234,24 @@ class Engine:
         profile: Profile,
         device: str | torch.device = "cpu",
         *,
+        precision: str = "fp32",
         autocast: bool = False,
         threads: int | None = None,
         cuda_graphs: bool = False,
         text: TextEncoder | None = None,
     ) -> None:
         """`text`: the CLIP text encoder (and its prompt cache) of another domain's engine, shared
-        (nets.clip is then not used). `autocast`: run the networks in float16 autocast (CUDA only; parity tolerance in
-        docs/performance.md). `cuda_graphs`: replay synthesis from a CUDA graph captured once per
-        (batch, preview) shape (CUDA only; the weights must not change afterwards). `threads`: torch
+        (nets.clip is then not used). `precision`: auto, fp32, bf16 or fp16 (precision.py; parity
+        tolerances in docs/performance.md); `autocast` is the former name of fp16 (CUDA).
+        `cuda_graphs`: replay synthesis from a CUDA graph captured once per (batch, sizes, preview)
+        shape (CUDA only; the weights must not change afterwards). `threads`: torch
         intra-op threads, process-wide (default: every CPU this process may use; 0 or a negative
         number leaves torch's setting alone)."""
         self.profile = profile
         self.device = torch.device(device)
-        if (autocast or cuda_graphs) and self.device.type != "cuda":
-            raise ValueError("autocast and CUDA graphs are for CUDA devices; on the CPU the engine runs in float32")
-        self.autocast = autocast
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs are for CUDA devices")
+        self.plan = precision_plan("fp16" if autocast else precision, self.device)
         self._graphs: dict[tuple, tuple[Any, Tensor, dict[int, Tensor]]] | None = {} if cuda_graphs else None
         if threads is None:
             threads = default_threads()
@@ -272,6 +275,7 @@ class Engine:
         models_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
         *,
+        precision: str = "fp32",
         autocast: bool = False,
         threads: int | None = None,
         cuda_graphs: bool = False,
@@ -283,12 +287,20 @@ class Engine:
         prof = profile_for(profile, domain)
         clip = text.model if text is not None else None
         nets = build_tiny(prof, clip=clip) if prof.untrained else load_real(models_dir, domain=domain, clip=clip)
-        return cls(nets, prof, device, autocast=autocast, threads=threads, cuda_graphs=cuda_graphs, text=text)
+        options = {"precision": precision, "autocast": autocast, "threads": threads, "cuda_graphs": cuda_graphs}
+        return cls(nets, prof, device, **options, text=text)
 
-    def _amp(self) -> contextlib.AbstractContextManager:
-        if self.autocast:
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
+    def _amp(self, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+        """Autocast to `dtype` where the networks run under it: every network on a GPU, e4e on a CPU (the
+        CPU generator computes in its activations' dtype instead, stylegan2.py)."""
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _synthesis_dtype(self, preview: bool) -> torch.dtype:
+        """The generator's arithmetic on a CPU (on a GPU: float32 under autocast)."""
+        dtype = self.plan.preview if preview else self.plan.full
+        return dtype if self.device.type == "cpu" else torch.float32
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -334,7 +346,7 @@ class Engine:
             "domain": self.domain,
             "untrained": self.untrained,
             "device": str(self.device),
-            "autocast": self.autocast,
+            "precision": self.plan.describe(),
             "cuda_graphs": self._graphs is not None,
             "size": self.size,
             "n_latent": self.n_latent,
@@ -347,7 +359,7 @@ class Engine:
     # -- the four steps --------------------------------------------------------------------
     def invert(self, x: Tensor) -> Tensor:
         """Aligned faces (B, 3, 256, 256) in [-1, 1] -> W+ (B, n_latent, D)."""
-        with torch.inference_mode(), self._amp():
+        with torch.inference_mode(), self._amp(self.plan.full):
             codes = self.encoder(x.to(self.device, torch.float32))
         with torch.inference_mode():
             return codes.float() + self.latent_avg
@@ -374,35 +386,46 @@ class Engine:
         `size` (a power of two <= engine.size) stops synthesis at that resolution, as `preview` does
         at preview_size: e.g. a reconstruction for the change mask at 256² costs ~40 % of 1024²."""
         size = size or (self.preview_size if preview else self.size)
-        return self.synthesize_levels(w, (size,))[size]
+        return self.synthesize_levels(w, (size,), preview=preview)[size]
 
     def synthesize_levels(
-        self, w: Tensor, sizes: tuple[int, ...], between_levels: Callable[[], None] | None = None
+        self,
+        w: Tensor,
+        sizes: tuple[int, ...],
+        between_levels: Callable[[], None] | None = None,
+        preview: bool = False,
     ) -> dict[int, Tensor]:
         """W+ -> {size: images (B, 3, size, size)} from one pass that stops at the largest size; the
         image at a smaller size is what `synthesize(w, size=...)` returns (the generator's RGB skip
         there), so an edit can be compared with a reconstruction made only up to that size.
         `between_levels` runs after each resolution (a cancel check; not with CUDA graphs, whose
-        replay is a single launch)."""
+        replay is a single launch). `preview`: computed in the plan's preview precision (the images
+        are float32 either way)."""
         sizes = tuple(sorted(set(sizes)))
         if not sizes or any(s < 8 or s > self.size or s & (s - 1) for s in sizes):
             raise ValueError(f"sizes must be powers of two in [8, {self.size}], not {list(sizes)}")
         w = w.to(self.device, torch.float32)
         if self._graphs is not None:
-            return self._synthesize_graphed(w, sizes)
-        return self._synthesis(w, sizes, between_levels)
+            return self._synthesize_graphed(w, sizes, preview)
+        return self._synthesis(w, sizes, between_levels, preview)
 
     def _synthesis(
-        self, w: Tensor, sizes: tuple[int, ...], between_levels: Callable[[], None] | None = None
+        self,
+        w: Tensor,
+        sizes: tuple[int, ...],
+        between_levels: Callable[[], None] | None = None,
+        preview: bool = False,
     ) -> dict[int, Tensor]:
-        with torch.inference_mode(), self._amp():
+        amp = self._amp(self.plan.preview if preview else self.plan.full) if self.device.type != "cpu" else None
+        with torch.inference_mode(), amp or contextlib.nullcontext():
             g = self.generator
-            images = g.synthesis_levels(g.broadcast_latent([w]), g.fixed_noise(), sizes, between_levels, self.path)
+            latent, noise, dtype = g.broadcast_latent([w]), g.fixed_noise(), self._synthesis_dtype(preview)
+            images = g.synthesis_levels(latent, noise, sizes, between_levels, self.path, dtype)
             return {s: image.float() for s, image in images.items()}
 
-    def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...]) -> dict[int, Tensor]:
+    def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...], preview: bool) -> dict[int, Tensor]:
         """Synthesis replayed from a CUDA graph: one launch instead of ~200 kernels and their Python."""
-        key = (tuple(w.shape), sizes)
+        key = (tuple(w.shape), sizes, preview)
         entry = self._graphs.get(key)
         with torch.inference_mode():
             if entry is None:
@@ -411,11 +434,11 @@ class Engine:
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):  # warm-up: caches, cuDNN algorithms, allocator
                     for _ in range(2):
-                        self._synthesis(static_w, sizes)
+                        self._synthesis(static_w, sizes, preview=preview)
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    static_out = self._synthesis(static_w, sizes)
+                    static_out = self._synthesis(static_w, sizes, preview=preview)
                 entry = self._graphs[key] = (graph, static_w, static_out)
             graph, static_w, static_out = entry
             static_w.copy_(w)

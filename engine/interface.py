@@ -47,6 +47,11 @@ class EditEngine(Protocol):
         """W+ -> images (B, 3, S, S) in about [-1, 1]."""
 
     def synthesize_levels(
-        self, w: Tensor, sizes: tuple[int, ...], between_levels: Callable[[], None] | None = None
+        self,
+        w: Tensor,
+        sizes: tuple[int, ...],
+        between_levels: Callable[[], None] | None = None,
+        preview: bool = False,
     ) -> dict[int, Tensor]:
-        """W+ -> {size: images} from one synthesis pass; `between_levels` may raise to stop it."""
+        """W+ -> {size: images} from one synthesis pass; `between_levels` may raise to stop it;
+        `preview` may compute in a cheaper precision (precision.py)."""

@@ -390,7 +390,11 @@ class Pipeline:
         size, low = _synthesis_sizes(engine, params.preview)
         generated = []
         for n, entry in enumerate(entries):
-            levels = engine.synthesize_levels(w_hat[n : n + 1], (size, low), between_levels=stages.check)
+            # a preview may run in bfloat16 (precision.py); the reconstruction below, cached and shared
+            # with Apply, always in the full precision
+            levels = engine.synthesize_levels(
+                w_hat[n : n + 1], (size, low), between_levels=stages.check, preview=params.preview
+            )
             recon = entry.recon.get(low)
             if recon is None:
                 recon = _to_image(engine.synthesize(w_all[n : n + 1], size=low)).astype(np.float16)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -46,6 +47,9 @@ from ffclip.engine.inference import (
     profile_generator,
     release_freed_memory,
 )
+from ffclip.engine.precision import CHOICES as PRECISIONS
+from ffclip.engine.precision import Plan, PrecisionUnavailable, native_bf16
+from ffclip.engine.precision import plan as precision_plan
 from ffclip.engine.profiles import PROFILES, Profile
 
 WEIGHTS_NOTE = "synthetic weights (random init, real architectures and sizes): speeds only, outputs are meaningless"
@@ -366,7 +370,12 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     rng = np.random.default_rng(0)
     peak = PeakRss()
 
-    options = {"autocast": args.autocast, "threads": args.threads or None, "cuda_graphs": args.cuda_graphs}
+    setting = "fp16" if args.autocast else args.precision
+    try:
+        precision_plan(setting, device)
+    except PrecisionUnavailable as exc:
+        raise RuntimeError(str(exc)) from None
+    options = {"precision": setting, "threads": args.threads or None, "cuda_graphs": args.cuda_graphs}
     t0 = time.perf_counter()
     if args.models:  # the daemon's path: official files from a model store
         weights = f"checkpoints from the model store {args.models}"
@@ -385,7 +394,8 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         "profile": engine.profile.name,
         "size": engine.size,
         "preview_size": engine.preview_size,
-        "autocast": bool(args.autocast),
+        "precision": engine.plan.describe(),
+        "cpu_bf16": native_bf16() if device.type == "cpu" else None,
         "cuda_graphs": bool(args.cuda_graphs),
         "weights": weights,
         "repeats": repeats,
@@ -397,7 +407,8 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
 
     # the two big networks, each in alternation with its dense limit
     stages = result["stages"]
-    dtype = torch.float16 if args.autocast else torch.float32  # the limit in the precision the network runs
+    # L is the float32 dense limit whatever the networks run in (fp16 autocast on a GPU: its own)
+    dtype = torch.float16 if engine.plan.full == torch.float16 else torch.float32
     x = (torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     w = engine.invert(x)
     log("g1024 and its dense limit")
@@ -443,12 +454,42 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     for name in LIVE_STAGES:
         if stages[name]["seconds"] is not None:
             result["ratios"][f"{name}_in_L"] = stages[name]["seconds"] / limit
+    if engine.plan.preview != torch.float32 or engine.plan.full != torch.float32:
+        log("quality against float32")
+        result["quality"] = quality_against_fp32(engine, x)
     peak.note()
     result["peak_rss_mb"] = peak.engine_mb
     result["peak_rss_process_mb"] = peak.process_mb
     if device.type == "cuda":
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / (1 << 20)
     return result
+
+
+def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR of an image in [-1, 1] against a reference (peak-to-peak 2)."""
+    mse = float(((image.double() - reference.double()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def quality_against_fp32(engine: Engine, x: torch.Tensor) -> dict[str, float]:
+    """The engine's reduced-precision outputs against float32 on the same inputs: PSNR of the 1024²
+    and the preview images, and e4e's relative error ‖W⁺ − W⁺₃₂‖ / ‖W⁺₃₂ − w̄‖ (the codes, around
+    the average latent they are added to)."""
+    plan = engine.plan
+    w = engine.invert(x)
+    images = {"g1024": engine.synthesize(w), "preview": engine.synthesize(w, preview=True)}
+    engine.plan = Plan("fp32", torch.float32, torch.float32)
+    try:
+        w32 = engine.invert(x)
+        reference = {"g1024": engine.synthesize(w32), "preview": engine.synthesize(w32, preview=True)}
+    finally:
+        engine.plan = plan
+    codes = w32 - engine.latent_avg
+    return {
+        "g1024_psnr_db": psnr_db(images["g1024"], reference["g1024"]),
+        "preview_psnr_db": psnr_db(images["preview"], reference["preview"]),
+        "e4e_rel_err": float((w - w32).norm() / codes.norm()),
+    }
 
 
 def _known_faces(path: Path, image: np.ndarray) -> list:
@@ -564,7 +605,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help=f"intra-op threads (default: the engine's, {default_threads()} here)"
     )
-    parser.add_argument("--autocast", action="store_true", help="half-precision autocast (CUDA)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="the networks' arithmetic (default fp32; bf16 adds its quality against fp32 on the same inputs; "
+        "L stays the float32 limit)",
+    )
+    parser.add_argument("--autocast", action="store_true", help="the former name of --precision fp16 (CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay synthesis from CUDA graphs (CUDA)")
     parser.add_argument(
         "--models",

@@ -14,7 +14,16 @@ from ffclip.engine.conformance import TOLERANCE, fixtures_in, report_line, run_f
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="folder of NAME.manifest.json + NAME.expected.npz pairs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max relative error (1e-4)")
+    parser.add_argument(
+        "--tolerance", type=float, default=None, help=f"max relative error (default {TOLERANCE:g}; bf16: per network)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="run the networks as the engine does in this precision (bf16: against the float32 references, "
+        "with the looser rule stated per network)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in paths:
         try:
-            result = run_fixture(path, device)
+            result = run_fixture(path, device, args.precision)
         except Exception as exc:  # a broken fixture or model is a failure, reported, not a traceback
             print(f"FAIL {path.name}: {type(exc).__name__}: {exc}")
             failed += 1

@@ -223,12 +223,17 @@ class ModulatedConv2d(nn.Module):
         self._inference = (key, cache)
         return cache
 
-    def modulated_weights(self, style: Tensor, gain: float = 1.0) -> list[Tensor]:
+    def modulated_weights(self, style: Tensor, gain: float = 1.0, dtype: torch.dtype | None = None) -> list[Tensor]:
         """One weight per sample: scale·W·s, demodulated, times `gain` (the input's pending scale).
 
         conv(gain·x, W·s·d) == conv(x, gain·W·s·d); d comes from W·s alone, as in the reference.
         Layout (out, in, k, k), or (in, out, k, k) for the up-sampling (transposed) convolution.
+        Computed in the parameters' float32 and returned in `dtype` (the activations', e.g. bfloat16).
         """
+        weights = self._modulated_weights(style, gain)
+        return weights if dtype in (None, weights[0].dtype) else [w.to(dtype) for w in weights]
+
+    def _modulated_weights(self, style: Tensor, gain: float) -> list[Tensor]:
         cache = self._inference_cache()
         coef = self.modulation(style) * self.scale  # (B, in)
         if self.demodulate:
@@ -254,7 +259,7 @@ class ModulatedConv2d(nn.Module):
         if p0 != p1:
             out = F.pad(out, [p0, p1, p0, p1])
             p0 = 0
-        blur = self._inference_cache()["blur"]
+        blur = self._inference_cache()["blur"].to(out.dtype)
         return F.conv2d(out, blur, bias, padding=p0, groups=self.out_channel)
 
 
@@ -318,16 +323,18 @@ class StyledConv(nn.Module):
 
     def forward_inference(self, x: Tensor, style: Tensor, gain: float, noise: Tensor | None) -> Tensor:
         """leaky_relu(conv + noise + bias) *without* the final √2: the caller carries that gain into
-        the consumers' weights. x is the true activation divided by `gain`."""
-        weights = self.conv.modulated_weights(style, gain)
+        the consumers' weights. x is the true activation divided by `gain`; the arithmetic is in x's
+        dtype (float32, or bfloat16)."""
+        weights = self.conv.modulated_weights(style, gain, x.dtype)
         if noise is None:  # the reference draws (B, 1, H, W) per layer at this point
             b = x.shape[0]
             h, w = (x.shape[2] * 2, x.shape[3] * 2) if self.conv.upsample else x.shape[2:]
             noise = x.new_empty(b, 1, h, w).normal_()
         nw = self.noise.strength()
+        noise, bias = noise.to(x.dtype), self.activate.bias.to(x.dtype)
         outs = []
         for b, weight in enumerate(weights):
-            out = self.conv.conv_inference(x[b : b + 1], weight, self.activate.bias)
+            out = self.conv.conv_inference(x[b : b + 1], weight, bias)
             if nw != 0.0:
                 out.add_(noise[b : b + 1] if noise.shape[0] > 1 else noise, alpha=nw)
             outs.append(F.leaky_relu_(out, 0.2))
@@ -351,10 +358,11 @@ class ToRGB(nn.Module):
         return out
 
     def forward_inference(self, x: Tensor, style: Tensor, gain: float, skip: Tensor | None) -> Tensor:
-        weights = self.conv.modulated_weights(style, gain)
-        bias = self.bias.view(-1)
+        """The RGB image, in float32 whatever x's dtype (the output; the skip accumulates in it)."""
+        weights = self.conv.modulated_weights(style, gain, x.dtype)
+        bias = self.bias.view(-1).to(x.dtype)
         outs = [self.conv.conv_inference(x[b : b + 1], w, bias) for b, w in enumerate(weights)]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
         if skip is not None:
             out = out.add_(self.upsample(skip))
         return out
@@ -416,11 +424,13 @@ def banded_level(
     batch, _, size, _ = x.shape
     height = 2 * size
     k, (p0, p1), kb = up.kernel_size, up.blur.pad, up.blur.kernel.shape[0]
-    w_up, w_mid = up.modulated_weights(styles[0], SQRT2), mid.modulated_weights(styles[1], SQRT2)
-    w_rgb = to_rgb.conv.modulated_weights(styles[2], SQRT2)
-    n_up, n_mid = _noise(noises[0], x, height), _noise(noises[1], x, height)
+    dtype = x.dtype  # the arithmetic's: float32, or bfloat16 (the RGB skip stays float32)
+    w_up, w_mid = up.modulated_weights(styles[0], SQRT2, dtype), mid.modulated_weights(styles[1], SQRT2, dtype)
+    w_rgb = to_rgb.conv.modulated_weights(styles[2], SQRT2, dtype)
+    n_up, n_mid = _noise(noises[0], x, height).to(dtype), _noise(noises[1], x, height).to(dtype)
     s_up, s_mid = conv_up.noise.strength(), conv.noise.strength()
-    blur = up._inference_cache()["blur"]
+    blur = up._inference_cache()["blur"].to(dtype)
+    b_up, b_mid, b_rgb = (t.to(dtype) for t in (conv_up.activate.bias, conv.activate.bias, to_rgb.bias.view(-1)))
     col_pad = p0 if p0 == p1 else 0  # the blur's column padding, in the conv when symmetric
     rgb = to_rgb.upsample(skip).contiguous(memory_format=torch.channels_last)
     features = None
@@ -444,15 +454,15 @@ def banded_level(
             t = _rows(t, t0 - 2 * i0, t1 - 2 * i0, height + k - 2 - 2 * i0)
             if p0 != p1:  # columns padded here, rows by `_rows`
                 t = F.pad(t, [p0, p1])
-            a = F.conv2d(t, blur, conv_up.activate.bias, padding=(0, col_pad), groups=up.out_channel)
+            a = F.conv2d(t, blur, b_up, padding=(0, col_pad), groups=up.out_channel)
             if s_up != 0.0:
                 a.add_(nb_up[:, :, a0:a1], alpha=s_up)
             a = _rows(F.leaky_relu_(a, 0.2), r0 - mid.padding - a0, r1 + mid.padding - a0, a1 - a0)
-            out = F.conv2d(a, w_mid[b], conv.activate.bias, padding=(0, mid.padding))
+            out = F.conv2d(a, w_mid[b], b_mid, padding=(0, mid.padding))
             if s_mid != 0.0:
                 out.add_(nb_mid[:, :, r0:r1], alpha=s_mid)
             out = F.leaky_relu_(out, 0.2)
-            rgb[b : b + 1, :, r0:r1] += F.conv2d(out, w_rgb[b], to_rgb.bias.view(-1))
+            rgb[b : b + 1, :, r0:r1] += F.conv2d(out, w_rgb[b], b_rgb)
             if features is not None:
                 features[b : b + 1, :, r0:r1] = out
     return features, rgb
@@ -536,9 +546,10 @@ class Generator(nn.Module):
         randomize_noise: bool = True,
         stop_at: int | None = None,
         path: SynthesisPath = SynthesisPath.REFERENCE,
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[Tensor, Tensor | None]:
         """rosinality's signature; `stop_at` ends synthesis at that resolution (a preview), `path` is
-        how it is computed."""
+        how it is computed, `dtype` its arithmetic (synthesis_levels)."""
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
         if noise is None:
@@ -546,7 +557,7 @@ class Generator(nn.Module):
         if truncation < 1:
             styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
         latent = self.broadcast_latent(styles, inject_index)
-        image = self.synthesis(latent, noise, stop_at, path)
+        image = self.synthesis(latent, noise, stop_at, path, dtype)
         return image, (latent if return_latents else None)
 
     def broadcast_latent(self, styles: list[Tensor], inject_index: int | None = None) -> Tensor:
@@ -566,10 +577,11 @@ class Generator(nn.Module):
         noise: list[Tensor | None],
         stop_at: int | None = None,
         path: SynthesisPath = SynthesisPath.REFERENCE,
+        dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """W+ -> the RGB image at `stop_at` (default: full size)."""
         size = stop_at or self.size
-        return self.synthesis_levels(latent, noise, (size,), path=path)[size]
+        return self.synthesis_levels(latent, noise, (size,), path=path, dtype=dtype)[size]
 
     def synthesis_levels(
         self,
@@ -578,6 +590,7 @@ class Generator(nn.Module):
         sizes: Sequence[int],
         between_levels: Callable[[], None] | None = None,
         path: SynthesisPath = SynthesisPath.REFERENCE,
+        dtype: torch.dtype = torch.float32,
     ) -> dict[int, Tensor]:
         """The RGB skip image at each of `sizes` (powers of two, 4..size) from one pass that stops at
         the largest. The image at a smaller size is exactly what synthesis stopped there returns
@@ -585,16 +598,20 @@ class Generator(nn.Module):
         with a reconstruction synthesized only up to 256². `between_levels` is called after each
         resolution; whatever it raises ends the pass there (a cancelled job: nothing is shared
         between passes, so stopping half-way is safe). The inference paths compute in place: they
-        refuse to run with autograd on."""
+        refuse to run with autograd on. `dtype`: the inference paths' arithmetic (bfloat16: the
+        activations and each sample's modulated weight in bfloat16, the styles, the demodulation and
+        the RGB skip in float32); the reference path is float32."""
         wanted = set(sizes)
         if not wanted or any(s < 4 or s > self.size or s & (s - 1) for s in wanted):
             raise ValueError(f"sizes must be powers of two in [4, {self.size}], not {sorted(wanted)}")
         inference = path is not SynthesisPath.REFERENCE
+        if not inference and dtype != torch.float32:
+            raise ValueError("the reference synthesis path computes in float32")
         if inference and torch.is_grad_enabled():
             raise ValueError(f"the {path.value} synthesis path is for inference: run it under torch.inference_mode()")
         out = self.input(latent.shape[0])
         if inference:
-            out = out.contiguous(memory_format=torch.channels_last)
+            out = out.to(dtype).contiguous(memory_format=torch.channels_last)
             out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0])
             skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None)
         else:

@@ -40,12 +40,12 @@ def test_levels_are_the_images_of_synthesis_stopped_there() -> None:
 
 def test_engine_options() -> None:
     nets = build_tiny(TINY)
-    with pytest.raises(ValueError, match="CUDA"):
-        Engine(nets, TINY, "cpu", autocast=True)
+    with pytest.raises(ValueError, match="for GPUs"):
+        Engine(nets, TINY, "cpu", autocast=True)  # the former name of fp16
     before = torch.get_num_threads()
     try:
         engine = Engine(nets, TINY, "cpu", threads=1)
         assert torch.get_num_threads() == 1
-        assert engine.describe()["autocast"] is False
+        assert engine.describe()["precision"] == "fp32"
     finally:
         torch.set_num_threads(before)

@@ -40,10 +40,10 @@ class PromptEngine(ImageSpaceEngine):
         delta[:, :, : int(0.3 * w.shape[2]), :] = 0.1 * code
         return delta + 0.01 * code * w  # depends on w too, as the mapper does
 
-    def synthesize_levels(self, w, sizes, between_levels=None):
+    def synthesize_levels(self, w, sizes, between_levels=None, preview=False):
         if max(sizes) > 256:  # the edit, not the 256² reconstruction
             self.synthesized.append(w.clone())
-        return super().synthesize_levels(w, sizes, between_levels)
+        return super().synthesize_levels(w, sizes, between_levels, preview)
 
 
 @pytest.fixture(scope="module")

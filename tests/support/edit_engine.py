@@ -47,7 +47,7 @@ class ImageSpaceEngine:
         return self.synthesize_levels(w, (size,))[size]
 
     def synthesize_levels(
-        self, w: torch.Tensor, sizes: tuple[int, ...], between_levels=None
+        self, w: torch.Tensor, sizes: tuple[int, ...], between_levels=None, preview: bool = False
     ) -> dict[int, torch.Tensor]:
         self.calls["synthesize"] += w.shape[0]
         self.levels.append(tuple(sorted(sizes)))
