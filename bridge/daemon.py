@@ -134,7 +134,7 @@ async def serve_until_signal(
     listener: Listener | socket.socket,
     log_path: Path | None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; `loaders`: one per worker (device)."""
+    """Serve until SIGTERM/SIGINT, then drain (EngineServer.stop); `loaders`: one per worker (device)."""
     from ffclip.engine import __version__
     from ffclip.plugin.tls import format_fingerprint
 
@@ -145,11 +145,17 @@ async def serve_until_signal(
     await server.start(sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:  # the first drains (jobs finish), a second one cuts the drain short
+        if stop.is_set():
+            server.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(on_signal))
     host = _url_host(sock.getsockname()[0])
     url = f"{listener.scheme}://{host}:{server.port}/"
     print(f"ffclip-engine: listening on {url}", flush=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import ssl
@@ -23,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -35,8 +37,10 @@ from ffclip.plugin.protocol import (
     DEFAULT_PORT,
     STAGES,
     BadRequest,
+    Draining,
     EngineError,
     EngineState,
+    ErrorMessage,
     ImageSpec,
     decode,
     job_id_of,
@@ -92,6 +96,8 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     shutdown_grace: float = 10.0  # how long a running job may take to reach its next stage
+    drain_grace: float = 60.0  # at a stop, how long queued and running jobs may take to finish (serve --drain-grace)
+    trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For names the client (serve --trusted-proxy)
     download_status_interval: float = 0.5  # seconds between status messages pushed while downloading
     tokens_interval: float = 1.0  # seconds between two looks at the tokens file (revocations)
     identity_key: str | None = None  # proves to a challenging client that it is this user's engine (in its record)
@@ -115,6 +121,7 @@ class GuardedConnection(ServerConnection):
         self.token_sent = False  # whether the handshake carried a token at all (for the refusal's words)
         self.challenge: str | None = None  # the client's nonce, for the greeting's proof (plugin/identity.py)
         self.quota_key: Hashable = None  # whose quotas it counts against (set at the handshake)
+        self.forwarded_for: str | None = None  # the client's address, as a trusted proxy names it
         self.memory_refusal: str | None = None  # why the memory budget refused its last frame
         self.session: Session | None = None
 
@@ -277,7 +284,10 @@ class Session:
             self._count(-len(text), -len(binary or b""))
 
     def reply(self, exc: EngineError) -> None:
-        self.deliver(msg.error(exc.code, exc.message, exc.job_id))
+        if isinstance(exc, Draining):  # flagged, so that clients send the edit to another engine
+            self.deliver(ErrorMessage(exc.code, exc.message, exc.job_id, draining=True).to_message())
+        else:
+            self.deliver(msg.error(exc.code, exc.message, exc.job_id))
 
     # ------------------------------------------------------------------ input
 
@@ -340,8 +350,7 @@ class Session:
         frames = msg.announced_frames(message)
         try:
             request = msg.parse_edit(message, self.server.config.max_pixels)
-            if self.server.closing:
-                raise EngineError("busy", "the engine is shutting down", request.id)
+            self.server.check_open(request.id)
             if self.server.id_in_use(request.id):  # no id in the reply: that id belongs to the other job
                 raise BadRequest(f"id {request.id!r} is already used by a job in progress")
         except EngineError as exc:
@@ -497,7 +506,9 @@ class EngineServer:
         self.sessions: set[Session] = set()
         self.pending_ids: dict[str, Session] = {}
         self.stats: Counter[str] = Counter()
-        self.closing = False
+        self.draining = False  # stopping: no new connections or jobs; the queued ones finish (stop)
+        self.closing = False  # past the drain: what is left is cancelled
+        self._drain_deadline = 0.0
         self.tokens = config.tokens or (TokenBook.single(config.token) if config.token else None)
         # one loader per worker; the first may fetch model files (provision.py) before the others load
         self._loaders = list(loader) if isinstance(loader, Sequence) else [loader]
@@ -561,9 +572,11 @@ class EngineServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Refuse new work, end every job with one terminal message, flush, close connections."""
-        if self.closing:
+        """Drain (refuse new connections and jobs, let the queued and running ones finish within
+        `drain_grace`), then end what is left with one terminal message each, flush, close connections."""
+        if self.closing or self.draining:
             return
+        await self._drain()
         self.closing = True
         log.info("shutting down")
         halt = getattr(self._loader, "stop", None)  # a loader that downloads model files stops there
@@ -600,6 +613,44 @@ class EngineServer:
         for worker in self.workers:
             worker.thread.stop()
 
+    async def _drain(self) -> None:
+        """Stop taking work but finish the jobs taken: /readyz and status say `draining` (a load
+        balancer sends new clients elsewhere, clients resend refused edits there)."""
+        self.draining = True
+        grace = self.config.drain_grace
+        self._drain_deadline = time.monotonic() + grace
+        jobs = len(self.queue.waiting) + len(self.queue.running)
+        log.info("draining: %d job(s) to finish within %g s; new connections and edits are refused", jobs, grace)
+        self._broadcast_status(droppable=False)
+        while (self.queue.waiting or self.queue.running) and time.monotonic() < self._drain_deadline:
+            await asyncio.sleep(0.05)
+        left = len(self.queue.waiting) + len(self.queue.running)
+        if left:
+            log.info("drain grace over: %d job(s) left are cancelled", left)
+        else:
+            log.info("drained: every job finished")
+
+    def hurry(self) -> None:
+        """End the drain now (a second SIGTERM/SIGINT): what is left is cancelled."""
+        self._drain_deadline = 0.0
+
+    def check_open(self, job_id: str) -> None:
+        """Refuse a new edit while draining or stopping (`busy`; draining ones flagged for clients)."""
+        if self.closing:
+            raise EngineError("busy", "the engine is shutting down", job_id)
+        if self.draining:
+            raise Draining("the engine is draining (it stops after its queued jobs): send the edit again", job_id)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(whether it accepts edits now, a one-line reason) for `GET /readyz`."""
+        if self.closing or self.draining:
+            return False, _NOT_READY[EngineState.DRAINING if not self.closing else "stopping"]
+        states = [w.backend.describe().get("state") for w in self.workers if w.backend is not None]
+        if EngineState.READY in states:
+            return True, "ready"
+        state = states[0] if states else self._loading_details().get("state", EngineState.LOADING)
+        return False, _NOT_READY.get(state, f"{state}: not ready")
+
     # ------------------------------------------------------------------ connections
 
     def _connection(self, protocol, server, **kwargs) -> GuardedConnection:
@@ -625,9 +676,18 @@ class EngineServer:
         origins = request.headers.get_all("Origin")  # get() would raise on a repeated header
         if origins:
             # Browsers always send Origin; native clients (the plug-in, scripts) do not. Refusing it
-            # keeps any web page the user visits from driving the engine.
+            # keeps any web page the user visits from driving the engine (or probing it).
             self.throttle.note("origin", "refused {n} connection(s) from web pages", f"Origin: {origins[0][:100]!r}")
             return connection.respond(HTTPStatus.FORBIDDEN, "web pages may not connect to the FFCLIP engine\n")
+        probe = urlsplit(request.path).path
+        if probe in ("/healthz", "/readyz") and not request.headers.get_all("Upgrade"):
+            self.admission.handshaken(connection)  # answered at once; closed after the response
+            ready, reason = self.readiness() if probe == "/readyz" else (True, "ok")
+            return connection.respond(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, reason + "\n")
+        if self.draining or self.closing:  # a balancer retries it on another engine (deploy/haproxy)
+            self.admission.handshaken(connection)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, _NOT_READY[EngineState.DRAINING] + "\n")
+        connection.forwarded_for = self._forwarded_for(connection, request.headers.get_all("X-Forwarded-For"))
         authorization = request.headers.get_all("Authorization")  # two of them: neither counts
         connection.token_sent = bool(authorization)
         challenges = request.headers.get_all(identity.CHALLENGE_HEADER)
@@ -639,11 +699,26 @@ class EngineServer:
         return None
 
     def _quota_key(self, connection: GuardedConnection) -> Hashable:
-        """Whom a connection's quotas count against: its token's owner; without tokens, its address."""
+        """Whom a connection's quotas count against: its token's owner; without tokens, its address
+        (behind a trusted proxy, the client's address that the proxy names)."""
         if self.tokens is not None and connection.identity is not None:
             return ("user", connection.identity.owner)
+        if connection.forwarded_for is not None:
+            return ("address", connection.forwarded_for)
         address = connection.remote_address
         return ("address", address[0] if address else "?")
+
+    def _forwarded_for(self, connection: GuardedConnection, headers: list[str]) -> str | None:
+        """The client's address from X-Forwarded-For, only from a trusted proxy (anyone else could
+        name any address): the last entry, the one the proxy added itself."""
+        address = connection.remote_address
+        if not headers or not address or address[0] not in self.config.trusted_proxies:
+            return None
+        last = headers[-1].split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            return None
 
     def _identify(self, header: str | None) -> Identity | None:
         """Who the handshake's token belongs to (constant-time, tokens.py); everyone is the same
@@ -803,8 +878,7 @@ class EngineServer:
     ) -> None:
         try:
             _check_frames(request, frames)
-            if self.closing:
-                raise EngineError("busy", "the engine is shutting down", request.id)
+            self.check_open(request.id)
             selection = frames[1] if request.params.selection else None
             memo = memo if memo is not None else {}
             job = Job(request, frames[0], selection, session, memo=memo, user=session.user, connection=id(session))
@@ -1033,10 +1107,11 @@ class EngineServer:
         ]
         fields = {
             "version": self.version,
-            "state": info.get("state", EngineState.READY),
+            "state": EngineState.DRAINING if self.draining else info.get("state", EngineState.READY),
             "device": ",".join(devices) if len(workers) > 1 else info.get("device", "cpu"),
             "profile": models.get("profile"),
             "untrained": bool(models.get("untrained", False)),
+            "precision": models.get("precision"),  # e.g. "bf16 previews, fp32 Apply" (engine/precision.py)
             "models": models,
             "queue": len(self.queue),
             "running": bool(self.queue.running),
@@ -1080,13 +1155,24 @@ class EngineServer:
         return total
 
 
+_NOT_READY = {  # /readyz's one-line reasons
+    EngineState.LOADING: "loading: the models are loading",
+    EngineState.DOWNLOADING: "downloading: the engine fetches its model files",
+    EngineState.MISSING: "missing: model files are absent (ffclip-engine models fetch)",
+    EngineState.FAILED: "failed: the models could not be loaded; see the engine's log",
+    EngineState.DRAINING: "draining: the engine finishes its jobs, then stops; connect again for another engine",
+    "stopping": "stopping: the engine is shutting down",
+}
+
+
 def _as(user: str) -> str:
     return f" as {user}" if user else ""
 
 
 def _address(ws: GuardedConnection) -> str:
     address = ws.remote_address
-    return f"{address[0]}:{address[1]}" if address else "?"
+    where = f"{address[0]}:{address[1]}" if address else "?"
+    return f"{ws.forwarded_for} via {where}" if ws.forwarded_for else where
 
 
 def _check_frames(request: EditAnnouncement, frames: list[bytes]) -> None:

@@ -67,9 +67,9 @@ Type=simple
 ExecStart={exec_start(command)}
 Restart=on-failure
 RestartSec=5
-# SIGTERM lets running jobs end between two stages and tells every client.
+# SIGTERM drains: queued and running jobs finish (serve --drain-grace, 60 s), then it tells every client.
 KillSignal=SIGTERM
-TimeoutStopSec=30
+TimeoutStopSec=90
 Environment=PYTHONUNBUFFERED=1
 # The engine logs to {log} ($XDG_STATE_HOME/ffclip-edit/engine.log).
 

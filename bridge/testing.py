@@ -42,8 +42,9 @@ class ServerThread:
     def stop(self) -> None:
         if self.loop.is_closed():  # stopped already
             return
+        config = self.server.config
         with contextlib.suppress(Exception):
-            self.call(self.server.stop())
+            self.call(self.server.stop(), timeout=config.drain_grace + config.shutdown_grace + 30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         if not self.loop.is_running():

@@ -58,6 +58,7 @@ STAGE_TEXT = {
     "start": "Starting the FFCLIP engine",
     "upload": "Sending the layer to the engine",
     "queued": "Waiting for the engine",
+    "moved": "The engine moved; resending the layer",  # its connection broke or it is draining
     "loading": "The engine is loading its models",
     "detect": "Finding faces",
     "align": "Aligning faces",
@@ -568,6 +569,14 @@ def run_edit(
         gimp_settings.write_job_state(url, job_id, settings.get("token"))
         progress.text(stage_text("upload"))
         relay = ProgressRelay(progress, params.domain)
+
+        def moved(new_id: str, error: Exception) -> None:  # resent under a new id: FFCLIP Cancel follows it
+            nonlocal job_id
+            gimp_settings.clear_job_state(job_id)
+            job_id = new_id
+            gimp_settings.write_job_state(url, job_id, settings.get("token"))
+            relay("moved")
+
         result = client.edit(
             params,
             rgba,
@@ -577,6 +586,7 @@ def run_edit(
             on_queued=lambda position: relay("queued", position),
             job_id=job_id,
             on_status=relay.status,
+            on_moved=moved,
         )
     except PluginError:
         raise

@@ -253,7 +253,7 @@ class LiveEditor:
             return
         if isinstance(event, events.StatusChanged):
             self._engine_status(event.status)
-        elif isinstance(event, events.Progress | events.Queued):
+        elif isinstance(event, events.Progress | events.Queued | events.Resending):
             self._progress(event)
         elif isinstance(event, events.ResultReady):
             self._result(event.job_id, event.result)
@@ -302,10 +302,14 @@ class LiveEditor:
         self.connection = "lost"
         self.view.set_engine("Lost the FFCLIP engine; reconnecting\u2026", False)
 
-    def _progress(self, event: events.Progress | events.Queued) -> None:
+    def _progress(self, event: events.Progress | events.Queued | events.Resending) -> None:
         if event.job_id not in (self.latest, self.applying):
             return
-        if isinstance(event, events.Queued):
+        if isinstance(event, events.Resending):  # its engine went away: the session sends it again
+            self.latest = event.new_id if self.latest == event.job_id else self.latest
+            self.applying = event.new_id if self.applying == event.job_id else self.applying
+            self.view.set_status(stage_text("moved"), None)
+        elif isinstance(event, events.Queued):
             self.view.set_status(stage_text("queued", event.position), None)
         else:
             self.view.set_status(
@@ -359,6 +363,8 @@ def engine_state(status: dict, domain: str = "face") -> tuple[str, bool]:
     """(a line about the engine's state, whether it can edit `domain` now)."""
     state = status.get("state", EngineState.READY)
     models = status.get("models") or {}
+    if state == EngineState.DRAINING:  # edits are refused there and go to another engine (EngineSession)
+        return "This FFCLIP engine is stopping; edits go to another engine if there is one.", True
     if domain != "face" and state not in EngineState.WAITING:
         return _domain_state(status, domain)
     if state == EngineState.LOADING:
@@ -371,6 +377,8 @@ def engine_state(status: dict, domain: str = "face") -> tuple[str, bool]:
     if state == EngineState.FAILED:
         return "The FFCLIP engine could not load its models; see its log (engine.log).", False
     device = status.get("device", "?")
+    if status.get("precision"):  # the arithmetic in use, e.g. "bf16 previews, fp32 Apply"
+        device = f"{device} ({status['precision']})"
     if status.get("untrained"):
         return f"Engine ready on {device}: tiny profile, untrained networks \u2014 the edits are noise.", True
     return f"Engine ready on {device}.", True

@@ -24,6 +24,8 @@ from .protocol import (
     Cancelled,
     CancelledMessage,
     ConnectionFailed,
+    ConnectionLost,
+    Draining,
     EditParams,
     EditResult,
     EngineError,
@@ -68,7 +70,8 @@ class EngineClient:
     certificate is verified (a CA file, a pinned fingerprint; default the system's trust store).
     `plain_token`: allow the token over plain ws:// to another computer (refused otherwise).
     `verify_local`: the engine must prove that it is one of this user's (identity.py) before anything
-    is sent — for a plug-in that starts its engine on a local port itself.
+    is sent — for a plug-in that starts its engine on a local port itself. `client_id`: what a load
+    balancer keeps this client's connections together by (default: this user's, identity.client_id).
     """
 
     def __init__(
@@ -80,9 +83,11 @@ class EngineClient:
         tls: TLSVerify | None = None,
         plain_token: bool = False,
         verify_local: bool = False,
+        client_id: str | None = None,
     ):
         self.url = url
         self.verify_local = verify_local
+        self.client_id = client_id or identity.client_id()
         self.token = token
         self.tls = tls
         self.plain_token = plain_token
@@ -99,7 +104,9 @@ class EngineClient:
         """Open the connection; returns the engine's greeting status message."""
         self.close()
         challenge = identity.new_challenge() if self.verify_local else None
-        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls, self.plain_token, challenge)
+        ws = open_engine_socket(
+            self.url, self.token, self.connect_timeout, self.tls, self.plain_token, challenge, self.client_id
+        )
         self._ws, self._pixels = ws, 0
         try:
             greeting = self._receive_json(ws)
@@ -178,17 +185,47 @@ class EngineClient:
         job_id: str | None = None,
         on_queued: Callable[[int], None] | None = None,
         on_status: Callable[[dict], None] | None = None,
+        on_moved: Callable[[str, EngineError], None] | None = None,
     ) -> EditResult:
         """Run one edit of `image` (a frame as `spec` describes it; with `selection`, its A8 mask
         frame: `params.selection` must say so; `image` and `spec` None: the image and selection of
         this connection's previous edit); blocks until its result. Raises EngineError
         (Cancelled for cancel). `on_status` sees the status messages the engine pushes meanwhile
-        (download progress)."""
+        (download progress). When the connection breaks before the job ends, or the engine refuses it
+        because it is draining, the edit is sent once more on a new connection (behind a load balancer:
+        to another engine; an edit changes nothing on the engine, so this is safe) under a new job id: the
+        old one may still name the abandoned job on a live engine. `on_moved(new_id, why)` is told first."""
         job_id = job_id or new_job_id()
         message, frames = edit_frames(params, image, spec, selection, job_id)
+        callbacks = (on_progress, on_queued, on_status)
+        ws = self._send_edit(message, frames, spec)
+        try:
+            return self._await_edit(ws, job_id, *callbacks)
+        except (ConnectionLost, Draining) as exc:
+            if image is None:  # a reused image lived only on the lost connection
+                raise
+            moved = exc
+        job_id = new_job_id()
+        message, frames = edit_frames(params, image, spec, selection, job_id)
+        if on_moved is not None:
+            on_moved(job_id, moved)
+        self.close()
+        return self._await_edit(self._send_edit(message, frames, spec), job_id, *callbacks)
+
+    def _send_edit(self, message: dict, frames: list[bytes], spec: ImageSpec | None) -> WebSocket:
         ws = self._send_fresh(message, frames)
         self._pixels = max(self._pixels, spec.pixels if spec is not None else 0)
         ws.max_message = reply_limit(self._pixels)  # what this request can bring back, no more
+        return ws
+
+    def _await_edit(
+        self,
+        ws: WebSocket,
+        job_id: str,
+        on_progress: ProgressCallback | None,
+        on_queued: Callable[[int], None] | None,
+        on_status: Callable[[dict], None] | None,
+    ) -> EditResult:
         try:
             return self._await_result(ws, job_id, on_progress, on_queued, on_status)
         except KeyboardInterrupt:
@@ -307,16 +344,20 @@ def open_engine_socket(
     tls: TLSVerify | None = None,
     plain_token: bool = False,
     challenge: str | None = None,
+    client_id: str | None = None,
 ) -> WebSocket:
     """A websocket to the engine at `url`, the token in the handshake; EngineError when refused
     (CertificateRefused when a wss:// engine's certificate fails `tls`, PlainTokenRefused when the
     token would cross the network unencrypted: then nothing was sent). Replies are read up to a text
     message's size until a request says it can bring back more. `challenge`: for the greeting's
-    proof of identity (identity.py)."""
+    proof of identity (identity.py). `client_id`: for a load balancer's sticky routing (Draining when
+    a draining engine refuses the connection)."""
     check_plain_token(url, token, plain_token)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if challenge is not None:
         headers[identity.CHALLENGE_HEADER] = challenge
+    if identity.is_client_id(client_id):
+        headers[identity.CLIENT_HEADER] = client_id
     try:
         return WebSocket.connect(url, headers=headers, timeout=timeout, tls=tls, max_message=reply_limit())
     except ssl.SSLCertVerificationError as exc:
@@ -324,6 +365,10 @@ def open_engine_socket(
     except HandshakeError as exc:
         if exc.status in (401, 403):
             raise EngineError("unauthorized", exc.body.decode("utf-8", "replace").strip()) from None
+        if exc.status == 503:  # a draining engine (its one-line reason), or a balancer with no engine ready (HTML)
+            reason = exc.body.decode("utf-8", "replace").strip()
+            plain = reason and not reason.startswith("<") and "\n" not in reason
+            raise Draining(reason[:300] if plain else f"no FFCLIP engine is ready at {url} (HTTP 503)") from None
         if exc.status == 0 and url.startswith("ws://"):  # no HTTP answer at all: a TLS server hangs up
             secure = "wss://" + url[len("ws://") :]
             raise ConnectionFailed(
@@ -334,10 +379,16 @@ def open_engine_socket(
         raise ConnectionFailed(f"cannot reach the FFCLIP engine at {url}: {exc}") from None
 
 
+GONE_CODES = frozenset({1001, 1006, 1012, 1014})  # going away, no close frame, restart, bad gateway
+
+
 def closed_error(exc: ConnectionClosed) -> EngineError:
-    """Why the engine closed a connection, as the error a job ends with."""
+    """Why the engine closed a connection, as the error a job ends with: ConnectionLost when the engine
+    went away (its jobs may go to another engine), not when a side refused something."""
     if exc.code == 1008 and "unauthorized" in exc.reason:
         return EngineError("unauthorized", exc.reason)
+    if exc.code in GONE_CODES:
+        return ConnectionLost(f"the FFCLIP engine went away ({exc})")
     return ConnectionFailed(f"the FFCLIP engine closed the connection ({exc})")
 
 
@@ -392,12 +443,21 @@ def edit_pixels(
     on_progress: ProgressCallback | None = None,
     tls: TLSVerify | None = None,
     plain_token: bool = False,
+    on_moved: Callable[[str, EngineError], None] | None = None,
 ) -> dict:
     """Edit a decoded photo with a running daemon and write the edited photo to `out_path`.
 
     The token defaults to $FFCLIP_TOKEN. Returns a summary: job id, region, faces, stages run and
-    skipped, seconds.
+    skipped, seconds, and whether the edit was sent again (`moved`: its engine went away, see
+    EngineClient.edit; `on_moved` is told at once).
     """
+    moves: list[EngineError] = []
+
+    def moved(job_id: str, error: EngineError) -> None:
+        moves.append(error)
+        if on_moved is not None:
+            on_moved(job_id, error)
+
     out_path = Path(out_path)
     token = token or os.environ.get("FFCLIP_TOKEN") or None
     width, height, base = photo.width, photo.height, photo.rgba
@@ -405,7 +465,7 @@ def edit_pixels(
     started = time.monotonic()
     with EngineClient(url, token=token, timeout=timeout, tls=tls, plain_token=plain_token) as client:
         frame = photo.png if photo.png is not None else base
-        result = client.edit(params, frame, spec, photo.selection, on_progress=on_progress)
+        result = client.edit(params, frame, spec, photo.selection, on_progress=on_progress, on_moved=moved)
     edited = imageops.composite(base, width, height, result.region, result.rgba)
     imageops.encode_file(out_path, width, height, edited, keep_alpha=not imageops.is_opaque(base))
     if mask_out is not None:
@@ -428,4 +488,5 @@ def edit_pixels(
         "untrained": result.untrained,
         "engine_seconds": result.seconds,
         "seconds": round(time.monotonic() - started, 3),
+        "moved": bool(moves),
     }

@@ -10,6 +10,7 @@ proof against the keys in the records before it sends anything but the handshake
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -17,11 +18,17 @@ import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .paths import ENGINES_DIR, state_dir
+from .paths import ENGINES_DIR, open_private, private_folder, state_dir
 from .protocol import EngineError
 
 CHALLENGE_HEADER = "X-FFCLIP-Challenge"
 CHALLENGE_LENGTH = 32  # hex digits
+# A random id per user (kept in the state folder), sent in every handshake: a load balancer hashes it
+# to keep one artist's connections — plug-in, live dialog, FFCLIP Cancel, CLI — on the engine that
+# holds their photos' inversions (deploy/haproxy/haproxy.cfg). It names nobody.
+CLIENT_HEADER = "X-FFCLIP-Client"
+CLIENT_ID_FILE = "client-id"
+_client_id: str | None = None
 
 
 class NotOurEngine(EngineError):
@@ -53,6 +60,32 @@ def proof(key: str, challenge: str) -> str:
 
 def is_challenge(value: str | None) -> bool:
     return value is not None and len(value) == CHALLENGE_LENGTH and all(c in "0123456789abcdef" for c in value)
+
+
+def is_client_id(value: str | None) -> bool:
+    return is_challenge(value)  # the same form: 32 hex digits
+
+
+def client_id(folder: Path | None = None) -> str:
+    """This user's client id: read from (or created in) the state folder, so that every process of the
+    user routes alike; a random one for this process when the folder cannot be written."""
+    global _client_id
+    if folder is None and _client_id is not None:
+        return _client_id
+    path = (folder or state_dir()) / CLIENT_ID_FILE
+    try:
+        found = path.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        found = None
+    if not is_client_id(found):
+        found = new_challenge()
+        with contextlib.suppress(OSError):
+            private_folder(path.parent)
+            with open_private(path, "w", encoding="ascii") as file:
+                file.write(found + "\n")
+    if folder is None:
+        _client_id = found
+    return found
 
 
 def local_keys(port: int, folder: Path | None = None) -> list[str]:

@@ -50,7 +50,8 @@ class EngineState:
     MISSING = "missing"  # model files are absent; edits answer models_missing
     FAILED = "failed"  # loading failed; edits answer the reason
     AVAILABLE = "available"  # a domain whose files are here, loaded on its first edit
-    ALL = (READY, LOADING, DOWNLOADING, MISSING, FAILED, AVAILABLE)
+    DRAINING = "draining"  # stopping: queued jobs finish, new edits are refused (busy, `draining`)
+    ALL = (READY, LOADING, DOWNLOADING, MISSING, FAILED, AVAILABLE, DRAINING)
     WAITING = (LOADING, DOWNLOADING)  # states in which an edit is queued until the engine is ready
 
 
@@ -102,11 +103,24 @@ class Cancelled(EngineError):
         super().__init__("cancelled", message, job_id)
 
 
+class Draining(EngineError):
+    """The engine is stopping (a rolling restart): it refused the edit or the connection, and another
+    engine behind the same address takes it (`busy` with `"draining": true`)."""
+
+    def __init__(self, message: str = "the engine is draining", job_id: str | None = None):
+        super().__init__("busy", message, job_id)
+
+
 class ConnectionFailed(EngineError):
     """The engine could not be reached, or the connection broke."""
 
     def __init__(self, message: str):
         super().__init__("connection_failed", message)
+
+
+class ConnectionLost(ConnectionFailed):
+    """The connection broke before the job ended because the engine went away (it died, drained or
+    restarted): the job may be sent again, behind a load balancer to another engine."""
 
 
 class ProtocolViolation(EngineError):
@@ -513,6 +527,7 @@ class ErrorMessage:
     code: str
     message: str
     id: str | None = None
+    draining: bool = False  # a `busy` refusal because the engine is stopping: try another engine
 
     TYPE = "error"
 
@@ -520,11 +535,15 @@ class ErrorMessage:
         reply: dict = {"type": self.TYPE, "code": self.code, "message": self.message}
         if self.id is not None:
             reply["id"] = self.id
+        if self.draining:
+            reply["draining"] = True
         return reply
 
     def exception(self) -> EngineError:
         if self.code == "cancelled":
             return Cancelled(self.message or "the edit was cancelled", self.id)
+        if self.draining and self.code == "busy":
+            return Draining(self.message, self.id)
         return EngineError(self.code, self.message, self.id)
 
 
@@ -540,7 +559,8 @@ def read_event(message: dict) -> ServerMessage | None:
         return StatusMessage(message)
     if kind == ErrorMessage.TYPE:
         job_id = message.get("id") if isinstance(message.get("id"), str) else None
-        return ErrorMessage(str(message.get("code") or "internal"), str(message.get("message") or ""), job_id)
+        code, text = str(message.get("code") or "internal"), str(message.get("message") or "")
+        return ErrorMessage(code, text, job_id, message.get("draining") is True)
     job_id = message.get("id")
     if not isinstance(job_id, str):
         if kind in (QueuedMessage.TYPE, ProgressMessage.TYPE, ResultMessage.TYPE, CancelledMessage.TYPE):

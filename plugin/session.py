@@ -22,6 +22,8 @@ from .protocol import (
     BadRequest,
     CancelledMessage,
     ConnectionFailed,
+    ConnectionLost,
+    Draining,
     EditParams,
     EditResult,
     EngineError,
@@ -91,10 +93,19 @@ class Unreachable:
     error: EngineError  # a connection attempt failed (not running, refused, no answer); the next request tries again
 
 
-Event = StatusChanged | Queued | Progress | ResultReady | JobFailed | JobCancelled | Disconnected | Unreachable
+@dataclass(frozen=True)
+class Resending:
+    job_id: str
+    new_id: str  # the job from here on (the old id may still name the abandoned job on a live engine)
+    error: EngineError  # why: the connection broke before the job ended, or the engine is draining
 
 
-@dataclass
+Event = (
+    StatusChanged | Queued | Progress | ResultReady | JobFailed | JobCancelled | Disconnected | Unreachable | Resending
+)
+
+
+@dataclass(eq=False)  # one request: compared by identity, never by its pixels
 class _Edit:
     job_id: str
     params: EditParams
@@ -115,8 +126,10 @@ class EngineSession:
         tls: TLSVerify | None = None,
         plain_token: bool = False,
         verify_local: bool = False,
+        client_id: str | None = None,
     ) -> None:
         self.url = url
+        self.client_id = client_id or identity.client_id()  # a load balancer's sticky key
         self.verify_local = verify_local  # the engine proves it is this user's first (identity.py)
         self.token = token
         self.tls = tls
@@ -127,8 +140,9 @@ class EngineSession:
         self._wake = threading.Condition()
         self._ws: WebSocket | None = None
         self._image_sent: bytes | None = None  # the image this connection already holds
-        self._in_flight: set[str] = set()  # jobs sent on this connection that have not ended
+        self._sent: dict[str, _Edit] = {}  # jobs sent on this connection that have not ended, in order
         self._reused: dict[str, _Edit] = {}  # jobs sent as `reuse_image`, until they end
+        self._moved: set[str] = set()  # jobs sent again after their connection went: not a second time
         self._lock = threading.Lock()
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="ffclip-session-writer", daemon=True)
@@ -183,25 +197,34 @@ class EngineSession:
                 if self._closed:
                     return
                 item = self._outbox.popleft()
+            ws = None
             try:
                 ws = self._connect_or_say_why()
-                if isinstance(item, _Edit):
-                    self._send_edit(ws, item)
-                else:
+                if isinstance(item, _Edit) and not self._send_edit(ws, item):
+                    self._again(item)  # its connection went before it left: the next one takes it
+                elif not isinstance(item, _Edit):
                     ws.send_text(encode(item))
             except (EngineError, WebSocketError, OSError) as exc:
-                error = exc if isinstance(exc, EngineError) else ConnectionFailed(f"lost the engine: {exc}")
-                with self._lock:
-                    unsent = isinstance(item, _Edit) and item.job_id not in self._in_flight
-                self._drop_connection(error)  # ends the jobs in flight, this one too once sent
-                if unsent:
-                    self._emit(JobFailed(item.job_id, error))
+                error = _failure(exc, "lost the engine")
+                if ws is None:  # no connection: the edit was never sent
+                    if isinstance(item, _Edit):
+                        self._emit(JobFailed(item.job_id, error))
+                else:
+                    self._lost(ws, error)  # its jobs (this one too) go again once, or end
 
-    def _send_edit(self, ws: WebSocket, job: _Edit) -> None:
+    def _again(self, job: _Edit) -> None:
+        with self._wake:
+            self._outbox.appendleft(job)
+            self._wake.notify()
+
+    def _send_edit(self, ws: WebSocket, job: _Edit) -> bool:
+        """Send an edit on `ws`; False (nothing sent) when `ws` is no longer the connection."""
         reuse = self._image_sent is job.image
         params = replace(job.params, selection=not reuse and job.selection is not None)
         with self._lock:
-            self._in_flight.add(job.job_id)
+            if self._ws is not ws:
+                return False
+            self._sent[job.job_id] = job
             if reuse:
                 self._reused[job.job_id] = job
         ws.max_message = max(ws.max_message, reply_limit(job.spec.pixels))  # what it can bring back, no more
@@ -211,6 +234,7 @@ class EngineSession:
             if job.selection is not None:
                 ws.send_binary(job.selection)
             self._image_sent = job.image
+        return True
 
     def _connect_or_say_why(self) -> WebSocket:
         """The connection; a failed attempt is told as `Unreachable` before it is raised, so that a
@@ -227,7 +251,9 @@ class EngineSession:
         if self._ws is not None and not self._ws.closed:
             return self._ws
         challenge = identity.new_challenge() if self.verify_local else None
-        ws = open_engine_socket(self.url, self.token, self.connect_timeout, self.tls, self.plain_token, challenge)
+        ws = open_engine_socket(
+            self.url, self.token, self.connect_timeout, self.tls, self.plain_token, challenge, self.client_id
+        )
         if challenge is not None:  # the greeting, read here: nothing is sent before it proves the engine ours
             try:
                 greeting = ws.recv(timeout=self.connect_timeout)
@@ -241,21 +267,47 @@ class EngineSession:
         return ws
 
     def _drop_connection(self, error: EngineError) -> None:
-        """The connection is gone: its jobs end with `error`, the next request connects again."""
-        ws, self._ws = self._ws, None
-        self._image_sent = None
+        """The connection is gone (or its engine drains): its jobs go once more, with their image, on a
+        new connection — behind a load balancer, to another engine; an edit changes nothing there, so
+        sending it again is safe. A job sent again already ends with `error`."""
         with self._lock:
-            lost, self._in_flight = sorted(self._in_flight), set()
+            ws, self._ws = self._ws, None
+            lost, self._sent = list(self._sent.values()), {}
             self._reused.clear()
+        self._image_sent = None
         if ws is not None:
             with contextlib.suppress(Exception):
                 ws.close()
         if self._closed:
             return
-        for job_id in lost:
-            self._emit(JobFailed(job_id, error))
-        if ws is not None:
+        gone = isinstance(error, ConnectionLost | Draining)  # not a refusal: another engine may take them
+        again = [job for job in lost if gone and job.job_id not in self._moved]
+        for job in lost:
+            if job not in again:
+                self._emit(JobFailed(job.job_id, error))
+        if again:
+            self._resend(again, error)
+        elif ws is not None:
             self._emit(Disconnected(error))
+
+    def _resend(self, jobs: list[_Edit], error: EngineError) -> None:
+        """Queue lost jobs ahead of the rest, in their order; a superseding one that a newer edit
+        replaces anyway is cancelled instead."""
+        with self._wake:
+            queued = [item for item in self._outbox if isinstance(item, _Edit)]
+        newer = [*jobs, *queued]
+        kept = [job for i, job in enumerate(jobs) if not any(later.params.supersede for later in newer[i + 1 :])]
+        for job in jobs:
+            if job not in kept:
+                self._emit(JobCancelled(job.job_id))
+                continue
+            old, job.job_id = job.job_id, new_job_id()
+            with self._lock:
+                self._moved.add(job.job_id)
+            self._emit(Resending(old, job.job_id, error))
+        with self._wake:
+            self._outbox.extendleft(reversed(kept))
+            self._wake.notify()
 
     # ------------------------------------------------------------------ reader
 
@@ -263,10 +315,8 @@ class EngineSession:
         try:
             while not self._closed:
                 self._dispatch(ws, ws.recv(timeout=None))
-        except ConnectionClosed as exc:
-            self._lost(ws, closed_error(exc))
         except (WebSocketError, OSError, EngineError) as exc:
-            self._lost(ws, exc if isinstance(exc, EngineError) else ConnectionFailed(str(exc)))
+            self._lost(ws, _failure(exc))
 
     def _lost(self, ws: WebSocket, error: EngineError) -> None:
         if self._ws is ws:
@@ -297,8 +347,11 @@ class EngineSession:
             self._emit(JobCancelled(event.id))
         elif isinstance(event, ErrorMessage):
             with self._lock:
-                reused = self._reused.pop(event.id, None) if event.id is not None else None
-            if reused is not None and event.code == "bad_request":
+                moving = event.draining and event.id in self._sent and event.id not in self._moved
+                reused = self._reused.pop(event.id, None) if event.id is not None and not moving else None
+            if moving:  # the engine is stopping: this connection's jobs go to another one
+                self._lost(ws, event.exception())
+            elif reused is not None and event.code == "bad_request":
                 self._send_again(ws, reused)
             else:
                 self._emit(JobFailed(event.id, event.exception()))
@@ -307,7 +360,7 @@ class EngineSession:
         """An engine short of memory forgets a connection's last image, and refuses the next edit
         that reuses it: that edit goes again with its image (unless a newer one replaces it)."""
         with self._lock:
-            self._in_flight.discard(job.job_id)
+            self._sent.pop(job.job_id, None)
         with self._wake:
             if self._ws is ws:
                 self._image_sent = None
@@ -323,7 +376,20 @@ class EngineSession:
     def _emit(self, event: Event) -> None:
         if isinstance(event, ResultReady | JobFailed | JobCancelled) and event.job_id is not None:
             with self._lock:
-                self._in_flight.discard(event.job_id)
+                self._sent.pop(event.job_id, None)
                 self._reused.pop(event.job_id, None)
+                self._moved.discard(event.job_id)
         with contextlib.suppress(Exception):  # a failing handler must not stop the threads
             self._on_event(event)
+
+
+def _failure(exc: BaseException, doing: str = "") -> EngineError:
+    """A broken connection as an error: ConnectionLost when the engine went away (a reset, no close
+    frame, going away), so that its jobs go again; the engine's own errors and refusals as they are."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, ConnectionClosed):
+        return closed_error(exc)
+    if isinstance(exc, OSError):
+        return ConnectionLost(f"{doing}: {exc}" if doing else str(exc))
+    return ConnectionFailed(f"{doing}: {exc}" if doing else str(exc))

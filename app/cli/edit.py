@@ -18,6 +18,7 @@ import numpy as np
 from ffclip.engine.imageio import LUMA, as_rgb8, load_image, save_image, to_uint8
 from ffclip.engine.inference import resolve_device
 from ffclip.engine.pipeline import PhotoEdit, Pipeline
+from ffclip.engine.precision import CHOICES as PRECISIONS
 from ffclip.plugin.client import Photo
 from ffclip.plugin.png import SIGNATURE as PNG_SIGNATURE
 from ffclip.plugin.protocol import (
@@ -72,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse larger images (default %(default)s)",
     )
     parser.add_argument("--url", help=f"send the job to a running daemon, e.g. {DEFAULT_URL}")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the networks' arithmetic without --url: auto (fp32 for a full-resolution edit, bf16 for "
+        "--preview where the processor has it natively), fp32, bf16, fp16 (GPU)",
+    )
     parser.add_argument(
         "--tls-ca",
         metavar="FILE",
@@ -146,6 +154,7 @@ def _run_remote(args: argparse.Namespace) -> int:
         mask_out=args.mask_out,
         tls=tls_options(args),
         plain_token=args.insecure_plain_token,
+        on_moved=lambda _, error: print(f"engine moved, resending ({error.message})", file=sys.stderr),
     )
     print(f"wrote {args.output} (daemon {args.url}): {summary}")
     return 0
@@ -178,11 +187,14 @@ def _load_engine(args: argparse.Namespace):
     if args.editor == "passthrough":
         return None
     from ffclip.engine.inference import Engine, ModelsMissing
+    from ffclip.engine.precision import PrecisionUnavailable
 
     try:
-        return Engine.load(
-            profile=args.profile, models_dir=args.models, device=resolve_device(args.device), domain=args.domain
-        )
+        where = {"profile": args.profile, "models_dir": args.models, "device": resolve_device(args.device)}
+        return Engine.load(**where, domain=args.domain, precision=args.precision)
+    except PrecisionUnavailable as exc:
+        print(f"error [precision]: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except ModelsMissing as exc:
         print(f"error [models_missing]: missing {', '.join(exc.missing)}; run `{exc.hint}`", file=sys.stderr)
         raise SystemExit(3) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import ipaddress
 import logging
 import sys
 
@@ -21,6 +22,7 @@ from ffclip.bridge.daemon import (
 from ffclip.bridge.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_USER, DEFAULT_MEMORY_BUDGET
 from ffclip.bridge.server import ServerConfig
 from ffclip.bridge.tokens import TokenBook, TokensFileError
+from ffclip.engine.precision import CHOICES as PRECISIONS
 from ffclip.plugin.protocol import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT
 
 EXIT_USAGE = 2
@@ -96,7 +98,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds an announced edit may take to send all its frames (default 60)",
     )
+    parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="at SIGTERM, seconds the queued and running jobs may take to finish while new connections and "
+        "edits are refused (draining); what is left then is cancelled (default 60; a second signal ends it)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="a load balancer's address whose X-Forwarded-For header names the client (for the per-address "
+        "connection limit and the log); repeat for several (docs/deployment.md, deploy/haproxy)",
+    )
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the networks' arithmetic: auto (bf16 previews where the processor has native bf16, fp32 for "
+        "Apply), fp32, bf16 (refused where it would be emulated), fp16 (GPU)",
+    )
     parser.add_argument(
         "--devices",
         metavar="LIST",
@@ -127,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         token, tokens = access(args)
         check_exposure(args, token or tokens)
         check_limits(args)
+        check_precision(args.precision, devices)
         tls = server_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
     except (UsageError, ValueError) as exc:
         print(f"ffclip-engine serve: {exc}", file=sys.stderr)
@@ -161,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         max_connections_per_user=args.max_connections_per_user,
         memory_budget=args.memory_budget,
         request_timeout=args.request_timeout,
+        drain_grace=args.drain_grace,
+        trusted_proxies=frozenset(args.trusted_proxy),
     )
     loaders = [make_loader(args, device, first=i == 0) for i, device in enumerate(devices)]
     try:
@@ -238,6 +266,25 @@ def check_limits(args: argparse.Namespace) -> None:
         raise UsageError("--memory-budget takes 64M or more, --request-timeout a positive number of seconds")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    if args.drain_grace < 0:
+        raise UsageError("--drain-grace takes 0 or more seconds")
+    for address in args.trusted_proxy:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise UsageError(f"--trusted-proxy takes an IP address, not {address!r}") from None
+
+
+def check_precision(setting: str, devices: list[str]) -> None:
+    """A precision a device cannot run natively is refused at the start, not by a slow engine."""
+    from ffclip.engine.inference import resolve_device
+    from ffclip.engine.precision import PrecisionUnavailable, plan
+
+    for device in devices:
+        try:
+            plan(setting, resolve_device(device))
+        except PrecisionUnavailable as exc:
+            raise UsageError(str(exc)) from None
 
 
 def make_loader(args: argparse.Namespace, device: str | None = None, first: bool = True):
@@ -254,7 +301,7 @@ def make_loader(args: argparse.Namespace, device: str | None = None, first: bool
 
     budget = None if args.domain_memory is None else int(args.domain_memory * 1e9)
     load = functools.partial(
-        load_engine_backend, args.profile, args.models, device, args.editor, args.max_pixels, budget
+        load_engine_backend, args.profile, args.models, device, args.editor, args.max_pixels, budget, args.precision
     )
     if not first or args.profile != "real" or args.editor != "model" or args.no_fetch:
         return load

@@ -78,7 +78,9 @@ def test_second_serve_on_the_same_port_says_already_running(tmp_path):
 
 
 def test_sigterm_ends_every_job_and_exits_cleanly(tmp_path):
-    daemon = Daemon("--port", "0", "--fake-engine", "--fake-stage-seconds", "0.2", "--log-file", str(tmp_path / "l"))
+    # no drain grace: every job is left at the stop (the drain itself: test_daemon_drain.py)
+    args = ("--fake-engine", "--fake-stage-seconds", "0.2", "--drain-grace", "0")
+    daemon = Daemon("--port", "0", *args, "--log-file", str(tmp_path / "l"))
     ws = WebSocket.connect(daemon.url)
     assert json.loads(ws.recv(5))["type"] == "status"
     jobs = []

@@ -428,7 +428,7 @@ def test_models_missing_is_reported_and_answers_edits():
 
 
 def test_shutdown_ends_every_job_with_one_terminal_message():
-    thread = ServerThread(lambda: FakeBackend(0.2)).start()
+    thread = ServerThread(lambda: FakeBackend(0.2), drain_grace=0.0).start()  # no drain: see test_server_drain.py
     raw = Raw(thread.url)
     jobs = [raw.edit() for _ in range(3)]
     assert raw.json()["type"] == "queued"

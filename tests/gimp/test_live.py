@@ -136,6 +136,9 @@ def test_the_engine_state_is_shown_and_polled_until_ready(setup):
     assert "untrained" in view.named("set_engine")[-1][1] and view.named("set_engine")[-1][2] is True
     run_for(editor, clock, 3.0)
     assert engine.status_requests == 3  # ready: no more polling
+    ready = {"state": "ready", "device": "cpu", "precision": "bf16 previews, fp32 Apply"}
+    assert live.engine_state(ready) == ("Engine ready on cpu (bf16 previews, fp32 Apply).", True)  # issue 27
+    assert live.engine_state({"state": "ready", "device": "cuda:0"}) == ("Engine ready on cuda:0.", True)
     missing = {"state": "missing", "models": {"fetch": "ffclip-engine models fetch"}}
     assert live.engine_state(missing) == (
         "The FFCLIP engine has no model weights yet: run ffclip-engine models fetch",
