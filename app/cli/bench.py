@@ -465,13 +465,14 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     return result
 
 
-def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR of an image in [-1, 1] against a reference (peak-to-peak 2)."""
+def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """PSNR of an image in [-1, 1] against a reference (peak-to-peak 2); None when they are identical
+    (auto's Apply is float32: infinite PSNR, which JSON cannot carry)."""
     mse = float(((image.double() - reference.double()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+    return None if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def quality_against_fp32(engine: Engine, x: torch.Tensor) -> dict[str, float]:
+def quality_against_fp32(engine: Engine, x: torch.Tensor) -> dict[str, float | None]:
     """The engine's reduced-precision outputs against float32 on the same inputs: PSNR of the 1024²
     and the preview images, and e4e's relative error ‖W⁺ − W⁺₃₂‖ / ‖W⁺₃₂ − w̄‖ (the codes, around
     the average latent they are added to)."""

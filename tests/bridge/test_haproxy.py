@@ -70,10 +70,17 @@ def test_artists_stay_on_the_engine_holding_their_inversion_and_move_when_it_die
         records: dict[str, list[dict]] = {c: [] for c in clients}
         errors: list[BaseException] = []
 
+        victim = daemons[0]
+        # the first engine dies when every artist is midway through the second run (not before, and not
+        # after the quick ones are done): the barrier's action runs before any of them goes on
+        midway = threading.Barrier(len(clients), action=lambda: victim.proc.send_signal(signal.SIGKILL))
+
         def artist(number: int, client_id: str, edits: range) -> None:
             own = photo.copy()
             own[..., 0] = np.clip(own[..., 0].astype(int) + 3 * number, 0, 255)  # each artist's own photo
             for i in edits:
+                if i == 13:
+                    midway.wait(120)
                 params = EditParams.single(PROMPTS[i % 3], 0.5 + 0.1 * (i % 5), preview=True)
                 moves: list = []
                 try:  # a connection per edit: stickiness must hold across connections
@@ -86,12 +93,10 @@ def test_artists_stay_on_the_engine_holding_their_inversion_and_move_when_it_die
                 record = {"id": result.id, "invert": "invert" in result.stages, "engine": engine, "moved": bool(moves)}
                 records[client_id].append(record)
 
-        def run(edits: range, during=None) -> None:
+        def run(edits: range) -> None:
             threads = [threading.Thread(target=artist, args=(n, c, edits)) for n, c in enumerate(clients)]
             for thread in threads:
                 thread.start()
-            if during is not None:
-                during()
             for thread in threads:
                 thread.join(120)
             assert not errors, errors
@@ -101,13 +106,8 @@ def test_artists_stay_on_the_engine_holding_their_inversion_and_move_when_it_die
             done = records[client_id]
             assert {r["engine"] for r in done} == {home}  # every re-edit on the artist's engine ...
             assert [r["invert"] for r in done] == [True] + [False] * 9  # ... which inverted the photo once
-        victim = daemons[0]
-
-        def kill_the_first_engine() -> None:
-            time.sleep(1.0)
-            victim.proc.send_signal(signal.SIGKILL)
-
-        run(range(10, 20), during=kill_the_first_engine)
+        run(range(10, 20))
+        assert victim.proc.poll() is not None
         ids = [r["id"] for done in records.values() for r in done]
         assert len(ids) == 60 and len(set(ids)) == 60  # every edit ended once, with its result
         for client_id, home in clients.items():

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ffclip.app.cli import bench
+from ffclip.engine import precision
 from ffclip.engine.models.e4e import Encoder4Editing
 from ffclip.engine.models.stylegan2 import Generator
 from ffclip.engine.profiles import TINY
@@ -99,6 +100,27 @@ def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir, monkeypa
 
     faces_json.write_text("<html>not json</html>")
     assert _bench("--profile", "tiny", "--repeats", "1", "--faces", str(faces_json))[0] == 1
+
+
+def test_bf16_bench_reports_its_quality_against_fp32(photos_dir, monkeypatch) -> None:
+    """--precision bf16 (issue 27): the same stages, L still the float32 limit, plus the quality of the
+    bf16 outputs against float32 on the same inputs; auto's Apply is float32 (identical: null)."""
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    photo = str(photos_dir / "obama.jpg")
+    code, out = _bench("--profile", "tiny", "--json", "--repeats", "1", "--photo", photo, "--precision", "bf16")
+    assert code == 0
+    result = json.loads(out)
+    assert result["precision"] == "bf16" and result["cpu_bf16"] is True
+    quality = result["quality"]
+    assert quality["g1024_psnr_db"] > 40 and quality["preview_psnr_db"] > 40 and 0 < quality["e4e_rel_err"] < 0.01
+    assert result["limits"]["g1024"]["seconds"] > 0
+    code, out = _bench("--profile", "tiny", "--json", "--repeats", "1", "--photo", photo, "--precision", "auto")
+    result = json.loads(out)
+    assert result["precision"] == "bf16 previews, fp32 Apply"
+    assert result["quality"]["g1024_psnr_db"] is None and result["quality"]["e4e_rel_err"] == 0.0
+    assert result["quality"]["preview_psnr_db"] > 40
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert _bench("--profile", "tiny", "--precision", "bf16")[0] == 1  # would be emulated: said, not run
 
 
 def test_bench_on_an_empty_model_store_names_the_missing_files(tmp_path, capsys) -> None:
