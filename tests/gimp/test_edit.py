@@ -13,7 +13,7 @@ import pytest
 from ffclip.gimp import edit as gimp_edit
 from ffclip.gimp import settings as gimp_settings
 from ffclip.plugin import paths
-from ffclip.plugin.protocol import Attribute, ConnectionFailed, EditParams, EngineError
+from ffclip.plugin.protocol import Attribute, ConnectionFailed, EditParams, EditResult, EngineError
 from tests.support.engine_server import FakeEngineServer, fake_mask, fake_region
 from tests.support.net import free_port
 from tests.support.paths import REPO
@@ -489,3 +489,31 @@ def test_with_autostart_a_program_that_took_the_port_gets_no_photo(tmp_path, mon
         settings["autostart"] = False  # the user runs the engine themselves: no proof asked
         run(gimp_edit.ProcedureArgs("x", url=impostor.url), image(16, 16), 16, 16, None, settings, Recorder())
         assert len(impostor.requests) == 1
+
+
+def test_a_resent_layer_keeps_ffclip_cancel_pointed_at_its_new_job(tmp_path, monkeypatch):
+    """The engine went away mid-edit and the client resent the layer under a new id (issue 28): the
+    running-job file that FFCLIP Cancel reads follows it, and the user reads that it moved."""
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path))
+    seen: list[str] = []
+
+    class MovingClient:
+        def connect(self) -> dict:
+            return {"type": "status", "state": "ready"}
+
+        def edit(self, params, rgba, spec, selection, on_moved=None, job_id=None, **callbacks):
+            seen.append(gimp_settings.read_job_state()["id"])
+            on_moved("resent-job", ConnectionFailed("the engine went away"))
+            seen.append(gimp_settings.read_job_state()["id"])
+            region = fake_region(spec.width, spec.height)
+            return EditResult(region, bytes(region[2] * region[3] * 4), [], id="resent-job")
+
+        def close(self) -> None:
+            pass
+
+    rec = Recorder()
+    run(gimp_edit.ProcedureArgs("x"), image(16, 16), 16, 16, None, dict(gimp_settings.DEFAULTS), rec,
+        client_factory=lambda url: MovingClient())  # fmt: skip
+    assert seen[1] == "resent-job" and seen[0] != "resent-job"
+    assert any(gimp_edit.STAGE_TEXT["moved"] in t for t in rec.texts)
+    assert gimp_settings.read_job_state() is None  # cleaned up after the result

@@ -61,6 +61,26 @@ def test_only_the_newest_answer_is_shown(setup):
     assert "128 px" in view.named("set_status")[-1][1]
 
 
+def test_a_preview_and_an_apply_that_moved_engine_arrive_under_their_new_ids(setup):
+    """The session resends a job whose engine went away under a new id (issue 28): the dialog follows
+    the new id, says so, and shows its result; the old id's late answer is nobody's."""
+    editor, clock, engine, canvas, view = setup
+    editor.input_changed([("smiling", 1.0)])
+    run_for(editor, clock, 0.5)
+    old = engine.submitted[-1][0]
+    editor.on_event(events.Resending(old, "moved-1", ConnectionFailed("the engine went away")))
+    assert view.named("set_status")[-1][1] == live.stage_text("moved")
+    editor.on_event(events.ResultReady(old, result()))  # the abandoned job's answer
+    assert canvas.named("show_preview") == []
+    editor.on_event(events.ResultReady("moved-1", result(size=128)))
+    assert len(canvas.named("show_preview")) == 1
+    editor.apply()
+    job = engine.submitted[-1][0]
+    editor.on_event(events.Resending(job, "moved-2", ConnectionFailed("the engine is draining")))
+    editor.on_event(events.ResultReady("moved-2", result(size=1024)))
+    assert canvas.named("place_result") and view.named("close") == [("close", True)]
+
+
 def test_before_and_after(setup):
     editor, clock, engine, canvas, _ = setup
     editor.toggle_before(True)
