@@ -33,7 +33,14 @@ TOLERANCE = 1e-4
 F64_SUFFIX = "_f64"
 # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 ≈ 0.2 % per operation): measured worst
 # errors on the fixtures (see docs/performance.md), with room for other CPUs' summation orders
-BF16_TOLERANCES = {"stylegan2": 2e-2, "e4e_encoder": 1e-2, "ffclip_mapper": TOLERANCE, "arcface_ir_se50": TOLERANCE}
+BF16_TOLERANCES = {
+    "stylegan2": 2e-2,
+    "e4e_encoder": 1e-2,
+    "ffclip_mapper": TOLERANCE,
+    "arcface_ir_se50": TOLERANCE,
+    "hyperstyle_w_encoder": TOLERANCE,
+    "hyperstyle_hypernet": TOLERANCE,
+}
 
 
 @dataclass
@@ -174,20 +181,84 @@ def run_arcface(sd: dict, data, device: torch.device, dtype: torch.dtype, arithm
         return {"features": net(_to_u8_input(x, device, dtype)).cpu().numpy()}
 
 
+def _hyperstyle_w_encoder(sd: dict, device: torch.device, dtype: torch.dtype):
+    from .models.hyperstyle import WEncoder
+
+    enc = WEncoder(50, "ir_se", output_size=1024).eval()  # the faces model: 18 W+ layers
+    enc.load_state_dict(sd, strict=True)
+    return enc.to(device, dtype)
+
+
+def run_hyperstyle_w_encoder(sd: dict, data, device: torch.device, dtype: torch.dtype, arithmetic=None):
+    """(float32 in every precision, as the whole HyperStyle chain)"""
+    enc = _hyperstyle_w_encoder(sd, device, dtype)
+    with torch.inference_mode():
+        return {"codes": enc(_to_u8_input(data["input_u8"], device, dtype)).cpu().numpy()}
+
+
+def run_hyperstyle(
+    sd: dict, data, device: torch.device, dtype: torch.dtype, arithmetic=None, *, companions: dict[str, dict]
+) -> dict[str, np.ndarray]:
+    """The official inference: W encoder, y_hat_0, `iters` refinements; every step's outputs, the deltas
+    of each tuned layer in summary (a 4×4 corner, mean, std, shape), the last full image in the
+    fixtures' image forms. (float32 in every precision: the generator's reference path.)"""
+    from .checkpoints.layouts import generator_config
+    from .models import hyperstyle as hs
+    from .models.stylegan2 import Generator
+
+    hypernet = hs.SharedWeightsHyperNetResNet(6, 26, [int(j) for j in data["layers_to_tune"]]).eval()
+    hypernet.load_state_dict(sd, strict=True)
+    hypernet.to(device, dtype)
+    enc = _hyperstyle_w_encoder(companions["hyperstyle_w_encoder"], device, dtype)
+    g_sd = companions["stylegan2_1024"]
+    g = Generator(**generator_config(g_sd)).eval()
+    g.load_state_dict(g_sd, strict=True)
+    g.to(device, dtype)
+    x = _to_u8_input(data["input_u8"], device, dtype)
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        w = enc(x)
+        codes = w + _tensor(data["latent_avg"], device, dtype)
+        y_hat = hs.face_pool(hs.synthesize(g, codes))
+        out.update(w_encoder_codes=w.cpu().numpy(), codes=codes.cpu().numpy(), y_hat_0=y_hat.cpu().numpy())
+        step = None
+        for i, step in enumerate(hs.iterate(hypernet, g, x, codes, y_hat, int(data["iters"])), start=1):
+            out[f"y_hat_{i}"] = step.y_hat.cpu().numpy()
+            for j, d in enumerate(step.deltas):
+                if d is not None:
+                    d64 = d.double()
+                    out[f"delta_{i}_{j}_slice"] = d[:, :4, :4].cpu().numpy()
+                    out[f"delta_{i}_{j}_mean"] = d64.mean().cpu().numpy()
+                    out[f"delta_{i}_{j}_std"] = d64.std().cpu().numpy()
+                    out[f"delta_{i}_{j}_shape"] = np.array(d.shape)
+        if step is not None:
+            out.update(_image_outputs("img", step.image, data))
+    return out
+
+
 RUNNERS: dict[str, Callable] = {
     "stylegan2_": run_generator,
     "e4e_encoder_": run_e4e,
     "ffclip_mapper": run_mapper,
     "arcface_ir_se50": run_arcface,
+    "hyperstyle_w_encoder_": run_hyperstyle_w_encoder,
+    "hyperstyle_hypernet_": run_hyperstyle,
 }
-INPUTS = {"seed", "w_plus", "z", "truncation", "truncation_latent", "input_u8", "w", "text_embedding"}
+# A fixture whose network runs with others': their manifests, in the fixture's folder, filled with
+# the fixture's seed (the hypernetwork needs the W encoder and the 1024² generator)
+COMPANIONS: dict[str, tuple[str, ...]] = {"hyperstyle_hypernet_": ("hyperstyle_w_encoder", "stylegan2_1024")}
+INPUTS = {
+    "seed", "w_plus", "z", "truncation", "truncation_latent", "input_u8", "w", "text_embedding",
+    "latent_avg", "iters", "layers_to_tune",
+}  # fmt: skip
 
 
 def kind_of(name: str) -> str:
-    for prefix in RUNNERS:
-        if name.startswith(prefix):
-            return prefix
-    raise ValueError(f"unknown fixture kind {name!r}")
+    """The longest registered prefix of the manifest's name (`hyperstyle_w_encoder_` before any shorter one)."""
+    matches = [prefix for prefix in RUNNERS if name.startswith(prefix)]
+    if not matches:
+        raise ValueError(f"unknown fixture kind {name!r}")
+    return max(matches, key=len)
 
 
 def run_fixture(manifest_path: Path, device: torch.device, precision: str = "fp32") -> FixtureResult:
@@ -199,7 +270,13 @@ def run_fixture(manifest_path: Path, device: torch.device, precision: str = "fp3
     expected = [k for k in data.files if k not in INPUTS]
     in_f64 = {k[: -len(F64_SUFFIX)] for k in expected if k.endswith(F64_SUFFIX)}
     arithmetic = torch.bfloat16 if precision == "bf16" else None
-    ours = RUNNERS[kind](sd, data, device, torch.float32, arithmetic)
+    extra = {}
+    if kind in COMPANIONS:
+        extra["companions"] = {
+            name: synth_state_dict(load_manifest(manifest_path.with_name(f"{name}.manifest.json")), int(data["seed"]))
+            for name in COMPANIONS[kind]
+        }
+    ours = RUNNERS[kind](sd, data, device, torch.float32, arithmetic, **extra)
     label = "bfloat16" if arithmetic is not None and kind in ("stylegan2_", "e4e_encoder_") else "float32"
     checks = [
         Check(k, _error(ours, k, data[k]), label, judged=k not in in_f64)
@@ -207,13 +284,17 @@ def run_fixture(manifest_path: Path, device: torch.device, precision: str = "fp3
         if not k.endswith(F64_SUFFIX)
     ]
     if in_f64:
-        ours = RUNNERS[kind](sd, data, device, torch.float64)
+        ours = RUNNERS[kind](sd, data, device, torch.float64, **extra)
         checks += [Check(k + F64_SUFFIX, _error(ours, k, data[k + F64_SUFFIX]), "float64") for k in sorted(in_f64)]
     return FixtureResult(manifest_path.name.replace(".manifest.json", ""), kind.rstrip("_"), checks, precision)
 
 
 def _error(ours: dict[str, np.ndarray], key: str, ref: np.ndarray) -> float:
-    return rel_error(ours[key], ref) if key in ours else float("inf")
+    if key not in ours:
+        return float("inf")
+    if ref.dtype.kind in "iub":  # shapes, counts: exact
+        return 0.0 if np.array_equal(ours[key], ref) else float("inf")
+    return rel_error(ours[key], ref)
 
 
 def fixtures_in(directory: Path) -> list[Path]:

@@ -166,13 +166,29 @@ class ModulatedConv2d(nn.Module):
         self._folded: tuple[int, torch.dtype, torch.device, Tensor] | None = None
         self._inference: tuple[tuple, dict[str, Tensor]] | None = None
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+    def forward(self, x: Tensor, style: Tensor, weights_delta: Tensor | None = None) -> Tensor:
+        """`weights_delta` (B or 1, out, in, k, k): HyperStyle's per-sample change of the weight,
+        W·(1 + Δ_b) in place of W (its generator's `scale · (W · (1 + Δ) · s)`), one sample at a time."""
+        if weights_delta is None:
+            return self._modulated_conv(x, style, self.weight[0], cache=True)
+        deltas = weights_delta.expand(x.shape[0], *weights_delta.shape[1:])
+        return torch.cat(
+            [
+                self._modulated_conv(x[b : b + 1], style[b : b + 1], self.weight[0] * (1 + d), cache=False)
+                for b, d in enumerate(deltas)
+            ]
+        )
+
+    def _modulated_conv(self, x: Tensor, style: Tensor, weight: Tensor, cache: bool) -> Tensor:
+        """The reference arithmetic with `weight` (out, in, k, k) shared by the batch; `cache`: it is
+        the parameter's, so its up-sampling fold may be kept."""
         batch = x.shape[0]
-        weight = self.scale * self.weight[0]  # (out, in, k, k)
+        weight = self.scale * weight
         s = self.modulation(style)  # (B, in)
         x = x * s.view(batch, -1, 1, 1)
         if self.upsample:
-            out = F.conv_transpose2d(x, self._upsample_weight(weight), stride=2, padding=self._upsample_crop())
+            folded = self._upsample_weight(weight, cache=cache)
+            out = F.conv_transpose2d(x, folded, stride=2, padding=self._upsample_crop())
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
@@ -187,13 +203,15 @@ class ModulatedConv2d(nn.Module):
         # cropped by kh - 1 - p0 on each side
         return self.blur.kernel.shape[0] - 1 - self.blur.pad[0]
 
-    def _upsample_weight(self, weight: Tensor) -> Tensor:
+    def _upsample_weight(self, weight: Tensor, cache: bool = True) -> Tensor:
         """Transposed-conv weight (in, out, k+3, k+3) = the 3×3 weight convolved with the blur kernel.
 
-        Cached while the parameter is unchanged (inference); recomputed under autograd (training).
+        Cached while the parameter is unchanged (inference) when `cache` (the weight is the parameter's,
+        not one changed per sample); recomputed under autograd (training).
         """
         key = (self.weight._version, weight.dtype, weight.device)
-        if not torch.is_grad_enabled() and self._folded is not None and self._folded[:3] == key:
+        cache = cache and not torch.is_grad_enabled()
+        if cache and self._folded is not None and self._folded[:3] == key:
             return self._folded[3]
         k = self.blur.kernel.to(weight.dtype)
         kh = k.shape[0]
@@ -203,7 +221,7 @@ class ModulatedConv2d(nn.Module):
         folded = F.conv2d(F.pad(w.reshape(i * o, 1, ks, ks), [kh - 1] * 4), torch.flip(k, [0, 1])[None, None]).reshape(
             i, o, ks + kh - 1, ks + kh - 1
         )
-        if not torch.is_grad_enabled():
+        if cache:
             self._folded = (*key, folded)
         return folded
 
@@ -318,8 +336,10 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
-    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None = None) -> Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise=noise))
+    def forward(
+        self, x: Tensor, style: Tensor, noise: Tensor | None = None, weights_delta: Tensor | None = None
+    ) -> Tensor:
+        return self.activate(self.noise(self.conv(x, style, weights_delta), noise=noise))
 
     def forward_inference(self, x: Tensor, style: Tensor, gain: float, noise: Tensor | None) -> Tensor:
         """leaky_relu(conv + noise + bias) *without* the final √2: the caller carries that gain into
@@ -351,8 +371,10 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.conv(x, style) + self.bias
+    def forward(
+        self, x: Tensor, style: Tensor, skip: Tensor | None = None, weights_delta: Tensor | None = None
+    ) -> Tensor:
+        out = self.conv(x, style, weights_delta) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -547,9 +569,11 @@ class Generator(nn.Module):
         stop_at: int | None = None,
         path: SynthesisPath = SynthesisPath.REFERENCE,
         dtype: torch.dtype = torch.float32,
+        weights_deltas: Sequence[Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """rosinality's signature; `stop_at` ends synthesis at that resolution (a preview), `path` is
-        how it is computed, `dtype` its arithmetic (synthesis_levels)."""
+        how it is computed, `dtype` its arithmetic (synthesis_levels); `weights_deltas` HyperStyle's
+        per-layer weight changes (synthesis_levels)."""
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
         if noise is None:
@@ -557,7 +581,7 @@ class Generator(nn.Module):
         if truncation < 1:
             styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
         latent = self.broadcast_latent(styles, inject_index)
-        image = self.synthesis(latent, noise, stop_at, path, dtype)
+        image = self.synthesis(latent, noise, stop_at, path, dtype, weights_deltas)
         return image, (latent if return_latents else None)
 
     def broadcast_latent(self, styles: list[Tensor], inject_index: int | None = None) -> Tensor:
@@ -578,10 +602,12 @@ class Generator(nn.Module):
         stop_at: int | None = None,
         path: SynthesisPath = SynthesisPath.REFERENCE,
         dtype: torch.dtype = torch.float32,
+        weights_deltas: Sequence[Tensor | None] | None = None,
     ) -> Tensor:
         """W+ -> the RGB image at `stop_at` (default: full size)."""
         size = stop_at or self.size
-        return self.synthesis_levels(latent, noise, (size,), path=path, dtype=dtype)[size]
+        levels = self.synthesis_levels(latent, noise, (size,), path=path, dtype=dtype, weights_deltas=weights_deltas)
+        return levels[size]
 
     def synthesis_levels(
         self,
@@ -591,6 +617,7 @@ class Generator(nn.Module):
         between_levels: Callable[[], None] | None = None,
         path: SynthesisPath = SynthesisPath.REFERENCE,
         dtype: torch.dtype = torch.float32,
+        weights_deltas: Sequence[Tensor | None] | None = None,
     ) -> dict[int, Tensor]:
         """The RGB skip image at each of `sizes` (powers of two, 4..size) from one pass that stops at
         the largest. The image at a smaller size is exactly what synthesis stopped there returns
@@ -600,13 +627,19 @@ class Generator(nn.Module):
         between passes, so stopping half-way is safe). The inference paths compute in place: they
         refuse to run with autograd on. `dtype`: the inference paths' arithmetic (bfloat16: the
         activations and each sample's modulated weight in bfloat16, the styles, the demodulation and
-        the RGB skip in float32); the reference path is float32."""
+        the RGB skip in float32); the reference path is float32. `weights_deltas` (reference path only):
+        per convolution in HyperStyle's order (conv1, to_rgb1, then each level's up-sampling conv, conv
+        and ToRGB) None or Δ (B or 1, out, in, k, k), the layer computing with W·(1 + Δ)."""
         wanted = set(sizes)
         if not wanted or any(s < 4 or s > self.size or s & (s - 1) for s in wanted):
             raise ValueError(f"sizes must be powers of two in [4, {self.size}], not {sorted(wanted)}")
         inference = path is not SynthesisPath.REFERENCE
         if not inference and dtype != torch.float32:
             raise ValueError("the reference synthesis path computes in float32")
+        n_convs = 2 + 3 * len(self.to_rgbs)
+        if weights_deltas is not None and (inference or len(weights_deltas) != n_convs):
+            raise ValueError(f"weights_deltas: {n_convs} entries, on the reference synthesis path")
+        deltas = list(weights_deltas) if weights_deltas is not None else [None] * n_convs
         if inference and torch.is_grad_enabled():
             raise ValueError(f"the {path.value} synthesis path is for inference: run it under torch.inference_mode()")
         out = self.input(latent.shape[0])
@@ -615,8 +648,8 @@ class Generator(nn.Module):
             out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0])
             skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None)
         else:
-            out = self.conv1(out, latent[:, 0], noise=noise[0])
-            skip = self.to_rgb1(out, latent[:, 1])
+            out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
+            skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
         images = {4: skip} if 4 in wanted else {}
         i, res = 1, 4
         levels = zip(self.convs[::2], self.convs[1::2], self.to_rgbs, strict=True)
@@ -633,9 +666,10 @@ class Generator(nn.Module):
                 out = conv.forward_inference(out, latent[:, i + 1], SQRT2, n2)
                 skip = to_rgb.forward_inference(out, latent[:, i + 2], SQRT2, skip)
             else:
-                out = conv_up(out, latent[:, i], noise=n1)
-                out = conv(out, latent[:, i + 1], noise=n2)
-                skip = to_rgb(out, latent[:, i + 2], skip)
+                d = deltas[2 + 3 * level : 5 + 3 * level]
+                out = conv_up(out, latent[:, i], noise=n1, weights_delta=d[0])
+                out = conv(out, latent[:, i + 1], noise=n2, weights_delta=d[1])
+                skip = to_rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
             i, res = i + 2, res * 2
             if res in wanted:
                 images[res] = skip.contiguous() if inference else skip

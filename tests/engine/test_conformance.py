@@ -57,9 +57,10 @@ def _conformance(directory: Path, *extra: str) -> int:
 def test_conformance_passes_on_the_shared_fixtures(parity_dir: Path, capsys) -> None:
     assert _conformance(parity_dir) == 0
     out = capsys.readouterr().out
-    for name in ("stylegan2_1024", "stylegan2_256", "e4e_1024", "ffclip_mapper"):
+    names = ("stylegan2_1024", "stylegan2_256", "e4e_1024", "ffclip_mapper", "hyperstyle_ffhq", "hyperstyle_w_encoder")
+    for name in names:
         assert name in out
-    assert "4 passed, 0 failed" in out
+    assert "6 passed, 0 failed" in out
 
 
 def test_conformance_passes_on_the_training_fixtures(parity_dir: Path, capsys) -> None:
@@ -117,6 +118,7 @@ def test_conformance_passes_in_bf16_by_its_own_rule(parity_dir: Path, capsys) ->
     assert "(img_z_center, bfloat16)" in out or "(img_wplus_center, bfloat16)" in out
     assert conformance.BF16_TOLERANCES == {
         "stylegan2": 2e-2, "e4e_encoder": 1e-2, "ffclip_mapper": 1e-4, "arcface_ir_se50": 1e-4,
+        "hyperstyle_w_encoder": 1e-4, "hyperstyle_hypernet": 1e-4,
     }  # fmt: skip  # docs/performance.md states them
 
 

@@ -1,0 +1,242 @@
+"""HyperStyle (Alaluf et al., CVPR 2022): a hypernetwork that predicts, from the input face and the
+current reconstruction, per-layer changes Δ of the StyleGAN2 generator's convolution weights
+(W·(1 + Δ)), refined over a few iterations from a W encoder's initial inversion.
+
+Layouts of yuval-alaluf/hyperstyle: `SharedWeightsHyperNetResNet` (the keys under `hypernet.` in
+`hyperstyle_ffhq.pt`, beside the generator under `decoder.`) and the faces `WEncoder` (the keys under
+`encoder.` in `faces_w_encoder.pt`). The state_dict keys are the API: the module names follow them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .irse import STAGES, make_body, make_input_layer, stage_specs
+from .stylegan2 import EqualLinear, Generator, default_channels
+
+# The generator's 3×3 512→512 convolutions (coarse levels 4²..64²): one hypernetwork shared by all
+SHARED_LAYERS = (0, 2, 3, 5, 6, 8, 9, 11, 12)
+# The layers tuned by the official faces model (hyperstyle_ffhq.pt): every convolution but the ToRGBs
+FFHQ_LAYERS_TO_TUNE = (0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 23, 24)
+
+
+def conv_shapes(n_outputs: int = 26) -> list[tuple[int, int, int]]:
+    """(kernel_size, in_channels, out_channels) of the generator's convolutions in HyperStyle's order:
+    conv1, to_rgb1, then per level the up-sampling conv, the conv and the ToRGB (its `PARAMETERS`)."""
+    channels = default_channels(2)
+    shapes = [(3, channels[4], channels[4]), (1, channels[4], 3)]
+    c_in = channels[4]
+    for res in (2**i for i in range(3, 11)):
+        c = channels[res]
+        shapes += [(3, c_in, c), (3, c, c), (1, c, 3)]
+        c_in = c
+    return shapes[:n_outputs]
+
+
+def is_to_rgb(layer_idx: int) -> bool:
+    return layer_idx % 3 == 1
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet-34 unit (`resnet34().layer1..4`), keys `conv1`, `bn1`, `conv2`, `bn2`, `downsample`."""
+
+    def __init__(self, in_channel: int, depth: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channel, depth, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(depth)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(depth, depth, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(depth)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channel != depth:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def resnet34_body() -> nn.Sequential:
+    """layer1..layer4 of ResNet-34 flattened into one Sequential (3, 4, 6, 3 units), 64 -> 512 channels."""
+    units, c_in = [], 64
+    for depth, n in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for i in range(n):
+            units.append(BasicBlock(c_in, depth, 2 if i == 0 and depth != 64 else 1))
+            c_in = depth
+    return nn.Sequential(*units)
+
+
+class SharedWeightsHypernet(nn.Module):
+    """A 512-d code -> a (out, in, f, f) kernel through two linear maps (w2: code -> in × z, w1: z -> out·f·f)."""
+
+    def __init__(self, f_size: int = 3, z_dim: int = 512, out_size: int = 512, in_size: int = 512) -> None:
+        super().__init__()
+        self.f_size, self.z_dim, self.out_size, self.in_size = f_size, z_dim, out_size, in_size
+        init = lambda *shape: nn.Parameter(torch.fmod(torch.randn(shape) / 40, 2))  # noqa: E731  (the official init)
+        self.w1 = init(z_dim, out_size * f_size * f_size)
+        self.b1 = init(out_size * f_size * f_size)
+        self.w2 = init(z_dim, in_size * z_dim)
+        self.b2 = init(in_size * z_dim)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h_in = (torch.matmul(z, self.w2) + self.b2).view(z.shape[0], self.in_size, self.z_dim)
+        h_final = torch.matmul(h_in, self.w1) + self.b1  # (B, in, out·f·f), read as (out, in, f, f) below
+        return h_final.view(z.shape[0], self.out_size, self.in_size, self.f_size, self.f_size)
+
+
+def _conv_stack(n_channels: int, inner_c: int, out_c: int, first_stride: int, n_inner: int) -> nn.Sequential:
+    """Conv(stride first_stride), n_inner stride-2 convs, a stride-2 conv to out_c; LeakyReLU after each."""
+    modules: list[nn.Module] = [nn.Conv2d(n_channels, inner_c, 3, first_stride, 1), nn.LeakyReLU()]
+    for _ in range(n_inner):
+        modules += [nn.Conv2d(inner_c, inner_c, 3, 2, 1), nn.LeakyReLU()]
+    modules += [nn.Conv2d(inner_c, out_c, 3, 2, 1), nn.LeakyReLU()]
+    return nn.Sequential(*modules)
+
+
+class RefinementBlock(nn.Module):
+    """A layer's own head: 16² features -> a 512-d vector -> a 1×1 conv to in·out values. A 3×3 layer
+    gets one value per (out, in) repeated over the kernel; a ToRGB a whole (3, in, 1, 1) kernel."""
+
+    def __init__(self, layer_idx: int, n_channels: int = 512, inner_c: int = 256, spatial: int = 16) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.kernel_size, self.in_channels, self.out_channels = conv_shapes()[layer_idx]
+        num_pools = int(np.log2(spatial)) - 1 - (self.kernel_size == 3)
+        self.convs = _conv_stack(n_channels, inner_c, 512, 2, num_pools - 1)
+        conv = nn.Conv2d(512, self.in_channels * self.out_channels, kernel_size=1)
+        self.output = nn.Sequential(conv) if is_to_rgb(layer_idx) else nn.Sequential(nn.AdaptiveAvgPool2d(1), conv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.output(self.convs(x))
+        k = self.kernel_size
+        if is_to_rgb(self.layer_idx):
+            return x.view(-1, self.out_channels, self.in_channels, k, k)
+        return x.view(-1, self.out_channels, self.in_channels, 1, 1).repeat(1, 1, 1, k, k)
+
+
+class HyperRefinementBlock(nn.Module):
+    """A shared-hypernetwork head: 16² features -> a 512-d code (EqualLinear) -> the shared hypernetwork."""
+
+    def __init__(self, hypernet: SharedWeightsHypernet, n_channels: int = 512, inner_c: int = 128, spatial: int = 16):
+        super().__init__()
+        self.out_c = 512
+        self.convs = _conv_stack(n_channels, inner_c, self.out_c, 1, int(np.log2(spatial)) - 1)
+        self.linear = EqualLinear(self.out_c, self.out_c, lr_mul=1)
+        self.hypernet = hypernet  # the same module in every such block: its keys repeat under each
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.hypernet(self.linear(self.convs(features).view(-1, self.out_c)))
+
+
+class SharedWeightsHyperNetResNet(nn.Module):
+    """cat(input, reconstruction) (B, 6, 256, 256) -> one Δ (B, out, in, k, k) per generator convolution,
+    None for the layers not tuned. A PReLU ResNet-34 body to 512 × 16², then one head per tuned layer."""
+
+    def __init__(
+        self, input_nc: int = 6, n_hypernet_outputs: int = 26, layers_to_tune: Sequence[int] = FFHQ_LAYERS_TO_TUNE
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(input_nc, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.PReLU(64)
+        self.body = resnet34_body()
+        self.layers_to_tune = list(layers_to_tune) or list(range(n_hypernet_outputs))
+        self.n_outputs = n_hypernet_outputs
+        # registered before the blocks (the official order): loading a state_dict, the last block's
+        # copy of these shared keys is the one that stays
+        self.shared_weight_hypernet = SharedWeightsHypernet(in_size=512, out_size=512)
+        blocks: list[nn.Module | None] = []
+        for j in range(n_hypernet_outputs):
+            if j not in self.layers_to_tune:
+                blocks.append(None)
+            elif j in SHARED_LAYERS:
+                blocks.append(HyperRefinementBlock(self.shared_weight_hypernet, n_channels=512, inner_c=128))
+            else:
+                blocks.append(RefinementBlock(j, n_channels=512, inner_c=256))
+        self.refinement_blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> list[Tensor | None]:
+        x = self.body(self.relu(self.bn1(self.conv1(x))))
+        return [None if block is None else block(x) for block in self.refinement_blocks]
+
+
+class WEncoder(nn.Module):
+    """IR-SE-50 body, global average pool, EqualLinear: one w repeated over the n_styles layers
+    (codes before `latent_avg` is added, as e4e's)."""
+
+    def __init__(self, num_layers: int = 50, mode: str = "ir_se", output_size: int = 1024) -> None:
+        super().__init__()
+        self.input_layer = make_input_layer(64)
+        self.output_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = EqualLinear(512, 512, lr_mul=1)
+        self.body = make_body(stage_specs(STAGES[num_layers], 64), mode)
+        self.style_count = 2 * int(math.log2(output_size)) - 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, 3, 256, 256) in [-1, 1] -> codes (B, style_count, 512)."""
+        w = self.linear(self.output_pool(self.body(self.input_layer(x))).view(-1, 512))
+        return w[:, None].repeat(1, self.style_count, 1)
+
+
+class Step(NamedTuple):
+    """One HyperStyle iteration: the accumulated deltas and the generator's image with them."""
+
+    deltas: list[Tensor | None]
+    image: Tensor  # full size
+    y_hat: Tensor  # pooled to 256², the next iteration's reconstruction input
+
+
+def face_pool(image: Tensor) -> Tensor:
+    return F.adaptive_avg_pool2d(image, (256, 256))
+
+
+def encode(w_encoder: WEncoder, x: Tensor, latent_avg: Tensor) -> Tensor:
+    """W+ codes (B, n_latent, 512): the W encoder's w plus the checkpoint's `latent_avg` (n_latent, 512)."""
+    return w_encoder(x) + latent_avg
+
+
+def synthesize(generator: Generator, codes: Tensor, deltas: Sequence[Tensor | None] | None = None) -> Tensor:
+    """The generator on W+ with its fixed noise (randomize_noise=False), on the reference path (the
+    one that takes weight deltas)."""
+    image, _ = generator([codes], input_is_latent=True, randomize_noise=False, weights_deltas=deltas)
+    return image
+
+
+def iterate(
+    hypernet: SharedWeightsHyperNetResNet, generator: Generator, x: Tensor, codes: Tensor, y_hat: Tensor, n_iters: int
+) -> Iterator[Step]:
+    """HyperStyle's refinement: n_iters times Δ_i = Δ_{i-1} + H(cat(x, y_hat_{i-1})) (a layer not tuned
+    stays None), image_i = G(codes; W·(1 + Δ_i)), y_hat_i = pool(image_i). Yields each step."""
+    deltas: list[Tensor | None] | None = None
+    for _ in range(n_iters):
+        out = hypernet(torch.cat([x, y_hat], dim=1))
+        deltas = out if deltas is None else [None if d is None else d + o for d, o in zip(deltas, out, strict=True)]
+        image = synthesize(generator, codes, deltas)
+        y_hat = face_pool(image)
+        yield Step(deltas, image, y_hat)
+
+
+def invert(
+    w_encoder: WEncoder,
+    hypernet: SharedWeightsHyperNetResNet,
+    generator: Generator,
+    x: Tensor,
+    latent_avg: Tensor,
+    n_iters: int = 5,
+) -> tuple[Tensor, Step]:
+    """The official inference (`run_inversion`): x (B, 3, 256, 256) in [-1, 1] -> (codes, the last
+    step). n_iters = 0 gives the W encoder's reconstruction alone (deltas all None)."""
+    codes = encode(w_encoder, x, latent_avg)
+    image = synthesize(generator, codes)
+    first = Step([None] * (2 + 3 * len(generator.to_rgbs)), image, face_pool(image))
+    last = deque(iterate(hypernet, generator, x, codes, first.y_hat, n_iters), maxlen=1)  # earlier steps freed
+    return codes, last[0] if last else first
