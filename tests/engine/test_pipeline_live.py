@@ -98,10 +98,10 @@ def test_one_attribute_is_the_papers_edit_bit_for_bit(photo: np.ndarray) -> None
     seen: list[torch.Tensor] = []
     synthesize_levels = engine.synthesize_levels
 
-    def record(w, sizes, between_levels=None):
+    def record(w, sizes, between_levels=None, preview=False):
         if max(sizes) == engine.size:
             seen.append(w.clone())
-        return synthesize_levels(w, sizes, between_levels)
+        return synthesize_levels(w, sizes, between_levels, preview)
 
     inverted: list[torch.Tensor] = []
     invert = engine.invert
