@@ -373,6 +373,12 @@ def detect_kind(ckpt: Mapping[str, Any]) -> str:
     state_dict = ckpt.get("state_dict")
     if isinstance(state_dict, dict):
         keys = list(state_dict)
+        if any(k.startswith("hypernet.") for k in keys) or "encoder.linear.weight" in state_dict:
+            # hyperstyle_ffhq.pt / faces_w_encoder.pt (the W encoder's keys also sit under 'encoder.')
+            raise CheckpointError(
+                "a HyperStyle checkpoint (its hypernetwork or its W encoder): not used by this version of "
+                "the engine yet (issue 29)"
+            )
         if any(k.startswith("encoder.") for k in keys):
             return "e4e"
         if any(k.startswith(("module.att_mapper.", "att_mapper.")) for k in keys):

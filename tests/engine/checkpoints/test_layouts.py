@@ -185,6 +185,11 @@ def test_wrong_layouts_are_named(tmp_path: Path) -> None:
     S.save(bad, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match="18 W. layers but its generator"):
         read_ffclip(tmp_path / "mixed.pt")
+    # HyperStyle's files (the W encoder's keys sit under 'encoder.' too): named, not mistaken for e4e
+    for key in ("hypernet.conv1.weight", "encoder.linear.weight"):
+        S.save({"state_dict": {key: torch.zeros(1), "encoder.input_layer.0.weight": torch.zeros(1)}}, tmp_path / "h.pt")
+        with pytest.raises(CheckpointError, match="a HyperStyle checkpoint"):
+            inspect_file(tmp_path / "h.pt")
     # a pSp checkpoint (GradualStyleEncoder) is not e4e
     psp = S.e4e_checkpoint(
         S.cheap_state_dict(L.e4e_shapes(256)), None, 14, opts={"encoder_type": "GradualStyleEncoder"}
