@@ -297,11 +297,6 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _synthesis_dtype(self, preview: bool) -> torch.dtype:
-        """The generator's arithmetic on a CPU (on a GPU: float32 under autocast)."""
-        dtype = self.plan.preview if preview else self.plan.full
-        return dtype if self.device.type == "cpu" else torch.float32
-
     # -- facts -----------------------------------------------------------------------------
     @property
     def untrained(self) -> bool:
@@ -416,11 +411,14 @@ class Engine:
         between_levels: Callable[[], None] | None = None,
         preview: bool = False,
     ) -> dict[int, Tensor]:
-        amp = self._amp(self.plan.preview if preview else self.plan.full) if self.device.type != "cpu" else None
-        with torch.inference_mode(), amp or contextlib.nullcontext():
+        dtype = self.plan.preview if preview else self.plan.full
+        # a GPU runs the generator under autocast; a CPU computes in the activations' dtype (stylegan2.py)
+        cpu = self.device.type == "cpu"
+        amp, arithmetic = (contextlib.nullcontext(), dtype) if cpu else (self._amp(dtype), torch.float32)
+        with torch.inference_mode(), amp:
             g = self.generator
-            latent, noise, dtype = g.broadcast_latent([w]), g.fixed_noise(), self._synthesis_dtype(preview)
-            images = g.synthesis_levels(latent, noise, sizes, between_levels, self.path, dtype)
+            latent, noise = g.broadcast_latent([w]), g.fixed_noise()
+            images = g.synthesis_levels(latent, noise, sizes, between_levels, self.path, arithmetic)
             return {s: image.float() for s, image in images.items()}
 
     def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...], preview: bool) -> dict[int, Tensor]:

@@ -5,7 +5,6 @@ in CI). Each engine carries a marker, its --max-queue, that its greeting reports
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -16,7 +15,6 @@ from PIL import Image
 
 from ffclip.plugin.client import EngineClient
 from ffclip.plugin.protocol import EditParams, ImageSpec
-from ffclip.plugin.websocket import ConnectionClosed
 from tests.support.daemon import Daemon, daemon_env
 from tests.support.haproxy import HAProxy, need_haproxy, wait_ready
 from tests.support.paths import DATA
@@ -145,15 +143,7 @@ def test_a_draining_engine_finishes_its_queue_while_new_edits_go_to_the_other(tm
             image = np.ascontiguousarray(PHOTO).tobytes()
             result = client.edit(EditParams.single("smiling"), image, ImageSpec(128, 96))
             assert result.stages and marker(client.last_status) != marker(raw.greeting)
-        ends: dict[str, str] = {}
-        with pytest.raises(ConnectionClosed):
-            while True:
-                message = raw.ws.recv(30)
-                if isinstance(message, str):
-                    message = json.loads(message)
-                    if message["type"] in ("result", "error", "cancelled"):
-                        assert message["id"] not in ends
-                        ends[message["id"]] = message["type"]
+        ends = {job: message["type"] for job, message in raw.ends_until_closed(30).items()}
         assert ends == {job: "result" for job in jobs}  # queued at the SIGTERM: all finished
         assert draining.proc.wait(30) == 0
     finally:

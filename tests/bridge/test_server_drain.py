@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from ffclip.plugin.client import open_engine_socket
 from ffclip.plugin.protocol import Draining
 from ffclip.plugin.websocket import ConnectionClosed
 from tests.support.raw import Raw
+from tests.support.waiting import until
 
 
 def probe(port: int, path: str, headers: dict | None = None) -> tuple[int, str]:
@@ -29,13 +29,6 @@ def probe(port: int, path: str, headers: dict | None = None) -> tuple[int, str]:
         return response.status, response.read().decode()
     finally:
         connection.close()
-
-
-def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_readyz_is_503_while_loading_and_200_once_loaded():
@@ -123,15 +116,7 @@ def test_what_the_drain_grace_leaves_is_cancelled():
     jobs = [raw.edit() for _ in range(4)]  # 1.4 s each: at most one ends within the grace
     stopper = threading.Thread(target=thread.stop)
     stopper.start()
-    ends = {}
-    with pytest.raises(ConnectionClosed):
-        while True:
-            message = raw.ws.recv(20)
-            if isinstance(message, str):
-                message = json.loads(message)
-                if message["type"] in ("result", "error", "cancelled"):
-                    assert message["id"] not in ends
-                    ends[message["id"]] = message.get("code", message["type"])
+    ends = {job: message.get("code", message["type"]) for job, message in raw.ends_until_closed(20).items()}
     stopper.join(30)
     assert set(ends) == set(jobs)  # every job ended, once
     assert sorted(ends.values()).count("cancelled") >= 3

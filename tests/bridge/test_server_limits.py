@@ -19,6 +19,7 @@ from ffclip.bridge.testing import running_server
 from ffclip.bridge.tokens import TokenBook
 from ffclip.plugin.websocket import OP_TEXT, ConnectionClosed, WebSocket, frame_header, mask_payload
 from tests.support.raw import Raw
+from tests.support.waiting import until
 
 MALLORY, ALICE = "m" * 32, "a" * 32
 
@@ -215,7 +216,7 @@ def test_idle_last_images_are_forgotten_when_memory_is_short_and_a_live_session_
         session = EngineSession(server.url, events.append)
         photo = _frame()
         first = session.submit(EditParams.single("smiling"), photo, ImageSpec(SIDE, SIDE))
-        _wait(lambda: any(isinstance(e, ResultReady) and e.job_id == first for e in events))
+        until(lambda: any(isinstance(e, ResultReady) and e.job_id == first for e in events))
         held = server.server.sessions.copy().pop()
         assert held.last_frames is not None  # the photo is kept for `reuse_image`
         other = _raw(server.url)  # the same address, so the same share: its frames push the idle photo out
@@ -223,18 +224,11 @@ def test_idle_last_images_are_forgotten_when_memory_is_short_and_a_live_session_
         other.binary(_frame())
         other.binary(bytes([255]) * SIDE * SIDE)
         assert other.until_end(job_id)[1]["type"] == "result"
-        _wait(lambda: held.last_frames is None)
+        until(lambda: held.last_frames is None)
         second = session.submit(EditParams.single("blond hair"), photo, ImageSpec(SIDE, SIDE))
-        _wait(lambda: any(isinstance(e, ResultReady) and e.job_id == second for e in events))
+        until(lambda: any(isinstance(e, ResultReady) and e.job_id == second for e in events))
         session.close()
         other.close()
-
-
-def _wait(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- replies
@@ -266,7 +260,7 @@ def test_a_client_whose_unsent_replies_pass_the_cap_is_disconnected(caplog) -> N
         ws = WebSocket.connect(server.url)
         with contextlib.suppress(OSError):  # the engine may close it while it still sends
             _flood(ws, {"type": "nonsense", "id": uuid.uuid4().hex}, 200_000)
-        _wait(lambda: not server.server.sessions)
+        until(lambda: not server.server.sessions)
         assert "dropped 1 client(s) that read too slowly" in caplog.text
         _edits(server.url)
 

@@ -19,6 +19,7 @@ from ffclip.plugin import session as live
 from ffclip.plugin.client import EngineClient
 from ffclip.plugin.protocol import EditParams, EngineError, ImageSpec
 from ffclip.plugin.websocket import ConnectionClosed, WebSocket
+from tests.support.waiting import until
 
 RNG = np.random.default_rng(8)
 PHOTOS = [RNG.integers(0, 256, (48, 64, 4), dtype=np.uint8) for _ in range(3)]
@@ -80,13 +81,6 @@ class Raw:
         return self.ends
 
 
-def wait_for(predicate, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def status(url: str) -> dict:
     with EngineClient(url, timeout=10) as client:
         return client.status()
@@ -101,16 +95,16 @@ def test_a_photo_sent_again_waits_for_its_worker_while_the_other_is_idle():
         other = backends[1 - holder.index]
         busy = Raw(server.url)
         held = [busy.edit("hold-1", PHOTOS[1]), busy.edit("hold-2", PHOTOS[2])]
-        wait_for(lambda: all(any(j in b.ran for j in held) for b in backends))  # both workers busy
+        until(lambda: all(any(j in b.ran for j in held) for b in backends))  # both workers busy
         shown = status(server.url)["workers"]
         assert [w["job"] for w in shown] == [{"user": None, "stage": "detect"}] * 2
         assert {w["device"] for w in shown} == {"fake:0", "fake:1"}
         again = Raw(server.url)  # another connection sends the same photo: routed by its bytes
         job = again.edit("again", PHOTOS[0])
-        wait_for(lambda: status(server.url)["queue"] == 1)
+        until(lambda: status(server.url)["queue"] == 1)
         other_hold = next(j for j in held if j in other.ran)
         gates["hold-1" if other_hold == held[0] else "hold-2"].set()  # the non-holder becomes idle
-        wait_for(lambda: status(server.url)["workers"][other.index]["job"] is None)
+        until(lambda: status(server.url)["workers"][other.index]["job"] is None)
         time.sleep(0.3)
         assert job not in other.ran and status(server.url)["queue"] == 1  # it waits for its worker
         for gate in ("hold-1", "hold-2"):
@@ -143,7 +137,7 @@ def test_live_supersede_and_reuse_image_with_two_workers():
                     session.submit(EditParams.single(f"smiling {n}", preview=True, supersede=True), image, SPEC)
                 )
                 time.sleep(0.05)
-            wait_for(lambda: any(isinstance(e, live.ResultReady) and e.job_id == jobs[-1] for e in events), 20)
+            until(lambda: any(isinstance(e, live.ResultReady) and e.job_id == jobs[-1] for e in events), 20)
             time.sleep(0.3)
         finally:
             session.close()
@@ -162,7 +156,7 @@ def test_shutdown_ends_running_and_waiting_jobs_of_every_worker_once():
     thread = ServerThread(loaders(backends)).start()
     raw = Raw(thread.url)
     jobs = {raw.edit(f"hold-{n}", PHOTOS[n % 3]) for n in range(5)}
-    wait_for(lambda: all(b.ran for b in backends) and status(thread.url)["queue"] == 3)  # 2 running, 3 waiting
+    until(lambda: all(b.ran for b in backends) and status(thread.url)["queue"] == 3)  # 2 running, 3 waiting
     closed = []
 
     def read() -> None:  # the client reads on, as a client does, until the engine closes
@@ -192,7 +186,7 @@ def test_tiny_engine_on_two_cpu_workers(photos_dir, tmp_path):
     try:
         client = EngineClient(daemon.url, timeout=300)
         client.connect()
-        wait_for(lambda: all(w["state"] == "ready" for w in client.status()["workers"]), 300)
+        until(lambda: all(w["state"] == "ready" for w in client.status()["workers"]), 300)
         png = (photos_dir / "astronaut.png").read_bytes()
         first = client.edit(EditParams.single("smiling", preview=True), png, ImageSpec(512, 512, "png"))
         again = client.edit(EditParams.single("grey hair", preview=True), None, None)  # reuse_image

@@ -54,7 +54,7 @@ def _conformance(directory: Path, *extra: str) -> int:
 
 
 @pytest.mark.slow
-def test_conformance_passes_on_the_shared_fixtures(parity_dir: Path, capsys) -> None:
+def test_conformance_passes_on_the_parity_fixtures(parity_dir: Path, capsys) -> None:
     assert _conformance(parity_dir) == 0
     out = capsys.readouterr().out
     names = ("stylegan2_1024", "stylegan2_256", "e4e_1024", "ffclip_mapper", "hyperstyle_ffhq", "hyperstyle_w_encoder")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -19,16 +18,10 @@ from ffclip.plugin.protocol import ConnectionLost, Draining, EditParams, ImageSp
 from ffclip.plugin.session import EngineSession
 from tests.support.raw import PHOTO
 from tests.support.relay import Relay
+from tests.support.waiting import until
 
 SPEC = ImageSpec(PHOTO.shape[1], PHOTO.shape[0])
 IMAGE = np.ascontiguousarray(PHOTO).tobytes()
-
-
-def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 @pytest.fixture

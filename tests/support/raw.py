@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 
-from ffclip.plugin.websocket import WebSocket
+from ffclip.plugin.websocket import ConnectionClosed, WebSocket
 
 RNG = np.random.default_rng(4)
 PHOTO = RNG.integers(0, 256, (96, 128, 4), dtype=np.uint8)
@@ -65,6 +65,21 @@ class Raw:
                 binary = self.ws.recv(20) if message["type"] == "result" else None
                 return seen, message, binary
             seen.append(message)
+
+    def ends_until_closed(self, timeout: float = 30.0) -> dict[str, dict]:
+        """Each job's terminal message (result, error, cancelled), read until the engine closes the
+        connection; a job that ends twice fails the test."""
+        ends: dict[str, dict] = {}
+        while True:
+            try:
+                message = self.ws.recv(timeout)
+            except ConnectionClosed:
+                return ends
+            if isinstance(message, str):
+                message = json.loads(message)
+                if message["type"] in ("result", "error", "cancelled"):
+                    assert message["id"] not in ends, message
+                    ends[message["id"]] = message
 
     def error(self) -> dict:
         message = self.json()
