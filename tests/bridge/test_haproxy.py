@@ -134,7 +134,7 @@ def test_a_draining_engine_finishes_its_queue_while_new_edits_go_to_the_other(tm
         raw = Raw(proxy.url, headers={"X-FFCLIP-Client": client_id})
         draining = next(d for d, m in zip(daemons, MARKERS, strict=True) if m == marker(raw.greeting))
         jobs = [raw.edit() for _ in range(4)]  # 0.7 s each: three wait in its queue
-        time.sleep(0.3)
+        early = raw.until_queued(jobs)  # in its queue before the SIGTERM, not refused by the drain
         draining.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         # a new connection of the same artist: the draining engine refuses it (503), HAProxy retries
@@ -143,7 +143,7 @@ def test_a_draining_engine_finishes_its_queue_while_new_edits_go_to_the_other(tm
             image = np.ascontiguousarray(PHOTO).tobytes()
             result = client.edit(EditParams.single("smiling"), image, ImageSpec(128, 96))
             assert result.stages and marker(client.last_status) != marker(raw.greeting)
-        ends = {job: message["type"] for job, message in raw.ends_until_closed(30).items()}
+        ends = {job: message["type"] for job, message in raw.ends_until_closed(30, early).items()}
         assert ends == {job: "result" for job in jobs}  # queued at the SIGTERM: all finished
         assert draining.proc.wait(30) == 0
     finally:

@@ -81,6 +81,7 @@ def test_a_drain_finishes_the_queued_jobs_and_refuses_new_work():
     port = thread.server.port
     raw = Raw(thread.url)
     jobs = [raw.edit() for _ in range(4)]  # 0.7 s each: three are still waiting when the drain starts
+    until(lambda: thread.server.stats["accepted"] == 4)  # queued before the drain, not refused by it
     stopper = threading.Thread(target=thread.stop)
     stopper.start()
     until(lambda: thread.server.draining)
@@ -114,6 +115,7 @@ def test_what_the_drain_grace_leaves_is_cancelled():
     thread = ServerThread(lambda: FakeBackend(0.2), drain_grace=0.5).start()
     raw = Raw(thread.url)
     jobs = [raw.edit() for _ in range(4)]  # 1.4 s each: at most one ends within the grace
+    until(lambda: thread.server.stats["accepted"] == 4)
     stopper = threading.Thread(target=thread.stop)
     stopper.start()
     ends = {job: message.get("code", message["type"]) for job, message in raw.ends_until_closed(20).items()}

@@ -66,10 +66,24 @@ class Raw:
                 return seen, message, binary
             seen.append(message)
 
-    def ends_until_closed(self, timeout: float = 30.0) -> dict[str, dict]:
+    def until_queued(self, jobs: list[str], timeout: float = 30.0) -> dict[str, dict]:
+        """Read until each of `jobs` is `queued` (or already ended); the terminal messages read on
+        the way are returned, for `ends_until_closed(ends=...)`."""
+        waiting, ends = set(jobs), {}
+        while waiting:
+            message = self.ws.recv(timeout)
+            if isinstance(message, str):
+                message = json.loads(message)
+                if message["type"] in ("result", "error", "cancelled"):
+                    ends[message["id"]] = message
+                if message["type"] in ("queued", "result", "error", "cancelled"):
+                    waiting.discard(message.get("id"))
+        return ends
+
+    def ends_until_closed(self, timeout: float = 30.0, ends: dict[str, dict] | None = None) -> dict[str, dict]:
         """Each job's terminal message (result, error, cancelled), read until the engine closes the
         connection; a job that ends twice fails the test."""
-        ends: dict[str, dict] = {}
+        ends = dict(ends or {})
         while True:
             try:
                 message = self.ws.recv(timeout)
