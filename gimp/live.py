@@ -39,6 +39,15 @@ START_TIMEOUT_S = 120.0  # how long a started engine may take to answer
 ROWS_MAX = MAX_EDITS
 RECENT_MAX = 20  # recent prompts kept for completion
 IDLE = 0.0  # the status line's fraction when nothing runs (None: busy, no known fraction)
+SETUP_STEP_TEXT = {  # gimp/setup.py's step names, as the engine line says them
+    "python": "finding Python",
+    "environment": "making its own Python environment",
+    "pip": "installing pip",
+    "torch": "installing PyTorch",
+    "engine": "installing the engine",
+    "service": "registering it to start with your session",
+    "start": "starting it",
+}
 TYPE_A_PROMPT = "Type a prompt describing the edit, for example \u201csmiling\u201d, and press Enter."
 
 
@@ -69,6 +78,15 @@ class View(Protocol):
 
     def set_busy(self, busy: bool) -> None: ...
 
+    def set_actions(self, setup: bool, setup_running: bool, diagnose: bool) -> None:
+        """The engine row's buttons: "Set up the engine on this computer", "Cancel the set-up", "Diagnose"."""
+
+    def setup_finished(self, result) -> None:
+        """The set-up ended well: its settings (start command, autostart) are to be taken up."""
+
+    def setup_failed(self, error: BaseException) -> None:
+        """The set-up failed: its details (log lines, how to retry) for the user."""
+
     def close(self, applied: bool) -> None: ...
 
 
@@ -80,6 +98,22 @@ class StartedEngine(Protocol):
 class Starter(Protocol):
     def start(self) -> StartedEngine:
         """Start the engine's process; PluginError (a sentence) when it cannot be started at all."""
+
+
+class SetupRun(Protocol):
+    """A set-up of the engine running in the background (gimp/background.py)."""
+
+    def poll(self) -> list:
+        """What happened since the last call: SetupEvent-like objects (step, steps, name, text,
+        fraction), then at the end one SetupResult, or an exception (a SetupError: step, message,
+        retry; SetupCancelled for a cancelled one)."""
+
+    def cancel(self) -> None: ...
+
+
+class Installer(Protocol):
+    def start(self, profile: str) -> SetupRun:
+        """Set up the engine on this computer (`profile`: "" for the real models, "tiny" for the trial)."""
 
 
 class LiveEditor:
@@ -95,11 +129,18 @@ class LiveEditor:
         autostart: bool = False,
         url: str = "",
         start_timeout: float = START_TIMEOUT_S,
+        installer: Installer | None = None,
     ) -> None:
         """`starter`: how to start the engine here (None: it cannot be, e.g. a remote URL);
-        `autostart`: start it as soon as it is found not running."""
+        `autostart`: start it as soon as it is found not running; `installer`: how to set the engine
+        up on this computer when none is (None: not offered, e.g. for a remote URL)."""
         self.engine, self.canvas, self.view = engine, canvas, view
         self.starter, self.autostart, self.url = starter, autostart, url
+        self.installer = installer
+        self.setup_run: SetupRun | None = None
+        self.start_failed = False  # the last start failed: the set-up is offered (again)
+        self.setup_error: BaseException | None = None  # the last set-up's failure: Diagnose is offered
+        self.offered: tuple[bool, bool, bool] | None = None  # (set-up, set-up running, diagnose) shown
         self.start_timeout = start_timeout
         self.width = width  # of the layer, to describe where each face is
         self.clock, self.debounce = clock, debounce
@@ -160,7 +201,9 @@ class LiveEditor:
         try:
             self.started = self.starter.start()
         except PluginError as exc:
+            self.start_failed = True
             self.view.set_engine(first_line(str(exc)), False, can_start=True)
+            self._offer()
             return
         self.connection, self.start_time = "starting", self.clock()
         self.last_poll = self.start_time  # give it a moment before asking
@@ -187,6 +230,9 @@ class LiveEditor:
         for job in (self.latest, self.applying):
             if job is not None:
                 self.engine.cancel(job)
+        if self.setup_run is not None:  # it resumes where it stopped when run again
+            self.setup_run.cancel()
+            self.setup_run = None
         self.canvas.remove_preview()
         self._close(applied=False)
 
@@ -197,6 +243,8 @@ class LiveEditor:
         if self.closed:
             return
         now = self.clock()
+        if self.setup_run is not None:
+            self._watch_setup()
         if self.connection == "starting":
             self._watch_start(now)
         if not self.engine_ready and now - self.last_poll >= STATUS_POLL_S:
@@ -213,7 +261,9 @@ class LiveEditor:
         self.connection, self.started = "absent", None
         if reason is None:
             reason = f"it did not answer within {self.start_timeout:g} s"
+        self.start_failed = True
         self.view.set_engine(f"The FFCLIP engine could not start: {reason}", False, can_start=True)
+        self._offer()
 
     def _preview(self) -> None:
         params = self.params(preview=True)
@@ -246,6 +296,66 @@ class LiveEditor:
             self.view.set_status(f"This edit cannot be sent: {exc.message}.", IDLE)
             return None
 
+    # ------------------------------------------------------------------ setting the engine up
+
+    def setup(self, profile: str = "") -> None:
+        """Set the engine up on this computer (the dialog's button, after the user confirmed)."""
+        if self.installer is None or self.setup_run is not None or self.closed or self.connection == "connected":
+            return
+        self.setup_run, self.setup_error = self.installer.start(profile), None
+        self.view.set_engine("Setting up the FFCLIP engine on this computer\u2026", False)
+        self._offer()
+
+    def cancel_setup(self) -> None:
+        if self.setup_run is not None:
+            self.setup_run.cancel()  # its SetupCancelled arrives through poll()
+
+    def _watch_setup(self) -> None:
+        for item in self.setup_run.poll():
+            if isinstance(item, BaseException):
+                self._setup_failed(item)
+            elif hasattr(item, "step"):
+                doing = SETUP_STEP_TEXT.get(item.name, item.name)
+                self.view.set_engine(f"Setting up the FFCLIP engine, step {item.step} of {item.steps}: {doing}", False)
+                self.view.set_status(first_line(item.text), item.fraction)
+            else:  # the SetupResult: the engine is installed, started and answering
+                self.setup_run, self.start_failed = None, False
+                self.connection, self.last_poll = "connecting", float("-inf")  # asked at once
+                self.view.setup_finished(item)  # the dialog reloads its settings (start command, autostart)
+                self.view.set_engine("The FFCLIP engine is set up; connecting\u2026", False)
+                self.view.set_status(TYPE_A_PROMPT, IDLE)
+                self._offer()
+            if self.setup_run is None:
+                return
+
+    def _setup_failed(self, error: BaseException) -> None:
+        self.setup_run = None
+        cancelled = type(error).__name__ == "SetupCancelled"
+        self.setup_error = None if cancelled else error
+        self.connection = "absent"
+        if cancelled:
+            self.view.set_engine("The set-up was cancelled; set up again to go on where it stopped.", False)
+        else:
+            step = getattr(error, "step", "") or "?"
+            message = first_line(getattr(error, "message", "") or str(error))
+            self.view.set_engine(f"The set-up failed at step \u201c{step}\u201d: {message}", False)
+            self.view.setup_failed(error)  # the details: the log's last lines, how to retry
+        self.view.set_status(TYPE_A_PROMPT, IDLE)
+        self._offer()
+
+    def _offer(self) -> None:
+        """Show the set-up button where there is no engine to start (or starting it failed), and
+        Diagnose where something failed."""
+        running = self.setup_run is not None
+        absent = self.connection == "absent" and not self.closed
+        setup = self.installer is not None and absent and not running and (self.starter is None or self.start_failed)
+        state = self.last_status.get("state") if self.connection == "connected" else None
+        diagnose = (absent and (self.start_failed or self.setup_error is not None)) or state == EngineState.FAILED
+        offered = (setup, running, diagnose)
+        if offered != self.offered:
+            self.offered = offered
+            self.view.set_actions(setup=setup, setup_running=running, diagnose=diagnose)
+
     # ------------------------------------------------------------------ engine events
 
     def on_event(self, event: events.Event) -> None:
@@ -271,8 +381,10 @@ class LiveEditor:
         self.last_status = status
         was_ready = self.engine_ready
         self.connection, self.started = "connected", None
+        self.start_failed = False
         text, self.engine_ready = engine_state(status, self.domain)
         self.view.set_engine(text, self.engine_ready)
+        self._offer()
         if self.engine_ready and not was_ready and not self.applying:
             # (again) now that it can edit: the preview asked while it was away, or never asked
             self.requested = None
@@ -281,12 +393,15 @@ class LiveEditor:
 
     def _unreachable(self, error: EngineError) -> None:
         """A connection attempt failed: the engine is not running (or not reachable)."""
-        if self.connection == "starting":
-            return  # a started engine takes a while to listen; _watch_start judges it
+        if self.connection == "starting" or self.setup_run is not None:
+            return  # a started engine takes a while to listen; _watch_start (_watch_setup) judges it
         self.engine_ready = False
         if self.connection == "lost":
             return  # "reconnecting" says it
+        was = self.connection
         self.connection = "absent"
+        if was != "absent":
+            self._offer()
         if error.code != "connection_failed":  # a certificate, a token: not a matter of starting it
             self.view.set_engine(first_line(error_message(error, self.url)), False)
             return

@@ -427,3 +427,138 @@ def test_the_dialog_opens_with_the_procedures_last_values():
     rows = live.args_rows("smiling", 0.8, "grey hair=1.2\n\n=1.0\ntoo strong=9\nbeard=0.5")
     assert rows == [("smiling", 0.8), ("grey hair", 1.2), ("beard", 0.5)]
     assert live.args_rows("", 1.0, "") == [("", 1.0)]
+
+
+# --------------------------------------------------------------------------- issue 26: set-up from the dialog
+
+
+class FakeRun:
+    """A set-up in the background: the test feeds what poll() returns."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+        self.cancelled = False
+
+    def poll(self) -> list:
+        out, self.pending = self.pending, []
+        return out
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeInstaller:
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, FakeRun]] = []
+
+    def start(self, profile: str) -> FakeRun:
+        self.runs.append((profile, FakeRun()))
+        return self.runs[-1][1]
+
+
+class Step:  # gimp/setup.py's SetupEvent, as the dialog reads it
+    def __init__(self, step, steps, name, text, fraction=None):
+        self.step, self.steps, self.name, self.text, self.fraction = step, steps, name, text, fraction
+
+
+class SetupError(Exception):
+    def __init__(self, step, message):
+        super().__init__(message)
+        self.step, self.message = step, message
+
+
+class SetupCancelled(SetupError):
+    pass
+
+
+def setup_editor(starter=None):
+    installer = FakeInstaller()
+    clock, engine, canvas, view = Clock(), RecordingSession(), Recorder(), Recorder()
+    editor = live.LiveEditor(
+        engine, canvas, view, width=1000, clock=clock, starter=starter, url="ws://127.0.0.1:8765/", installer=installer
+    )
+    return editor, clock, engine, view, installer
+
+
+def actions(view):
+    return view.named("set_actions")[-1][1:] if view.named("set_actions") else None
+
+
+def test_no_engine_configured_offers_the_set_up_and_its_progress_is_the_engine_line():
+    editor, clock, engine, view, installer = setup_editor()
+    assert actions(view) is None  # connecting: nothing offered yet
+    editor.on_event(not_running())
+    assert actions(view) == (True, False, False)  # Set up…, no Cancel, no Diagnose
+    editor.setup("tiny")
+    profile, run = installer.runs[0]
+    assert profile == "tiny" and actions(view) == (False, True, False)
+    run.pending = [Step(4, 7, "torch", "Downloading torch-2.5.1 (812 MB)\nmore", 0.25)]
+    run_for(editor, clock, 0.1)
+    editor.on_event(not_running())  # the poll goes on meanwhile: it does not overwrite the set-up's line
+    assert view.named("set_engine")[-1][1] == "Setting up the FFCLIP engine, step 4 of 7: installing PyTorch"
+    assert view.named("set_status")[-1][1:] == ("Downloading torch-2.5.1 (812 MB)", 0.25)
+    editor.setup("tiny")  # a second click while it runs: nothing more
+    assert len(installer.runs) == 1
+    result = object()
+    run.pending = [Step(7, 7, "start", "Waiting for the engine"), result]
+    polls = engine.status_requests
+    run_for(editor, clock, 0.1)
+    assert view.named("setup_finished") == [("setup_finished", result)]
+    assert view.named("set_engine")[-1][1] == "The FFCLIP engine is set up; connecting\u2026"
+    assert engine.status_requests > polls  # asked at once, not a second later
+    assert actions(view) == (False, False, False)
+    editor.on_event(events.StatusChanged({"state": "ready", "device": "cpu", "untrained": True}))
+    assert view.named("set_engine")[-1][2] is True
+
+
+def test_a_failed_set_up_says_where_offers_it_again_and_diagnose():
+    editor, clock, _, view, installer = setup_editor()
+    editor.on_event(not_running())
+    editor.setup("")
+    error = SetupError("engine", "no network: the package index could not be reached")
+    installer.runs[0][1].pending = [Step(5, 7, "engine", "Collecting websockets"), error]
+    run_for(editor, clock, 0.1)
+    assert view.named("set_engine")[-1][1] == (
+        "The set-up failed at step \u201cengine\u201d: no network: the package index could not be reached"
+    )
+    assert view.named("setup_failed") == [("setup_failed", error)]
+    assert actions(view) == (True, False, True)  # again, and Diagnose
+    editor.setup("")
+    assert len(installer.runs) == 2 and actions(view) == (False, True, False)
+
+
+def test_a_cancelled_set_up_can_be_resumed_and_closing_the_dialog_cancels_it():
+    editor, clock, _, view, installer = setup_editor()
+    editor.on_event(not_running())
+    editor.setup("")
+    run = installer.runs[0][1]
+    editor.cancel_setup()
+    assert run.cancelled
+    run.pending = [SetupCancelled("torch", "cancelled")]
+    run_for(editor, clock, 0.1)
+    assert "cancelled" in view.named("set_engine")[-1][1] and view.named("setup_failed") == []
+    assert actions(view) == (True, False, False)  # a cancel is no failure: no Diagnose
+    editor.setup("")
+    editor.cancel()  # the dialog's Cancel while it runs
+    assert installer.runs[1][1].cancelled and view.named("close") == [("close", False)]
+
+
+def test_the_set_up_is_offered_beside_start_only_once_a_start_failed():
+    starter = FakeStarter()
+    editor, clock, _, view, _ = setup_editor(starter)
+    editor.on_event(not_running())
+    assert actions(view) == (False, False, False)  # Start is there: that comes first
+    editor.start()
+    starter.reason = "exit status 1: No module named ffclip"
+    run_for(editor, clock, 0.2)
+    assert actions(view) == (True, False, True)
+
+
+def test_no_set_up_without_an_installer_or_once_connected():
+    editor, _, _, view, installer = setup_editor()
+    editor.on_event(events.StatusChanged({"state": "ready", "device": "cpu"}))
+    editor.setup("")
+    assert installer.runs == [] and actions(view) == (False, False, False)
+    editor, _, _, _, view = editor_with()  # a remote URL or a plug-in without the set-up: no installer
+    editor.on_event(not_running())
+    assert actions(view) == (False, False, False)
