@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -28,10 +29,13 @@ SHARED_LAYERS = (0, 2, 3, 5, 6, 8, 9, 11, 12)
 FFHQ_LAYERS_TO_TUNE = (0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 23, 24)
 
 
-def conv_shapes(n_outputs: int = 26) -> list[tuple[int, int, int]]:
+def conv_shapes(
+    n_outputs: int = 26, channel_multiplier: int = 2, channel_base: int = 512
+) -> list[tuple[int, int, int]]:
     """(kernel_size, in_channels, out_channels) of the generator's convolutions in HyperStyle's order:
-    conv1, to_rgb1, then per level the up-sampling conv, the conv and the ToRGB (its `PARAMETERS`)."""
-    channels = default_channels(2)
+    conv1, to_rgb1, then per level the up-sampling conv, the conv and the ToRGB (its `PARAMETERS`).
+    The defaults are the official table (StyleGAN2 config-f); a narrow generator gives its own."""
+    channels = default_channels(channel_multiplier, channel_base)
     shapes = [(3, channels[4], channels[4]), (1, channels[4], 3)]
     c_in = channels[4]
     for res in (2**i for i in range(3, 11)):
@@ -65,12 +69,13 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-def resnet34_body() -> nn.Sequential:
-    """layer1..layer4 of ResNet-34 flattened into one Sequential (3, 4, 6, 3 units), 64 -> 512 channels."""
-    units, c_in = [], 64
-    for depth, n in ((64, 3), (128, 4), (256, 6), (512, 3)):
+def resnet34_body(base: int = 64) -> nn.Sequential:
+    """layer1..layer4 of ResNet-34 flattened into one Sequential (3, 4, 6, 3 units), 64 -> 512 channels
+    (`base` -> 8·base for a narrow copy)."""
+    units, c_in = [], base
+    for depth, n in ((base, 3), (2 * base, 4), (4 * base, 6), (8 * base, 3)):
         for i in range(n):
-            units.append(BasicBlock(c_in, depth, 2 if i == 0 and depth != 64 else 1))
+            units.append(BasicBlock(c_in, depth, 2 if i == 0 and depth != base else 1))
             c_in = depth
     return nn.Sequential(*units)
 
@@ -106,13 +111,21 @@ class RefinementBlock(nn.Module):
     """A layer's own head: 16² features -> a 512-d vector -> a 1×1 conv to in·out values. A 3×3 layer
     gets one value per (out, in) repeated over the kernel; a ToRGB a whole (3, in, 1, 1) kernel."""
 
-    def __init__(self, layer_idx: int, n_channels: int = 512, inner_c: int = 256, spatial: int = 16) -> None:
+    def __init__(
+        self,
+        layer_idx: int,
+        n_channels: int = 512,
+        inner_c: int = 256,
+        spatial: int = 16,
+        shape: tuple[int, int, int] | None = None,
+        hidden: int = 512,
+    ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.kernel_size, self.in_channels, self.out_channels = conv_shapes()[layer_idx]
+        self.kernel_size, self.in_channels, self.out_channels = shape or conv_shapes()[layer_idx]
         num_pools = int(np.log2(spatial)) - 1 - (self.kernel_size == 3)
-        self.convs = _conv_stack(n_channels, inner_c, 512, 2, num_pools - 1)
-        conv = nn.Conv2d(512, self.in_channels * self.out_channels, kernel_size=1)
+        self.convs = _conv_stack(n_channels, inner_c, hidden, 2, num_pools - 1)
+        conv = nn.Conv2d(hidden, self.in_channels * self.out_channels, kernel_size=1)
         self.output = nn.Sequential(conv) if is_to_rgb(layer_idx) else nn.Sequential(nn.AdaptiveAvgPool2d(1), conv)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -126,9 +139,16 @@ class RefinementBlock(nn.Module):
 class HyperRefinementBlock(nn.Module):
     """A shared-hypernetwork head: 16² features -> a 512-d code (EqualLinear) -> the shared hypernetwork."""
 
-    def __init__(self, hypernet: SharedWeightsHypernet, n_channels: int = 512, inner_c: int = 128, spatial: int = 16):
+    def __init__(
+        self,
+        hypernet: SharedWeightsHypernet,
+        n_channels: int = 512,
+        inner_c: int = 128,
+        spatial: int = 16,
+        hidden: int = 512,
+    ):
         super().__init__()
-        self.out_c = 512
+        self.out_c = hidden
         self.convs = _conv_stack(n_channels, inner_c, self.out_c, 1, int(np.log2(spatial)) - 1)
         self.linear = EqualLinear(self.out_c, self.out_c, lr_mul=1)
         self.hypernet = hypernet  # the same module in every such block: its keys repeat under each
@@ -139,29 +159,44 @@ class HyperRefinementBlock(nn.Module):
 
 class SharedWeightsHyperNetResNet(nn.Module):
     """cat(input, reconstruction) (B, 6, 256, 256) -> one Δ (B, out, in, k, k) per generator convolution,
-    None for the layers not tuned. A PReLU ResNet-34 body to 512 × 16², then one head per tuned layer."""
+    None for the layers not tuned. A PReLU ResNet-34 body to 512 × 16², then one head per tuned layer.
+
+    The defaults are the official network. A narrow copy (the tiny profile) takes the generator's
+    own `shapes` (conv_shapes of its channels), a `base` width (the body ends at 8·base channels)
+    and a `hidden` width (the heads' codes and the shared hypernetwork's square kernels)."""
 
     def __init__(
-        self, input_nc: int = 6, n_hypernet_outputs: int = 26, layers_to_tune: Sequence[int] = FFHQ_LAYERS_TO_TUNE
+        self,
+        input_nc: int = 6,
+        n_hypernet_outputs: int = 26,
+        layers_to_tune: Sequence[int] = FFHQ_LAYERS_TO_TUNE,
+        *,
+        shapes: Sequence[tuple[int, int, int]] | None = None,
+        base: int = 64,
+        hidden: int = 512,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(input_nc, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.PReLU(64)
-        self.body = resnet34_body()
+        self.conv1 = nn.Conv2d(input_nc, base, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.relu = nn.PReLU(base)
+        self.body = resnet34_body(base)
         self.layers_to_tune = list(layers_to_tune) or list(range(n_hypernet_outputs))
         self.n_outputs = n_hypernet_outputs
+        self.shapes = list(shapes) if shapes is not None else conv_shapes(n_hypernet_outputs)
+        features = 8 * base
         # registered before the blocks (the official order): loading a state_dict, the last block's
         # copy of these shared keys is the one that stays
-        self.shared_weight_hypernet = SharedWeightsHypernet(in_size=512, out_size=512)
+        self.shared_weight_hypernet = SharedWeightsHypernet(z_dim=hidden, in_size=hidden, out_size=hidden)
         blocks: list[nn.Module | None] = []
         for j in range(n_hypernet_outputs):
             if j not in self.layers_to_tune:
                 blocks.append(None)
             elif j in SHARED_LAYERS:
-                blocks.append(HyperRefinementBlock(self.shared_weight_hypernet, n_channels=512, inner_c=128))
+                if self.shapes[j] != (3, hidden, hidden):
+                    raise ValueError(f"layer {j} is {self.shapes[j]}: the shared hypernetwork makes 3×3 {hidden}²")
+                blocks.append(HyperRefinementBlock(self.shared_weight_hypernet, features, 128 * base // 64, 16, hidden))
             else:
-                blocks.append(RefinementBlock(j, n_channels=512, inner_c=256))
+                blocks.append(RefinementBlock(j, features, 256 * base // 64, 16, self.shapes[j], hidden))
         self.refinement_blocks = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor) -> list[Tensor | None]:
@@ -173,17 +208,29 @@ class WEncoder(nn.Module):
     """IR-SE-50 body, global average pool, EqualLinear: one w repeated over the n_styles layers
     (codes before `latent_avg` is added, as e4e's)."""
 
-    def __init__(self, num_layers: int = 50, mode: str = "ir_se", output_size: int = 1024) -> None:
+    def __init__(
+        self,
+        num_layers: int = 50,
+        mode: str = "ir_se",
+        output_size: int = 1024,
+        *,
+        stages: Sequence[tuple[int, int]] | None = None,
+        input_width: int = 64,
+        style_dim: int = 512,
+    ) -> None:
+        """The defaults are the official network; `stages`, `input_width`, `style_dim`: a narrow copy."""
         super().__init__()
-        self.input_layer = make_input_layer(64)
+        stages = stages or STAGES[num_layers]
+        self.features = stages[-1][0]
+        self.input_layer = make_input_layer(input_width)
         self.output_pool = nn.AdaptiveAvgPool2d((1, 1))
-        self.linear = EqualLinear(512, 512, lr_mul=1)
-        self.body = make_body(stage_specs(STAGES[num_layers], 64), mode)
+        self.linear = EqualLinear(self.features, style_dim, lr_mul=1)
+        self.body = make_body(stage_specs(stages, input_width), mode)
         self.style_count = 2 * int(math.log2(output_size)) - 2
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, 3, 256, 256) in [-1, 1] -> codes (B, style_count, 512)."""
-        w = self.linear(self.output_pool(self.body(self.input_layer(x))).view(-1, 512))
+        w = self.linear(self.output_pool(self.body(self.input_layer(x))).view(-1, self.features))
         return w[:, None].repeat(1, self.style_count, 1)
 
 
@@ -192,11 +239,19 @@ class Step(NamedTuple):
 
     deltas: list[Tensor | None]
     image: Tensor  # full size
-    y_hat: Tensor  # pooled to 256², the next iteration's reconstruction input
+    y_hat: Tensor  # pooled to 256² (a car's rows 32:224 of it), the next iteration's reconstruction input
 
 
-def face_pool(image: Tensor) -> Tensor:
-    return F.adaptive_avg_pool2d(image, (256, 256))
+# the official car models work on 192 × 256 frames: rows 32:224 of the 256² pooled image
+CAR_ROWS = (32, 224)
+
+Render = Callable[[Tensor, "Sequence[Tensor | None] | None"], Tensor]
+
+
+def face_pool(image: Tensor, rows: tuple[int, int] | None = None) -> Tensor:
+    """The official `face_pool` (AdaptiveAvgPool2d to 256²), then for cars its rows 32:224."""
+    pooled = F.adaptive_avg_pool2d(image, (256, 256))
+    return pooled if rows is None else pooled[:, :, rows[0] : rows[1], :]
 
 
 def encode(w_encoder: WEncoder, x: Tensor, latent_avg: Tensor) -> Tensor:
@@ -212,16 +267,25 @@ def synthesize(generator: Generator, codes: Tensor, deltas: Sequence[Tensor | No
 
 
 def iterate(
-    hypernet: SharedWeightsHyperNetResNet, generator: Generator, x: Tensor, codes: Tensor, y_hat: Tensor, n_iters: int
+    hypernet: SharedWeightsHyperNetResNet,
+    generator: Generator,
+    x: Tensor,
+    codes: Tensor,
+    y_hat: Tensor,
+    n_iters: int,
+    render: Render | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[Step]:
     """HyperStyle's refinement: n_iters times Δ_i = Δ_{i-1} + H(cat(x, y_hat_{i-1})) (a layer not tuned
-    stays None), image_i = G(codes; W·(1 + Δ_i)), y_hat_i = pool(image_i). Yields each step."""
+    stays None), image_i = G(codes; W·(1 + Δ_i)), y_hat_i = pool(image_i). Yields each step.
+    `render(codes, deltas)`: how G runs (default the reference path, as the official code)."""
+    render = render or (lambda c, d: synthesize(generator, c, d))
     deltas: list[Tensor | None] | None = None
     for _ in range(n_iters):
         out = hypernet(torch.cat([x, y_hat], dim=1))
         deltas = out if deltas is None else [None if d is None else d + o for d, o in zip(deltas, out, strict=True)]
-        image = synthesize(generator, codes, deltas)
-        y_hat = face_pool(image)
+        image = render(codes, deltas)
+        y_hat = face_pool(image, rows)
         yield Step(deltas, image, y_hat)
 
 
@@ -232,11 +296,40 @@ def invert(
     x: Tensor,
     latent_avg: Tensor,
     n_iters: int = 5,
+    render: Render | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Step]:
-    """The official inference (`run_inversion`): x (B, 3, 256, 256) in [-1, 1] -> (codes, the last
-    step). n_iters = 0 gives the W encoder's reconstruction alone (deltas all None)."""
+    """The official inference (`run_inversion`): x (B, 3, 256, 256) in [-1, 1] (a car's 192 × 256 with
+    `rows` = CAR_ROWS) -> (codes, the last step). n_iters = 0 gives the W encoder's reconstruction
+    alone (deltas all None)."""
+    render = render or (lambda c, d: synthesize(generator, c, d))
     codes = encode(w_encoder, x, latent_avg)
-    image = synthesize(generator, codes)
-    first = Step([None] * (2 + 3 * len(generator.to_rgbs)), image, face_pool(image))
-    last = deque(iterate(hypernet, generator, x, codes, first.y_hat, n_iters), maxlen=1)  # earlier steps freed
+    image = render(codes, None)
+    first = Step([None] * (2 + 3 * len(generator.to_rgbs)), image, face_pool(image, rows))
+    last = deque(iterate(hypernet, generator, x, codes, first.y_hat, n_iters, render, rows), maxlen=1)
     return codes, last[0] if last else first
+
+
+@dataclass
+class HyperStyleNets:
+    """What the engine holds for `fidelity: high`: the W encoder, the hypernetwork, HyperStyle's own
+    `latent_avg` (n_latent, D) and its generator (None: the engine's, when the weights are the same)."""
+
+    w_encoder: WEncoder
+    hypernet: SharedWeightsHyperNetResNet
+    latent_avg: Tensor
+    generator: Generator | None = None
+    n_iters: int = 5
+    rows: tuple[int, int] | None = None  # cars: CAR_ROWS
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.w_encoder, self.hypernet, self.generator) if m is not None]
+
+    def nbytes(self) -> int:
+        tensors = [self.latent_avg] + [t for m in self.modules() for t in (*m.parameters(), *m.buffers())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def offsets_nbytes(deltas: Sequence[Tensor | None]) -> int:
+    return sum(d.numel() * d.element_size() for d in deltas if d is not None)

@@ -241,31 +241,47 @@ class ModulatedConv2d(nn.Module):
         self._inference = (key, cache)
         return cache
 
-    def modulated_weights(self, style: Tensor, gain: float = 1.0, dtype: torch.dtype | None = None) -> list[Tensor]:
+    def modulated_weights(
+        self, style: Tensor, gain: float = 1.0, dtype: torch.dtype | None = None, delta: Tensor | None = None
+    ) -> list[Tensor]:
         """One weight per sample: scale·W·s, demodulated, times `gain` (the input's pending scale).
 
         conv(gain·x, W·s·d) == conv(x, gain·W·s·d); d comes from W·s alone, as in the reference.
         Layout (out, in, k, k), or (in, out, k, k) for the up-sampling (transposed) convolution.
         Computed in the parameters' float32 and returned in `dtype` (the activations', e.g. bfloat16).
+        `delta` (B or 1, out, in, k, k): HyperStyle's weight change, W·(1 + Δ_b) in place of W (its
+        demodulation from that weight, as the reference path).
         """
-        weights = self._modulated_weights(style, gain)
+        weights = self._modulated_weights(style, gain, delta)
         return weights if dtype in (None, weights[0].dtype) else [w.to(dtype) for w in weights]
 
-    def _modulated_weights(self, style: Tensor, gain: float) -> list[Tensor]:
+    def _modulated_weights(self, style: Tensor, gain: float, delta: Tensor | None = None) -> list[Tensor]:
         cache = self._inference_cache()
         coef = self.modulation(style) * self.scale  # (B, in)
-        if self.demodulate:
-            out_coef = torch.rsqrt(coef.square() @ cache["w2"].t() + self.eps) * gain
-        else:
-            out_coef = coef.new_full((coef.shape[0], self.out_channel), gain)
+        batch = coef.shape[0]
+        if delta is None:
+            bases = [self.weight[0]] * batch
+            if self.demodulate:
+                out_coef = torch.rsqrt(coef.square() @ cache["w2"].t() + self.eps) * gain
+        else:  # each sample's own weight W·(1 + Δ_b), and its Σ_k (W·(1 + Δ_b))² (out, in)
+            deltas = delta.to(self.weight.dtype).expand(batch, *delta.shape[1:])
+            bases = [self.weight[0] * (1 + d) for d in deltas]
+            if self.demodulate:
+                w2 = torch.stack([b.square().sum((2, 3)) for b in bases])  # (B, out, in)
+                out_coef = torch.rsqrt(torch.bmm(w2, coef.square()[:, :, None])[:, :, 0] + self.eps) * gain
+        if not self.demodulate:
+            out_coef = coef.new_full((batch, self.out_channel), gain)
         outer = out_coef[:, :, None] * coef[:, None, :]  # (B, out, in)
         if not self.upsample:
-            return [self.weight[0] * outer[b][:, :, None, None] for b in range(coef.shape[0])]
+            return [bases[b] * outer[b][:, :, None, None] for b in range(batch)]
         # the transposed conv's (in, out, k, k) layout, written contiguously from a transposed view
-        base = self.weight[0].detach().transpose(0, 1)
         return [
-            torch.mul(base, outer[b].t()[:, :, None, None], out=base.new_empty(base.shape))
-            for b in range(coef.shape[0])
+            torch.mul(
+                bases[b].detach().transpose(0, 1),
+                outer[b].t()[:, :, None, None],
+                out=self.weight.new_empty(self.in_channel, self.out_channel, self.kernel_size, self.kernel_size),
+            )
+            for b in range(batch)
         ]
 
     def conv_inference(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -341,11 +357,13 @@ class StyledConv(nn.Module):
     ) -> Tensor:
         return self.activate(self.noise(self.conv(x, style, weights_delta), noise=noise))
 
-    def forward_inference(self, x: Tensor, style: Tensor, gain: float, noise: Tensor | None) -> Tensor:
+    def forward_inference(
+        self, x: Tensor, style: Tensor, gain: float, noise: Tensor | None, delta: Tensor | None = None
+    ) -> Tensor:
         """leaky_relu(conv + noise + bias) *without* the final √2: the caller carries that gain into
         the consumers' weights. x is the true activation divided by `gain`; the arithmetic is in x's
-        dtype (float32, or bfloat16)."""
-        weights = self.conv.modulated_weights(style, gain, x.dtype)
+        dtype (float32, or bfloat16). `delta`: HyperStyle's weight change (modulated_weights)."""
+        weights = self.conv.modulated_weights(style, gain, x.dtype, delta)
         if noise is None:  # the reference draws (B, 1, H, W) per layer at this point
             b = x.shape[0]
             h, w = (x.shape[2] * 2, x.shape[3] * 2) if self.conv.upsample else x.shape[2:]
@@ -379,9 +397,11 @@ class ToRGB(nn.Module):
             out = out + self.upsample(skip)
         return out
 
-    def forward_inference(self, x: Tensor, style: Tensor, gain: float, skip: Tensor | None) -> Tensor:
+    def forward_inference(
+        self, x: Tensor, style: Tensor, gain: float, skip: Tensor | None, delta: Tensor | None = None
+    ) -> Tensor:
         """The RGB image, in float32 whatever x's dtype (the output; the skip accumulates in it)."""
-        weights = self.conv.modulated_weights(style, gain, x.dtype)
+        weights = self.conv.modulated_weights(style, gain, x.dtype, delta)
         bias = self.bias.view(-1).to(x.dtype)
         outs = [self.conv.conv_inference(x[b : b + 1], w, bias) for b, w in enumerate(weights)]
         out = (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
@@ -433,6 +453,7 @@ def banded_level(
     noises: tuple[Tensor | None, Tensor | None],
     skip: Tensor,
     keep_features: bool,
+    deltas: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
 ) -> tuple[Tensor | None, Tensor]:
     """One level (up-sampling StyledConv, StyledConv, ToRGB) of the inference path, computed in bands
     of output rows with the halo each band needs: the same arithmetic as `forward_inference`, but the
@@ -447,8 +468,9 @@ def banded_level(
     height = 2 * size
     k, (p0, p1), kb = up.kernel_size, up.blur.pad, up.blur.kernel.shape[0]
     dtype = x.dtype  # the arithmetic's: float32, or bfloat16 (the RGB skip stays float32)
-    w_up, w_mid = up.modulated_weights(styles[0], SQRT2, dtype), mid.modulated_weights(styles[1], SQRT2, dtype)
-    w_rgb = to_rgb.conv.modulated_weights(styles[2], SQRT2, dtype)
+    w_up = up.modulated_weights(styles[0], SQRT2, dtype, deltas[0])
+    w_mid = mid.modulated_weights(styles[1], SQRT2, dtype, deltas[1])
+    w_rgb = to_rgb.conv.modulated_weights(styles[2], SQRT2, dtype, deltas[2])
     n_up, n_mid = _noise(noises[0], x, height).to(dtype), _noise(noises[1], x, height).to(dtype)
     s_up, s_mid = conv_up.noise.strength(), conv.noise.strength()
     blur = up._inference_cache()["blur"].to(dtype)
@@ -627,8 +649,8 @@ class Generator(nn.Module):
         between passes, so stopping half-way is safe). The inference paths compute in place: they
         refuse to run with autograd on. `dtype`: the inference paths' arithmetic (bfloat16: the
         activations and each sample's modulated weight in bfloat16, the styles, the demodulation and
-        the RGB skip in float32); the reference path is float32. `weights_deltas` (reference path only):
-        per convolution in HyperStyle's order (conv1, to_rgb1, then each level's up-sampling conv, conv
+        the RGB skip in float32); the reference path is float32. `weights_deltas` (every path): per
+        convolution in HyperStyle's order (conv1, to_rgb1, then each level's up-sampling conv, conv
         and ToRGB) None or Δ (B or 1, out, in, k, k), the layer computing with W·(1 + Δ)."""
         wanted = set(sizes)
         if not wanted or any(s < 4 or s > self.size or s & (s - 1) for s in wanted):
@@ -637,16 +659,16 @@ class Generator(nn.Module):
         if not inference and dtype != torch.float32:
             raise ValueError("the reference synthesis path computes in float32")
         n_convs = 2 + 3 * len(self.to_rgbs)
-        if weights_deltas is not None and (inference or len(weights_deltas) != n_convs):
-            raise ValueError(f"weights_deltas: {n_convs} entries, on the reference synthesis path")
+        if weights_deltas is not None and len(weights_deltas) != n_convs:
+            raise ValueError(f"weights_deltas: {n_convs} entries, one per convolution")
         deltas = list(weights_deltas) if weights_deltas is not None else [None] * n_convs
         if inference and torch.is_grad_enabled():
             raise ValueError(f"the {path.value} synthesis path is for inference: run it under torch.inference_mode()")
         out = self.input(latent.shape[0])
         if inference:
             out = out.to(dtype).contiguous(memory_format=torch.channels_last)
-            out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0])
-            skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None)
+            out = self.conv1.forward_inference(out, latent[:, 0], 1.0, noise[0], deltas[0])
+            skip = self.to_rgb1.forward_inference(out, latent[:, 1], SQRT2, None, deltas[1])
         else:
             out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
             skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
@@ -657,16 +679,16 @@ class Generator(nn.Module):
             if res >= max(wanted):
                 break
             n1, n2 = noise[2 * level + 1], noise[2 * level + 2]
+            d = deltas[2 + 3 * level : 5 + 3 * level]
             if path is SynthesisPath.BANDED and res * 2 >= BANDED_FROM:
                 styles = (latent[:, i], latent[:, i + 1], latent[:, i + 2])
                 last = res * 2 >= max(wanted)
-                out, skip = banded_level(conv_up, conv, to_rgb, out, styles, (n1, n2), skip, not last)
+                out, skip = banded_level(conv_up, conv, to_rgb, out, styles, (n1, n2), skip, not last, tuple(d))
             elif inference:  # same arithmetic, channels-last, style folded into the weights
-                out = conv_up.forward_inference(out, latent[:, i], SQRT2, n1)
-                out = conv.forward_inference(out, latent[:, i + 1], SQRT2, n2)
-                skip = to_rgb.forward_inference(out, latent[:, i + 2], SQRT2, skip)
+                out = conv_up.forward_inference(out, latent[:, i], SQRT2, n1, d[0])
+                out = conv.forward_inference(out, latent[:, i + 1], SQRT2, n2, d[1])
+                skip = to_rgb.forward_inference(out, latent[:, i + 2], SQRT2, skip, d[2])
             else:
-                d = deltas[2 + 3 * level : 5 + 3 * level]
                 out = conv_up(out, latent[:, i], noise=n1, weights_delta=d[0])
                 out = conv(out, latent[:, i + 1], noise=n2, weights_delta=d[1])
                 skip = to_rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
