@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,10 @@ from gi.repository import Gdk, Gegl, Gimp, GimpUi, GLib, Gtk  # noqa: E402
 from ffclip.plugin.protocol import EditParams, EditResult, ImageSpec  # noqa: E402
 from ffclip.plugin.session import EngineSession, Event  # noqa: E402
 
+from . import diagnose, live  # noqa: E402
 from . import edit as gimp_edit  # noqa: E402
-from . import live  # noqa: E402
 from . import settings as gimp_settings  # noqa: E402
+from .background import PluginInstaller  # noqa: E402
 from .layers import RGBA, LayerPixels, PreviewLayer, place_result, replace_result  # noqa: E402
 from .recipe import Recipe, SourceRef, pixels_digest  # noqa: E402
 
@@ -169,6 +171,7 @@ class LiveDialog:
             autostart=bool(settings.get("autostart")),
             url=self.url,
             start_timeout=float(settings.get("start_timeout") or live.START_TIMEOUT_S),
+            installer=PluginInstaller(plugin_dir) if gimp_settings.is_local_url(self.url) else None,
         )
         self.shown = 0  # previews drawn, for the scripted runs
         self.faces_listed = False
@@ -253,6 +256,26 @@ class LiveDialog:
         self.start_button.connect("clicked", lambda *_: self.editor.start())
         engine_row.pack_start(self.start_button, False, False, 0)
         box.pack_start(engine_row, False, False, 0)
+        # what to do when there is no engine: set one up here, stop that, or ask the doctor why
+        self.actions_row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        self.setup_button = Gtk.Button.new_with_mnemonic("Set _up the FFCLIP engine on this computer\u2026")
+        self.setup_button.set_tooltip_text(
+            "Install the engine into a private Python environment in your user folder, then start it"
+        )
+        self.setup_button.connect("clicked", lambda *_: self._setup_clicked())
+        self.cancel_setup_button = Gtk.Button.new_with_mnemonic("Stop the _set-up")
+        self.cancel_setup_button.set_tooltip_text("Stop it now; setting up again goes on where it stopped")
+        self.cancel_setup_button.connect("clicked", lambda *_: self.editor.cancel_setup())
+        self.diagnose_button = Gtk.Button.new_with_mnemonic("_Diagnose")
+        self.diagnose_button.set_tooltip_text("What is wrong, and how to fix it (ffclip-engine doctor)")
+        self.diagnose_button.connect("clicked", lambda *_: self._diagnose())
+        for button in (self.diagnose_button, self.cancel_setup_button, self.setup_button):
+            self.actions_row.pack_end(button, False, False, 0)
+        box.pack_start(self.actions_row, False, False, 0)
+        self.setup_confirm: Gtk.Dialog | None = None
+        self.trial: Gtk.CheckButton | None = None
+        self.text_window: Gtk.Dialog | None = None
+        self.text_view: Gtk.TextView | None = None
         self.progress = Gtk.ProgressBar(show_text=True, text="")
         self.progress.set_ellipsize(3)  # Pango.EllipsizeMode.END: one line, whatever it says
         box.pack_start(self.progress, False, False, 0)
@@ -275,6 +298,7 @@ class LiveDialog:
             self.faces.set_active_id(opening.faces if opening.faces in ("all", "largest") else "all")
         self.dialog.show_all()
         self.start_button.hide()
+        self.set_actions(*(self.editor.offered or (False, False, False)))  # show_all showed them all
         self._fit()
         if not self.faces_listed:
             self.faces_row.hide()  # until the photo shows several faces
@@ -405,6 +429,131 @@ class LiveDialog:
         self.start_button.set_visible(can_start)
         self._fit()
 
+    def set_actions(self, setup: bool, setup_running: bool, diagnose: bool) -> None:
+        self.setup_button.set_visible(setup)
+        self.cancel_setup_button.set_visible(setup_running)
+        self.diagnose_button.set_visible(diagnose)
+        self.actions_row.set_visible(setup or setup_running or diagnose)
+        self._fit()
+
+    def setup_finished(self, result) -> None:
+        """The set-up wrote the plug-in's settings (start command, autostart): take them up."""
+        fresh = gimp_settings.load_settings(self.plugin_dir)
+        for key in ("url", "token", "autostart", "start_command", "start_timeout"):
+            self.settings[key] = fresh.get(key)
+        can = gimp_edit.can_start(self.settings, self.url)
+        self.editor.starter = gimp_edit.EngineStarter(dict(self.settings, url=self.url)) if can else None
+        self.editor.autostart = bool(self.settings.get("autostart"))
+
+    def setup_failed(self, error: BaseException) -> None:
+        step = getattr(error, "step", "") or "?"
+        lines = [getattr(error, "message", "") or str(error)]
+        if getattr(error, "retry", ""):
+            lines += ["", error.retry]
+        tail = getattr(error, "log_tail", None) or []
+        if tail:
+            lines += ["", f"The last lines of its log ({getattr(error, 'log_path', '')}):", *tail]
+        self._show_text(f"FFCLIP Edit: the set-up failed at step \u201c{step}\u201d", "\n".join(lines), diagnose=True)
+
+    def _setup_clicked(self) -> None:
+        from . import setup
+
+        if setup.in_flatpak():  # a sandboxed GIMP cannot create the host's processes
+            commands = "\n".join(setup.host_commands(self.plugin_dir))
+            text = (
+                "GIMP runs as a Flatpak here: its plug-ins cannot install or start programs on your "
+                "computer. Run these commands in a terminal (outside GIMP), then come back: the dialog "
+                f"connects to the engine by itself.\n\n{commands}"
+            )
+            self._show_text("FFCLIP Edit: set up the engine on this computer", text)
+            return
+        self._ask_setup()
+
+    def _ask_setup(self) -> None:
+        """Confirm the set-up (it installs gigabytes) and choose the trial profile; not modal-blocking:
+        the answer arrives through `response`."""
+        if self.setup_confirm is not None:
+            self.setup_confirm.present()
+            return
+        from . import setup
+
+        confirm = Gtk.Dialog(title="Set up the FFCLIP engine", transient_for=self.dialog, modal=True)
+        confirm.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+        confirm.add_button("_Set up", Gtk.ResponseType.OK)
+        confirm.set_default_response(Gtk.ResponseType.OK)
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8, border_width=12)
+        text = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=60, width_chars=60)
+        text.set_markup(
+            "FFCLIP Edit will install its engine into a private Python environment in\n"
+            f"<tt>{GLib.markup_escape_text(str(setup.data_dir()))}</tt>,\n"
+            "register it to start with your session, and start it. PyTorch and the engine's other "
+            "packages come from the Python package index (about 1 to 4 GB); the engine then fetches "
+            "its model weights (about 1.5 GB) by itself. You can stop at any time: setting up again "
+            "goes on where it stopped."
+        )
+        box.pack_start(text, False, False, 0)
+        self.trial = Gtk.CheckButton.new_with_mnemonic(
+            "_Trial only: small untrained networks, no model download (the edits are noise)"
+        )
+        box.pack_start(self.trial, False, False, 0)
+        confirm.get_content_area().pack_start(box, False, False, 0)
+        confirm.connect("response", self._setup_answer)
+        confirm.show_all()
+        self.setup_confirm = confirm
+
+    def _setup_answer(self, confirm: Gtk.Dialog, response: int) -> None:
+        profile = "tiny" if self.trial is not None and self.trial.get_active() else ""
+        confirm.destroy()
+        self.setup_confirm = self.trial = None
+        if response == Gtk.ResponseType.OK:
+            self.editor.setup(profile)
+
+    def _diagnose(self) -> None:
+        self._show_text("FFCLIP Edit: diagnosis", "Asking the FFCLIP doctor\u2026")
+        url, settings, plugin_dir = self.url, dict(self.settings), self.plugin_dir
+
+        def work() -> None:
+            text = diagnose.report(settings, url, plugin_dir)
+            GLib.idle_add(self._set_text, text)
+
+        threading.Thread(target=work, name="ffclip-diagnose", daemon=True).start()
+
+    def _show_text(self, title: str, text: str, diagnose: bool = False) -> None:
+        """A window of selectable text (a report, commands to copy), with Copy; one at a time."""
+        if self.text_window is not None:
+            self.text_window.destroy()
+        window = Gtk.Dialog(title=title, transient_for=self.dialog, modal=False)
+        if diagnose:
+            window.add_button("_Diagnose", RESPONSE_DIAGNOSE)
+        window.add_button("C_opy", RESPONSE_COPY)
+        window.add_button("_Close", Gtk.ResponseType.CLOSE)
+        window.set_default_size(640, 360)
+        view = Gtk.TextView(editable=False, wrap_mode=2, monospace=True, left_margin=8, right_margin=8)  # WORD
+        view.get_buffer().set_text(text)
+        scrolled = Gtk.ScrolledWindow(vexpand=True)
+        scrolled.add(view)
+        window.get_content_area().pack_start(scrolled, True, True, 0)
+        window.connect("response", self._text_response)
+        window.show_all()
+        self.text_window, self.text_view = window, view
+
+    def _set_text(self, text: str) -> bool:
+        if self.text_view is not None:
+            self.text_view.get_buffer().set_text(text)
+        return False
+
+    def _text_response(self, window: Gtk.Dialog, response: int) -> None:
+        if response == RESPONSE_COPY and self.text_view is not None:
+            buffer = self.text_view.get_buffer()
+            text = buffer.get_text(buffer.get_start_iter(), buffer.get_end_iter(), False)
+            Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD).set_text(text, -1)
+            return
+        window.destroy()
+        if window is self.text_window:
+            self.text_window = self.text_view = None
+        if response == RESPONSE_DIAGNOSE:
+            self._diagnose()
+
     def _fit(self) -> None:
         """As tall as the contents, no taller (a message that took two lines may now take one)."""
         self.dialog.resize(DIALOG_WIDTH, 1)
@@ -492,6 +641,8 @@ class LiveDialog:
 
 
 RESPONSE_RESET = 1  # Gtk response ids >= 0 are the application's own
+RESPONSE_COPY = 2
+RESPONSE_DIAGNOSE = 3
 
 
 def ask_edit_as_it_is(problem: str) -> bool:
@@ -551,7 +702,9 @@ class _Replay:
     {"clear": true, "row": N} empties row N; {"enter": true, "row": N} presses Enter in it;
     {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"};
     {"before": true|false}; {"wait_preview": true} until a new preview is drawn; {"wait_engine": TEXT}
-    until the engine line holds TEXT; {"start": true} presses Start; {"reset": true};
+    until the engine line holds TEXT; {"start": true} presses Start; {"setup": true} presses Set up;
+    {"setup_answer": "tiny"|""|"cancel"} answers its confirmation; {"stop_setup": true} stops it;
+    {"diagnose": true}; {"close_text": true} closes the report or commands window; {"reset": true};
     {"preset_save": NAME}; {"preset": NAME}; {"touch": PATH} creates a file (the test acts on it);
     {"paint": true} paints a stroke on the photo layer as a user's brush would (the paintbrush through
     the PDB, the image's undo as GIMP keeps it); {"shot": PATH, "area": [X, Y, W, H]} saves the screen
@@ -610,6 +763,20 @@ class _Replay:
                 self._log({"step": "wait_engine", "engine": d.engine_label.get_text()})
             elif "start" in step:
                 d.start_button.clicked()
+            elif "setup" in step:  # the button; the confirmation opens (or, in a Flatpak, the commands)
+                d.setup_button.clicked()
+            elif "setup_answer" in step:  # "tiny", "" (the real models) or "cancel"
+                if d.setup_confirm is not None:
+                    d.trial.set_active(step["setup_answer"] == "tiny")
+                    cancel = step["setup_answer"] == "cancel"
+                    d.setup_confirm.response(Gtk.ResponseType.CANCEL if cancel else Gtk.ResponseType.OK)
+            elif "stop_setup" in step:
+                d.cancel_setup_button.clicked()
+            elif "diagnose" in step:
+                d.diagnose_button.clicked()
+            elif "close_text" in step:
+                if d.text_window is not None:
+                    d.text_window.response(Gtk.ResponseType.CLOSE)
             elif "reset" in step:
                 d.dialog.response(RESPONSE_RESET)
             elif "preset_save" in step:
@@ -671,6 +838,8 @@ class _Replay:
             "dirty": d.image.is_dirty(),
             "engine": d.engine_label.get_text(),
             "start_button": d.start_button.get_visible(),
+            "actions": [b.get_visible() for b in (d.setup_button, d.cancel_setup_button, d.diagnose_button)],
+            "text_window": _text(d.text_view),
             "domain": d.domain.get_active_id(),
             "status": d.progress.get_text(),
             "rows": [row.value for row in d.rows],
@@ -689,6 +858,13 @@ def _colour(r: int, g: int, b: int):
     colour = Gegl.Color.new("black")
     colour.set_rgba(r / 255, g / 255, b / 255, 1.0)
     return colour
+
+
+def _text(view: Gtk.TextView | None) -> str | None:
+    if view is None:
+        return None
+    buffer = view.get_buffer()
+    return buffer.get_text(buffer.get_start_iter(), buffer.get_end_iter(), False)
 
 
 def _sha1(data: bytes) -> str:
