@@ -10,6 +10,9 @@ FFCLIP publishes one mapper per domain, each with its e4e encoder and StyleGAN2 
 
 (The car frame is the e4e/FFCLIP car data's: Stanford Cars at 512 × 384, padded to 512².)
 
+HyperStyle (`fidelity: high`) publishes a hypernetwork and a W encoder for faces and cars
+(`high_fidelity_models`), none for churches.
+
 A face is found and aligned by engine/face; a car or a church is the selection's bounding box (or
 the whole image) widened to its frame (engine/scene.py).
 """
@@ -20,7 +23,15 @@ from dataclasses import dataclass
 
 from ffclip.plugin.protocol import DEFAULT_DOMAIN, DOMAINS
 
-__all__ = ["DEFAULT_DOMAIN", "DOMAINS", "Domain", "DOMAIN_SPECS", "domain_spec", "needed_models"]
+__all__ = [
+    "DEFAULT_DOMAIN",
+    "DOMAINS",
+    "Domain",
+    "DOMAIN_SPECS",
+    "domain_spec",
+    "high_fidelity_models",
+    "needed_models",
+]
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,9 @@ class Domain:
     frame_band: float  # the frame's height as a fraction of the square's side (the rest is padding)
     encoder_input: tuple[int, int]  # e4e's input (width, height): the frame, resized
     label: str  # in words, for messages
+    # HyperStyle's files for `fidelity: high` (store names; None: no official model for the domain)
+    hyperstyle: str | None = None
+    w_encoder: str | None = None
 
     @property
     def n_latent(self) -> int:
@@ -46,8 +60,19 @@ class Domain:
 
 
 DOMAIN_SPECS: dict[str, Domain] = {
-    "face": Domain("face", "e4e", "ffclip", 1024, 1.0, 1.0, (256, 256), "face"),
-    "car": Domain("car", "e4e-cars", "ffclip-car", 512, 4.0 / 3.0, 0.75, (256, 192), "car"),
+    "face": Domain("face", "e4e", "ffclip", 1024, 1.0, 1.0, (256, 256), "face", "hyperstyle", "hyperstyle-w-encoder"),
+    "car": Domain(
+        "car",
+        "e4e-cars",
+        "ffclip-car",
+        512,
+        4.0 / 3.0,
+        0.75,
+        (256, 192),
+        "car",
+        "hyperstyle-cars",
+        "hyperstyle-w-encoder-cars",
+    ),
     "church": Domain("church", "e4e-church", "ffclip-church", 256, 1.0, 1.0, (256, 256), "church"),
 }
 assert tuple(DOMAIN_SPECS) == DOMAINS
@@ -64,3 +89,10 @@ def needed_models(domain: str) -> tuple[str, ...]:
     """Store names of the files an edit of `domain` needs (CLIP is shared by every domain)."""
     spec = domain_spec(domain)
     return (spec.e4e, spec.ffclip, "clip")
+
+
+def high_fidelity_models(domain: str) -> tuple[str, ...]:
+    """Store names of what an edit of `domain` with `fidelity: high` needs besides needed_models:
+    HyperStyle's hypernetwork file and its W encoder (none for churches: no official model)."""
+    spec = domain_spec(domain)
+    return tuple(n for n in (spec.hyperstyle, spec.w_encoder) if n)

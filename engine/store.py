@@ -69,7 +69,7 @@ class Published:
 
 E4E_FFHQ = Published("2ace1d9a8c05c10a399bcd500b8dda118f759ff1aac89dbdab7435f2136a0999", 1_201_649_680)
 STYLEGAN2_FFHQ = Published("bae494ef77e32a9cd1792a81a3c167692a0e64f6bcd8b06592ff42917e2ed46e", 381_462_551)
-# HyperStyle's faces_w_encoder.pt: not a store entry yet; its spec takes this when it becomes one
+# HyperStyle's faces W encoder (the one HyperStyle file with a public digest)
 HYPERSTYLE_FACES_W_ENCODER = Published("3cb757ae38268b08db8235b4a3d42c98c74428a817b619338848f277cd23e715", 257_850_531)
 
 
@@ -155,6 +155,27 @@ SPECS: tuple[ModelSpec, ...] = (
         {"arch": "resnet50"},
     ),
     ModelSpec(
+        "hyperstyle",
+        "hyperstyle_ffhq.pt",
+        "hyperstyle",
+        "HyperStyle FFHQ hypernetwork (fidelity high: per-photo generator weight offsets) and its generator",
+        "1C3dEIIH1y8w1-zQMCyx7rDF0ndswSXh4",
+        "HyperStyle README (yuval-alaluf/hyperstyle, MIT)",
+        {"size": 1024},
+        STYLEGAN2_LICENCE,
+    ),
+    ModelSpec(
+        "hyperstyle-w-encoder",
+        "faces_w_encoder.pt",
+        "w_encoder",
+        "HyperStyle's faces W encoder (fidelity high: photo -> W, its first inversion)",
+        "1M-hsL3W_cJKs77xM1mwq2e9-J0_m7rHP",
+        "HyperStyle README (Pretrained W-Encoders)",
+        {"stylegan_size": 1024},
+        STYLEGAN2_LICENCE,
+        HYPERSTYLE_FACES_W_ENCODER,
+    ),
+    ModelSpec(
         "e4e-cars",
         "e4e_cars_encode.pt",
         "e4e",
@@ -192,6 +213,26 @@ SPECS: tuple[ModelSpec, ...] = (
         "1ihmvppjLXh71ARx4NLnIMzJRAFLdQnmn",
         "FFCLIP README (Drive link)",
         {"n_latent": 14},
+        STYLEGAN2_LICENCE,
+    ),
+    ModelSpec(
+        "hyperstyle-cars",
+        "hyperstyle_cars.pt",
+        "hyperstyle",
+        "HyperStyle cars hypernetwork (512, 16 W+ layers) and its generator",
+        "1WZ7iNv5ENmxXFn6dzPeue1jQGNp6Nr9d",
+        "HyperStyle README (yuval-alaluf/hyperstyle, MIT)",
+        {"size": 512},
+        STYLEGAN2_LICENCE,
+    ),
+    ModelSpec(
+        "hyperstyle-w-encoder-cars",
+        "cars_w_encoder.pt",
+        "w_encoder",
+        "HyperStyle's cars W encoder",
+        "1GZke8pfXMSZM9mfT-AbP1Csyddf5fas7",
+        "HyperStyle README (Pretrained W-Encoders)",
+        {"stylegan_size": 512},
         STYLEGAN2_LICENCE,
     ),
 )
@@ -291,6 +332,13 @@ class ModelStore:
         except (CheckpointError, AttributeError):
             return False  # loading it will say what is wrong with it
         return not any(str(k).startswith(("module.generator.", "generator.")) for k in state_dict)
+
+    def high_fidelity(self, domain: str = "face") -> list[str]:
+        """Store names of what `fidelity: high` adds for `domain` (HyperStyle's hypernetwork file and
+        its W encoder); empty where HyperStyle publishes no model (churches)."""
+        from .domains import high_fidelity_models
+
+        return list(high_fidelity_models(domain))
 
     def missing(self, names: Iterable[str] | None = None) -> list[str]:
         """Store names of the models `serve`/`edit` need (or of `names`) whose file is absent."""

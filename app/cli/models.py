@@ -8,7 +8,7 @@ from typing import IO
 
 from ffclip.engine.checkpoints.errors import CheckpointError
 from ffclip.engine.checkpoints.layouts import KINDS
-from ffclip.engine.domains import DOMAINS, needed_models
+from ffclip.engine.domains import DOMAINS, high_fidelity_models, needed_models
 from ffclip.engine.store import SPECS, ModelStore, VerifyResult
 
 
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="NAME",
         help=f"any of {', '.join(s.name for s in SPECS)}, or a domain ({', '.join(DOMAINS)}: its e4e, FFCLIP "
-        "and CLIP files) (default: what serve/edit need for faces)",
+        "and CLIP files), or high / high-car (HyperStyle's files for --fidelity high) "
+        "(default: what serve/edit need for faces)",
     )
     fet.add_argument("--all", action="store_true", help="every known model (training, other domains)")
     fet.add_argument(
@@ -118,6 +119,10 @@ def cmd_list(store: ModelStore, out: IO[str]) -> int:
     missing = store.missing(needed)
     if missing:
         print(f"missing for serve/edit: {', '.join(missing)}; get them with `{store.fetch_hint}`", file=out)
+    high = store.high_fidelity()
+    lacking = store.missing(high)
+    state = f"missing {', '.join(lacking)}; get them with `{store.fetch_hint} high`" if lacking else "present"
+    print(f"fidelity high (HyperStyle) needs: {', '.join(high)} ({state})", file=out)
     return 0
 
 
@@ -167,11 +172,20 @@ def cmd_verify(store: ModelStore, names: list[str], accept: bool, out: IO[str]) 
     return 1 if failed else 0
 
 
+HIGH = "high"  # `models fetch high`: HyperStyle's files for faces (`fidelity high`)
+
+
 def expand_domains(names: list[str]) -> list[str]:
-    """Store names, a domain name (face, car, church) standing for the files its edits need."""
+    """Store names, a domain name (face, car, church) standing for the files its edits need, `high`
+    for the faces' HyperStyle files (`high-car` for the cars')."""
     expanded: list[str] = []
     for name in names:
-        expanded += needed_models(name) if name in DOMAINS else [name]
+        if name in DOMAINS:
+            expanded += needed_models(name)
+        elif name == HIGH or name.startswith(f"{HIGH}-") and name[len(HIGH) + 1 :] in DOMAINS:
+            expanded += high_fidelity_models(name[len(HIGH) + 1 :] or "face")
+        else:
+            expanded.append(name)
     return list(dict.fromkeys(expanded))
 
 

@@ -16,6 +16,8 @@ from .layouts import (
     read_e4e,
     read_ffclip,
     read_generator,
+    read_hyperstyle,
+    read_w_encoder,
 )
 from .report import check_state_dict, mismatch_report
 from .safe_load import load_any, load_checkpoint, to_plain
@@ -37,5 +39,7 @@ __all__ = [
     "read_e4e",
     "read_ffclip",
     "read_generator",
+    "read_hyperstyle",
+    "read_w_encoder",
     "to_plain",
 ]

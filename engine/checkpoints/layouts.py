@@ -12,6 +12,10 @@
 |           |                               | TorchScript ViT-B-32.pt (tensors read without its code)      |
 | moco      | moco_v2_800ep_pretrain.pt     | {'state_dict': {module.encoder_q.* (ResNet-50 + MLP head),   |
 |           |                               |  module.encoder_k.*, module.queue*}, 'arch', 'epoch', ...}   |
+| hyperstyle| hyperstyle_ffhq.pt,           | {'state_dict': {hypernet.*, decoder.*}, 'latent_avg':        |
+|           | hyperstyle_cars.pt            |  [L, 512], 'opts': dict, 'global_step', 'best_val_loss'}     |
+| w_encoder | faces_w_encoder.pt,           | {'state_dict': {encoder.* (WEncoder: IR-SE-50, linear),      |
+|           | cars_w_encoder.pt             |  decoder.*}, 'latent_avg', 'opts': dict}  (pSp's coach)      |
 
 The expected {key: shape} comes from our own model classes, built on the meta device (no memory,
 no time), so a file is accepted only when it fits the model that will load it. Architecture
@@ -37,7 +41,7 @@ from .report import Shape, check_state_dict, shape_of
 from .safe_load import load_any, load_checkpoint, safetensors_shapes, sniff, to_plain
 from .torchscript import is_torchscript_archive, openai_to_open_clip, read_torchscript_state_dict
 
-KINDS = ("stylegan2", "e4e", "ffclip", "arcface", "clip", "moco")
+KINDS = ("stylegan2", "e4e", "ffclip", "arcface", "clip", "moco", "hyperstyle", "w_encoder")
 MOCO_PREFIX = "module.encoder_q."  # the query encoder; its `fc` is MoCo v2's projection head
 # body units per IR-SE depth (stage units 3+4+14+3, 3+13+30+3, 3+8+36+3)
 IRSE_DEPTH_BY_UNITS = {24: 50, 49: 100, 50: 152}
@@ -97,6 +101,27 @@ def clip_shapes() -> dict[str, Shape]:
     finally:
         root.disabled = was_disabled
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@lru_cache(maxsize=8)
+def hypernet_shapes(size: int, layers_to_tune: tuple[int, ...]) -> dict[str, Shape]:
+    """HyperStyle's SharedWeightsHyperNetResNet for a generator of `size` tuning those layers."""
+    from ffclip.engine.models.hyperstyle import SharedWeightsHyperNetResNet
+
+    n_outputs = hypernet_outputs(size)
+    return module_shapes(lambda: SharedWeightsHyperNetResNet(6, n_outputs, layers_to_tune))
+
+
+@lru_cache(maxsize=4)
+def w_encoder_shapes(num_layers: int = 50, mode: str = "ir_se") -> dict[str, Shape]:
+    from ffclip.engine.models.hyperstyle import WEncoder
+
+    return module_shapes(lambda: WEncoder(num_layers, mode))
+
+
+def hypernet_outputs(size: int) -> int:
+    """The generator's convolutions (HyperStyle's n_hypernet_outputs): 26 at 1024, 23 at 512, 20 at 256."""
+    return 3 * int(math.log2(size)) - 4
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -314,6 +339,102 @@ def parse_ffclip(ckpt: Mapping[str, Any], what: str = "FFCLIP checkpoint") -> FF
     return FFCLIPParts(mapper, generator, config["n_latent"], gen_config, _plain_opts(ckpt))
 
 
+# --- HyperStyle: the hypernetwork file and the W encoders -------------------------------------------
+
+
+@dataclass
+class HyperStyleParts:
+    hypernet: dict[str, Any]
+    decoder: dict[str, Any]
+    latent_avg: torch.Tensor  # (n_latent, 512)
+    size: int
+    layers_to_tune: tuple[int, ...]
+    opts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_iters(self) -> int:
+        """The refinements the model was trained with (opts.n_iters_per_batch; the paper's 5)."""
+        n = self.opts.get("n_iters_per_batch")
+        return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 20 else 5
+
+
+def parse_hyperstyle(ckpt: Mapping[str, Any], what: str = "HyperStyle checkpoint") -> HyperStyleParts:
+    """hyperstyle_ffhq.pt / hyperstyle_cars.pt: the hypernetwork (the layers it tunes read from its
+    refinement blocks' keys), its generator and latent_avg, checked strictly."""
+    state_dict = _dict_entry(ckpt, "state_dict", what)
+    opts = _plain_opts(ckpt)
+    encoder_type = opts.get("encoder_type")
+    if encoder_type not in (None, "SharedWeightsHyperNetResNet"):
+        raise CheckpointError(f"{what}: its hypernetwork is {encoder_type!r}, not SharedWeightsHyperNetResNet")
+    parts, other = _split_prefixes(state_dict, ("hypernet.", "decoder."))
+    _no_other_keys(other, what, "'hypernet.' and 'decoder.'")
+    hypernet, decoder = parts["hypernet."], parts["decoder."]
+    if not hypernet or not decoder:
+        raise CheckpointError(f"{what}: expected 'hypernet.' and 'decoder.' keys in its state_dict")
+    config = check_generator(decoder, f"{what} (decoder)")
+    size = config["size"]
+    if opts.get("output_size") not in (None, size):
+        raise CheckpointError(f"{what}: opts say output_size {opts['output_size']}, its generator is {size}")
+    layers = tuple(sorted(_indices(hypernet, r"refinement_blocks\.(\d+)\.")))
+    if not layers or layers[-1] >= hypernet_outputs(size):
+        raise CheckpointError(f"{what}: refinement blocks {list(layers)} do not fit a generator of {size}")
+    check_state_dict(hypernet, hypernet_shapes(size, layers), f"{what} (hypernet)")
+    n_latent = n_latent_for(size)
+    latent_avg = ckpt.get("latent_avg")
+    if not isinstance(latent_avg, torch.Tensor) or tuple(latent_avg.shape)[-2:] != (n_latent, 512):
+        raise CheckpointError(
+            f"{what}: latent_avg has shape {shape_of(latent_avg)}, expected [{n_latent}, 512] "
+            "(HyperStyle adds it to the W encoder's codes)"
+        )
+    return HyperStyleParts(hypernet, decoder, latent_avg.reshape(n_latent, 512), size, layers, opts)
+
+
+@dataclass
+class WEncoderParts:
+    encoder: dict[str, Any]
+    stylegan_size: int
+    num_layers: int = 50
+    mode: str = "ir_se"
+    opts: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_w_encoder(ckpt: Mapping[str, Any], what: str = "W encoder checkpoint") -> WEncoderParts:
+    """faces_w_encoder.pt / cars_w_encoder.pt (HyperStyle's e4e into W, saved by pSp's coach): the
+    encoder, checked strictly; its generator size from the decoder, else latent_avg or opts (the
+    encoder's own weights do not depend on it). HyperStyle uses its own latent_avg, not this file's."""
+    state_dict = _dict_entry(ckpt, "state_dict", what)
+    opts = _plain_opts(ckpt)
+    if opts.get("encoder_type") not in (None, "WEncoder"):
+        raise CheckpointError(f"{what}: its encoder is {opts['encoder_type']!r}, not HyperStyle's WEncoder")
+    parts, other = _split_prefixes(state_dict, ("encoder.", "decoder."))
+    _no_other_keys(other, what, "'encoder.' and 'decoder.'")
+    encoder, decoder = parts["encoder."], parts["decoder."]
+    if "linear.weight" not in encoder:
+        raise CheckpointError(f"{what}: no 'encoder.linear.weight': not a W encoder")
+    num_layers, mode = irse_config(encoder, f"{what} encoder")
+    check_state_dict(encoder, w_encoder_shapes(num_layers, mode), f"{what} (encoder)")
+    sizes = set()
+    if decoder:
+        sizes.add(check_generator(decoder, f"{what} (decoder)")["size"])
+    latent_avg = ckpt.get("latent_avg")
+    if isinstance(latent_avg, torch.Tensor) and latent_avg.dim() == 2:
+        sizes.add(size_for_n_latent(int(latent_avg.shape[0]), what))
+    if isinstance(opts.get("output_size"), int):
+        sizes.add(opts["output_size"])
+    if len(sizes) != 1:
+        found = "nothing" if not sizes else ", ".join(map(str, sorted(sizes)))
+        raise CheckpointError(f"{what}: its generator size is unclear (decoder, latent_avg and opts say {found})")
+    return WEncoderParts(encoder, sizes.pop(), num_layers, mode, opts)
+
+
+def read_hyperstyle(path: str | os.PathLike[str]) -> HyperStyleParts:
+    return parse_hyperstyle(load_checkpoint(path), os.path.basename(os.fspath(path)))
+
+
+def read_w_encoder(path: str | os.PathLike[str]) -> WEncoderParts:
+    return parse_w_encoder(load_checkpoint(path), os.path.basename(os.fspath(path)))
+
+
 # --- ArcFace IR-SE-50 and CLIP ------------------------------------------------------------------
 
 
@@ -373,12 +494,10 @@ def detect_kind(ckpt: Mapping[str, Any]) -> str:
     state_dict = ckpt.get("state_dict")
     if isinstance(state_dict, dict):
         keys = list(state_dict)
-        if any(k.startswith("hypernet.") for k in keys) or "encoder.linear.weight" in state_dict:
-            # hyperstyle_ffhq.pt / faces_w_encoder.pt (the W encoder's keys also sit under 'encoder.')
-            raise CheckpointError(
-                "a HyperStyle checkpoint (its hypernetwork or its W encoder): not used by this version of "
-                "the engine yet (issue 29)"
-            )
+        if any(k.startswith("hypernet.") for k in keys):
+            return "hyperstyle"
+        if "encoder.linear.weight" in state_dict:  # HyperStyle's W encoder: its keys sit under 'encoder.' too
+            return "w_encoder"
         if any(k.startswith("encoder.") for k in keys):
             return "e4e"
         if any(k.startswith(("module.att_mapper.", "att_mapper.")) for k in keys):
@@ -422,6 +541,15 @@ def _summary(kind: str, parts: Any) -> dict[str, Any]:
         return dict(parts[1])
     if kind == "moco":
         return {"arch": "resnet50", "tensors": len(parts)}
+    if kind == "hyperstyle":
+        return {
+            "size": parts.size,
+            "n_latent": n_latent_for(parts.size),
+            "layers_to_tune": list(parts.layers_to_tune),
+            "n_iters": parts.n_iters,
+        }
+    if kind == "w_encoder":
+        return {"stylegan_size": parts.stylegan_size, "n_latent": n_latent_for(parts.stylegan_size)}
     return {}
 
 
@@ -444,6 +572,8 @@ def inspect_file(path: str | os.PathLike[str], kind: str | None = None) -> Inspe
         "arcface": parse_arcface,
         "clip": _parse_clip_dict,
         "moco": parse_moco,
+        "hyperstyle": parse_hyperstyle,
+        "w_encoder": parse_w_encoder,
     }[found]
     parts = parser(obj, what)
     return Inspection(found, _summary(found, parts), parts)

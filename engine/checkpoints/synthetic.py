@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .layouts import e4e_shapes, generator_shapes, mapper_shapes, n_latent_for
+from .layouts import e4e_shapes, generator_shapes, hypernet_shapes, mapper_shapes, n_latent_for, w_encoder_shapes
 from .report import Shape
 
 
@@ -68,4 +68,48 @@ def official_size_files(size: int = 1024) -> dict[str, dict[str, Any]]:
         "stylegan2": rosinality_checkpoint(g),
         "e4e": e4e_checkpoint(cheap_state_dict(e4e_shapes(size)), g, n_latent),
         "ffclip": ffclip_checkpoint(cheap_state_dict(mapper_shapes(n_latent)), g),
+    }
+
+
+def hyperstyle_checkpoint(
+    hypernet: Mapping[str, torch.Tensor], decoder: Mapping[str, torch.Tensor], n_latent: int, opts: Any = None
+) -> dict[str, Any]:
+    """{'state_dict': hypernet.* + decoder.*, 'opts', 'latent_avg', ...} as HyperStyle's coach saves
+    (the W encoder's keys left out)."""
+    state_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
+    state_dict.update((f"hypernet.{k}", v) for k, v in hypernet.items())
+    state_dict.update((f"decoder.{k}", v) for k, v in decoder.items())
+    if opts is None:
+        size = 2 ** ((n_latent + 2) // 2)
+        opts = {"encoder_type": "SharedWeightsHyperNetResNet", "output_size": size, "n_iters_per_batch": 5}
+    return {
+        "state_dict": state_dict,
+        "opts": opts,
+        "latent_avg": torch.zeros(n_latent, 512),
+        "global_step": 500000,
+        "best_val_loss": None,
+    }
+
+
+def w_encoder_checkpoint(
+    encoder: Mapping[str, torch.Tensor], decoder: Mapping[str, torch.Tensor] | None, n_latent: int, opts: Any = None
+) -> dict[str, Any]:
+    """{'state_dict': encoder.* + decoder.*, 'latent_avg', 'opts'} as pSp's coach saves a W encoder."""
+    ckpt = e4e_checkpoint(encoder, decoder, n_latent, opts)
+    if opts is None:
+        ckpt["opts"] = {"encoder_type": "WEncoder", "output_size": 2 ** ((n_latent + 2) // 2)}
+    return ckpt
+
+
+def hyperstyle_files(size: int = 1024, layers: tuple[int, ...] | None = None) -> dict[str, dict[str, Any]]:
+    """Cheap full-size HyperStyle files of one domain: {'hyperstyle', 'w_encoder'} -> checkpoint dict."""
+    from ffclip.engine.models.hyperstyle import FFHQ_LAYERS_TO_TUNE
+
+    n_latent = n_latent_for(size)
+    if layers is None:
+        layers = tuple(j for j in FFHQ_LAYERS_TO_TUNE if j < 3 * (size.bit_length() - 1) - 4)
+    g = cheap_state_dict(generator_shapes(size))
+    return {
+        "hyperstyle": hyperstyle_checkpoint(cheap_state_dict(hypernet_shapes(size, layers)), g, n_latent),
+        "w_encoder": w_encoder_checkpoint(cheap_state_dict(w_encoder_shapes()), g, n_latent),
     }
