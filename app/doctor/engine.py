@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from ffclip.app.doctor import gimp as gd
 from ffclip.app.doctor.gimp import FAIL, INFO, OK, Check, Context, Profile, command, install_fix
+from ffclip.app.doctor.setup import setup_checks
 from ffclip.gimp import settings as gimp_settings
 from ffclip.plugin import paths
 from ffclip.plugin.protocol import EngineState
@@ -535,4 +536,6 @@ def diagnose(ctx: Context) -> list[Check]:
     device = device_check(ctx, status, profile)
     engine_log = paths.state_dir(ctx.environ) / paths.ENGINE_LOG
     logs = [gd.log_check("log.engine", "engine log", engine_log), *gd.plugin_log_checks(ctx)]
-    return checks + engine_part + models + [device] + logs
+    commands = [list(map(str, t.settings["start_command"])) for t in targets if t.settings.get("start_command")]
+    made = setup_checks(ctx, commands)  # before the engine's: a failed set-up explains a missing engine
+    return checks + made + engine_part + models + [device] + logs

@@ -1,0 +1,47 @@
+"""The dialog's Diagnose (gimp/diagnose.py): the doctor asked of the engine's own Python."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffclip.gimp import diagnose
+
+URL = "ws://127.0.0.1:8765/"
+
+
+def fake_python(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "python"
+    script.write_text(f"#!{sys.executable}\nimport sys\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_the_engine_python_is_the_start_commands_or_the_set_ups(tmp_path):
+    python = fake_python(tmp_path, "")
+    assert diagnose.engine_python({"start_command": [python, "-m", "ffclip.app", "serve"]}) == python
+    assert diagnose.engine_python({"start_command": f"{python} -m ffclip.app serve"}) == python
+    # a start command of another shape (a wrapper script, a service manager) says nothing of the engine's Python
+    assert diagnose.engine_python({"start_command": ["systemctl", "--user", "start", "ffclip"]}) is None
+    assert diagnose.engine_python({"start_command": ["/gone/python", "-m", "ffclip.app", "serve"]}) is None
+    assert diagnose.engine_python({}, {"python": python}) == python
+    assert diagnose.engine_python({}, {"python": "/gone/python"}) is None
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a #! script stands for the engine's Python")
+def test_the_report_is_the_doctors_own_words_without_running_gimp(tmp_path):
+    python = fake_python(tmp_path, "print('doctor', *sys.argv[1:]); print('oops', file=sys.stderr)")
+    settings = {"start_command": [python, "-m", "ffclip.app", "serve"]}
+    text = diagnose.report(settings, URL, tmp_path, environ={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert text == f"doctor -m ffclip.app doctor --no-gimp --url {URL}\noops"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a #! script stands for the engine's Python")
+def test_a_doctor_that_hangs_is_given_up(tmp_path, monkeypatch):
+    python = fake_python(tmp_path, "import time; time.sleep(30)")
+    monkeypatch.setattr(diagnose, "DOCTOR_TIMEOUT_S", 0.5)
+    text = diagnose.report({"start_command": [python, "-m", "ffclip.app", "serve"]}, URL, tmp_path, {"HOME": "/"})
+    assert text.startswith("The doctor did not finish within 0.5 s")
