@@ -31,6 +31,7 @@ def test_the_engine_python_is_the_start_commands_or_the_set_ups(tmp_path):
     assert diagnose.engine_python({}, {"python": "/gone/python"}) is None
 
 
+@pytest.mark.process
 @pytest.mark.skipif(os.name == "nt", reason="a #! script stands for the engine's Python")
 def test_the_report_is_the_doctors_own_words_without_running_gimp(tmp_path):
     python = fake_python(tmp_path, "print('doctor', *sys.argv[1:]); print('oops', file=sys.stderr)")
@@ -39,9 +40,23 @@ def test_the_report_is_the_doctors_own_words_without_running_gimp(tmp_path):
     assert text == f"doctor -m ffclip.app doctor --no-gimp --url {URL}\noops"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(os.name == "nt", reason="a #! script stands for the engine's Python")
 def test_a_doctor_that_hangs_is_given_up(tmp_path, monkeypatch):
     python = fake_python(tmp_path, "import time; time.sleep(30)")
     monkeypatch.setattr(diagnose, "DOCTOR_TIMEOUT_S", 0.5)
     text = diagnose.report({"start_command": [python, "-m", "ffclip.app", "serve"]}, URL, tmp_path, {"HOME": "/"})
     assert text.startswith("The doctor did not finish within 0.5 s")
+
+
+def test_without_an_engine_the_plugin_says_what_it_knows(tmp_path):
+    environ = {
+        "HOME": str(tmp_path),
+        "PATH": "",
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "FLATPAK_ID": "org.gimp.GIMP",
+    }
+    text = diagnose.report({"start_command": None}, URL, tmp_path / "plug-in", environ)
+    assert text.startswith("No FFCLIP engine is installed") and f"Engine URL: {URL}" in text
+    assert "GIMP runs as a Flatpak" in text  # and the host commands follow
+    assert "No Python 3.10 or newer found" in text  # an empty PATH: none to find
