@@ -447,6 +447,17 @@ def command_for_url(command: list[str], url: str | None) -> list[str]:
     return command
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # `serve --precision` (engine/precision.py)
+
+
+def command_with_precision(command: list[str], precision: str | None) -> list[str]:
+    """The start command with the settings' `precision` (an engine started by the plug-in computes
+    as the user chose); a command that names its own precision keeps it."""
+    if not precision or precision not in PRECISIONS or any(c.startswith("--precision") for c in command):
+        return command
+    return [*command, "--precision", precision]
+
+
 def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
     """Start the daemon from `start_command`, detached, its output in the state folder's engine.log."""
     command = settings.get("start_command")
@@ -455,6 +466,7 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
     if not command:
         raise PluginError(not_running_message(settings.get("url")))
     command = command_for_url([str(c) for c in command], settings.get("url"))
+    command = command_with_precision(command, settings.get("precision"))
     progress.text(stage_text("start"))
     log_path = engine_log_path()
     try:

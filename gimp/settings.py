@@ -16,6 +16,8 @@ writes it, the dialog updates the engine URL in it. Keys:
   anyone on the network could read it; serve `wss://` instead).
 - `autostart`: start the engine when it is not reachable (only for a local URL).
 - `start_command`: argv list that starts the daemon (`ffclip-engine serve ...`).
+- `precision`: the arithmetic of an engine the plug-in starts (`auto`, `fp32`, `bf16`, `fp16`; `serve
+  --precision`); unset: the engine's default (auto: bf16 previews where the processor has it).
 - `start_timeout`: seconds to wait for a started daemon to accept connections.
 - `timeout`: seconds of silence from the engine before a job is given up.
 - `recent_prompts`: prompts of the last applied edits, offered first by the dialog's completion.
@@ -48,6 +50,7 @@ DEFAULTS: dict = {
     "insecure_plain_token": False,
     "autostart": False,
     "start_command": None,
+    "precision": None,
     "start_timeout": 120.0,
     "timeout": 600.0,
     "recent_prompts": [],  # the live dialog's completion, most recent first

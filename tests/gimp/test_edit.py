@@ -517,3 +517,21 @@ def test_a_resent_layer_keeps_ffclip_cancel_pointed_at_its_new_job(tmp_path, mon
     assert seen[1] == "resent-job" and seen[0] != "resent-job"
     assert any(gimp_edit.STAGE_TEXT["moved"] in t for t in rec.texts)
     assert gimp_settings.read_job_state() is None  # cleaned up after the result
+
+
+@pytest.mark.process
+def test_an_engine_the_plugin_starts_computes_in_the_settings_precision(tmp_path, monkeypatch):
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path))
+    command = [sys.executable, "-c", "import sys; print(sys.argv[1:])"]
+    settings = {"start_command": command, "url": "ws://127.0.0.1:8765/", "precision": "bf16"}
+    gimp_edit.start_engine(settings, Recorder()).wait(30)
+    assert (tmp_path / "engine-start.log").read_text() == "['--precision', 'bf16']\n"
+
+
+def test_the_settings_precision_goes_into_the_start_command():
+    cmd = ["python", "-m", "ffclip.app", "serve", "--port", "8765"]
+    assert gimp_edit.command_with_precision(cmd, "bf16") == [*cmd, "--precision", "bf16"]
+    assert gimp_edit.command_with_precision(cmd, None) == cmd
+    assert gimp_edit.command_with_precision(cmd, "fp64; rm -rf ~") == cmd  # only the engine's words
+    own = [*cmd, "--precision=fp32"]
+    assert gimp_edit.command_with_precision(own, "bf16") == own  # the command's own choice stands
