@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ffclip.app.cli.evaluate", "evaluate a mapper checkpoint"),
     "bench": ("ffclip.app.cli.bench", "time each stage at real model sizes"),
     "install-gimp-plugin": ("ffclip.app.cli.install_gimp_plugin", "install the GIMP 3 plug-in"),
+    "gimp-bundle": ("ffclip.app.cli.gimp_bundle", "write the zip a GIMP user unzips into a plug-ins folder"),
     "doctor": ("ffclip.app.cli.doctor", "check the GIMP plug-in, the engine and the models; say how to fix"),
     "batch-edit": ("ffclip.app.batch_edit", "edit every photo of a folder through GIMP 3 and the plug-in"),
 }
