@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +31,24 @@ def state_dir(environ: dict | None = None) -> Path:
     if os.name == "nt" and environ.get("LOCALAPPDATA"):
         return Path(environ["LOCALAPPDATA"]) / APP_DIR
     return Path(environ.get("HOME") or Path.home()) / ".local" / "state" / APP_DIR
+
+
+def data_dir(environ: dict | None = None, platform: str | None = None) -> Path:
+    """Data that is made, not configured (the engine's private Python environment, the set-up's
+    record): $FFCLIP_DATA_DIR, else $XDG_DATA_HOME/ffclip-edit, else %LOCALAPPDATA%\\ffclip-edit on
+    Windows, ~/Library/Application Support/ffclip-edit on macOS, ~/.local/share/ffclip-edit."""
+    environ = os.environ if environ is None else environ
+    platform = platform or sys.platform
+    if environ.get("FFCLIP_DATA_DIR"):
+        return Path(environ["FFCLIP_DATA_DIR"])
+    if environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]) / APP_DIR
+    home = Path(environ.get("HOME") or environ.get("USERPROFILE") or Path.home())
+    if platform == "win32":
+        return Path(environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / APP_DIR
+    if platform == "darwin":
+        return home / "Library" / "Application Support" / APP_DIR
+    return home / ".local" / "share" / APP_DIR
 
 
 def runtime_dir(environ: dict | None = None) -> Path:

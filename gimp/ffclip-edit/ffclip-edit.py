@@ -3,6 +3,7 @@
 #
 # Filters > FFCLIP Edit...   (python-fu-ffclip-edit)    edit the faces of the active layer
 # Filters > FFCLIP Cancel    (python-fu-ffclip-cancel)  cancel the running edit
+# Filters > FFCLIP Set up the engine... (python-fu-ffclip-setup)  set up the engine on this computer
 #
 # This file only talks to GIMP; everything else is in the `ffclip` folder next to it (copies of the
 # project's ffclip.plugin and ffclip.gimp packages, standard library only). Installed by
@@ -11,6 +12,7 @@
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import gi
@@ -25,6 +27,7 @@ sys.path.insert(0, HERE)  # the installed copies (or, from a checkout, the proje
 from ffclip.gimp import edit as gimp_edit  # noqa: E402
 from ffclip.gimp import layers, live, recipe  # noqa: E402
 from ffclip.gimp import settings as gimp_settings  # noqa: E402
+from ffclip.gimp import setup as gimp_setup  # noqa: E402
 from ffclip.plugin import paths  # noqa: E402
 
 
@@ -232,16 +235,64 @@ def ffclip_cancel(procedure, config, data):
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
+def ffclip_setup(procedure, config, data):
+    """Set up the engine on this computer (gimp/setup.py): progress through Gimp.progress and on the
+    console; on failure an error status with the step, the message, the log's last lines and what to do."""
+    run_mode = config.get_property("run-mode")
+    profile = (config.get_property("profile") or "").strip()
+    if profile not in gimp_setup.PROFILES:
+        return _fail(procedure, f'profile must be "" or "tiny", not {profile!r}', Gimp.PDBStatusType.CALLING_ERROR)
+    progress = GimpProgress()
+    shown, began = [None], time.monotonic()
+
+    def on_event(event):
+        progress.text(f"[{event.step}/{event.steps}] {event.text}")
+        if event.fraction is not None:
+            progress.fraction(event.fraction)
+        line = f"{event.step}/{event.steps} {event.name}: {event.text}"
+        every_byte = event.done_bytes not in (None, 0) and event.fraction != 1.0  # not each byte count
+        if not every_byte and line != shown[0]:
+            print(f"ffclip-setup: {time.monotonic() - began:7.1f} s  {line}", file=sys.stderr, flush=True)
+            shown[0] = line
+
+    try:
+        result = gimp_setup.Setup(HERE, profile, on_event=on_event).run()
+    except gimp_setup.SetupError as exc:
+        tail = "\n".join(exc.log_tail)
+        text = f"FFCLIP set-up failed at its {exc.step} step: {exc.message}\n{exc.retry}"
+        if tail:
+            text += f"\nLast lines of {exc.log_path}:\n{tail}"
+        status = Gimp.PDBStatusType.CANCEL if isinstance(exc, gimp_setup.SetupCancelled) else None
+        return _fail(procedure, text, status or Gimp.PDBStatusType.EXECUTION_ERROR)
+    except Exception as exc:  # noqa: BLE001
+        return _fail(procedure, f"FFCLIP set-up failed: {type(exc).__name__}: {exc}" + _log_unexpected())
+    finally:
+        progress.end()
+    message = f"The FFCLIP engine is set up: {result.url} ({result.python}); service {result.service}"
+    print(f"ffclip-setup: {message}", file=sys.stderr, flush=True)
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        Gimp.message(message)
+    return Gimp.ValueArray.new_from_values(
+        [
+            GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+            GObject.Value(GObject.TYPE_STRING, result.url),
+            GObject.Value(GObject.TYPE_STRING, str(result.python)),
+        ]
+    )
+
+
 class FfclipEdit(Gimp.PlugIn):
     def do_set_i18n(self, name):
         return False, None, None
 
     def do_query_procedures(self):
-        return [gimp_edit.PROCEDURE, gimp_edit.CANCEL_PROCEDURE]
+        return [gimp_edit.PROCEDURE, gimp_edit.CANCEL_PROCEDURE, gimp_setup.PROCEDURE]
 
     def do_create_procedure(self, name):
         if name == gimp_edit.CANCEL_PROCEDURE:
             return self._cancel_procedure(name)
+        if name == gimp_setup.PROCEDURE:
+            return self._setup_procedure(name)
         return self._edit_procedure(name)
 
     def _edit_procedure(self, name):
@@ -327,6 +378,30 @@ class FfclipEdit(Gimp.PlugIn):
             Gimp.RunMode.NONINTERACTIVE,
             GObject.ParamFlags.READWRITE,
         )
+        return procedure
+
+    def _setup_procedure(self, name):
+        procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, ffclip_setup, None)
+        procedure.set_menu_label(gimp_setup.MENU_LABEL)
+        procedure.add_menu_path(gimp_edit.MENU_PATH)
+        procedure.set_documentation(
+            "Set up the FFCLIP engine on this computer",
+            "Finds a Python 3.10+ on this computer, makes a private environment in the user's data folder, "
+            "installs torch and the engine (the wheel in this plug-in's folder) from the package index, "
+            "registers the desktop service where there is one, writes the plug-in's settings and starts the "
+            "engine. A re-run resumes. Profile 'tiny': the untrained trial engine (no model download).",
+            name,
+        )
+        procedure.set_attribution("FFCLIP Edit contributors", "FFCLIP Edit contributors", "2025")
+        flags = GObject.ParamFlags.READWRITE
+        procedure.add_enum_argument(
+            "run-mode", "Run mode", "The run mode", Gimp.RunMode, Gimp.RunMode.NONINTERACTIVE, flags
+        )
+        procedure.add_string_argument(
+            "profile", "_Profile", "Empty: the real models; 'tiny': the untrained trial engine", "", flags
+        )
+        procedure.add_string_return_value("url", "URL", "The engine's URL", "", flags)
+        procedure.add_string_return_value("python", "Python", "The private environment's interpreter", "", flags)
         return procedure
 
 
