@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,93 @@ def build_tiny(profile: Profile, seed: int | None = None, clip: Any = None) -> N
     if clip is None:
         clip = build_tiny_clip(TINY_SEED, embed_dim=profile.style_dim)
     return Networks(g, enc, latent_avg, mapper, clip, sources={"all": "tiny (seeded, untrained)"})
+
+
+# the tiny HyperStyle tunes every 3×3 layer whose shape its heads can make: the shared hypernetwork's
+# square kernels fit the 64-channel levels (4² to 32²), the per-layer heads the narrow ones (128², 256²)
+TINY_HYPERSTYLE_LAYERS = (0, 2, 3, 5, 6, 8, 9, 14, 15, 17, 18)
+TINY_HYPERSTYLE_SEED = TINY_SEED + 29
+
+
+def tiny_hyperstyle_layers(profile: Profile) -> tuple[int, ...]:
+    from .models.hyperstyle import SHARED_LAYERS, conv_shapes, is_to_rgb
+
+    n = 3 * (profile.size.bit_length() - 1) - 4
+    shapes = conv_shapes(n, profile.channel_multiplier, profile.channel_base)
+    square = (3, profile.channel_base, profile.channel_base)
+    return tuple(j for j in range(n) if not is_to_rgb(j) and (j not in SHARED_LAYERS or shapes[j] == square))
+
+
+def build_tiny_hyperstyle(profile: Profile, latent_avg: Tensor, seed: int | None = None) -> Any:
+    """The tiny profile's HyperStyle: the official architecture (ResNet-34 hypernetwork with shared
+    and per-layer heads, IR-SE W encoder) at narrow widths for the tiny generator, seeded random
+    weights, untrained like the rest of the profile. Its weight deltas are kept small (a few per cent)
+    so that the offset generator still draws about the same noise."""
+    from .models.hyperstyle import CAR_ROWS, HyperStyleNets, SharedWeightsHyperNetResNet, WEncoder, conv_shapes
+
+    n = 3 * (profile.size.bit_length() - 1) - 4
+    shapes = conv_shapes(n, profile.channel_multiplier, profile.channel_base)
+    seed = TINY_HYPERSTYLE_SEED + TINY_DOMAIN_SEED.get(profile.domain, 0) - TINY_SEED if seed is None else seed
+    with seeded(seed), torch.no_grad():
+        hypernet = SharedWeightsHyperNetResNet(
+            6, n, tiny_hyperstyle_layers(profile), shapes=shapes, base=8, hidden=profile.channel_base
+        )
+        for block in hypernet.refinement_blocks:
+            if block is not None and hasattr(block, "output"):
+                block.output[-1].weight.mul_(0.05)
+                block.output[-1].bias.mul_(0.05)
+        for p in (hypernet.shared_weight_hypernet.w1, hypernet.shared_weight_hypernet.b1):
+            p.mul_(0.3)
+        w_encoder = WEncoder(
+            output_size=profile.size,
+            stages=profile.e4e_stages,
+            input_width=profile.e4e_input_width,
+            style_dim=profile.style_dim,
+        )
+        w_encoder.linear.weight.mul_(0.1)
+    n_latent = profile.n_latent
+    avg = latent_avg.reshape(-1, latent_avg.shape[-1])[-1:].expand(n_latent, -1).clone()
+    rows = CAR_ROWS if profile.domain == "car" else None
+    return HyperStyleNets(
+        w_encoder.eval(), hypernet.eval(), avg, None, 5, rows, {"hyperstyle": "tiny (seeded, untrained)"}
+    )
+
+
+def load_real_hyperstyle(models_dir: str | Path | None, domain: str, generator: Generator) -> Any:
+    """HyperStyle's official files of `domain` from the model store, loaded strictly and safely. Its
+    generator is the engine's when the file's decoder holds the same weights (the official files'
+    is StyleGAN2 FFHQ itself), else its own."""
+    from .checkpoints.layouts import hypernet_outputs, read_hyperstyle, read_w_encoder
+    from .domains import domain_spec, high_fidelity_models
+    from .models.hyperstyle import CAR_ROWS, HyperStyleNets, SharedWeightsHyperNetResNet, WEncoder
+    from .store import ModelStore
+
+    store = ModelStore(models_dir)
+    names = high_fidelity_models(domain)
+    missing = store.missing(names)
+    if not names or missing:
+        hint = f"{store.fetch_hint} high" + ("" if domain == "face" else f"-{domain}")
+        raise ModelsMissing(missing or [f"HyperStyle for the {domain} domain (none published)"], hint)
+    spec = domain_spec(domain)
+    parts = read_hyperstyle(store.path(spec.hyperstyle))
+    n_outputs, layers, size = hypernet_outputs(parts.size), parts.layers_to_tune, parts.size
+    hypernet = _assigned(lambda: SharedWeightsHyperNetResNet(6, n_outputs, layers), parts.hypernet)
+    own = None
+    ours = generator.state_dict()
+    same = set(ours) == set(parts.decoder) and all(
+        torch.equal(ours[k].cpu(), v.to(ours[k].dtype)) for k, v in parts.decoder.items()
+    )
+    if not same:
+        own = generator_from_state_dict(parts.decoder)
+    latent_avg, n_iters = parts.latent_avg.float(), parts.n_iters
+    del parts, ours
+    w = read_w_encoder(store.path(spec.w_encoder))
+    if w.stylegan_size != size:
+        raise ValueError(f"the W encoder is for a {w.stylegan_size} generator, HyperStyle's is {size}")
+    w_encoder = _assigned(lambda: WEncoder(w.num_layers, w.mode, size), w.encoder)
+    sources = {name: store.path(name).name for name in names}
+    rows = CAR_ROWS if domain == "car" else None
+    return HyperStyleNets(w_encoder.eval(), hypernet.eval(), latent_avg, own, n_iters, rows, sources)
 
 
 def normalise_untrained_rgb(g: Generator, latent_avg: Tensor) -> None:
@@ -266,7 +354,24 @@ class Engine:
         self.sources = nets.sources
         for module in (self.generator, self.encoder, self.mapper, self.text.model):
             module.requires_grad_(False)
+        # fidelity high (HyperStyle): built or loaded on its first use (the official files add ~1.5 GB)
+        self._hyperstyle: Any = None
+        self._hyperstyle_lock = threading.Lock()
+        self._hyperstyle_source: Callable[[], Any] | None = None
+        self._hyperstyle_missing: Callable[[], list[str]] = lambda: ["HyperStyle (no source for this engine)"]
+        self._hyperstyle_hint = FETCH_HINT + " high"
         release_freed_memory()
+
+    def set_hyperstyle(
+        self, source: Callable[[], Any], missing: Callable[[], list[str]] | None = None, hint: str | None = None
+    ) -> None:
+        """Where `fidelity: high` comes from: `source()` builds or loads the HyperStyleNets on first use;
+        `missing()` names the store files it lacks (checked before each use, cheaply); `hint` the
+        command that fetches them."""
+        self._hyperstyle_source = source
+        self._hyperstyle_missing = missing or (lambda: [])
+        if hint:
+            self._hyperstyle_hint = hint
 
     @classmethod
     def load(
@@ -288,7 +393,24 @@ class Engine:
         clip = text.model if text is not None else None
         nets = build_tiny(prof, clip=clip) if prof.untrained else load_real(models_dir, domain=domain, clip=clip)
         options = {"precision": precision, "autocast": autocast, "threads": threads, "cuda_graphs": cuda_graphs}
-        return cls(nets, prof, device, **options, text=text)
+        engine = cls(nets, prof, device, **options, text=text)
+        if prof.untrained and domain == "church":  # as the real profile: HyperStyle has no church model
+            engine.set_hyperstyle(lambda: None, lambda: ["HyperStyle for the church domain (none published)"])
+        elif prof.untrained:
+            latent_avg = nets.latent_avg
+            engine.set_hyperstyle(lambda: build_tiny_hyperstyle(prof, latent_avg))
+        else:
+            from .domains import high_fidelity_models
+            from .store import ModelStore
+
+            store, names = ModelStore(models_dir), high_fidelity_models(domain)
+            hint = f"{store.fetch_hint} high" + ("" if domain == "face" else f"-{domain}")
+            engine.set_hyperstyle(
+                lambda: load_real_hyperstyle(models_dir, domain, engine.generator),
+                lambda: store.missing(names) if names else [f"HyperStyle for the {domain} domain (none published)"],
+                hint,
+            )
+        return engine
 
     def _amp(self, dtype: torch.dtype) -> contextlib.AbstractContextManager:
         """Autocast to `dtype` where the networks run under it: every network on a GPU, e4e on a CPU (the
@@ -319,7 +441,8 @@ class Engine:
         tensors = [self.latent_avg]
         for module in (self.generator, self.encoder, self.mapper):
             tensors += [*module.parameters(), *module.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        high = self._hyperstyle.nbytes() if self._hyperstyle is not None else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + high
 
     @property
     def n_latent(self) -> int:
@@ -346,10 +469,67 @@ class Engine:
             "size": self.size,
             "n_latent": self.n_latent,
             "sources": dict(self.sources),
+            **self.describe_fidelity(),
         }
+
+    def describe_fidelity(self) -> dict[str, Any]:
+        """`fidelities`: what an edit's `fidelity` may be here ("high" once HyperStyle's files are
+        present, or loaded); `high_fidelity`: {loaded, missing (store names), fetch (the command)}."""
+        loaded = self._hyperstyle is not None
+        try:
+            missing = [] if loaded else list(self._hyperstyle_missing())
+        except OSError:  # a store folder that cannot be read: nothing to offer
+            missing = ["(the model store cannot be read)"]
+        high = {"loaded": loaded, "missing": missing}
+        if missing:
+            high["fetch"] = self._hyperstyle_hint
+        return {"fidelities": ["standard"] if missing else ["standard", "high"], "high_fidelity": high}
 
     def text_cache_stats(self) -> dict[str, int]:
         return self.text.stats()
+
+    # -- fidelity high: HyperStyle ------------------------------------------------------------
+    def high_fidelity_missing(self) -> list[str]:
+        """Store names of HyperStyle's files that `fidelity: high` lacks here (empty once loaded)."""
+        return [] if self._hyperstyle is not None else list(self._hyperstyle_missing())
+
+    def hyperstyle(self) -> Any:
+        """HyperStyle's networks (HyperStyleNets), built or loaded once; ModelsMissing without them."""
+        with self._hyperstyle_lock:
+            if self._hyperstyle is None:
+                missing = self._hyperstyle_missing()
+                if missing or self._hyperstyle_source is None:
+                    raise ModelsMissing(missing or ["HyperStyle"], self._hyperstyle_hint)
+                nets = self._hyperstyle_source()
+                for module in nets.modules():
+                    module.eval().requires_grad_(False).to(self.device)
+                nets.latent_avg = nets.latent_avg.to(self.device, torch.float32)
+                self._hyperstyle = nets
+                self.sources = {**self.sources, **nets.sources}
+                release_freed_memory()
+            return self._hyperstyle
+
+    def invert_high(
+        self, x: Tensor, between: Callable[[int], None] | None = None
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """HyperStyle's inversion of aligned faces x (1, 3, H, W) in [-1, 1]: (W+ codes (1, n_latent,
+        D), the weight offsets Δ per generator convolution, None where not tuned). The official
+        inference (W encoder + latent_avg, n_iters refinements) on the fast synthesis path, in the
+        full precision; `between(i)` after each refinement (progress, cancel)."""
+        from .models.hyperstyle import offsets
+
+        nets = self.hyperstyle()
+        g = nets.generator or self.generator
+
+        def render(codes: Tensor, deltas: Any) -> Tensor:
+            return self._synthesis_with(g, codes, (g.size,), None, False, deltas)[g.size]
+
+        with torch.inference_mode():
+            x = x.to(self.device, torch.float32)
+            codes, deltas = offsets(
+                nets.w_encoder, nets.hypernet, x, nets.latent_avg, nets.n_iters, render, nets.rows, between
+            )
+            return codes.float(), [None if d is None else d.float() for d in deltas]
 
     # -- the four steps --------------------------------------------------------------------
     def invert(self, x: Tensor) -> Tensor:
@@ -375,13 +555,16 @@ class Engine:
             w = w.to(self.device)
             return self.mapper(w, e.to(self.device).expand(w.shape[0], -1, -1))
 
-    def synthesize(self, w: Tensor, preview: bool = False, size: int | None = None) -> Tensor:
+    def synthesize(
+        self, w: Tensor, preview: bool = False, size: int | None = None, offsets: list[Tensor | None] | None = None
+    ) -> Tensor:
         """W+ -> images (B, 3, S, S), about [-1, 1]; fixed noise so that edits are repeatable.
 
         `size` (a power of two <= engine.size) stops synthesis at that resolution, as `preview` does
-        at preview_size: e.g. a reconstruction for the change mask at 256² costs ~40 % of 1024²."""
+        at preview_size: e.g. a reconstruction for the change mask at 256² costs ~40 % of 1024².
+        `offsets`: HyperStyle's weight offsets of the photo (invert_high), for fidelity high."""
         size = size or (self.preview_size if preview else self.size)
-        return self.synthesize_levels(w, (size,), preview=preview)[size]
+        return self.synthesize_levels(w, (size,), preview=preview, offsets=offsets)[size]
 
     def synthesize_levels(
         self,
@@ -389,17 +572,23 @@ class Engine:
         sizes: tuple[int, ...],
         between_levels: Callable[[], None] | None = None,
         preview: bool = False,
+        offsets: list[Tensor | None] | None = None,
     ) -> dict[int, Tensor]:
         """W+ -> {size: images (B, 3, size, size)} from one pass that stops at the largest size; the
         image at a smaller size is what `synthesize(w, size=...)` returns (the generator's RGB skip
         there), so an edit can be compared with a reconstruction made only up to that size.
         `between_levels` runs after each resolution (a cancel check; not with CUDA graphs, whose
         replay is a single launch). `preview`: computed in the plan's preview precision (the images
-        are float32 either way)."""
+        are float32 either way). `offsets`: HyperStyle's weight offsets (fidelity high): the offset
+        generator W·(1 + Δ) draws them (HyperStyle's generator; not from CUDA graphs)."""
         sizes = tuple(sorted(set(sizes)))
         if not sizes or any(s < 8 or s > self.size or s & (s - 1) for s in sizes):
             raise ValueError(f"sizes must be powers of two in [8, {self.size}], not {list(sizes)}")
         w = w.to(self.device, torch.float32)
+        if offsets is not None:
+            g = self.hyperstyle().generator or self.generator
+            deltas = [None if d is None else d.to(self.device, torch.float32) for d in offsets]
+            return self._synthesis_with(g, w, sizes, between_levels, preview, deltas)
         if self._graphs is not None:
             return self._synthesize_graphed(w, sizes, preview)
         return self._synthesis(w, sizes, between_levels, preview)
@@ -411,14 +600,24 @@ class Engine:
         between_levels: Callable[[], None] | None = None,
         preview: bool = False,
     ) -> dict[int, Tensor]:
+        return self._synthesis_with(self.generator, w, sizes, between_levels, preview)
+
+    def _synthesis_with(
+        self,
+        g: Generator,
+        w: Tensor,
+        sizes: tuple[int, ...],
+        between_levels: Callable[[], None] | None = None,
+        preview: bool = False,
+        deltas: Any = None,
+    ) -> dict[int, Tensor]:
         dtype = self.plan.preview if preview else self.plan.full
         # a GPU runs the generator under autocast; a CPU computes in the activations' dtype (stylegan2.py)
         cpu = self.device.type == "cpu"
         amp, arithmetic = (contextlib.nullcontext(), dtype) if cpu else (self._amp(dtype), torch.float32)
         with torch.inference_mode(), amp:
-            g = self.generator
             latent, noise = g.broadcast_latent([w]), g.fixed_noise()
-            images = g.synthesis_levels(latent, noise, sizes, between_levels, self.path, arithmetic)
+            images = g.synthesis_levels(latent, noise, sizes, between_levels, self.path, arithmetic, deltas)
             return {s: image.float() for s, image in images.items()}
 
     def _synthesize_graphed(self, w: Tensor, sizes: tuple[int, ...], preview: bool) -> dict[int, Tensor]:

@@ -70,25 +70,46 @@ class PhotoEdit:
             size=self.size,
             untrained=self.untrained,
             domain=self.domain,
+            fidelity=params.fidelity,
         )
 
 
 @dataclass
-class _FaceEntry:
-    """Per (photo, face) cache entry; `w`, `recon` and `deltas` are filled on first use."""
+class _Inversion:
+    """One fidelity's inversion of a face, each part made on first use: W+, for `high` HyperStyle's
+    weight offsets (the photo's own generator, W·(1 + Δ)), the reconstruction G(w) and Δw per prompt."""
 
-    transform: AlignTransform
-    aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop (a car's: 192 × 256)
     w: Any = None  # W+ latent (1, n_latent, dim) torch tensor on the CPU
+    offsets: list[Any] | None = None  # high: Δ per generator convolution (None where not tuned), on the CPU
     recon: dict[int, np.ndarray] = field(default_factory=dict)  # size -> G(w), (S, S, 3) float16 0..255
     # prompt -> Δw (1, n_latent, dim) on the CPU: a change of strengths (a live slider) needs
     # neither CLIP nor the mapper
     deltas: LRUCache = field(default_factory=lambda: LRUCache(DELTAS_PER_FACE))
 
     def nbytes(self) -> int:
-        n = self.aligned.nbytes + sum(r.nbytes for r in self.recon.values())
         tensors = ([self.w] if self.w is not None else []) + self.deltas.values()
-        return n + sum(t.numel() * t.element_size() for t in tensors)
+        tensors += [d for d in self.offsets or () if d is not None]
+        return sum(r.nbytes for r in self.recon.values()) + sum(t.numel() * t.element_size() for t in tensors)
+
+    def synthesis_options(self) -> dict[str, Any]:
+        """What the engine's synthesis takes for this inversion (the offsets, for `high`)."""
+        return {} if self.offsets is None else {"offsets": self.offsets}
+
+
+@dataclass
+class _FaceEntry:
+    """Per (photo, face) cache entry: the alignment, and an inversion per fidelity used (the offsets
+    of `high` are counted in the cache's byte budget with the rest: ~95 MB a face at 1024²)."""
+
+    transform: AlignTransform
+    aligned: np.ndarray  # (256, 256, 3) uint8, e4e's aligned crop (a car's: 192 × 256)
+    inversions: dict[str, _Inversion] = field(default_factory=dict)
+
+    def inversion(self, fidelity: str) -> _Inversion:
+        return self.inversions.setdefault(fidelity, _Inversion())
+
+    def nbytes(self) -> int:
+        return self.aligned.nbytes + sum(inv.nbytes() for inv in self.inversions.values())
 
 
 @dataclass
@@ -363,23 +384,33 @@ class Pipeline:
 
         engine = self.engine
         device = engine.device
-        todo = [n for n, e in enumerate(entries) if e.w is None]
+        high = params.fidelity == "high"
+        if high:
+            _check_high_fidelity(engine)
+        invs = [e.inversion(params.fidelity) for e in entries]
+        todo = [n for n, inv in enumerate(invs) if inv.w is None]
         if todo:
             # One face at a time: a face's W+ must not depend on which other faces happened to be
             # inverted with it (a batch's arithmetic differs in the last bits), or an edit's result
             # would depend on what the cache held before it.
             stages.begin("invert")
-            for n in todo:
+            for done, n in enumerate(todo):
                 x = entries[n].aligned.astype(np.float32)[None] / 127.5 - 1.0
                 batch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
-                entries[n].w = engine.invert(batch).detach().float().cpu().clone()
+                if high:  # HyperStyle: its W code and the photo's generator offsets, once per (photo, face)
+                    codes, offsets = _invert_high(engine, batch, stages, done, len(todo))
+                    invs[n].offsets = [None if d is None else d.detach().float().cpu().clone() for d in offsets]
+                    invs[n].w = codes.detach().float().cpu().clone()
+                else:
+                    invs[n].w = engine.invert(batch).detach().float().cpu().clone()
                 self._store(key, chosen[n], entries[n])
+                stages.report((done + 1) / len(todo))
             stages.end()
         else:
             stages.skip("invert")
 
-        w_all = torch.cat([e.w for e in entries]).to(device)
-        deltas = self._deltas(params, w_all, key, chosen, entries, stages)
+        w_all = torch.cat([inv.w for inv in invs]).to(device)
+        deltas = self._deltas(params, w_all, key, chosen, entries, invs, stages)
         # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt
         w_hat = edited_latent(w_all, [(edit.strength, deltas[edit.prompt]) for edit in params.edits])
 
@@ -390,15 +421,20 @@ class Pipeline:
         size, low = _synthesis_sizes(engine, params.preview)
         generated = []
         for n, entry in enumerate(entries):
+            inv = invs[n]
             # a preview may run in bfloat16 (precision.py); the reconstruction below, cached and shared
-            # with Apply, always in the full precision
+            # with Apply, always in the full precision; `high` draws both with the photo's offsets
             levels = engine.synthesize_levels(
-                w_hat[n : n + 1], (size, low), between_levels=stages.check, preview=params.preview
+                w_hat[n : n + 1],
+                (size, low),
+                between_levels=stages.check,
+                preview=params.preview,
+                **inv.synthesis_options(),
             )
-            recon = entry.recon.get(low)
+            recon = inv.recon.get(low)
             if recon is None:
-                recon = _to_image(engine.synthesize(w_all[n : n + 1], size=low)).astype(np.float16)
-                entry.recon[low] = recon
+                recon = _to_image(engine.synthesize(w_all[n : n + 1], size=low, **inv.synthesis_options()))
+                recon = inv.recon[low] = recon.astype(np.float16)
                 self._store(key, chosen[n], entry)
             recon = recon.astype(np.float32)
             change = change_mask(_to_image(levels[low]), recon, self.blend_config)
@@ -414,13 +450,15 @@ class Pipeline:
         key: str,
         chosen: list[FaceInfo],
         entries: list[_FaceEntry],
+        invs: list[_Inversion],
         stages: _Stages,
     ) -> dict[str, Any]:
-        """prompt -> Δw of every face (F, n_latent, dim) on the engine's device: from the faces' caches,
-        or CLIP and the mapper for the prompts they lack (the stages are skipped when none does)."""
+        """prompt -> Δw of every face (F, n_latent, dim) on the engine's device: from the faces' caches
+        (per fidelity: Δw depends on the W+ it edits), or CLIP and the mapper for the prompts they lack
+        (the stages are skipped when none does)."""
         import torch
 
-        missing = [p for p in dict.fromkeys(params.prompts) if any(e.deltas.get(p) is None for e in entries)]
+        missing = [p for p in dict.fromkeys(params.prompts) if any(inv.deltas.get(p) is None for inv in invs)]
         if missing:
             stages.begin("encode_text")
             text = self.engine.encode_text(missing)
@@ -429,10 +467,10 @@ class Pipeline:
             for i, prompt in enumerate(missing):
                 # per face, and only where it is missing: as for W+, a face's Δw must not depend on the
                 # faces mapped beside it
-                for n, entry in enumerate(entries):
-                    if entry.deltas.get(prompt) is None:
+                for n, inv in enumerate(invs):
+                    if inv.deltas.get(prompt) is None:
                         delta = self.engine.delta(w_all[n : n + 1], text[i : i + 1]).float().cpu()
-                        entry.deltas.put(prompt, delta.clone())
+                        inv.deltas.put(prompt, delta.clone())
             for face, entry in zip(chosen, entries, strict=True):
                 self._store(key, face, entry)
             stages.end()
@@ -440,7 +478,7 @@ class Pipeline:
             stages.skip("encode_text")
             stages.skip("map")
         device = w_all.device
-        return {p: torch.cat([e.deltas.get(p) for e in entries]).to(device) for p in dict.fromkeys(params.prompts)}
+        return {p: torch.cat([inv.deltas.get(p) for inv in invs]).to(device) for p in dict.fromkeys(params.prompts)}
 
     def _blend(
         self,
@@ -478,6 +516,37 @@ class Pipeline:
                 _debug_images(entry, gen, paste) for entry, gen, paste in zip(entries, generated, pastes, strict=True)
             ]
         return result
+
+
+def _check_high_fidelity(engine: Any) -> None:
+    """`fidelity: high` needs HyperStyle's files: models_missing naming them, never a silent fallback."""
+    describe = getattr(engine, "describe_fidelity", None)
+    if describe is None:
+        raise EngineError("models_missing", "this engine has no high-fidelity inversion (HyperStyle)")
+    high = describe()["high_fidelity"]
+    if high["missing"]:
+        raise EngineError(
+            "models_missing",
+            f"fidelity high needs HyperStyle's files, missing from the model store: {', '.join(high['missing'])}; "
+            f"fetch them with `{high.get('fetch', 'ffclip-engine models fetch high')}`, or edit with fidelity standard",
+        )
+
+
+def _invert_high(engine: Any, batch: Any, stages: _Stages, done: int, faces: int) -> tuple[Any, list[Any]]:
+    """engine.invert_high with progress after each refinement and a cancel check there."""
+    n_iters = 5
+
+    def between(i: int) -> None:
+        stages.report((done + (i + 1) / n_iters) / faces)
+        stages.check()
+
+    try:
+        n_iters = engine.hyperstyle().n_iters
+        return engine.invert_high(batch, between)
+    except RuntimeError as exc:  # ModelsMissing: the files went away since the check
+        if getattr(exc, "missing", None) is None:
+            raise
+        raise EngineError("models_missing", str(exc)) from None
 
 
 def _entry_key(key: str, item: FaceInfo | SceneCrop) -> tuple:

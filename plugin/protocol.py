@@ -62,6 +62,10 @@ FACE_MODES = ("all", "largest")
 # selection (or the whole image). Every domain has its own e4e encoder, FFCLIP mapper and StyleGAN2.
 DOMAINS = ("face", "car", "church")
 DEFAULT_DOMAIN = "face"
+# how closely the edited face keeps the person: e4e's inversion (the paper's), or HyperStyle's
+# per-photo generator offsets (slower the first time per photo; needs HyperStyle's files)
+FIDELITIES = ("standard", "high")
+DEFAULT_FIDELITY = "standard"
 
 # Field limits: clients build within them, the engine refuses anything outside them.
 MAX_ID_LENGTH = 128
@@ -159,6 +163,14 @@ def parse_domain(value: Any) -> str:
     return text
 
 
+def parse_fidelity(value: Any) -> str:
+    """ "standard" or "high" (any case, surrounding spaces ignored)."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in FIDELITIES:
+        raise BadRequest(f"'fidelity' must be one of {', '.join(FIDELITIES)}, not {value!r}")
+    return text
+
+
 def parse_faces(value: Any) -> str | tuple[int, ...]:
     """Which faces: "all", "largest", face indices (ints ≥ 0, most confident first), an int, or text
     like "0,2" -> "all" | "largest" | a non-empty tuple of indices."""
@@ -237,6 +249,7 @@ class EditParams:
     selection: bool = False
     supersede: bool = False
     domain: str = DEFAULT_DOMAIN
+    fidelity: str = DEFAULT_FIDELITY  # "standard" (e4e) or "high" (HyperStyle: keeps the person)
 
     def __post_init__(self) -> None:
         edits = tuple(self.edits) if isinstance(self.edits, list | tuple) else ()
@@ -247,6 +260,7 @@ class EditParams:
         for name in ("preview", "selection", "supersede"):
             _bool(getattr(self, name), name)
         object.__setattr__(self, "domain", parse_domain(self.domain))
+        object.__setattr__(self, "fidelity", parse_fidelity(self.fidelity))
         if self.domain != "face" and self.faces != "all":
             raise BadRequest(f"'faces' chooses faces; a {self.domain} edit takes the selection (or the whole image)")
 
@@ -284,6 +298,8 @@ class EditParams:
             message["supersede"] = True
         if self.domain != DEFAULT_DOMAIN:  # a face edit reads exactly as before the field existed
             message["domain"] = self.domain
+        if self.fidelity != DEFAULT_FIDELITY:  # likewise a standard one
+            message["fidelity"] = self.fidelity
         return message
 
     @classmethod
@@ -315,6 +331,7 @@ class EditParams:
             selection is not None,
             _bool(message.get("supersede", False), "supersede"),
             message.get("domain", DEFAULT_DOMAIN),
+            message.get("fidelity", DEFAULT_FIDELITY),
         )
 
 
@@ -377,6 +394,7 @@ class EditResult:
     seconds: float = 0.0
     id: str = ""
     domain: str = DEFAULT_DOMAIN  # what was edited: faces, or the car / church of the selection
+    fidelity: str = DEFAULT_FIDELITY  # the inversion the edit used
 
     @property
     def skipped(self) -> list[str]:
@@ -399,6 +417,7 @@ class EditResult:
             "untrained": self.untrained,
             "seconds": round(self.seconds, 3),
             "domain": self.domain,
+            "fidelity": self.fidelity,
         }
 
     @classmethod
@@ -429,6 +448,7 @@ class EditResult:
             seconds=float(message.get("seconds") or 0.0),
             id=str(message.get("id") or ""),
             domain=message.get("domain") if message.get("domain") in DOMAINS else DEFAULT_DOMAIN,
+            fidelity=message.get("fidelity") if message.get("fidelity") in FIDELITIES else DEFAULT_FIDELITY,
         )
 
 
@@ -462,6 +482,17 @@ class StatusMessage:
     def domains(self) -> dict:
         domains = self.fields.get("domains")
         return domains if isinstance(domains, dict) else {}
+
+    @property
+    def fidelities(self) -> tuple[str, ...]:
+        """The `fidelity` values this engine's face edits take now: ("standard", "high") once
+        HyperStyle's files are in its model store (or loaded), else ("standard",) (an engine from
+        before the field: standard only). `models.high_fidelity.missing` names what it lacks."""
+        models = self.fields.get("models")
+        found = models.get("fidelities") if isinstance(models, dict) else None
+        if not isinstance(found, list):
+            return (DEFAULT_FIDELITY,)
+        return tuple(f for f in FIDELITIES if f in found) or (DEFAULT_FIDELITY,)
 
     def to_message(self) -> dict:
         return {"type": self.TYPE, "protocol": PROTOCOL_VERSION, **self.fields}

@@ -310,6 +310,33 @@ def invert(
     return codes, last[0] if last else first
 
 
+def offsets(
+    w_encoder: WEncoder,
+    hypernet: SharedWeightsHyperNetResNet,
+    x: Tensor,
+    latent_avg: Tensor,
+    n_iters: int,
+    render: Render,
+    rows: tuple[int, int] | None = None,
+    between: Callable[[int], None] | None = None,
+) -> tuple[Tensor, list[Tensor | None]]:
+    """`invert`'s codes and last deltas without the last image (nothing reads it when the photo is
+    then edited, so the product saves one synthesis): W encoder, G(codes), then n_iters hypernetwork
+    refinements, each but the last followed by G(codes; W·(1 + Δ_i)). `between(i)` runs after each
+    refinement (progress, a cancel check)."""
+    codes = encode(w_encoder, x, latent_avg)
+    y_hat = face_pool(render(codes, None), rows)
+    deltas: list[Tensor | None] = [None] * hypernet.n_outputs
+    for i in range(n_iters):
+        out = hypernet(torch.cat([x, y_hat], dim=1))
+        deltas = out if i == 0 else [None if d is None else d + o for d, o in zip(deltas, out, strict=True)]
+        if i + 1 < n_iters:
+            y_hat = face_pool(render(codes, deltas), rows)
+        if between is not None:
+            between(i)
+    return codes, deltas
+
+
 @dataclass
 class HyperStyleNets:
     """What the engine holds for `fidelity: high`: the W encoder, the hypernetwork, HyperStyle's own
