@@ -25,6 +25,7 @@ from ffclip.plugin.protocol import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_URL,
     DOMAINS,
+    FIDELITIES,
     MAX_EDITS,
     Attribute,
     EditParams,
@@ -56,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=DOMAINS,
         help="face (default), or car / church: the selection's bounding box (or the whole photo) is edited "
         "with that domain's e4e, FFCLIP mapper and StyleGAN2",
+    )
+    parser.add_argument(
+        "--fidelity",
+        default="standard",
+        choices=FIDELITIES,
+        help="standard (e4e, default) or high: HyperStyle's inversion with per-photo generator offsets keeps "
+        "the person (slower; needs `ffclip-engine models fetch high`)",
     )
     parser.add_argument("--faces", default="all", help="all | largest | indices in score order, e.g. 0,2")
     parser.add_argument("--preview", action="store_true", help="fast low-resolution synthesis")
@@ -107,7 +115,12 @@ def edit_params(args: argparse.Namespace) -> EditParams:
     if not edits:
         raise EngineError("bad_request", 'give a PROMPT or at least one --edit "PROMPT=STRENGTH"')
     return EditParams(
-        tuple(edits), args.faces, args.preview, selection=bool(args.selection), domain=getattr(args, "domain", "face")
+        tuple(edits),
+        args.faces,
+        args.preview,
+        selection=bool(args.selection),
+        domain=getattr(args, "domain", "face"),
+        fidelity=getattr(args, "fidelity", "standard"),
     )
 
 
@@ -273,6 +286,8 @@ def _summary(args: argparse.Namespace, result: PhotoEdit) -> None:
         what = "faces " + ", ".join(f"{f.index} (box {list(f.box)})" for f in result.faces)
     else:
         what = f"{result.domain} framed at {list(result.faces[0].box)}" if result.faces else result.domain
-    print(f"wrote {args.output}: {what}; region {list(result.region)}; {timings}")
+    fidelity = getattr(args, "fidelity", "standard")
+    fidelity = "" if fidelity == "standard" else f"; fidelity {fidelity}"
+    print(f"wrote {args.output}: {what}; region {list(result.region)}; {timings}{fidelity}")
     if result.untrained:
         print("the edit comes from an UNTRAINED model (tiny profile)")
