@@ -254,6 +254,8 @@ def procedure_args(args: argparse.Namespace) -> dict:
         if faces != "all":
             raise ValueError(f"--faces chooses faces; a {args.domain} edit takes the selection or the whole layer")
         proc_args["domain"] = args.domain
+    if getattr(args, "fidelity", "standard") != "standard":  # likewise: sent only when asked for
+        proc_args["fidelity"] = args.fidelity
     if args.url:
         proc_args["engine-url"] = args.url
     return proc_args
@@ -277,6 +279,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("face", "car", "church"),
         default="face",
         help="what to edit: faces (default), or a car / church: the layer's selection, or the whole layer",
+    )
+    parser.add_argument(
+        "--fidelity",
+        choices=("standard", "high"),
+        default="standard",
+        help="standard (e4e, default) or high: HyperStyle's inversion keeps the person (slower the first time "
+        "per photo; the engine needs `ffclip-engine models fetch high`; the plug-in's procedure must offer "
+        "the argument)",
     )
     parser.add_argument("--output", choices=("layer-mask", "layer"), default="layer-mask")
     parser.add_argument("--format", choices=("png", "xcf", "jpg"), default="png", help="output format")

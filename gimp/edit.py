@@ -23,6 +23,7 @@ from ffclip.plugin import paths
 from ffclip.plugin.protocol import (
     DEFAULT_URL,
     DOMAINS,
+    FIDELITIES,
     STAGES,
     Attribute,
     BadRequest,
@@ -115,6 +116,7 @@ class ProcedureArgs:
     url: str | None = None
     more_edits: str = ""  # further attributes, one "PROMPT=STRENGTH" a line (batch_edit.py --edit)
     domain: str = "face"  # face, car or church (batch_edit.py --domain)
+    fidelity: str = "standard"  # standard (e4e) or high (HyperStyle: "Keep the person (slower)")
 
     def params(self, selection: bool = False) -> EditParams:
         """The edit these arguments ask for; PluginError (a message for the user) when they don't fit."""
@@ -132,6 +134,8 @@ class ProcedureArgs:
             raise PluginError("The face number must be 0 or more (the engine's numbering: `ffclip-engine faces`).")
         if self.domain not in DOMAINS:
             raise PluginError(f"Domain must be one of {', '.join(DOMAINS)}, not {self.domain!r}.")
+        if self.fidelity not in FIDELITIES:
+            raise PluginError(f"Fidelity must be one of {', '.join(FIDELITIES)}, not {self.fidelity!r}.")
         faces = [int(self.face_index)] if self.face_mode == "index" else self.face_mode
         if self.domain != "face":  # a car or church is the selection (or the layer): no face choice
             faces = "all"
@@ -139,7 +143,8 @@ class ProcedureArgs:
             more = [Attribute.parse(line) for line in (self.more_edits or "").splitlines() if line.strip()]
             if any(not STRENGTH_MIN <= a.strength <= STRENGTH_MAX for a in more):
                 raise PluginError(f"Every strength must be between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}.")
-            return EditParams((Attribute(self.prompt, strength), *more), faces, selection=selection, domain=self.domain)
+            first = Attribute(self.prompt, strength)
+            return EditParams((first, *more), faces, selection=selection, domain=self.domain, fidelity=self.fidelity)
         except BadRequest as exc:
             raise PluginError(f"FFCLIP Edit cannot send this edit: {exc.message}.") from None
 
@@ -153,7 +158,9 @@ class ProcedureArgs:
         else:
             face_mode, face_index = "index", params.faces[0]
         more_edits = "\n".join(f"{a.prompt}={a.strength:g}" for a in more)
-        return cls(first.prompt, first.strength, face_mode, face_index, output, url, more_edits, params.domain)
+        return cls(
+            first.prompt, first.strength, face_mode, face_index, output, url, more_edits, params.domain, params.fidelity
+        )
 
 
 def layer_name(params: EditParams, limit: int = 120) -> str:

@@ -147,6 +147,7 @@ class LiveEditor:
         self.rows: list[tuple[str, float]] = [("", STRENGTH_DEFAULT)]
         self.faces: str | tuple[int, ...] = "all"
         self.domain = "face"
+        self.fidelity = "standard"  # or "high": HyperStyle's inversion ("Keep the person (slower)")
         self.show_before = False
         self.due: float | None = None  # when the next preview is to be asked for
         self.latest: str | None = None  # the newest preview request
@@ -169,15 +170,22 @@ class LiveEditor:
     # ------------------------------------------------------------------ user input
 
     def input_changed(
-        self, rows: Sequence[tuple[str, float]], faces: str | tuple[int, ...] | None = None, domain: str | None = None
+        self,
+        rows: Sequence[tuple[str, float]],
+        faces: str | tuple[int, ...] | None = None,
+        domain: str | None = None,
+        fidelity: str | None = None,
     ) -> None:
-        """The attribute rows (prompt, strength), the face choice or the domain changed: preview after
-        a pause."""
+        """The attribute rows (prompt, strength), the face choice, the domain or the fidelity changed:
+        preview after a pause. `fidelity` "high" only where the engine takes it
+        (`StatusMessage.fidelities`); an engine without HyperStyle's files answers models_missing."""
         if self.applying or self.closed:
             return
         self.rows = [(str(p), float(s)) for p, s in rows][:ROWS_MAX]
         if faces is not None:
             self.faces = faces
+        if fidelity is not None:
+            self.fidelity = fidelity
         if domain is not None and domain != self.domain:
             self.domain = domain
             if self.last_status:  # is the new domain ready? (its networks load on first use)
@@ -291,7 +299,9 @@ class LiveEditor:
             return None
         faces = self.faces if self.domain == "face" else "all"
         try:
-            return EditParams(tuple(attributes), faces, preview=preview, supersede=True, domain=self.domain)
+            return EditParams(
+                tuple(attributes), faces, preview=preview, supersede=True, domain=self.domain, fidelity=self.fidelity
+            )
         except BadRequest as exc:
             self.view.set_status(f"This edit cannot be sent: {exc.message}.", IDLE)
             return None
