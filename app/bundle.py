@@ -6,7 +6,8 @@
     ffclip-edit/ffclip/gimp/prompts.txt   the training prompts (the dialog's completion)
     ffclip-edit/VERSION                   the ffclip-edit version
     ffclip-edit/wheels/ffclip_edit-<version>-py3-none-any.whl   the engine, for the set-up to install
-    ffclip-edit/wheels/pip-<version>-py3-none-any.whl           pip, where the host Python has no ensurepip
+    ffclip-edit/wheels/pip-<version>-py3-none-any.whl           pip (24.1+ where one can be had), where the
+                                                                host Python has no ensurepip
 
 Everything but `wheels/` is exactly what `install-gimp-plugin` writes (app/install.py: the same
 entry_text, shipped_files and package_sources), less the settings file: a bundle is shared, so it
@@ -17,7 +18,8 @@ and `<plug-in folder>/wheels/pip-*.whl`.
 
 The zip is deterministic: entries sorted, one timestamp for all (SOURCE_DATE_EPOCH when set, else the
 newest of the shipped sources' modification times), fixed modes; two bundles of the same tree are
-byte-identical (the wheel built here is, too: it is built with the same SOURCE_DATE_EPOCH). The stamp
+byte-identical (the wheel built here is, too: it is built with the same SOURCE_DATE_EPOCH), as long as
+the pip wheel is the same (one downloaded is whatever pip the index has then). The stamp
 follows the sources rather than being a constant because GIMP re-queries a plug-in only when the
 entry's modification time differs from the one it cached (pluginrc): a newer bundle unzipped over an
 older one must not look unchanged.
@@ -49,6 +51,8 @@ from ffclip.gimp import settings as gimp_settings
 WHEELS = "wheels"  # <plug-in folder>/wheels/: what the set-up installs from
 PROJECT_WHEEL = re.compile(r"ffclip_edit-(?P<version>[^-]+)-py3-none-any\.whl")
 PIP_WHEEL = re.compile(r"pip-[^-]+-py3-none-any\.whl")
+PIP_PROGRESS = (24, 1)  # `pip install --progress-bar raw` from this pip on: the set-up shows its bytes
+MIN_PYTHON = "3.10"  # the oldest host Python the set-up accepts (pyproject's requires-python)
 EXTENSION_ID = "io.github.ffclip_edit.ffclip_edit"  # the .gex's AppStream id and top folder
 EXTENSION_PLUGIN_PATH = f"{install.NAME}/{install.ENTRY}"  # relative to the extension folder
 _EPOCH_1980 = 315532800  # the oldest time a zip entry can hold
@@ -168,15 +172,43 @@ def bundled_pip_wheel() -> Path | None:
     return found[-1] if found else None
 
 
+def pip_version(wheel: Path) -> tuple[int, ...]:
+    """(24, 1, 2) of pip-24.1.2-py3-none-any.whl; () when the name says no version."""
+    match = re.fullmatch(r"pip-(\d+(?:\.\d+)*)[^-]*-.*", Path(wheel).name)
+    return tuple(int(p) for p in match.group(1).split(".")) if match else ()
+
+
 def download_pip_wheel(outdir: Path, python: str = sys.executable) -> Path:
-    """pip's wheel from the package index (`pip download pip --no-deps`)."""
-    argv = [python, "-m", "pip", "download", "pip", "--no-deps", "--only-binary", ":all:", "--dest", str(outdir)]
+    """pip's wheel from the package index (`pip download`): one that reports progress and runs on
+    every Python the set-up accepts (3.10+)."""
+    wanted = "pip>=" + ".".join(map(str, PIP_PROGRESS))
+    argv = [python, "-m", "pip", "download", wanted, "--no-deps", "--only-binary", ":all:"]
+    argv += ["--python-version", MIN_PYTHON, "--dest", str(outdir)]
     done = subprocess.run(argv, capture_output=True, text=True)
     found = sorted(p for p in outdir.glob("pip-*.whl") if PIP_WHEEL.fullmatch(p.name))
     if done.returncode != 0 or not found:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
-        raise BundleError(f"this Python has no bundled pip wheel and downloading one failed:\n{tail}")
+        raise BundleError(f"downloading a pip wheel failed:\n{tail}")
     return found[-1]
+
+
+def pip_wheel_for_bundle(outdir: Path) -> tuple[Path, str | None]:
+    """(the pip wheel to bundle, a note for the user or None): this Python's ensurepip copy when it is
+    a pip that reports progress (24.1+: `--progress-bar raw`, which the set-up's dialog shows), else
+    one from the index, else the older ensurepip copy (the set-up then shows no per-package bytes)."""
+    bundled = bundled_pip_wheel()
+    if bundled is not None and pip_version(bundled) >= PIP_PROGRESS:
+        return bundled, None
+    try:
+        return download_pip_wheel(outdir), None
+    except BundleError as exc:
+        if bundled is None:
+            raise BundleError(f"this Python has no bundled pip wheel, and {exc}") from None
+        note = (
+            f"bundling this Python's {bundled.name}: a pip older than {'.'.join(map(str, PIP_PROGRESS))} "
+            f"shows no download progress in the set-up (give a newer one with --pip-wheel); {exc}"
+        )
+        return bundled, note
 
 
 def check_pip_wheel(path: Path) -> Path:

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pip-wheel",
         metavar="PATH",
-        help="the pip wheel to bundle (default: this Python's ensurepip copy, else `pip download pip`)",
+        help="the pip wheel to bundle (default: this Python's ensurepip copy when it is pip 24.1+, else "
+        "`pip download 'pip>=24.1'`, else the older ensurepip copy)",
     )
     parser.add_argument(
         "--gex",
@@ -43,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
             if args.pip_wheel:
                 pip = bundle.check_pip_wheel(Path(args.pip_wheel).expanduser())
             else:
-                pip = bundle.bundled_pip_wheel() or bundle.download_pip_wheel(Path(tmp))
+                pip, note = bundle.pip_wheel_for_bundle(Path(tmp))
+                if note:
+                    print(f"gimp-bundle: {note}", file=sys.stderr)
             bundle.write_bundle(output, wheel, pip, stamp)
             print(f"wrote {output} ({wheel.name}, {pip.name})")
             if gex is not None:

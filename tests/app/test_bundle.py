@@ -232,3 +232,33 @@ def test_the_command_builds_the_wheel_and_writes_both_files(tmp_path):
     assert wheel in listed and [n for n in listed if n.startswith("ffclip-edit/wheels/pip-")]
     with zipfile.ZipFile(out) as zf, zipfile.ZipFile(io.BytesIO(zf.read(wheel))) as inner:
         assert "ffclip/gimp/ffclip-edit/ffclip-edit.py" in inner.namelist()
+
+
+def test_the_pip_wheel_is_one_that_reports_progress_where_one_can_be_had(tmp_path, monkeypatch):
+    """The set-up shows pip's bytes only from pip 24.1 on (`--progress-bar raw`): an older ensurepip
+    copy is replaced by a downloaded pip, and bundled only when no newer one can be had, with a note."""
+    old = fake_wheel(tmp_path / "ensurepip", "pip-23.2.1-py3-none-any.whl")
+    new = fake_wheel(tmp_path / "ensurepip", "pip-24.2-py3-none-any.whl")
+    downloaded = fake_wheel(tmp_path / "index", "pip-26.3-py3-none-any.whl")
+    assert bundle.pip_version(old) == (23, 2, 1) and bundle.pip_version(new) == (24, 2)
+    calls = []
+
+    def download(outdir):
+        calls.append(outdir)
+        return downloaded
+
+    monkeypatch.setattr(bundle, "download_pip_wheel", download)
+    monkeypatch.setattr(bundle, "bundled_pip_wheel", lambda: new)
+    assert bundle.pip_wheel_for_bundle(tmp_path) == (new, None) and calls == []
+    monkeypatch.setattr(bundle, "bundled_pip_wheel", lambda: old)
+    assert bundle.pip_wheel_for_bundle(tmp_path) == (downloaded, None) and calls == [tmp_path]
+
+    def offline(outdir):
+        raise bundle.BundleError("downloading a pip wheel failed:\nNo matching distribution found for pip>=24.1")
+
+    monkeypatch.setattr(bundle, "download_pip_wheel", offline)
+    wheel, note = bundle.pip_wheel_for_bundle(tmp_path)
+    assert wheel == old and "older than 24.1 shows no download progress" in note and "--pip-wheel" in note
+    monkeypatch.setattr(bundle, "bundled_pip_wheel", lambda: None)
+    with pytest.raises(bundle.BundleError, match="this Python has no bundled pip wheel, and downloading"):
+        bundle.pip_wheel_for_bundle(tmp_path)
