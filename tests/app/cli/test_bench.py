@@ -50,9 +50,12 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     assert set(result["pipeline"]["live_prompt"]) == {"encode_text", "map", "synthesize", "blend"}
     assert set(result["pipeline"]["live_strength"]) == {"synthesize", "blend"}
     assert set(result["pipeline"]["apply_cached"]) == {"synthesize", "blend"}
-    for name in bench.LIVE_STAGES:
+    for name in (*bench.LIVE_STAGES, *bench.HIGH_STAGES):
         limit = result["limits"]["g1024"]["seconds"]
         assert result["ratios"][f"{name}_in_L"] == result["stages"][name]["seconds"] / limit
+    # fidelity high (issue 29): the re-edit skips the inversion as the standard one does
+    assert set(result["pipeline"]["reedit_high"]) == {"encode_text", "map", "synthesize", "blend"}
+    assert result["ratios"]["reedit_high_vs_standard"] > 0
 
 
 def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir, monkeypatch) -> None:
