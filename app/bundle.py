@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import struct
 import subprocess
@@ -52,6 +53,8 @@ WHEELS = "wheels"  # <plug-in folder>/wheels/: what the set-up installs from
 PROJECT_WHEEL = re.compile(r"ffclip_edit-(?P<version>[^-]+)-py3-none-any\.whl")
 PIP_WHEEL = re.compile(r"pip-[^-]+-py3-none-any\.whl")
 PIP_PROGRESS = (24, 1)  # `pip install --progress-bar raw` from this pip on: the set-up shows its bytes
+BUILD_FILES = ("pyproject.toml", "README.md")  # what the wheel build reads besides the packages
+PACKAGE_FOLDERS = ("plugin", "engine", "bridge", "app", "gimp")  # pyproject.toml's package-dir
 MIN_PYTHON = "3.10"  # the oldest host Python the set-up accepts (pyproject's requires-python)
 EXTENSION_ID = "io.github.ffclip_edit.ffclip_edit"  # the .gex's AppStream id and top folder
 EXTENSION_PLUGIN_PATH = f"{install.NAME}/{install.ENTRY}"  # relative to the extension folder
@@ -139,6 +142,18 @@ def check_project_wheel(path: Path) -> Path:
     return path
 
 
+def clean_source(root: Path, dest: Path) -> Path:
+    """What the wheel is built from: pyproject.toml, README.md and the package folders of `root`, without
+    caches. Building in the checkout would write build/ and egg-info there (two bundles at once would
+    share them) and read a leftover egg-info's SOURCES.txt."""
+    dest.mkdir(parents=True)
+    for name in BUILD_FILES:
+        shutil.copy2(root / name, dest / name)
+    for folder in PACKAGE_FOLDERS:
+        shutil.copytree(root / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]"))
+    return dest
+
+
 def build_project_wheel(outdir: Path, stamp: int, python: str = sys.executable) -> Path:
     """Build this checkout's wheel into `outdir` (`python -m build --wheel`, else `pip wheel`)."""
     root = project_root()
@@ -147,14 +162,16 @@ def build_project_wheel(outdir: Path, stamp: int, python: str = sys.executable) 
             "this ffclip-edit is installed, not a source checkout: give its wheel with --wheel PATH "
             "(ffclip_edit-VERSION-py3-none-any.whl)"
         )
+    source = clean_source(root, outdir / "source")
+    wheels_dir = outdir / "wheel"
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(stamp)}  # the wheel's entries get the bundle's stamp
     has_build = subprocess.run([python, "-c", "import build"], capture_output=True).returncode == 0
     if has_build:
-        argv = [python, "-m", "build", "--wheel", "--outdir", str(outdir), str(root)]
+        argv = [python, "-m", "build", "--wheel", "--outdir", str(wheels_dir), str(source)]
     else:
-        argv = [python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(outdir), str(root)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root)
-    wheels = sorted(outdir.glob("ffclip_edit-*.whl"))
+        argv = [python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels_dir), str(source)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=source)
+    wheels = sorted(wheels_dir.glob("ffclip_edit-*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise BundleError(f"building the wheel failed ({' '.join(argv[1:4])}):\n{tail}")

@@ -262,3 +262,16 @@ def test_the_pip_wheel_is_one_that_reports_progress_where_one_can_be_had(tmp_pat
     monkeypatch.setattr(bundle, "bundled_pip_wheel", lambda: None)
     with pytest.raises(bundle.BundleError, match="this Python has no bundled pip wheel, and downloading"):
         bundle.pip_wheel_for_bundle(tmp_path)
+
+
+def test_the_wheel_is_built_from_what_pyproject_names(tmp_path):
+    """gimp-bundle builds the wheel from a clean copy of these files and folders (clean_source)."""
+    tomllib = pytest.importorskip("tomllib")
+    root = bundle.project_root()
+    assert root is not None  # the tests run from the checkout
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    assert sorted(bundle.PACKAGE_FOLDERS) == sorted(set(config["tool"]["setuptools"]["package-dir"].values()))
+    assert config["project"]["readme"]["file"] in bundle.BUILD_FILES
+    copy = bundle.clean_source(root, tmp_path / "source")
+    assert not list(copy.rglob("__pycache__")) and not list(copy.rglob("*.egg-info"))
+    assert (copy / "gimp" / "ffclip-edit" / "ffclip-edit.py").is_file()
