@@ -68,6 +68,7 @@ class Opening:
     output: str = "layer-mask"
     reopened: Gimp.Layer | None = None  # the FFCLIP layer being edited again, replaced by Apply
     recipe: Recipe | None = None
+    fidelity: str = "standard"  # "high": HyperStyle's inversion (issue 29)
 
 
 class _EnginePort:
@@ -245,6 +246,10 @@ class LiveDialog:
         self.faces_row.pack_start(self.faces, True, True, 0)
         box.pack_start(self.faces_row, False, False, 0)
 
+        self.keep_person = Gtk.CheckButton.new_with_mnemonic("_Keep the person (slower)")
+        self.keep_person.connect("toggled", lambda *_: self.changed())
+        box.pack_start(self.keep_person, False, False, 0)
+
         self.before = Gtk.CheckButton.new_with_mnemonic("Show the _original (before)")
         self.before.connect("toggled", lambda b: self.editor.toggle_before(b.get_active()))
         box.pack_start(self.before, False, False, 0)
@@ -287,6 +292,7 @@ class LiveDialog:
         self.rows = []
         for prompt, strength in opening.rows or [("", gimp_edit.STRENGTH_DEFAULT)]:
             self.add_row(prompt, strength)
+        self.keep_person.set_active(opening.fidelity == "high")
         if not self.domain.set_active_id(opening.domain):
             self.domain.set_active_id("face")
         if isinstance(opening.faces, tuple):  # a reopened edit of one face: that face again
@@ -340,7 +346,8 @@ class LiveDialog:
         choice = self.faces.get_active_id() or "all"
         faces: Any = (int(choice.split(":")[1]),) if choice.startswith("face:") else choice
         domain = self.domain.get_active_id() or "face"
-        self.editor.input_changed([row.value for row in self.rows], faces, domain)
+        fidelity = "high" if self.keep_person.get_active() and self.keep_person.get_sensitive() else "standard"
+        self.editor.input_changed([row.value for row in self.rows], faces, domain, fidelity)
 
     def _domain_changed(self) -> None:
         if (self.domain.get_active_id() or "face") != "face":
@@ -428,6 +435,19 @@ class LiveDialog:
         self.engine_label.set_text(text)
         self.start_button.set_visible(can_start)
         self._fit()
+
+    def offer_fidelity(self, high: bool, why_not: str) -> None:
+        """ "Keep the person" where this engine has HyperStyle for this domain; greyed, with why, elsewhere."""
+        was = self.keep_person.get_sensitive()
+        self.keep_person.set_sensitive(high)
+        self.keep_person.set_tooltip_text(
+            "Invert the photo with HyperStyle: the edited face keeps the person's likeness; the first "
+            "preview of a photo takes longer, the rest cost the same"
+            if high
+            else why_not
+        )
+        if was != high:
+            self.changed()  # the request follows what the box can do
 
     def set_actions(self, setup: bool, setup_running: bool, diagnose: bool) -> None:
         self.setup_button.set_visible(setup)

@@ -51,6 +51,11 @@ DOMAIN_CHOICES = (
     ("church", "A church (the selection, or the whole layer)"),
 )
 assert tuple(d for d, _ in DOMAIN_CHOICES) == DOMAINS
+FIDELITY_CHOICES = (
+    ("standard", "Standard (e4e)"),
+    ("high", "Keep the person (HyperStyle, slower)"),
+)
+assert tuple(f for f, _ in FIDELITY_CHOICES) == FIDELITIES
 OUTPUT_MODES = (("layer-mask", "New layer with mask"), ("layer", "New layer without mask"))
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_DEFAULT = 0.0, 2.0, 1.0
 

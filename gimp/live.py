@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Protocol
 
 from ffclip.plugin import session as events
-from ffclip.plugin.protocol import MAX_EDITS, Attribute, BadRequest, EditParams, EditResult, EngineError, EngineState
+from ffclip.plugin.protocol import (
+    MAX_EDITS,
+    Attribute,
+    BadRequest,
+    EditParams,
+    EditResult,
+    EngineError,
+    EngineState,
+    StatusMessage,
+)
 
 from .edit import STAGE_TEXT, STRENGTH_DEFAULT, PluginError, download_text, error_message, overall_progress, stage_text
 
@@ -394,6 +403,7 @@ class LiveEditor:
         self.start_failed = False
         text, self.engine_ready = engine_state(status, self.domain)
         self.view.set_engine(text, self.engine_ready)
+        self.view.offer_fidelity(*high_fidelity(status, self.domain))
         self._offer()
         if self.engine_ready and not was_ready and not self.applying:
             # (again) now that it can edit: the preview asked while it was away, or never asked
@@ -507,6 +517,23 @@ def engine_state(status: dict, domain: str = "face") -> tuple[str, bool]:
     if status.get("untrained"):
         return f"Engine ready on {device}: tiny profile, untrained networks \u2014 the edits are noise.", True
     return f"Engine ready on {device}.", True
+
+
+def high_fidelity(status: dict, domain: str = "face") -> tuple[bool, str]:
+    """(whether this engine can edit `domain` with fidelity high now, why not in one line)."""
+    if domain == "church":
+        return False, "There is no HyperStyle for churches: a church is edited with the standard inversion."
+    if domain == "face":
+        offered, models = StatusMessage(status).fidelities, status.get("models") or {}
+    else:  # a domain's own networks say it, once its engine describes them
+        models = (status.get("domains") or {}).get(domain) or {}
+        offered = models.get("fidelities") or ()
+    if "high" in offered:
+        return True, ""
+    high = models.get("high_fidelity") or {}
+    missing = f" ({', '.join(map(str, high['missing']))})" if high.get("missing") else ""
+    fetch = f": {high['fetch']}" if high.get("fetch") else ""
+    return False, f"This FFCLIP engine has no HyperStyle files for this{missing}{fetch}"
 
 
 def _domain_state(status: dict, domain: str) -> tuple[str, bool]:

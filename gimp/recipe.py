@@ -15,7 +15,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ffclip.plugin.protocol import DOMAINS, MAX_EDITS, Attribute, BadRequest, EditParams, parse_faces
+from ffclip.plugin.protocol import (
+    DEFAULT_FIDELITY,
+    DOMAINS,
+    FIDELITIES,
+    MAX_EDITS,
+    Attribute,
+    BadRequest,
+    EditParams,
+    parse_faces,
+)
 
 PARASITE = "ffclip-edit/recipe"
 VERSION = 1
@@ -43,17 +52,19 @@ class Recipe:
     domain: str = "face"
     output: str = "layer-mask"
     models: dict = field(default_factory=dict)  # the engine's `models` status: profile, sources, untrained
+    fidelity: str = DEFAULT_FIDELITY  # "high": inverted with HyperStyle (issue 29)
 
     @classmethod
     def of(cls, params: EditParams, source: SourceRef, output: str, models: dict | None = None) -> Recipe:
-        return cls(params.edits, source, params.faces, params.domain, output, _identities(models or {}))
+        identities = _identities(models or {})
+        return cls(params.edits, source, params.faces, params.domain, output, identities, params.fidelity)
 
     def params(self, preview: bool = False) -> EditParams:
-        return EditParams(self.edits, self.faces, preview=preview, domain=self.domain)
+        return EditParams(self.edits, self.faces, preview=preview, domain=self.domain, fidelity=self.fidelity)
 
     def with_edits(self, params: EditParams) -> Recipe:
         """The same source, the new edit (a reopened edit applied again, or a script's new prompt)."""
-        return Recipe(params.edits, self.source, params.faces, params.domain, self.output, self.models)
+        return Recipe(params.edits, self.source, params.faces, params.domain, self.output, self.models, params.fidelity)
 
     def to_bytes(self) -> bytes:
         doc = {
@@ -61,6 +72,7 @@ class Recipe:
             "edits": [e.to_message() for e in self.edits],
             "faces": self.faces if isinstance(self.faces, str) else list(self.faces),
             "domain": self.domain,
+            **({"fidelity": self.fidelity} if self.fidelity != DEFAULT_FIDELITY else {}),
             "output": self.output,
             "models": self.models,
             "source": {"tattoo": self.source.tattoo, "name": self.source.name, "sha256": self.source.sha256},
@@ -90,9 +102,13 @@ class Recipe:
                 raise RecipeError(f"unknown domain {domain!r}")
             output = doc.get("output", "layer-mask")
             models = doc.get("models") if isinstance(doc.get("models"), dict) else {}
+            fidelity = doc.get("fidelity", DEFAULT_FIDELITY)
+            if fidelity not in FIDELITIES:
+                raise RecipeError(f"unknown fidelity {fidelity!r}")
         except (KeyError, TypeError, ValueError, BadRequest) as exc:
             raise RecipeError(f"the recipe is incomplete ({exc})") from None
-        return cls(edits, ref, faces, domain, output if output in ("layer", "layer-mask") else "layer-mask", models)
+        output = output if output in ("layer", "layer-mask") else "layer-mask"
+        return cls(edits, ref, faces, domain, output, models, fidelity)
 
 
 def pixels_digest(rgba: bytes) -> str:

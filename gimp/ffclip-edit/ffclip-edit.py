@@ -127,6 +127,7 @@ def _args(config):
         url=config.get_property("engine-url") or None,
         more_edits=config.get_property("more-edits") or "",
         domain=config.get_property("domain"),
+        fidelity=config.get_property("fidelity"),
     )
 
 
@@ -148,6 +149,7 @@ def _remember(config, params, output):
     config.set_property("faces", args.face_mode)
     config.set_property("face-index", args.face_index)
     config.set_property("domain", args.domain)
+    config.set_property("fidelity", args.fidelity)
     config.set_property("output", args.output)
 
 
@@ -163,13 +165,14 @@ def _live(procedure, image, target, config, settings):
         elif target.reopened:
             r = target.recipe
             source = target.source
-            opening = Opening([(e.prompt, e.strength) for e in r.edits], r.domain, r.faces, r.output, target.layer, r)
+            rows = [(e.prompt, e.strength) for e in r.edits]
+            opening = Opening(rows, r.domain, r.faces, r.output, target.layer, r, r.fidelity)
         if opening is None:
             args = _args(config)
             rows = live.args_rows(args.prompt, args.strength, args.more_edits)
             domain = args.domain if args.domain != "face" else settings.get("domain") or "face"
             faces = args.face_mode if args.face_mode in ("all", "largest") else "all"
-            opening = Opening(rows, domain, faces, args.output)
+            opening = Opening(rows, domain, faces, args.output, fidelity=args.fidelity)
         dialog = LiveDialog(image, source, settings, HERE, opening, lambda p, o: _remember(config, p, o))
         new = dialog.run()
     except gimp_edit.PluginError as exc:  # e.g. an unusable certificate setting
@@ -356,6 +359,17 @@ class FfclipEdit(Gimp.PlugIn):
             domains.add(nick, i, label, "")
         procedure.add_choice_argument(
             "domain", "_Domain", "What to edit: faces, or the car / church in the selection", domains, "face", flags
+        )
+        fidelities = Gimp.Choice.new()
+        for i, (nick, label) in enumerate(gimp_edit.FIDELITY_CHOICES):
+            fidelities.add(nick, i, label, "")
+        procedure.add_choice_argument(
+            "fidelity",
+            "Fi_delity",
+            "standard: e4e's inversion; high: HyperStyle keeps the person's likeness (slower the first time)",
+            fidelities,
+            "standard",
+            flags,
         )
         procedure.add_layer_return_value("layer", "Layer", "The new layer", False, flags)
         return procedure

@@ -562,3 +562,25 @@ def test_no_set_up_without_an_installer_or_once_connected():
     editor, _, _, _, view = editor_with()  # a remote URL or a plug-in without the set-up: no installer
     editor.on_event(not_running())
     assert actions(view) == (False, False, False)
+
+
+# --------------------------------------------------------------------------- issue 29: "Keep the person"
+
+
+def test_keep_the_person_is_offered_where_the_engine_has_hyperstyle():
+    editor, _, _, _, view = editor_with()
+    with_high = {"state": "ready", "models": {"fidelities": ["standard", "high"]}}
+    editor.on_event(events.StatusChanged(with_high))
+    assert view.named("offer_fidelity")[-1] == ("offer_fidelity", True, "")
+    fetch = "ffclip-engine models fetch hyperstyle"
+    without = {
+        "state": "ready",
+        "models": {"fidelities": ["standard"], "high_fidelity": {"missing": ["w"], "fetch": fetch}},
+    }
+    editor.on_event(events.StatusChanged(without))
+    offered, why = view.named("offer_fidelity")[-1][1:]
+    assert not offered and why.endswith(f"(w): {fetch}")
+    editor.on_event(events.StatusChanged({"state": "ready"}))  # an engine from before issue 29
+    assert view.named("offer_fidelity")[-1][1] is False
+    assert live.high_fidelity(with_high, "church")[0] is False  # none for churches, whatever the engine
+    assert live.high_fidelity({"domains": {"car": {"fidelities": ["standard", "high"]}}}, "car") == (True, "")

@@ -49,6 +49,15 @@ def test_a_new_edit_keeps_the_recipes_source():
     assert changed.edits == (Attribute("bald", 1.5),) and changed.faces == "largest"
 
 
+def test_a_high_fidelity_edit_is_reopened_with_high_fidelity():
+    params = EditParams.single("smiling", fidelity="high")
+    recipe = Recipe.from_bytes(Recipe.of(params, SOURCE, "layer-mask", MODELS).to_bytes())
+    assert recipe.fidelity == "high" and recipe.params(preview=True).fidelity == "high"
+    assert recipe.with_edits(EditParams.single("bald")).fidelity == "standard"  # the new edit's own
+    standard = Recipe.of(EditParams.single("smiling"), SOURCE, "layer-mask", MODELS).to_bytes()
+    assert b"fidelity" not in standard  # a standard edit's recipe reads as before issue 29
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -63,6 +72,8 @@ def test_a_new_edit_keeps_the_recipes_source():
         b'{"version": 1, "edits": [{"prompt": "x", "strength": 99}], "source": {"tattoo": 1, "name": "a", '
         b'"sha256": "b"}}',
         b" " * 70000,
+        b'{"version": 1, "edits": [{"prompt": "x"}], "source": {"tattoo": 1, "name": "a", "sha256": "b"}, '
+        b'"fidelity": "ultra"}',
     ],
 )
 def test_what_is_not_a_recipe_is_refused_by_name(data):
