@@ -1,11 +1,15 @@
-"""The GIMP extension file (`gimp-bundle --gex`, app/bundle.py) in a real GIMP 3: what File → Open does
+"""The GIMP bundle (`gimp-bundle`, app/bundle.py) in a real GIMP 3: the zip unzipped into a fresh
+profile's plug-ins folder registers the procedures; the extension file (`--gex`): what File → Open does
 with it (`file-gex-load`), the extension left switched off, and once switched on (Edit → Manage
 Extensions writes `(active yes)` into extensionrc) the plug-in's procedures registered at the next start
 — which needs ffclip-edit.py to arrive executable through GIMP's streaming unpacker (docs/install.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import shutil
+import subprocess
 import zipfile
 
 import pytest
@@ -39,6 +43,29 @@ def fake_wheel(path):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("placeholder.txt", path.name)
     return path
+
+
+def test_the_unzipped_bundle_is_a_plugin_gimp_loads(console):
+    """What a user does: unzip into the plug-ins folder, start GIMP; the menu entries are there."""
+    if shutil.which("unzip") is None:
+        pytest.skip("needs unzip")
+    gimp = dataclasses.replace(console, home=f"{console.home or console.home_dir()}-zip")  # a profile of its own
+    scratch = gimp.scratch()
+    wheel = fake_wheel(scratch / f"ffclip_edit-{install.source_version()}-py3-none-any.whl")
+    pip = fake_wheel(scratch / "pip-24.0-py3-none-any.whl")
+    out = bundle.write_bundle(scratch / "ffclip-edit.zip", wheel, pip)
+    plugins = gimp.plugin_dir()
+    plugins.mkdir(parents=True)
+    try:
+        unzipped = subprocess.run(["unzip", "-q", str(out), "-d", str(plugins)], capture_output=True, text=True)
+        assert unzipped.returncode == 0, unzipped.stderr
+        done = gimp.run_python(LOOKUP, timeout=300)
+        assert result_lines(done) == [{"python-fu-ffclip-edit": True, "python-fu-ffclip-cancel": True}], (
+            done.stdout[-2000:] + done.stderr[-2000:]
+        )
+    finally:
+        shutil.rmtree(gimp.home_dir(), ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_gimp_installs_the_gex_and_runs_it_once_switched_on(console):
