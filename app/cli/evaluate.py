@@ -13,8 +13,17 @@ from ffclip.engine.training.evaluate import evaluate, log
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--latents", required=True, help="test W+ codes, .npy (N, n_latent, 512)")
-    parser.add_argument("--checkpoint", required=True, help="FFCLIP checkpoint (official layout, or mapper-only)")
+    parser.add_argument("--latents", help="test W+ codes, .npy (N, n_latent, 512) (required unless --fidelity-photos)")
+    parser.add_argument(
+        "--checkpoint", help="FFCLIP checkpoint (official layout, or mapper-only) (required unless --fidelity-photos)"
+    )
+    parser.add_argument(
+        "--fidelity-photos",
+        metavar="DIR",
+        help="instead: invert the largest face of each photo in DIR at fidelity standard (e4e) and high "
+        "(HyperStyle) and report ArcFace ID similarity (when its weights are present) and reconstruction "
+        "error per fidelity (OUT/fidelity.json)",
+    )
     parser.add_argument("--prompts", help="prompt file (default: 8 prompts spread over the official list)")
     parser.add_argument("--max-prompts", type=int, help="evaluate at most N prompts of the file")
     parser.add_argument("-o", "--out", required=True, help="report folder (report.json, index.html, images/)")
@@ -49,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    if args.fidelity_photos:
+        return _run_fidelity(args)
+    if not (args.latents and args.checkpoint):
+        print("evaluate: --latents and --checkpoint are required (or --fidelity-photos DIR)", file=sys.stderr)
+        return 2
     info = None
     try:
         info = ddp.setup(args.device, args.ddp_backend)  # a single process unless torchrun started us
@@ -75,6 +89,29 @@ def run(args: argparse.Namespace) -> int:
         for r in report["ranks"]:
             print(f"  rank {r['rank']}: {r['samples']} sample(s), {r['seconds']} s")
     print(f"report: {Path(args.out) / 'report.json'}, page: {Path(args.out) / 'index.html'}")
+    return 0
+
+
+def _run_fidelity(args: argparse.Namespace) -> int:
+    from ffclip.engine.training.fidelity import run_fidelity_evaluation
+
+    try:
+        with torch_threads(args.threads):
+            report = run_fidelity_evaluation(args, lambda line: print(line, file=sys.stderr))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
+    for fidelity, figures in report["fidelities"].items():
+        if "skipped" in figures:
+            print(f"{fidelity:<8} skipped: {figures['skipped']}")
+            continue
+        print(
+            f"{fidelity:<8} ID similarity {_f(figures['id_similarity'])}, reconstruction MSE {_f(figures['mse'])} "
+            f"(PSNR {_f(figures['psnr_db'])} dB), inversion {figures['invert_seconds']:.2f} s a face"
+        )
+    if report.get("untrained"):
+        print("(the tiny profile's untrained networks: the figures are not a model's)")
+    print(f"{report['faces']} face(s); report: {Path(args.out) / 'fidelity.json'}")
     return 0
 
 
