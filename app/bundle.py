@@ -57,6 +57,9 @@ BUILD_FILES = ("pyproject.toml", "README.md")  # what the wheel build reads besi
 PACKAGE_FOLDERS = ("plugin", "engine", "bridge", "app", "gimp")  # pyproject.toml's package-dir
 MIN_PYTHON = "3.10"  # the oldest host Python the set-up accepts (pyproject's requires-python)
 EXTENSION_ID = "io.github.ffclip_edit.ffclip_edit"  # the .gex's AppStream id and top folder
+# The project's home, as the id names it (AppStream 1.0's validator requires a homepage): confirm both
+# before the first published .gex — GIMP keys installed extensions by the id.
+HOMEPAGE = "https://github.com/ffclip-edit/ffclip-edit"
 EXTENSION_PLUGIN_PATH = f"{install.NAME}/{install.ENTRY}"  # relative to the extension folder
 _EPOCH_1980 = 315532800  # the oldest time a zip entry can hold
 _FILE_MODE = 0o644
@@ -331,6 +334,7 @@ def metainfo_xml(version: str, release_date: str) -> str:
   <developer id="io.github.ffclip_edit">
     <name>The FFCLIP Edit authors</name>
   </developer>
+  <url type="homepage">{HOMEPAGE}</url>
   <metadata_license>CC0-1.0</metadata_license>
   <project_license>MIT</project_license>
   <releases>

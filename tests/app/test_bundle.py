@@ -205,6 +205,7 @@ def test_the_gex_is_one_folder_named_by_its_appstream_id(tmp_path, wheels):
     assert f'<release version="{install.source_version()}" date="2026-09-21"/>' in metainfo
     assert '<value key="GIMP::plug-in-path">ffclip-edit/ffclip-edit.py</value>' in metainfo
     assert '<id version="3.0.0" compare="ge">org.gimp.GIMP</id>' in metainfo
+    assert f'<url type="homepage">{bundle.HOMEPAGE}</url>' in metainfo  # AppStream 1.0 requires one
 
 
 @pytest.mark.process
