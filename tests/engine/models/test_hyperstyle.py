@@ -182,3 +182,21 @@ def test_the_inference_paths_take_weights_deltas_as_the_reference_does(path: Syn
     for size in (64, 512):
         assert_rel(got[size], expected[size], 1e-4)
     assert not torch.allclose(expected[512], plain, atol=1e-2)  # the deltas change the image
+
+
+def test_the_shared_hypernetwork_runs_once_with_the_official_results() -> None:
+    """The forward stacks the shared blocks' codes into one pass of the shared hypernetwork: each Δ
+    is what its block alone (the official forward) gives."""
+    from ffclip.engine.models.hyperstyle import conv_shapes as shapes_of
+
+    torch.manual_seed(0)
+    shapes = shapes_of(20, 1, 64)
+    net = SharedWeightsHyperNetResNet(6, 20, (0, 2, 3, 5, 14, 17), shapes=shapes, base=8, hidden=64).eval()
+    x = torch.randn(2, 6, 256, 256)
+    with torch.no_grad():
+        got = net(x)
+        features = net.body(net.relu(net.bn1(net.conv1(x))))
+        for j, block in enumerate(net.refinement_blocks):
+            assert (got[j] is None) == (block is None)
+            if block is not None:
+                assert_rel(got[j], block(features), 1e-6)
