@@ -34,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -81,6 +82,7 @@ TORCH_CUDA_INDEX_WINDOWS = "https://download.pytorch.org/whl/cu128"  # PyPI's Wi
 RAW_PROGRESS_PIP = (24, 1)  # `--progress-bar raw` ("Progress N of M" lines) from this pip on
 START_WAIT = 180.0  # seconds for a started engine to answer (torch's first import can be slow)
 TAIL_LINES = 15
+LOW_DISK = 256 << 20  # bytes: a folder with less room than a step's largest download and this is full
 _NO_PYTHON_HELP = {
     "linux": "Debian/Ubuntu: sudo apt install python3; Fedora: sudo dnf install python3; Arch: sudo pacman -S python",
     "win32": "install Python 3.12 from https://www.python.org/downloads/ (or: winget install Python.Python.3.12)",
@@ -422,6 +424,8 @@ class PipProgress:
         m = _PROGRESS.match(line)
         if m:
             done, total = int(m.group(1)), int(m.group(2)) or self.total
+            if done == 0 and self.file is not None:
+                return None  # the line after "Downloading X (size)" says nothing new
             if total:
                 self.total = total
             label = self.file or "package"
@@ -473,6 +477,8 @@ _NO_NETWORK = (
     "Could not fetch URL",
     "getaddrinfo failed",
     "CERTIFICATE_VERIFY_FAILED",
+    "incomplete-download",
+    "Connection interrupted while downloading",
 )
 _RESOLUTION = (
     "ResolutionImpossible",
@@ -572,6 +578,7 @@ class Setup:
         self._log = None
         self._record: dict = {}
         self._host_python: tuple[int, int] | None = None
+        self._largest_download = 0  # bytes: the largest file the running pip step downloads
 
     # ------------------------------------------------------------------ public
 
@@ -763,11 +770,13 @@ class Setup:
         else:
             argv += ["--progress-bar", "off"]
         progress = PipProgress()
+        self._largest_download = 0
 
         def parse(line: str) -> None:
             said = progress.feed(line)
             if said is not None:
                 self._event(*said)
+                self._largest_download = max(self._largest_download, said[3] or 0)
 
         self._call(step, argv + args, parse)
 
@@ -775,7 +784,10 @@ class Setup:
         index, build = torch_index(self.environ)
         requirement = torch_requirement(self.engine_wheel)
         where = index or "the package index"
-        self._event(f"Installing torch ({build} build) from {where}")
+        overridden = "FFCLIP_TORCH_INDEX" in self.environ
+        self._event(
+            f"Installing torch from {where}" + (" (FFCLIP_TORCH_INDEX)" if overridden else f", its {build} build")
+        )
         args = [requirement] + (["--index-url", index] if index else [])
         self._pip_install("torch", args)
         version = self._output([str(self.python), "-c", "import torch; print(torch.__version__)"])
@@ -1003,6 +1015,9 @@ class Setup:
 
     def _failed(self, step: str, rc: int | None, lines: list[str], message: str = "", retry: str = "") -> SetupError:
         said, how = classify(step, lines, rc, self._host_python)
+        short = self._short_of_space() if not message and not said.startswith("The disk is full") else None
+        if short is not None:  # pip blames the network for a download cut short by a full disk
+            said, how = short
         return SetupError(
             step,
             message or said,
@@ -1010,6 +1025,25 @@ class Setup:
             retry=retry or how,
             log_path=self.log_path,
         )
+
+    def _short_of_space(self) -> tuple[str, str] | None:
+        """(message, retry) when the data or the temporary folder has less room than the largest download
+        of the failed step needed (pip deletes its partial file, so the disk looks free again afterwards)."""
+        need = max(self._largest_download + LOW_DISK, LOW_DISK)
+        temp = self.child_env.get("TMPDIR") or self.child_env.get("TEMP") or tempfile.gettempdir()
+        for folder in (self.data, Path(temp)):
+            try:
+                free = shutil.disk_usage(folder).free
+            except OSError:
+                continue
+            if free < need:
+                what = f"a {short_size(self._largest_download)} download" if self._largest_download else "the set-up"
+                return (
+                    f"The disk is full: {folder} has {short_size(free)} free, too little for {what} "
+                    "(torch alone needs about 1 GB, its CUDA build about 6 GB).",
+                    f"Free some space where {folder} is, then run the set-up again; it resumes where it stopped.",
+                )
+        return None
 
     def _os_error(self, step: str, exc: OSError) -> SetupError:
         return self._failed(step, None, [f"{type(exc).__name__}: {exc}"], retry="")

@@ -51,8 +51,8 @@ if args[:1] == ["-c"]:
 if args and args[0].endswith(".whl/pip"):  # pip bootstrapped from its wheel
     print("Processing " + args[-1])
     print("Installing collected packages: pip")
-    print("Successfully installed pip-26.3")
-    state["installed"]["pip"] = "26.3"
+    state["installed"]["pip"] = os.environ.get("FAKE_PIP_VERSION", "26.3")
+    print("Successfully installed pip-" + state["installed"]["pip"])
     save()
     sys.exit(0)
 if args[:3] == ["-m", "pip", "install"]:
@@ -268,7 +268,9 @@ def test_a_failed_step_resumes_there(world):
 def test_a_broken_half_made_environment_is_remade(world):
     world.make().run()
     (world.env / "bin" / "python").unlink()  # e.g. the disk filled while venv copied it
+    (world.env / "leftover").write_text("of the broken one")
     world.make().run()
+    assert not (world.env / "leftover").exists()
     assert len(world.venv_calls()) == 2
     assert any("Removing the unfinished environment" in t for t in texts(world.events, "environment"))
     installs = [c for c in world.state()["calls"] if c[:3] == ["-m", "pip", "install"]]
@@ -303,21 +305,38 @@ def test_the_service_is_registered_where_systemd_answers(world):
 # --------------------------------------------------------------------------- progress
 
 
+@pytest.mark.process
+@pytest.mark.parametrize("pip_version, bar", [("24.0", "off"), ("24.1", "raw"), ("26.3", "raw")])
+def test_raw_progress_only_from_a_pip_that_has_it(world, pip_version, bar):
+    world.make(FAKE_PIP_VERSION=pip_version).run()
+    installs = [c for c in world.state()["calls"] if c[:3] == ["-m", "pip", "install"]]
+    assert all(c[c.index("--progress-bar") + 1] == bar for c in installs) and len(installs) == 2
+
+
+def test_the_start_command(tmp_path):
+    python = tmp_path / "Scripts" / "python.exe"
+    python.parent.mkdir()
+    (python.parent / "pythonw.exe").write_bytes(b"")
+    pythonw = str(python.parent / "pythonw.exe")
+    assert setup.start_command(python, 8765, "", "win32") == [pythonw, "-m", "ffclip.app", "serve", "--port", "8765"]
+    assert setup.start_command(python, 1, "tiny", "linux")[0] == str(python)  # no console window to hide
+    assert setup.start_command(python, 1, "tiny", "linux")[-2:] == ["--profile", "tiny"]
+
+
 def test_pip_progress_lines_become_events():
     progress = setup.PipProgress()
     said = [s for line in (PIP_DATA / "raw-install.txt").read_text().splitlines() if (s := progress.feed(line))]
     assert said[0] == ("Collecting numpy", None, None, None)
     assert said[1] == ("Downloading numpy-2.5.5 (16 MB)", 0.0, 0, 15_700_000)
-    assert said[2][1:] == (0.0, 0, 15713899)
-    assert said[3][0] == "Downloading numpy-2.5.5 (262 kB of 16 MB)"
-    assert said[3][1] == pytest.approx(262144 / 15713899)
-    assert said[4][1:] == (1.0, 15713899, 15713899)
-    assert said[5:7] == [
+    assert said[2][0] == "Downloading numpy-2.5.5 (262 kB of 16 MB)"  # not "Progress 0 of ...": nothing new
+    assert said[2][1] == pytest.approx(262144 / 15713899)
+    assert said[3][1:] == (1.0, 15713899, 15713899)
+    assert said[4:6] == [
         ("Collecting websockets", None, None, None),
         ("Downloading websockets-17.4 (226 kB)", 0.0, 0, 226_000),
     ]
-    assert said[7][0] == "Installing 2 packages: websockets, numpy"
-    assert said[8] == ("Installed", 1.0, None, None)
+    assert said[6][0] == "Installing 2 packages: websockets, numpy"
+    assert said[7] == ("Installed", 1.0, None, None)
 
 
 def test_sizes():
@@ -376,6 +395,22 @@ def test_failure_messages(world, sample, step, says, hint):
     assert exc.log_tail == lines[-setup.TAIL_LINES :]
     assert exc.log_path == world.tmp / "state" / setup.LOG_NAME
     assert not (world.data / setup.LOCK_NAME).exists()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("free, says", [(300 << 20, "The disk is full"), (50 << 30, "No network")])
+def test_a_download_cut_short_by_a_full_disk(world, monkeypatch, free, says):
+    """pip 26 reports a download that hit ENOSPC as an incomplete download, "an issue with network
+    connectivity", and deletes the partial file: the set-up compares the free space with the download."""
+    real = shutil.disk_usage
+    monkeypatch.setattr(setup.shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    out = str(PIP_DATA / "disk-full-download.txt")
+    with pytest.raises(setup.SetupError) as err:
+        world.make(FAKE_TORCH_RC="1", FAKE_TORCH_OUTPUT=out).run()
+    assert err.value.step == "torch" and err.value.message.startswith(says)
+    if free < 1 << 30:
+        assert "315 MB free, too little for a 555 MB download" in err.value.message
+        assert "Free some space" in err.value.retry
 
 
 def test_an_unreachable_index_without_retries():
@@ -620,3 +655,46 @@ def test_a_real_environment_with_pip_from_its_wheel(tmp_path, monkeypatch):
 def test_the_entry_registers_the_procedure():
     entry = (Path(setup.__file__).parent / "ffclip-edit" / "ffclip-edit.py").read_text()
     assert "gimp_setup.PROCEDURE" in entry and setup.PROCEDURE == "python-fu-ffclip-setup"
+
+
+SETUP_IN_GIMP = r"""
+import json
+import gi
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp
+proc = Gimp.get_pdb().lookup_procedure("python-fu-ffclip-setup")
+out = {"registered": proc is not None}
+if proc is not None:
+    out.update(args=[a.name for a in proc.get_arguments()], returns=[a.name for a in proc.get_return_values()],
+               label=proc.get_menu_label(), paths=list(proc.get_menu_paths()))
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("profile", __PROFILE__)
+    r = proc.run(cfg)
+    out.update(status=r.index(0).value_nick, error=str(r.index(1)) if r.length() > 1 else "")
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.gimp
+@pytest.mark.process
+@pytest.mark.parametrize(
+    "profile, status, says",
+    [("tiny", "execution-error", "no engine wheel"), ("big", "calling-error", "profile must be")],
+)
+def test_the_procedure_in_gimp(console, profile, status, says):
+    """The PDB procedure as a batch script calls it: registered with its arguments; a plug-in installed
+    from a checkout (no wheels) fails at once with the set-up's message, a wrong profile is refused."""
+    from tests.support.gimp import result_lines
+
+    dest = console.plugin_dir()
+    done = subprocess.run(
+        [sys.executable, "-m", "ffclip.app", "install-gimp-plugin", "--dest", str(dest)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    proc = console.run_python(SETUP_IN_GIMP.replace("__PROFILE__", repr(profile)), timeout=300)
+    (out,) = result_lines(proc)
+    assert out["registered"], proc.stderr[-2000:]
+    assert out["args"] == ["run-mode", "profile"] and out["returns"] == ["url", "python"]
+    assert out["label"] == setup.MENU_LABEL and out["paths"] == ["<Image>/Filters"]
+    assert out["status"] == status and says in out["error"], out
