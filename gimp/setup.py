@@ -788,8 +788,17 @@ class Setup:
         self._event(
             f"Installing torch from {where}" + (" (FFCLIP_TORCH_INDEX)" if overridden else f", its {build} build")
         )
-        args = [requirement] + (["--index-url", index] if index else [])
-        self._pip_install("torch", args)
+        try:
+            self._pip_install("torch", [requirement] + (["--index-url", index] if index else []))
+        except SetupError as exc:
+            if index is None or overridden or not exc.message.startswith("No network"):
+                raise
+            # PyTorch's own index is out of reach (a firewall that lets only PyPI through): PyPI's torch
+            # works too, only larger on Linux (its CUDA build)
+            self._write(f"{index} is not reachable: torch from the default package index instead")
+            self._event(f"{index} is not reachable: installing torch from the package index instead")
+            index = None
+            self._pip_install("torch", [requirement])
         version = self._output([str(self.python), "-c", "import torch; print(torch.__version__)"])
         if version is None:
             raise self._failed("torch", None, ["torch was installed but does not import; see the log"])

@@ -260,8 +260,11 @@ def run_gimp(gimp: GimpConsole, code: str, report: Report, timeout: float) -> di
     done = gimp.run_python(code, timeout=timeout)
     noise = clean_log(done.stdout + "\n" + done.stderr)
     for line in noise.splitlines():
-        if not line.startswith("RESULT "):
-            report("    " + line)
+        if line.startswith("RESULT ") or "scriptfu-WARNING" in line or "stale context" in line:
+            continue
+        if re.search(r"ffclip-setup: .*(: Collecting |: Downloading .* of )", line):
+            continue  # the report keeps one line per download, its size
+        report("    " + line)
     results = [json.loads(ln[7:]) for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if not results:
         raise SystemExit(f"GIMP printed no result (exit status {done.returncode})")

@@ -69,6 +69,9 @@ if args[:3] == ["-m", "pip", "install"]:
             f.write(f"{os.getpid()} {child.pid}")
         child.wait()
     rc = int(os.environ.get(key + "_RC", "0"))
+    if os.environ.get(key + "_INDEX_UNREACHABLE") and "--index-url" in args:
+        print(open(os.environ[key + "_INDEX_UNREACHABLE"]).read())
+        rc = 1
     if rc == 0:
         wheel = next((a for a in args if a.endswith(".whl")), "x-?-")
         state["installed"][target] = "2.14.1+cpu" if target == "torch" else os.path.basename(wheel).split("-")[1]
@@ -411,6 +414,20 @@ def test_a_download_cut_short_by_a_full_disk(world, monkeypatch, free, says):
     if free < 1 << 30:
         assert "315 MB free, too little for a 555 MB download" in err.value.message
         assert "Free some space" in err.value.retry
+
+
+@pytest.mark.process
+def test_pytorchs_index_out_of_reach_falls_back_to_the_package_index(world):
+    nonet = str(PIP_DATA / "no-network.txt")
+    world.make(FAKE_TORCH_INDEX_UNREACHABLE=nonet).run()
+    installs = [c for c in world.state()["calls"] if c[:3] == ["-m", "pip", "install"]]
+    assert installs[0][-2:] == ["--index-url", setup.TORCH_CPU_INDEX] and installs[1][-1] == "torch>=2.1"
+    assert any("not reachable" in t for t in texts(world.events, "torch"))
+    assert setup.last_setup(world.environ)["steps"]["torch"]["torch_index"] is None
+    shutil.rmtree(world.data)
+    with pytest.raises(setup.SetupError) as err:  # an index the user chose is not second-guessed
+        world.make(FAKE_TORCH_INDEX_UNREACHABLE=nonet, FFCLIP_TORCH_INDEX="https://mirror/simple").run()
+    assert "No network" in err.value.message
 
 
 def test_an_unreachable_index_without_retries():
