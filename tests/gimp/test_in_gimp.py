@@ -218,7 +218,7 @@ def test_installer_registers_menu_entries(session, installed):
     edit, cancel = reg["python-fu-ffclip-edit"], reg["python-fu-ffclip-cancel"]
     assert edit is not None, "python-fu-ffclip-edit is not registered:\n" + session["_log"][-3000:]
     assert edit["paths"] == ["<Image>/Filters"] and edit["label"] == "FFCLIP Edit\u2026"
-    args = ["prompt", "strength", "faces", "face-index", "output", "engine-url", "more-edits", "domain"]
+    args = ["prompt", "strength", "faces", "face-index", "output", "engine-url", "more-edits", "domain", "fidelity"]
     assert edit["args"][3:] == args
     assert edit["returns"] == ["layer"]
     assert cancel is not None and cancel["paths"] == ["<Image>/Filters"] and cancel["label"] == "FFCLIP Cancel"
