@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -340,6 +341,14 @@ def main() -> int:
     report(f"# tools/setup_e2e.py at {sh('git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD').stdout.strip()}")
     index = os.environ.get("FFCLIP_TORCH_INDEX")
     report(f"# FFCLIP_TORCH_INDEX={index!r}" if index is not None else "# FFCLIP_TORCH_INDEX unset (product default)")
+    pip_wheel = os.environ.get("FFCLIP_E2E_PIP_WHEEL")
+    report(f"# bundled pip: {Path(pip_wheel).name if pip_wheel else 'gimp-bundle default'} (FFCLIP_E2E_PIP_WHEEL)")
+    try:
+        socket.getaddrinfo("download.pytorch.org", 443)
+        pytorch = "resolves"
+    except OSError as exc:
+        pytorch = f"does not resolve ({exc})"
+    report(f"# host: {os.cpu_count()} CPUs, {sh('uname', '-sr').stdout.strip()}; download.pytorch.org {pytorch}")
     work = Path(tempfile.mkdtemp(prefix="ffclip-e2e-", dir=args.work))
     mounts: list[Path] = []
     root = None
