@@ -33,6 +33,8 @@ class FakeBackend:
 
     def describe(self) -> dict:
         models = {"profile": "fake", "untrained": True, "note": "no models: a test stand-in"}
+        # both fidelities, as an engine with HyperStyle's files (each inverted once per photo, like the engine)
+        models.update({"fidelities": ["standard", "high"], "high_fidelity": {"loaded": False, "missing": []}})
         return {"state": EngineState.READY, "models": models, "device": self.device}
 
     def cache_stats(self) -> dict:
@@ -49,7 +51,7 @@ class FakeBackend:
     ) -> EditResult:
         pixels = image_array(request, image, self.max_pixels)
         mask = selection_array(request, selection)
-        key = hashlib.sha256(pixels.tobytes()).hexdigest() + repr(request.params.faces)
+        key = hashlib.sha256(pixels.tobytes()).hexdigest() + repr((request.params.faces, request.params.fidelity))
         box = self._cache.get(key)
         cached, ran = box is not None, []
         for stage in STAGES:
@@ -68,6 +70,7 @@ class FakeBackend:
             self._prompts.put(prompt, None)
         result = self._edit(pixels, mask, box, ran)
         result.edits, result.preview = request.params.edits, request.params.preview
+        result.fidelity = request.params.fidelity
         return result
 
     def _stage(self, stage: str, progress: ProgressFn) -> None:

@@ -60,3 +60,27 @@ def test_high_fidelity_over_the_socket(daemon, photos_dir) -> None:
     standard = _edit(ws, png, "smiling")
     assert standard["fidelity"] == "standard" and "invert" in standard["stages"]
     ws.close()
+
+
+def test_the_fake_engine_takes_both_fidelities_for_client_development() -> None:
+    """`serve --fake-engine` (developing a client without models) offers high and echoes it, each
+    fidelity "inverting" once per photo as the engine does."""
+    import numpy as np
+
+    from ffclip.bridge.fake import FakeBackend
+    from ffclip.bridge.messages import EditAnnouncement
+    from ffclip.plugin.protocol import EditParams, ImageSpec
+
+    fake = FakeBackend()
+    assert StatusMessage(fake.describe()).fidelities == ("standard", "high")
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 4), np.uint8).tobytes()
+
+    def run(fidelity: str):
+        request = EditAnnouncement("j", EditParams.single("smiling", fidelity=fidelity), ImageSpec(64, 64))
+        return fake.run(request, pixels, None, lambda *_: None, lambda: False, {})
+
+    first = run("high")
+    assert first.fidelity == "high" and "invert" in first.stages
+    assert "invert" not in run("high").stages
+    standard = run("standard")  # the other fidelity's inversion is its own
+    assert standard.fidelity == "standard" and "invert" in standard.stages
