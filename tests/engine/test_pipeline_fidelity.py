@@ -119,3 +119,19 @@ def test_the_tiny_church_has_no_hyperstyle_as_the_real_one() -> None:
     church = Engine.load("tiny", domain="church", threads=0)
     assert church.describe()["fidelities"] == ["standard"]
     assert "church" in church.describe()["high_fidelity"]["missing"][0]
+
+
+def test_a_car_is_edited_at_high_fidelity_on_its_192_by_256_frame(photo: np.ndarray) -> None:
+    """Cars get HyperStyle too (hyperstyle_cars.pt): the official rows 32:224 of the pooled image,
+    the hypernetwork on the car's 192 × 256 frame."""
+    car = Engine.load("tiny", domain="car", threads=0)
+    pipeline = Pipeline(car)
+    params = EditParams.single("a red car", domain="car", fidelity="high")
+    first = pipeline.edit(params, photo)
+    assert "invert" in first.stages and car.hyperstyle().rows == (32, 224)
+    assert pipeline.edit(EditParams.single("a blue car", domain="car", fidelity="high"), photo).stages == [
+        "encode_text",
+        "map",
+        "synthesize",
+        "blend",
+    ]
