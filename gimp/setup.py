@@ -80,6 +80,7 @@ PIP_WHEEL = re.compile(r"pip-([^-]+)-py3-none-any\.whl")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_CUDA_INDEX_WINDOWS = "https://download.pytorch.org/whl/cu128"  # PyPI's Windows torch is CPU only
 RAW_PROGRESS_PIP = (24, 1)  # `--progress-bar raw` ("Progress N of M" lines) from this pip on
+STOP_WAIT = 90.0  # seconds for an outdated engine to drain and stop (serve drains for up to 60 s)
 START_WAIT = 180.0  # seconds for a started engine to answer (torch's first import can be slow)
 TAIL_LINES = 15
 LOW_DISK = 256 << 20  # bytes: a folder with less room than a step's largest download and this is full
@@ -882,6 +883,11 @@ class Setup:
         self._write(f"wrote {written}: url {url}, autostart, start_command {command}")
         registered = bool(self._record["steps"].get("service", {}).get("service_registered"))
         status = self._answer(url, settings)
+        outdated = self._outdated(status) if status is not None else None
+        if outdated is not None:  # an update, or another profile: the engine running is not this set-up's
+            self._event(f"The engine running at {url} is {outdated}: restarting it")
+            self._stop_engine(url, port, registered, outdated)
+            status = None
         if status is None and not registered:
             self._event(f"Starting the engine on port {port}")
             self._start_engine(command)
@@ -900,10 +906,62 @@ class Setup:
                 )
             time.sleep(0.5)
             status = self._answer(url, settings)
+            if status is not None and self._outdated(status) is not None:
+                status = None  # still the old one (a service that restarts)
         state = status.get("state") or "ready"
         summary = f"The engine answers at {url} ({state})"
         self._event(summary, 1.0)
         return {"url": url, "start_command": command, "state": state, "summary": summary}
+
+    def _outdated(self, status: dict) -> str | None:
+        """Why the engine that answers is not the one this set-up made (None: it is)."""
+        version, want = status.get("version"), wheel_version(self.engine_wheel)
+        if isinstance(version, str) and version and version != want:
+            return f"version {version}, not {want}"
+        profile = status.get("profile")
+        if self.profile == "tiny" and profile not in (None, "", "tiny"):
+            return f"on the {profile} profile, not the tiny trial"
+        if self.profile == "" and profile == "tiny":
+            return "the tiny trial, not the real models"
+        return None
+
+    def _stop_engine(self, url: str, port: int, registered: bool, why: str) -> None:
+        """Stop this user's engine on `port`: the service restarts itself with its new command; an engine
+        of this environment started by the plug-in is ended (it drains first); another program's engine
+        is left alone and the set-up says so."""
+        if registered:
+            systemctl = shutil.which("systemctl", path=self.environ.get("PATH", os.defpath)) or "systemctl"
+            self._quiet([systemctl, "--user", "daemon-reload"])
+            if self._quiet([systemctl, "--user", "restart", "ffclip-engine.service"]) == 0:
+                return  # _do_start waits for an engine that is not outdated
+        pids = [pid for pid in _engine_pids(paths.state_dir(self.environ), port) if _pid_alive(pid)]
+        ours = [pid for pid in pids if _runs(pid, self.python)]
+        if not ours:
+            shown = ", ".join(map(str, pids)) or "unknown"
+            raise SetupError(
+                "start",
+                f"Another FFCLIP engine runs at {url} ({why}; process {shown}), not one this set-up started.",
+                retry="Stop that engine, then run the set-up again (or give FFCLIP Edit another port).",
+                log_path=self.log_path,
+            )
+        for pid in ours:
+            self._write(f"ending the engine {pid} ({why})")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(ours):
+            for pid in ours:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+            self._wait_gone(ours, 10.0)
+
+    def _wait_gone(self, pids: list[int], seconds: float = STOP_WAIT) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._check_cancel()
+            if not any(_pid_alive(p) and not _reaped(p) for p in pids):
+                return True
+            time.sleep(0.2)
+        return False
 
     def _engine_log(self) -> Path:
         return paths.state_dir(self.environ) / paths.ENGINE_START_LOG
@@ -1107,6 +1165,39 @@ class Setup:
 
 
 _HELD: set[Path] = set()  # lock files this process holds
+
+
+def _engine_pids(state: Path, port: int) -> list[int]:
+    """The pids of this user's engines that announced `port` (<state>/engines/<pid>.json)."""
+    out = []
+    for path in (state / paths.ENGINES_DIR).glob("*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            pid = int(record["pid"])
+            if gimp_settings.url_port(record["url"], -1) == port:
+                out.append(pid)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _runs(pid: int, python: Path) -> bool:
+    """Whether process `pid` runs `python` (its command line names it); True where that cannot be read
+    (no /proc: macOS, Windows), since the record that named the pid is this user's own."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not Path("/proc/self").exists()
+    return os.fsencode(str(python)) in argv[:2]
+
+
+def _reaped(pid: int) -> bool:
+    """Whether `pid` has ended as a child of this process (GIMP's plug-in process started it): reaped now."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError, AttributeError):
+        return False
+    return done == pid
 
 
 def _lock_holder(path: Path) -> int | None:

@@ -77,6 +77,9 @@ if args[:3] == ["-m", "pip", "install"]:
         state["installed"][target] = "2.14.1+cpu" if target == "torch" else os.path.basename(wheel).split("-")[1]
         save()
     sys.exit(rc)
+if args[:3] == ["-m", "ffclip.app", "serve"]:  # an engine that only runs
+    time.sleep(60)
+    sys.exit(0)
 if args[:4] == ["-m", "ffclip.app", "service", "install"]:
     print("wrote unit")
     sys.exit(int(os.environ.get("FAKE_SERVICE_RC", "0")))
@@ -303,6 +306,80 @@ def test_the_service_is_registered_where_systemd_answers(world):
     service = [c for c in world.state()["calls"] if c[:4] == ["-m", "ffclip.app", "service", "install"]]
     assert service == [["-m", "ffclip.app", "service", "install", "--port", "8765", "--profile", "tiny"]]
     assert world.started == [["(the service's engine)"]]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    "running, profile, why",
+    [
+        ({"version": "0.0.9", "profile": "tiny"}, "tiny", "version 0.0.9, not 0.1.0"),
+        ({"version": ENGINE_VERSION, "profile": "tiny"}, "", "the tiny trial, not the real models"),
+    ],
+)
+def test_an_outdated_engine_of_ours_is_restarted(world, monkeypatch, running, profile, why):
+    """After an update (or a change of profile) the engine still running is the old one: the set-up
+    ends it (this environment's, by the pid its record names) and starts the new one."""
+    world.make(profile).run()
+    old = subprocess.Popen([str(world.env / "bin" / "python"), "-m", "ffclip.app", "serve", "--port", "8765"])
+    engines = world.tmp / "state" / paths.ENGINES_DIR
+    engines.mkdir(parents=True)
+    (engines / f"{old.pid}.json").write_text(json.dumps({"url": "ws://127.0.0.1:8765/", "pid": old.pid}))
+    world.started.clear()
+
+    def answer(self, url, settings):
+        if old.poll() is None:
+            return {"state": "ready", **running}
+        return {"state": "loading", "version": ENGINE_VERSION} if world.started else None
+
+    monkeypatch.setattr(setup.Setup, "_answer", answer)
+    try:
+        began = time.monotonic()
+        result = world.make(profile).run()
+        assert time.monotonic() - began < 30  # asked to stop (SIGTERM), not killed after the wait
+        assert old.wait(5) is not None  # ended
+        assert world.started == [result.start_command]
+        assert f"The engine running at ws://127.0.0.1:8765/ is {why}: restarting it" in texts(world.events, "start")
+    finally:
+        old.kill()
+        old.wait()
+
+
+@pytest.mark.process
+def test_an_outdated_service_is_restarted_and_awaited(world, monkeypatch):
+    systemctl = world.tmp / "bin" / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$@" >> {world.tmp / "systemctl-calls"}\nexit 0\n')
+    systemctl.chmod(0o755)
+    calls = []
+
+    def answer(self, url, settings):
+        calls.append(url)
+        if len(calls) < 4:  # the old engine, until the service has restarted it
+            return {"state": "ready", "version": "0.0.9"}
+        return {"state": "loading", "version": ENGINE_VERSION}
+
+    monkeypatch.setattr(setup.Setup, "_answer", answer)
+    world.make().run()
+    assert "--user restart ffclip-engine.service" in (world.tmp / "systemctl-calls").read_text()
+    assert setup.last_setup(world.environ)["steps"]["start"]["state"] == "loading"  # the new one
+    assert world.started == []  # the service starts it, not the set-up
+
+
+@pytest.mark.process
+def test_another_programs_engine_is_left_alone(world, monkeypatch):
+    world.make().run()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    engines = world.tmp / "state" / paths.ENGINES_DIR
+    engines.mkdir(parents=True)
+    (engines / f"{other.pid}.json").write_text(json.dumps({"url": "ws://127.0.0.1:8765/", "pid": other.pid}))
+    monkeypatch.setattr(setup.Setup, "_answer", lambda self, url, settings: {"version": "9.9", "state": "ready"})
+    try:
+        with pytest.raises(setup.SetupError) as err:
+            world.make().run()
+        assert err.value.step == "start" and f"process {other.pid}" in err.value.message
+        assert "version 9.9, not 0.1.0" in err.value.message and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 # --------------------------------------------------------------------------- progress
