@@ -36,6 +36,7 @@ from ffclip.plugin.protocol import (
 )
 
 from . import settings as gimp_settings
+from .setup import child_environment
 
 PROCEDURE = "python-fu-ffclip-edit"
 CANCEL_PROCEDURE = "python-fu-ffclip-cancel"
@@ -492,7 +493,9 @@ def start_engine(settings: dict, progress: Progress) -> subprocess.Popen:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env={**os.environ, "FFCLIP_DETACHED": "1"},  # its console goes quiet once it listens
+                # GIMP's own Python settings (PYTHONHOME, PYTHONPATH on Windows and macOS) must not reach
+                # the engine's Python; its console goes quiet once it listens (FFCLIP_DETACHED)
+                env={**child_environment(), "FFCLIP_DETACHED": "1"},
             )
     except OSError as exc:
         raise PluginError(

@@ -528,6 +528,17 @@ def test_an_engine_the_plugin_starts_computes_in_the_settings_precision(tmp_path
     assert (tmp_path / "engine-start.log").read_text() == "['--precision', 'bf16']\n"
 
 
+@pytest.mark.process
+def test_gimps_own_python_settings_do_not_reach_the_engine(tmp_path, monkeypatch):
+    """GIMP on Windows and macOS runs plug-ins with its embedded Python's PYTHONHOME and PYTHONPATH:
+    the engine's Python, another installation, must not inherit them."""
+    monkeypatch.setenv("FFCLIP_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", "/gimp/lib/python3.11")
+    command = [sys.executable, "-c", "import os; print(os.environ.get('PYTHONPATH'), os.environ['FFCLIP_DETACHED'])"]
+    gimp_edit.start_engine({"start_command": command, "url": "ws://127.0.0.1:8765/"}, Recorder()).wait(30)
+    assert (tmp_path / "engine-start.log").read_text() == "None 1\n"
+
+
 def test_the_settings_precision_goes_into_the_start_command():
     cmd = ["python", "-m", "ffclip.app", "serve", "--port", "8765"]
     assert gimp_edit.command_with_precision(cmd, "bf16") == [*cmd, "--precision", "bf16"]
