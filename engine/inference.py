@@ -564,7 +564,8 @@ class Engine:
         at preview_size: e.g. a reconstruction for the change mask at 256² costs ~40 % of 1024².
         `offsets`: HyperStyle's weight offsets of the photo (invert_high), for fidelity high."""
         size = size or (self.preview_size if preview else self.size)
-        return self.synthesize_levels(w, (size,), preview=preview, offsets=offsets)[size]
+        high = {} if offsets is None else {"offsets": offsets}  # a standard call reads as before (wrappers)
+        return self.synthesize_levels(w, (size,), preview=preview, **high)[size]
 
     def synthesize_levels(
         self,
