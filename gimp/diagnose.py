@@ -19,14 +19,19 @@ NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # Windows: no console fl
 
 def engine_python(settings: dict, record: dict | None = None) -> str | None:
     """The Python the engine runs in: the start command's `python -m ffclip.app ...`, else the
-    set-up's environment."""
+    set-up's environment once the engine is installed there."""
     command = settings.get("start_command") or []
     if isinstance(command, str):
         command = command.split()
     if len(command) >= 3 and command[1:3] == ["-m", "ffclip.app"] and Path(command[0]).is_file():
         return command[0]
-    python = (record or {}).get("python")
-    return python if python and Path(python).is_file() else None
+    record = record or {}
+    if "engine" not in (record.get("steps") or {}) or not record.get("env"):
+        return None  # the set-up did not get as far as installing the engine
+    from .setup import env_python
+
+    python = env_python(Path(record["env"]))
+    return str(python) if python.is_file() else None
 
 
 def doctor_command(settings: dict, url: str, record: dict | None = None) -> list[str] | None:

@@ -504,8 +504,8 @@ class LiveDialog:
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8, border_width=12)
         text = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=60, width_chars=60)
         text.set_markup(
-            "FFCLIP Edit will install its engine into a private Python environment in\n"
-            f"<tt>{GLib.markup_escape_text(str(setup.data_dir()))}</tt>,\n"
+            "FFCLIP Edit will install its engine into a private Python environment in "
+            f"<tt>{GLib.markup_escape_text(str(setup.data_dir()))}</tt>, "
             "register it to start with your session, and start it. PyTorch and the engine's other "
             "packages come from the Python package index (about 1 to 4 GB); the engine then fetches "
             "its model weights (about 1.5 GB) by itself. You can stop at any time: setting up again "

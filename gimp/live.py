@@ -430,6 +430,9 @@ class LiveEditor:
             self.start()
             return
         where = f" at {self.url}" if self.url else ""
+        if self.starter is None and self.installer is not None:  # nothing here knows how to start one
+            self.view.set_engine(f"The FFCLIP engine is not running{where}, and none is set up to start here.", False)
+            return
         self.view.set_engine(f"The FFCLIP engine is not running{where}.", False, can_start=self.starter is not None)
 
     def _lost(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ffclip.gimp import diagnose
+from ffclip.gimp import diagnose, setup
 
 URL = "ws://127.0.0.1:8765/"
 
@@ -27,8 +27,14 @@ def test_the_engine_python_is_the_start_commands_or_the_set_ups(tmp_path):
     # a start command of another shape (a wrapper script, a service manager) says nothing of the engine's Python
     assert diagnose.engine_python({"start_command": ["systemctl", "--user", "start", "ffclip"]}) is None
     assert diagnose.engine_python({"start_command": ["/gone/python", "-m", "ffclip.app", "serve"]}) is None
-    assert diagnose.engine_python({}, {"python": python}) == python
-    assert diagnose.engine_python({}, {"python": "/gone/python"}) is None
+    env = tmp_path / "env"
+    made = setup.env_python(env)
+    made.parent.mkdir(parents=True)
+    made.write_text("")
+    installed = {"env": str(env), "python": "/usr/bin/python3", "steps": {"python": {}, "engine": {}}}
+    assert diagnose.engine_python({}, installed) == str(made)  # the environment's, not the host's
+    assert diagnose.engine_python({}, {**installed, "steps": {"python": {}}}) is None  # no engine in it yet
+    assert diagnose.engine_python({}, {**installed, "env": str(tmp_path / "gone")}) is None
 
 
 @pytest.mark.process

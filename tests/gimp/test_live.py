@@ -489,6 +489,9 @@ def test_no_engine_configured_offers_the_set_up_and_its_progress_is_the_engine_l
     assert actions(view) is None  # connecting: nothing offered yet
     editor.on_event(not_running())
     assert actions(view) == (True, False, False)  # Set up…, no Cancel, no Diagnose
+    assert view.named("set_engine")[-1][1] == (
+        "The FFCLIP engine is not running at ws://127.0.0.1:8765/, and none is set up to start here."
+    )
     editor.setup("tiny")
     profile, run = installer.runs[0]
     assert profile == "tiny" and actions(view) == (False, True, False)

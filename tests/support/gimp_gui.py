@@ -127,7 +127,7 @@ def run_gui(console, photo: str, runs: list[dict], *, actions: dict | None = Non
         UNDO_KEYS.format(s=s, count=undos)
         + f"{' '.join(gui)} -n --no-splash --batch-interpreter python-fu-eval -b - --quit < {s}/gui.py\nwait\n"
     )
-    gimp = gimp_console.GimpConsole(console.command, console.root, console.home)
+    gimp = gimp_console.GimpConsole(console.command, console.root, console.home, dict(console.extra_env))
     gimp.extra_env.update({"FFCLIP_DIALOG_SCRIPT": f"{s}/steps.json", "FFCLIP_DIALOG_LOG": f"{s}/dialog.log"})
     argv, env = gimp.wrap(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "sh", f"{s}/run.sh"])
     watcher = Watcher(scratch, actions or {})

@@ -1,0 +1,185 @@
+"""The set-up from the dialog, as a user meets it, with screenshots for docs/ (issue 26).
+
+    sudo python tools/setup_dialog_e2e.py [--base /opt/gimp3-root] [--shots docs] [--out docs/setup-dialog-e2e.txt]
+
+The same throwaway root as tools/setup_e2e.py (an overlay on a Debian trixie root with GIMP 3, no
+python3-venv, nothing of ours; the bundle unzipped into a fresh user's plug-ins folder; pip's network),
+then GIMP's own window under Xvfb: a photo opened, Filters > FFCLIP Edit… run by the dialog's scripted
+user (gimp/dialog.py `_Replay`): the engine is not there and nothing can start it, so the dialog
+offers the set-up; the user presses it, ticks "Trial only", confirms; the set-up's steps show in the
+dialog; at its end the engine answers, the user types a prompt and the preview appears. A screenshot
+at each of these moments, and the dialog's own record of what it showed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ffclip.app.gimp_console import GimpConsole  # noqa: E402
+from tests.support.gimp_gui import notes, run_gui  # noqa: E402
+from tools.setup_e2e import (  # noqa: E402
+    HOME,
+    PHOTO,
+    Report,
+    clean_root,
+    end_processes,
+    make_bundle,
+    make_root,
+    mount_runtime,
+    mounted_under,
+    network,
+    timed,
+    unmount,
+    unzip,
+)
+
+AREA = [0, 0, 1600, 1000]
+
+
+OFFLINE = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "1", "PIP_TIMEOUT": "5"}  # nobody answers
+
+
+def shot(name: str) -> dict:
+    return {"shot": f"setup-{name}.png", "area": AREA}
+
+
+def offline_steps() -> list[dict]:
+    """The first try without a network: it fails at PyTorch, says so, and Diagnose explains."""
+    return [
+        {"move": [1000, 40]},
+        {"wait_engine": "none is set up", "timeout": 30},
+        {"setup": True},
+        {"sleep": 0.5},
+        {"setup_answer": "tiny"},
+        {"wait_engine": "failed at step", "timeout": 600},
+        {"sleep": 1.0},
+        {"note": "failed"},
+        shot("failed"),
+        {"close_text": True},
+        {"diagnose": True},
+        {"sleep": 6.0},
+        {"note": "diagnose"},
+        shot("diagnose"),
+        {"close_text": True},
+        {"cancel": True},
+    ]
+
+
+def steps() -> list[dict]:
+    """Again with the network: it goes on where it stopped, and ends with a preview."""
+    return [
+        {"move": [1000, 40]},
+        {"wait_engine": "none is set up", "timeout": 30},
+        {"note": "offered"},
+        shot("offered"),
+        {"setup": True},
+        {"sleep": 1.0},
+        shot("confirm"),
+        {"setup_answer": "tiny"},
+        {"wait_engine": "step 4 of 7", "timeout": 120},
+        {"sleep": 4.0},
+        {"note": "torch"},
+        shot("progress"),
+        {"wait_engine": "step 5 of 7", "timeout": 1800},
+        {"sleep": 2.0},
+        {"note": "engine"},
+        {"wait_engine": "ready", "timeout": 1800},
+        {"note": "ready"},
+        {"type": "smiling", "row": 0, "key_s": 0.05},
+        {"wait_preview": True, "timeout": 300},
+        {"note": "preview"},
+        shot("done"),
+        {"cancel": True},
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="/opt/gimp3-root", help="a Debian trixie root with GIMP 3 (never written)")
+    parser.add_argument("--shots", default=str(REPO / "docs"), help="where the screenshots go")
+    parser.add_argument("--out", default=str(REPO / "docs" / "setup-dialog-e2e.txt"), help="the report ('' = none)")
+    parser.add_argument("--work", default="/var/tmp", help="where the throwaway root goes (torch: several GB)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds for GIMP's run")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (chroot, mount)")
+    report = Report(Path(args.out) if args.out else None)
+    report(f"# the set-up from FFCLIP Edit's dialog, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    work = Path(tempfile.mkdtemp(prefix="ffclip-dialog-e2e-", dir=args.work))
+    mounts: list[Path] = []
+    root = None
+    ok = False
+    try:
+        root = timed(report, f"overlay root on {args.base}", lambda: make_root(Path(args.base), work))
+        mounts.append(root)
+        timed(report, "checked: nothing of ours, no ensurepip", lambda: clean_root(root, report))
+        bundle = timed(report, "ffclip-engine gimp-bundle", lambda: make_bundle(work, report))
+        gimp = GimpConsole.chroot(root, HOME)
+        if "FFCLIP_TORCH_INDEX" in os.environ:
+            gimp.extra_env["FFCLIP_TORCH_INDEX"] = os.environ["FFCLIP_TORCH_INDEX"]
+        timed(report, "unzipped into the profile's plug-ins folder", lambda: unzip(bundle, gimp.plugin_dir()))
+        network(root)
+        mounts[:0] = mount_runtime(root)
+        scratch = gimp.scratch()
+        shutil.copyfile(PHOTO, scratch / PHOTO.name)
+        photo = gimp.inside(scratch / PHOTO.name)
+        offline = GimpConsole(gimp.command, gimp.root, gimp.home, {**gimp.extra_env, **OFFLINE})
+        began = time.monotonic()
+        _, failed, _ = run_gui(offline, photo, [{"steps": offline_steps()}], timeout=900, scratch=scratch)
+        report(f"[{time.monotonic() - began:7.1f} s] GIMP's window, no network: the set-up fails, Diagnose")
+        for label in ("failed", "diagnose"):
+            note = notes(failed).get(label) or {}
+            report(f"  {label:8s} engine: {note.get('engine')!r}  buttons: {note.get('actions')}")
+            window = (note.get("text_window") or "").splitlines()
+            report("           window: " + "\n           | ".join(window[:12]))
+        shots = [r for r in failed if r.get("step") == "shot"]
+        (scratch / "dialog.log").unlink()
+        began = time.monotonic()
+        state, records, scratch = run_gui(gimp, photo, [{"steps": steps()}], timeout=args.timeout, scratch=scratch)
+        report(f"[{time.monotonic() - began:7.1f} s] GIMP's window: the dialog, the set-up, a preview")
+        seen = notes(records)
+        for label in ("offered", "torch", "engine", "ready", "preview"):
+            note = seen.get(label) or {}
+            report(f"  {label:8s} at {note.get('seconds', '?'):>7} s  engine: {note.get('engine')!r}")
+            report(f"  {'':8s}             status: {note.get('status')!r}  buttons: {note.get('actions')}")
+        for record in shots + records:
+            if record.get("step") == "shot":
+                name = Path(record["path"]).name
+                shutil.copyfile(scratch / name, Path(args.shots) / f"gimp-{name}")
+                report(f"  screenshot docs/gimp-{name}")
+        preview = (seen.get("preview") or {}).get("preview") or {}
+        said = (notes(failed).get("failed") or {}).get("engine") or ""
+        ok = (
+            said.startswith("The set-up failed at step")
+            and (seen.get("offered") or {}).get("actions", [False])[0] is True
+            and "ready" in str((seen.get("ready") or {}).get("engine"))
+            and bool(preview.get("visible"))
+        )
+        report(f"  image after Cancel: {json.dumps(state.get('run0', {}).get('layers'))}")
+        report("PASS: failed offline with its reason, set up from the dialog, a preview drawn" if ok else "FAIL")
+    finally:
+        if root is not None:
+            end_processes(root, report)
+        for m in mounts:
+            unmount(m, report)
+        if mounted_under(work):
+            report(f"NOT removed: {work} still has mounts {mounted_under(work)}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        report(f"total {time.monotonic() - report.began:.0f} s")
+        report.save()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
