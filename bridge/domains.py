@@ -194,7 +194,17 @@ class DomainBackend:
     # ------------------------------------------------------------------ Backend
 
     def run(self, request: EditAnnouncement, image, selection, progress, should_cancel, memo) -> EditResult:
-        return self.load(request.params.domain).run(request, image, selection, progress, should_cancel, memo)
+        domain = request.params.domain
+        backend = self.load(domain)
+        try:
+            return backend.run(request, image, selection, progress, should_cancel, memo)
+        finally:
+            if request.params.fidelity == "high" and backend.engine is not None:
+                # HyperStyle loads on the first high edit: the domain's networks weigh that much more
+                nbytes = backend.engine.nbytes()
+                with self._lock:
+                    if self._loaded.get(domain) is backend:
+                        self._bytes[domain] = nbytes
 
     def describe(self) -> dict:
         domains = self.domain_states()
@@ -203,6 +213,11 @@ class DomainBackend:
             face.get("state") if face.get("state") in (EngineState.MISSING, EngineState.FAILED) else EngineState.READY
         )
         models = dict(self._face_models)
+        with self._lock:
+            face_backend = self._loaded.get("face")
+        describe_fidelity = getattr(getattr(face_backend, "engine", None), "describe_fidelity", None)
+        if describe_fidelity is not None:  # HyperStyle's files may have been fetched since the faces loaded
+            models.update(describe_fidelity())
         if face.get("state") == EngineState.MISSING:
             models.update(missing=face["missing"], fetch=face["fetch"], **self._fetch_notes.get("face", {}))
         models["editor"] = self.editor

@@ -84,3 +84,31 @@ def test_the_fake_engine_takes_both_fidelities_for_client_development() -> None:
     assert "invert" not in run("high").stages
     standard = run("standard")  # the other fidelity's inversion is its own
     assert standard.fidelity == "standard" and "invert" in standard.stages
+
+
+def test_the_domains_backend_counts_hyperstyle_once_loaded_and_says_what_is_missing(photos_dir) -> None:
+    """The daemon's backend: HyperStyle's networks (loaded on the first high edit) count in the
+    domains' memory; the status reads the faces engine's fidelities when asked (files fetched later
+    are seen without a restart)."""
+    import numpy as np
+
+    from ffclip.bridge.domains import DomainBackend
+    from ffclip.bridge.messages import EditAnnouncement
+    from ffclip.engine.imageio import load_image
+    from ffclip.plugin.protocol import EditParams, ImageSpec
+
+    backend = DomainBackend("tiny", None, "cpu")
+    backend.load("face")
+    before = backend.used_bytes()
+    assert StatusMessage(backend.describe()).fidelities == ("standard", "high")
+    image = np.ascontiguousarray(load_image(photos_dir / "astronaut.png")[..., :3])
+    rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+    request = EditAnnouncement(
+        "j", EditParams.single("smiling", faces="largest", fidelity="high"), ImageSpec(rgba.shape[1], rgba.shape[0])
+    )
+    result = backend.run(request, rgba.tobytes(), None, lambda *_: None, lambda: False, {})
+    assert result.fidelity == "high" and backend.used_bytes() > before
+    engine = backend.load("face").engine
+    engine.set_hyperstyle(lambda: None, lambda: ["hyperstyle"])
+    engine._hyperstyle = None  # noqa: SLF001 - as if the files had gone before it loaded
+    assert backend.describe()["models"]["high_fidelity"]["missing"] == ["hyperstyle"]
