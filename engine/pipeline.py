@@ -525,9 +525,12 @@ def _check_high_fidelity(engine: Any) -> None:
         raise EngineError("models_missing", "this engine has no high-fidelity inversion (HyperStyle)")
     high = describe()["high_fidelity"]
     if high["missing"]:
+        from ffclip.engine.store import SPEC_BY_NAME
+
+        names = [f"{n} ({SPEC_BY_NAME[n].filename})" if n in SPEC_BY_NAME else n for n in high["missing"]]
         raise EngineError(
             "models_missing",
-            f"fidelity high needs HyperStyle's files, missing from the model store: {', '.join(high['missing'])}; "
+            f"fidelity high needs HyperStyle's files, missing from the model store: {', '.join(names)}; "
             f"fetch them with `{high.get('fetch', 'ffclip-engine models fetch high')}`, or edit with fidelity standard",
         )
 

@@ -108,7 +108,7 @@ def test_without_hyperstyles_files_high_is_refused_naming_them(
     with pytest.raises(EngineError) as info:
         Pipeline(engine).edit(_high(), photo)
     assert info.value.code == "models_missing"
-    assert "hyperstyle, hyperstyle-w-encoder" in info.value.message
+    assert "hyperstyle (hyperstyle_ffhq.pt), hyperstyle-w-encoder (faces_w_encoder.pt)" in info.value.message
     assert "ffclip-engine models fetch high" in info.value.message
     assert not calls  # refused before any inversion: no silent fallback to e4e
     # standard still works on that engine
