@@ -242,7 +242,34 @@ class DomainBackend:
                     }
                 else:
                     states[domain] = {"state": EngineState.AVAILABLE}
+            if states[domain].get("state") != EngineState.MISSING:
+                states[domain].update(self.fidelity_of(domain))
         return {d: states[d] for d in DOMAINS}
+
+    def fidelity_of(self, domain: str) -> dict[str, Any]:
+        """`fidelities` and `high_fidelity` of a domain (issue 29), as its engine describes them once
+        loaded; before that from the model store (the tiny profile has a HyperStyle for faces and
+        cars; HyperStyle publishes none for churches; the passthrough editor inverts nothing)."""
+        with self._lock:
+            backend = self._loaded.get(domain)
+        describe = getattr(getattr(backend, "engine", None), "describe_fidelity", None)
+        if describe is not None:
+            return describe()
+        from ffclip.engine.domains import high_fidelity_models
+        from ffclip.engine.store import ModelStore
+
+        names = high_fidelity_models(domain)
+        if self.editor == "passthrough" or not names:
+            why = "the passthrough editor" if names else f"HyperStyle for the {domain} domain (none published)"
+            return {"fidelities": ["standard"], "high_fidelity": {"loaded": False, "missing": [why]}}
+        if self.profile == "tiny":
+            return {"fidelities": ["standard", "high"], "high_fidelity": {"loaded": False, "missing": []}}
+        store = ModelStore(self.models_dir)
+        missing = store.missing(names)
+        if not missing:
+            return {"fidelities": ["standard", "high"], "high_fidelity": {"loaded": False, "missing": []}}
+        fetch = f"{store.fetch_hint} high" + ("" if domain == "face" else f"-{domain}")
+        return {"fidelities": ["standard"], "high_fidelity": {"loaded": False, "missing": missing, "fetch": fetch}}
 
     def cache_stats(self) -> dict:
         stats: dict = {}

@@ -112,3 +112,25 @@ def test_the_domains_backend_counts_hyperstyle_once_loaded_and_says_what_is_miss
     engine.set_hyperstyle(lambda: None, lambda: ["hyperstyle"])
     engine._hyperstyle = None  # noqa: SLF001 - as if the files had gone before it loaded
     assert backend.describe()["models"]["high_fidelity"]["missing"] == ["hyperstyle"]
+
+
+def test_each_domain_says_its_fidelities_before_it_loads(tmp_path) -> None:
+    """status.domains.<d>.fidelities / high_fidelity, what the dialog reads for a car: from the store
+    before the domain loads, from its engine after; never high for churches."""
+    from ffclip.bridge.domains import DomainBackend
+    from ffclip.engine.store import ModelStore
+
+    tiny = DomainBackend("tiny", None, "cpu").domain_states()
+    assert tiny["car"]["fidelities"] == ["standard", "high"] and tiny["church"]["fidelities"] == ["standard"]
+    store = ModelStore(tmp_path)
+    for name in ("e4e-cars", "ffclip-car", "clip"):  # present (the states look at presence only)
+        store.path(name).parent.mkdir(parents=True, exist_ok=True)
+        store.path(name).write_bytes(b"")
+    real = DomainBackend("real", str(tmp_path), "cpu").domain_states()
+    assert real["car"]["state"] == "available" and real["car"]["fidelities"] == ["standard"]
+    assert real["car"]["high_fidelity"]["missing"] == ["hyperstyle-cars", "hyperstyle-w-encoder-cars"]
+    assert real["car"]["high_fidelity"]["fetch"].endswith("high-car")
+    assert "fidelities" not in real["face"]  # missing: the state says what to fetch first
+    for name in ("hyperstyle-cars", "hyperstyle-w-encoder-cars"):
+        store.path(name).write_bytes(b"")
+    assert DomainBackend("real", str(tmp_path), "cpu").domain_states()["car"]["fidelities"] == ["standard", "high"]
