@@ -420,8 +420,9 @@ class LiveEditor:
             return  # "reconnecting" says it
         was = self.connection
         self.connection = "absent"
-        if was != "absent":
-            self._offer()
+        if was == "absent":
+            return  # said once, when it went away; the line may say why a start or a set-up failed
+        self._offer()
         if error.code != "connection_failed":  # a certificate, a token: not a matter of starting it
             self.view.set_engine(first_line(error_message(error, self.url)), False)
             return

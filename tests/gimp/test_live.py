@@ -296,8 +296,8 @@ def test_a_failed_start_is_shown_with_the_start_commands_own_words_and_can_be_re
         False,
         True,
     )
-    editor.on_event(not_running())  # the next poll does not start it again by itself
-    assert starter.starts == 1
+    editor.on_event(not_running())  # the next poll does not start it again by itself, nor hide why
+    assert starter.starts == 1 and view.named("set_engine")[-1][1].startswith("The FFCLIP engine could not start")
     starter.reason = None
     editor.start()  # the Start button: once more
     assert starter.starts == 2
@@ -525,6 +525,9 @@ def test_a_failed_set_up_says_where_offers_it_again_and_diagnose():
         "The set-up failed at step \u201cengine\u201d: no network: the package index could not be reached"
     )
     assert view.named("setup_failed") == [("setup_failed", error)]
+    said = view.named("set_engine")[-1]
+    editor.on_event(not_running())  # the polls go on: the failure stays on the engine line
+    assert view.named("set_engine")[-1] == said
     assert actions(view) == (True, False, True)  # again, and Diagnose
     editor.setup("")
     assert len(installer.runs) == 2 and actions(view) == (False, True, False)
