@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 DOCTOR_TIMEOUT_S = 120.0
@@ -82,11 +83,33 @@ def _plugin_report(settings: dict, url: str, plugin_dir: str | Path, record: dic
     else:
         lines.append("No Python 3.10 or newer found for the set-up.")
     if record:
-        lines.append("")
-        lines.append("Last set-up:")
-        lines += [f"    {key}: {value}" for key, value in record.items() if key != "log_tail"]
-        lines += [f"    | {line}" for line in record.get("log_tail") or []]
+        lines += ["", *_setup_lines(record)]
     return "\n".join(lines)
+
+
+def _setup_lines(record: dict) -> list[str]:
+    """The set-up's record in words: when, which steps are done, how it ended, where its log is."""
+    lines = [f"Last set-up ({record.get('profile') or 'real models'}), started {_when(record.get('started'))}:"]
+    for name, step in (record.get("steps") or {}).items():
+        summary = step.get("summary", "") if isinstance(step, dict) else ""
+        lines.append(f"    done: {name}" + (f" ({summary})" if summary else ""))
+    failure = record.get("failure") or {}
+    if record.get("running"):
+        lines.append(f"    running now (process {record['running']})")
+    elif failure:
+        message = str(failure.get("message", "")).strip().splitlines() or ["?"]
+        lines.append(f"    stopped at {failure.get('step', '?')} {_when(failure.get('when'))}: {message[0]}")
+    elif record.get("finished"):
+        lines.append(f"    finished {_when(record['finished'])}")
+    if record.get("env"):
+        lines.append(f"    environment: {record['env']}")
+    if record.get("log"):
+        lines.append(f"    log: {record['log']}")
+    return lines
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "(unknown)"
 
 
 def _last_setup(environ: dict) -> dict | None:

@@ -87,7 +87,7 @@ def steps() -> list[dict]:
         shot("confirm"),
         {"setup_answer": "tiny"},
         {"wait_engine": "step 4 of 7", "timeout": 120},
-        {"sleep": 4.0},
+        {"sleep": 9.0},  # past the PyTorch index (out of reach here): pip downloading
         {"note": "torch"},
         shot("progress"),
         {"wait_engine": "step 5 of 7", "timeout": 1800},

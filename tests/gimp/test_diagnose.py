@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -66,3 +67,16 @@ def test_without_an_engine_the_plugin_says_what_it_knows(tmp_path):
     assert text.startswith("No FFCLIP engine is installed") and f"Engine URL: {URL}" in text
     assert "GIMP runs as a Flatpak" in text  # and the host commands follow
     assert "No Python 3.10 or newer found" in text  # an empty PATH: none to find
+
+
+def test_the_last_set_up_is_told_in_words(tmp_path):
+    environ = {"HOME": str(tmp_path), "PATH": "", "XDG_DATA_HOME": str(tmp_path / "data")}
+    record = setup.record_path(environ)
+    record.parent.mkdir(parents=True)
+    failure = {"step": "torch", "message": "No network: pip could not reach the index\nmore", "when": 1.0}
+    pip = {"summary": "pip 26.3", "done": 2.0}
+    record.write_text(json.dumps({"steps": {"pip": pip}, "failure": failure, "profile": "tiny", "log": "/x.log"}))
+    text = diagnose.report({}, URL, tmp_path, environ)
+    assert "Last set-up (tiny)" in text and "    done: pip (pip 26.3)" in text
+    assert "stopped at torch" in text and text.count("No network") == 1 and "more" not in text
+    assert "    log: /x.log" in text and "'done'" not in text  # words, not the record's dictionaries
