@@ -122,6 +122,9 @@ def scenario(s):
             name=new.get_name(), offsets=[nx, ny], source_offsets=[ox, oy], size=[rw, rh],
             has_mask=mask is not None, layer_w_h=[lw, lh],
         )
+        parasite = new.get_parasite("ffclip-edit/recipe")
+        if parasite is not None:
+            out["recipe"] = json.loads(bytes(parasite.get_data()).decode("utf-8"))
         m = pixels(mask, 0, 0, rw, rh, "Y u8") if mask is not None else pixels(new, 0, 0, rw, rh)[3::4]
         dup = image.duplicate()
         merged = dup.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
@@ -189,6 +192,7 @@ def session(console, installed, engine, photos):
                 "precision": "FLOAT_LINEAR",
                 "args": {"prompt": "blond hair", "output": "layer", "strength": 1.5, "faces": "largest"},
             },
+            {"name": "high", "photo": photos[ASTRONAUT], "args": {"prompt": "smiling", "fidelity": "high"}},
             {"name": "unreachable", "photo": photos[ASTRONAUT], "args": {"prompt": "smiling", "engine-url": dead}},
             {"name": "no-prompt", "photo": photos[ASTRONAUT], "args": {"prompt": "  "}},
         ],
@@ -209,6 +213,15 @@ def scenario(session, name):
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def test_a_high_fidelity_edit_makes_the_masked_layer_and_remembers_its_fidelity(session):
+    """fidelity high (HyperStyle; the tiny profile's seeded one) through the procedure (issue 29)."""
+    r = scenario(session, "high")
+    assert r["status"] == "success", r
+    assert r["name"] == "FFCLIP: smiling 1" and r["has_mask"] and r["outside_diff"] == 0
+    assert r["recipe"]["fidelity"] == "high"  # a reopened edit is made at high fidelity again
+    assert "fidelity" not in scenario(session, "photo")["recipe"]  # a standard edit's recipe as before
 
 
 def test_installer_registers_menu_entries(session, installed):
