@@ -720,7 +720,7 @@ class _Replay:
 
     Steps (JSON objects): {"type": TEXT, "row": N, "key_s": 0.08} types TEXT key by key into row N;
     {"clear": true, "row": N} empties row N; {"enter": true, "row": N} presses Enter in it;
-    {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"};
+    {"slider": V, "row": N}; {"add_row": true}; {"faces": ID}; {"domain": "car"}; {"keep_person": true};
     {"before": true|false}; {"wait_preview": true} until a new preview is drawn; {"wait_engine": TEXT}
     until the engine line holds TEXT; {"start": true} presses Start; {"setup": true} presses Set up;
     {"setup_answer": "tiny"|""|"cancel"} answers its confirmation; {"stop_setup": true} stops it;
@@ -768,6 +768,8 @@ class _Replay:
                 d.domain.set_active_id(step["domain"])
             elif "before" in step:
                 d.before.set_active(step["before"])
+            elif "keep_person" in step:
+                d.keep_person.set_active(step["keep_person"])
             elif "wait_preview" in step:
                 seen = d.shown
                 for _ in range(int(step.get("timeout", 120) * 10)):
@@ -858,6 +860,9 @@ class _Replay:
             "dirty": d.image.is_dirty(),
             "engine": d.engine_label.get_text(),
             "start_button": d.start_button.get_visible(),
+            "keep_person": [d.keep_person.get_sensitive(), d.keep_person.get_active()],
+            "fidelity": d.editor.fidelity,
+            "shown_fidelity": d.editor.shown.fidelity if d.editor.shown is not None else None,
             "actions": [b.get_visible() for b in (d.setup_button, d.cancel_setup_button, d.diagnose_button)],
             "text_window": _text(d.text_view),
             "domain": d.domain.get_active_id(),

@@ -129,6 +129,43 @@ def test_the_engines_states_as_a_user_meets_them(console, installed, photo, tmp_
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+def test_keep_the_person_previews_at_high_fidelity(console, installed, photo, tmp_path):
+    """The tiny engine has its seeded HyperStyle: the box is offered, and ticked, the previews are asked
+    with fidelity high (issue 29)."""
+    port = free_port()
+    saved = _settings(installed).read_text()
+    settings = dict(json.loads(saved), url=f"ws://127.0.0.1:{port}/", autostart=False, start_command=None)
+    _settings(installed).write_text(json.dumps(settings))
+    engine = TinyEngine(port, tmp_path / "engine.log")
+    engine.start()
+    steps = [
+        {"wait_engine": "ready", "timeout": 180},
+        {"note": "ready"},
+        {"keep_person": True},
+        {"type": "smiling", "row": 0, "key_s": 0.03},
+        {"wait_preview": True, "timeout": 300},
+        {"note": "high"},
+        {"shot": "keep-the-person.png", "area": [0, 0, 1600, 670]},
+        {"cancel": True},
+    ]
+    try:
+        _, records, scratch = run_gui(console, photo, [{"steps": steps}], timeout=600)
+    finally:
+        engine.kill()
+        _settings(installed).write_text(saved)
+    seen = notes(records)
+    assert seen["ready"]["keep_person"] == [True, False] and seen["ready"]["fidelity"] == "standard"
+    high = seen["high"]
+    assert high["keep_person"] == [True, True] and high["fidelity"] == "high"
+    assert high["preview"] is not None and high["preview"]["visible"]
+    assert high["shown_fidelity"] == "high"  # the preview on the canvas was asked at high fidelity
+    png = scratch / "keep-the-person.png"
+    assert png.stat().st_size > 20000
+    if os.environ.get("FFCLIP_UPDATE_SCREENSHOT"):
+        shutil.copyfile(png, REPO / "docs" / "gimp-keep-the-person.png")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def test_last_values_repeat_and_a_reopened_edit(console, installed, photo, tmp_path):
     """Apply in the dialog; Filters > Repeat (WITH_LAST_VALS) on the photo; Re-Show opens with the last
     values; the FFCLIP layer selected opens the dialog with its recipe, and Apply replaces that
