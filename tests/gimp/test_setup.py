@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -332,11 +333,13 @@ def test_an_outdated_engine_of_ours_is_restarted(world, monkeypatch, running, pr
         return {"state": "loading", "version": ENGINE_VERSION} if world.started else None
 
     monkeypatch.setattr(setup.Setup, "_answer", answer)
+    sent, kill = [], os.kill
+    monkeypatch.setattr(setup.os, "kill", lambda pid, sig: (sent.append((pid, sig)), kill(pid, sig))[1])
     try:
-        began = time.monotonic()
         result = world.make(profile).run()
-        assert time.monotonic() - began < 30  # asked to stop (SIGTERM), not killed after the wait
-        assert old.wait(5) is not None  # ended
+        assert old.wait(5) is not None  # ended...
+        signals = [sig for pid, sig in sent if pid == old.pid and sig]
+        assert signals == [signal.SIGTERM]  # ... asked to stop, not killed (SIGKILL) after the wait
         assert world.started == [result.start_command]
         assert f"The engine running at ws://127.0.0.1:8765/ is {why}: restarting it" in texts(world.events, "start")
     finally:
@@ -605,10 +608,9 @@ def test_cancel_midway_kills_the_step_and_resumes_next_time(world):
     thread = threading.Thread(target=run)
     thread.start()
     pip_pid, child_pid = map(int, _wait_for(world.tmp / "pip.pid").split())
-    began = time.monotonic()
     first.cancel()
     thread.join(20)
-    assert not thread.is_alive() and time.monotonic() - began < 10
+    assert not thread.is_alive()  # the fake torch step sleeps 60 s: only its kill ends the run this soon
     assert isinstance(outcome[0], setup.SetupCancelled) and outcome[0].step == "torch"
     deadline = time.monotonic() + 5
     while (_alive(pip_pid) or _alive(child_pid)) and time.monotonic() < deadline:
