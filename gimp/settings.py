@@ -78,7 +78,7 @@ def save_settings(plugin_dir: str | os.PathLike, settings: dict) -> Path:
     """Write the known keys of `settings` atomically; returns the file written."""
     path = Path(plugin_dir) / SETTINGS_NAME
     data = {k: settings.get(k, v) for k, v in DEFAULTS.items()}
-    _write_json_atomic(path, data)
+    write_json_atomic(path, data)
     return path
 
 
@@ -132,7 +132,7 @@ def job_state_path(environ: dict | None = None) -> Path:
 
 def write_job_state(url: str, job_id: str, token: str | None = None, environ: dict | None = None) -> Path:
     path = job_state_path(environ)
-    _write_json_atomic(path, {"url": url, "id": job_id, "token": token, "pid": os.getpid(), "started": time.time()})
+    write_json_atomic(path, {"url": url, "id": job_id, "token": token, "pid": os.getpid(), "started": time.time()})
     return path
 
 
@@ -176,7 +176,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
+    """`data` as JSON in `path`, replaced whole (a reader never sees half a file), readable by this
+    user only (mkstemp's 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=str(path.parent))
     try:

@@ -1129,7 +1129,7 @@ class Setup:
             self._log.flush()
 
     def _save(self) -> None:
-        _write_json_atomic(record_path(self.environ), self._record)
+        gimp_settings.write_json_atomic(record_path(self.environ), self._record)
 
     def _acquire_lock(self) -> None:
         path = self.data / LOCK_NAME
@@ -1264,17 +1264,3 @@ def _tail_of(path: Path, lines: int = TAIL_LINES) -> list[str]:
     except OSError:
         return []
     return [ln for ln in text.splitlines() if ln.strip()][-lines:]
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with paths.open_private(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,21 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from ffclip.app.gimp_console import GimpConsole  # noqa: E402
 from tests.support.gimp_gui import notes, run_gui  # noqa: E402
-from tools.setup_e2e import (  # noqa: E402
-    HOME,
-    PHOTO,
-    Report,
-    clean_root,
-    end_processes,
-    make_bundle,
-    make_root,
-    mount_runtime,
-    mounted_under,
-    network,
-    timed,
-    unmount,
-    unzip,
-)
+from tools.setup_e2e import PHOTO, Report, throwaway_root  # noqa: E402
 
 AREA = [0, 0, 1600, 1000]
 
@@ -115,21 +100,9 @@ def main() -> int:
         raise SystemExit("run as root (chroot, mount)")
     report = Report(Path(args.out) if args.out else None)
     report(f"# the set-up from FFCLIP Edit's dialog, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    work = Path(tempfile.mkdtemp(prefix="ffclip-dialog-e2e-", dir=args.work))
-    mounts: list[Path] = []
-    root = None
     ok = False
-    try:
-        root = timed(report, f"overlay root on {args.base}", lambda: make_root(Path(args.base), work))
-        mounts.append(root)
-        timed(report, "checked: nothing of ours, no ensurepip", lambda: clean_root(root, report))
-        bundle = timed(report, "ffclip-engine gimp-bundle", lambda: make_bundle(work, report))
-        gimp = GimpConsole.chroot(root, HOME)
-        if "FFCLIP_TORCH_INDEX" in os.environ:
-            gimp.extra_env["FFCLIP_TORCH_INDEX"] = os.environ["FFCLIP_TORCH_INDEX"]
-        timed(report, "unzipped into the profile's plug-ins folder", lambda: unzip(bundle, gimp.plugin_dir()))
-        network(root)
-        mounts[:0] = mount_runtime(root)
+    with throwaway_root(Path(args.base), args.work, report) as made:
+        gimp = made.gimp
         scratch = gimp.scratch()
         shutil.copyfile(PHOTO, scratch / PHOTO.name)
         photo = gimp.inside(scratch / PHOTO.name)
@@ -167,17 +140,6 @@ def main() -> int:
         )
         report(f"  image after Cancel: {json.dumps(state.get('run0', {}).get('layers'))}")
         report("PASS: failed offline with its reason, set up from the dialog, a preview drawn" if ok else "FAIL")
-    finally:
-        if root is not None:
-            end_processes(root, report)
-        for m in mounts:
-            unmount(m, report)
-        if mounted_under(work):
-            report(f"NOT removed: {work} still has mounts {mounted_under(work)}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        report(f"total {time.monotonic() - report.began:.0f} s")
-        report.save()
     return 0 if ok else 1
 
 

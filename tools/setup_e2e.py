@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -326,6 +328,50 @@ def du(path: Path) -> str:
     return done.stdout.split()[0] if done.returncode == 0 and done.stdout else "?"
 
 
+@dataclass
+class Throwaway:
+    """A prepared throwaway root: the bundle unzipped for a fresh user, pip's network, /proc and /dev."""
+
+    root: Path
+    gimp: GimpConsole
+    mounts: list[Path]
+
+
+@contextlib.contextmanager
+def throwaway_root(base: Path, work_dir: str, report: Report, keep: bool = False) -> Iterator[Throwaway]:
+    """Steps 1-3 of this script's docstring; afterwards the engine processes are ended, the mounts
+    undone and the root removed (unless `keep`), whatever happened meanwhile."""
+    work = Path(tempfile.mkdtemp(prefix="ffclip-e2e-", dir=work_dir))
+    mounts: list[Path] = []
+    root = None
+    try:
+        root = timed(report, f"overlay root on {base}", lambda: make_root(base, work))
+        mounts.append(root)
+        timed(report, "checked: nothing of ours, no ensurepip", lambda: clean_root(root, report))
+        bundle = timed(report, "ffclip-engine gimp-bundle", lambda: make_bundle(work, report))
+        gimp = GimpConsole.chroot(root, HOME)
+        if "FFCLIP_TORCH_INDEX" in os.environ:
+            gimp.extra_env["FFCLIP_TORCH_INDEX"] = os.environ["FFCLIP_TORCH_INDEX"]
+        timed(report, "unzipped into the profile's plug-ins folder", lambda: unzip(bundle, gimp.plugin_dir()))
+        network(root)
+        mounts[:0] = mount_runtime(root)
+        yield Throwaway(root, gimp, mounts)
+    finally:
+        if root is not None:
+            end_processes(root, report)
+        for m in mounts:
+            unmount(m, report)
+        left = mounted_under(work)
+        if left:  # never delete through a mount: /dev is the host's
+            report(f"NOT removed: {work} still has mounts {left}")
+        elif keep:
+            report(f"kept: {work} (upper: {work / 'upper'})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        report(f"total {time.monotonic() - report.began:.0f} s")
+        report.save()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="/opt/gimp3-root", help="a Debian trixie root with GIMP 3 (never written)")
@@ -349,21 +395,9 @@ def main() -> int:
     except OSError as exc:
         pytorch = f"does not resolve ({exc})"
     report(f"# host: {os.cpu_count()} CPUs, {sh('uname', '-sr').stdout.strip()}; download.pytorch.org {pytorch}")
-    work = Path(tempfile.mkdtemp(prefix="ffclip-e2e-", dir=args.work))
-    mounts: list[Path] = []
-    root = None
     ok = False
-    try:
-        root = timed(report, f"overlay root on {args.base}", lambda: make_root(Path(args.base), work))
-        mounts.append(root)
-        timed(report, "checked: nothing of ours, no ensurepip", lambda: clean_root(root, report))
-        bundle = timed(report, "ffclip-engine gimp-bundle", lambda: make_bundle(work, report))
-        gimp = GimpConsole.chroot(root, HOME)
-        if index is not None:
-            gimp.extra_env["FFCLIP_TORCH_INDEX"] = index
-        timed(report, "unzipped into the profile's plug-ins folder", lambda: unzip(bundle, gimp.plugin_dir()))
-        network(root)
-        mounts[:0] = mount_runtime(root)
+    with throwaway_root(Path(args.base), args.work, report, args.keep) as made:
+        gimp, root, mounts = made.gimp, made.root, made.mounts
         report("set-up (python-fu-ffclip-setup, profile tiny, batch):")
         first = timed(report, "set-up", lambda: run_gimp(gimp, SETUP, report, args.timeout))
         report(f"  result: {json.dumps(first)}")
@@ -396,20 +430,6 @@ def main() -> int:
         )
         report(f"PASS: a masked {edit.get('name')!r} layer" if ok else "FAIL")
         ok = bad_cases(gimp, root, mounts, report) and ok
-    finally:
-        if root is not None:
-            end_processes(root, report)
-        for m in mounts:
-            unmount(m, report)
-        left = mounted_under(work)
-        if left:  # never delete through a mount: /dev is the host's
-            report(f"NOT removed: {work} still has mounts {left}")
-        elif args.keep:
-            report(f"kept: {work} (upper: {work / 'upper'})")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        report(f"total {time.monotonic() - report.began:.0f} s")
-        report.save()
     return 0 if ok else 1
 
 

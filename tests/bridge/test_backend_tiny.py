@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
 import pytest
 
-from ffclip.plugin.client import EngineClient
 from ffclip.plugin.protocol import STAGES
 from ffclip.plugin.websocket import WebSocket
-from tests.support.daemon import Daemon
+from tests.support.daemon import tiny_daemon
 
 pytest.importorskip("ffclip.engine.pipeline")
 pytestmark = pytest.mark.slow
@@ -27,13 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    log = tmp_path_factory.mktemp("tiny") / "engine.log"
-    process = Daemon("--port", "0", "--profile", "tiny", "--device", "cpu", "--log-file", str(log))
-    client = EngineClient(process.url, timeout=120)
-    client.connect()
-    while client.status()["state"] == "loading":
-        time.sleep(0.2)
-    client.close()
+    process = tiny_daemon(tmp_path_factory.mktemp("tiny") / "engine.log")
     yield process
     assert process.stop() == 0
 

@@ -57,3 +57,18 @@ def daemon_env(**extra: str) -> dict:
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "ffclip.app", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env or daemon_env())
+
+
+def tiny_daemon(log: str | os.PathLike) -> Daemon:
+    """`serve --profile tiny` on the CPU, its models loaded (a client's first edit does not wait)."""
+    import time
+
+    from ffclip.plugin.client import EngineClient
+
+    process = Daemon("--port", "0", "--profile", "tiny", "--device", "cpu", "--log-file", str(log))
+    client = EngineClient(process.url, timeout=120)
+    client.connect()
+    while client.status()["state"] == "loading":
+        time.sleep(0.2)
+    client.close()
+    return process
