@@ -241,6 +241,42 @@ class ModulatedConv2d(nn.Module):
         self._inference = (key, cache)
         return cache
 
+    def _plain_weight(self, dtype: torch.dtype) -> Tensor:
+        """W in `dtype`, in the layout its convolution takes (transposed for the up-sampling one), kept
+        beside the other per-weight constants."""
+        cache = self._inference_cache()
+        name = f"plain_{dtype}"
+        if name not in cache:
+            w = self.weight[0].detach()
+            cache[name] = (w.transpose(0, 1) if self.upsample else w).contiguous().to(dtype)
+        return cache[name]
+
+    def activations_cheaper(self, x: Tensor) -> bool:
+        """Whether modulating this (small) activation costs less than a per-sample weight: a pass over
+        the input (in·H·W) and one over the output (out·H'·W') against out·in·k² products."""
+        out_pixels = x.shape[2] * x.shape[3] * (4 if self.upsample else 1)
+        passes = self.in_channel * x.shape[2] * x.shape[3] + self.out_channel * out_pixels
+        return passes < self.out_channel * self.in_channel * self.kernel_size**2
+
+    def conv_modulating_activations(self, x: Tensor, style: Tensor, gain: float, bias: Tensor) -> list[Tensor]:
+        """Per sample conv(x, W·s·d·gain) + bias, computed as d·gain·conv(x·s, W) + bias with one cached
+        W in x's dtype: the reference's arrangement, for the low-precision path's small levels, where
+        a per-sample weight (out·in·k² products, then a cast) costs more than the activations. The
+        outputs are float32: d applied in the input's precision would be one rounding error per
+        channel, repeated over the whole image instead of averaging out."""
+        cache = self._inference_cache()
+        coef = self.modulation(style) * self.scale  # (B, in), float32
+        out_coef = coef.new_full((coef.shape[0], self.out_channel), gain)
+        if self.demodulate:
+            out_coef = torch.rsqrt(coef.square() @ cache["w2"].t() + self.eps) * gain
+        weight, bias = self._plain_weight(x.dtype), bias.view(1, -1, 1, 1)
+        outs = []
+        for b in range(x.shape[0]):
+            xs = (x[b : b + 1] * coef[b, :, None, None]).to(x.dtype)
+            out = self.conv_inference(xs, weight)  # (the up-sampling blur's taps, n/64, are exact in bf16)
+            outs.append(torch.addcmul(bias, out, out_coef[b].view(1, -1, 1, 1)))
+        return outs
+
     def modulated_weights(
         self, style: Tensor, gain: float = 1.0, dtype: torch.dtype | None = None, delta: Tensor | None = None
     ) -> list[Tensor]:
@@ -363,19 +399,22 @@ class StyledConv(nn.Module):
         """leaky_relu(conv + noise + bias) *without* the final √2: the caller carries that gain into
         the consumers' weights. x is the true activation divided by `gain`; the arithmetic is in x's
         dtype (float32, or bfloat16). `delta`: HyperStyle's weight change (modulated_weights)."""
-        weights = self.conv.modulated_weights(style, gain, x.dtype, delta)
         if noise is None:  # the reference draws (B, 1, H, W) per layer at this point
             b = x.shape[0]
             h, w = (x.shape[2] * 2, x.shape[3] * 2) if self.conv.upsample else x.shape[2:]
             noise = x.new_empty(b, 1, h, w).normal_()
         nw = self.noise.strength()
         noise, bias = noise.to(x.dtype), self.activate.bias.to(x.dtype)
+        if x.dtype == torch.bfloat16 and delta is None and self.conv.activations_cheaper(x):
+            convs = self.conv.conv_modulating_activations(x, style, gain, self.activate.bias)
+        else:  # float32 always: bit for bit the folded arithmetic
+            weights = self.conv.modulated_weights(style, gain, x.dtype, delta)
+            convs = [self.conv.conv_inference(x[b : b + 1], weight, bias) for b, weight in enumerate(weights)]
         outs = []
-        for b, weight in enumerate(weights):
-            out = self.conv.conv_inference(x[b : b + 1], weight, bias)
+        for b, out in enumerate(convs):
             if nw != 0.0:
                 out.add_(noise[b : b + 1] if noise.shape[0] > 1 else noise, alpha=nw)
-            outs.append(F.leaky_relu_(out, 0.2))
+            outs.append(F.leaky_relu_(out, 0.2).to(x.dtype))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 

@@ -118,3 +118,62 @@ def test_the_cpu_flags_of_this_machine_are_read() -> None:
 
     if platform.system() == "Linux":
         assert precision.cpu_flags()  # /proc/cpuinfo has a flags (x86) or Features (Arm) line
+
+
+def _layer_errors(upsample: bool, modulate_activations: bool, monkeypatch) -> tuple[float, float]:
+    """One StyledConv on an 8² bfloat16 input against float32 on the same input: the worst relative
+    error, and the worst per-channel mean error relative to the channel's mean magnitude (a rounding
+    of a per-channel factor shows there: it shifts a whole channel instead of averaging out)."""
+    from ffclip.engine.models import stylegan2
+
+    torch.manual_seed(0)
+    layer = stylegan2.StyledConv(64, 64, 3, 32, upsample=upsample).eval()
+    with torch.no_grad():
+        layer.activate.bias.normal_()
+        layer.noise.weight.fill_(0.1)
+        layer.conv.modulation.bias.normal_(1, 0.2)
+    x = torch.randn(1, 64, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    style, size = torch.randn(1, 32), 16 if upsample else 8
+    noise = torch.randn(1, 1, size, size)
+    if not modulate_activations:
+        monkeypatch.setattr(stylegan2.ModulatedConv2d, "activations_cheaper", lambda self, x: False)
+    with torch.inference_mode():
+        assert modulate_activations is layer.conv.activations_cheaper(x)
+        reference = layer.forward_inference(x.float(), style, stylegan2.SQRT2, noise)
+        got = layer.forward_inference(x, style, stylegan2.SQRT2, noise)
+    monkeypatch.undo()
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    error = got.float() - reference
+    channel = (error.mean((0, 2, 3)).abs() / reference.abs().mean((0, 2, 3))).max()
+    return _rel(got.float(), reference), float(channel)
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+def test_small_bf16_layers_modulate_the_activations_as_exactly_as_the_weights(upsample, monkeypatch) -> None:
+    """Where a per-sample weight costs more than the activation (the preview's small levels), bf16
+    modulates the activations and demodulates in float32: no less exact than the folded weight."""
+    folded = _layer_errors(upsample, False, monkeypatch)
+    activations = _layer_errors(upsample, True, monkeypatch)
+    assert activations[0] <= 1.25 * folded[0]
+    assert activations[1] <= folded[1]  # d in bf16 would shift whole channels: about twice the error
+
+
+def test_only_bf16_and_only_small_layers_modulate_the_activations() -> None:
+    from ffclip.engine.models.stylegan2 import ModulatedConv2d
+
+    conv, up = ModulatedConv2d(512, 512, 3, 512), ModulatedConv2d(512, 512, 3, 512, upsample=True)
+    small, large = torch.empty(1, 512, 32, 32), torch.empty(1, 512, 64, 64)
+    assert conv.activations_cheaper(small) and not conv.activations_cheaper(large)
+    assert up.activations_cheaper(torch.empty(1, 512, 16, 16)) and not up.activations_cheaper(small)
+    g = lively_generator(64)
+    w = torch.randn(1, g.n_latent, 32, generator=torch.Generator().manual_seed(4))
+    calls = []
+    for module in g.modules():
+        if isinstance(module, ModulatedConv2d):
+            original = module.conv_modulating_activations
+            module.conv_modulating_activations = lambda *a, original=original: calls.append(1) or original(*a)
+    with torch.inference_mode():
+        g.synthesis(w, g.fixed_noise(), path=SynthesisPath.BANDED)
+        assert not calls  # float32: bit for bit the folded weights
+        g.synthesis(w, g.fixed_noise(), path=SynthesisPath.BANDED, dtype=torch.bfloat16)
+        assert calls
