@@ -496,7 +496,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         result["ratios"][key] = result["limits"][name]["seconds"] / stages[name]["seconds"]
     # the live-editing targets are in units of L, the G1024 dense limit of this same run
     limit = result["limits"]["g1024"]["seconds"]
-    for name in (*LIVE_STAGES, *HIGH_STAGES):
+    for name in ("g1024", "preview", "edit_photo", *LIVE_STAGES, *HIGH_STAGES):
         if stages[name]["seconds"] is not None:
             result["ratios"][f"{name}_in_L"] = stages[name]["seconds"] / limit
     if stages["reedit_high"]["seconds"] is not None and stages["reedit_cached"]["seconds"] is not None:
@@ -507,12 +507,37 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     if engine.plan.preview != torch.float32 or engine.plan.full != torch.float32:
         log("quality against float32")
         result["quality"] = quality_against_fp32(engine, x)
+        low_precision_limits(result, engine, device, repeats, log)
     peak.note()
     result["peak_rss_mb"] = peak.engine_mb
     result["peak_rss_process_mb"] = peak.process_mb
     if device.type == "cuda":
         result["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / (1 << 20)
     return result
+
+
+def preview_convs(shapes: list[ConvShape], size: int) -> list[ConvShape]:
+    """The generator's convolutions that a synthesis stopped at `size` runs (their output ≤ size)."""
+    return [s for s in shapes if s.x[2] * (2 if s.kind == "conv_transpose2d" else 1) <= size]
+
+
+def low_precision_limits(
+    result: dict[str, Any], engine: Engine, device: torch.device, repeats: int, log: Callable[[str], None]
+) -> None:
+    """The dense limits again in the low precision (bf16 or fp16), for the 1024² synthesis and the
+    preview: how far the hardware's own rate lets those stages go (the targets stay in units of the
+    float32 L)."""
+    dtype = engine.plan.preview if engine.plan.preview != torch.float32 else engine.plan.full
+    name = str(dtype).removeprefix("torch.").replace("bfloat", "bf").replace("float", "fp")
+    log(f"dense limits in {name}")
+    shapes = generator_convs(engine.generator)
+    limit = result["limits"]["g1024"]["seconds"]
+    for stage, convs in (("g1024", shapes), ("preview", preview_convs(shapes, engine.preview_size))):
+        key = f"{stage}_{name}"
+        result["limits"][key] = dense_limit(convs, device, repeats, dtype)
+        seconds = result["limits"][key]["seconds"]
+        result["ratios"][f"{key}_limit_in_L"] = seconds / limit
+        result["ratios"][f"{stage}_vs_conv_{name}"] = seconds / result["stages"][stage]["seconds"]
 
 
 def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float | None:

@@ -50,7 +50,7 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     assert set(result["pipeline"]["live_prompt"]) == {"encode_text", "map", "synthesize", "blend"}
     assert set(result["pipeline"]["live_strength"]) == {"synthesize", "blend"}
     assert set(result["pipeline"]["apply_cached"]) == {"synthesize", "blend"}
-    for name in (*bench.LIVE_STAGES, *bench.HIGH_STAGES):
+    for name in ("g1024", "preview", "edit_photo", *bench.LIVE_STAGES, *bench.HIGH_STAGES):
         limit = result["limits"]["g1024"]["seconds"]
         assert result["ratios"][f"{name}_in_L"] == result["stages"][name]["seconds"] / limit
     # fidelity high (issue 29): the re-edit skips the inversion as the standard one does
@@ -117,6 +117,14 @@ def test_bf16_bench_reports_its_quality_against_fp32(photos_dir, monkeypatch) ->
     quality = result["quality"]
     assert quality["g1024_psnr_db"] > 40 and quality["preview_psnr_db"] > 40 and 0 < quality["e4e_rel_err"] < 0.01
     assert result["limits"]["g1024"]["seconds"] > 0
+    # the same convolutions' limits in bf16: how far the hardware's own rate lets g1024 and the preview go
+    ratios, limits = result["ratios"], result["limits"]
+    assert limits["g1024_bf16"]["convs"] == limits["g1024"]["convs"]
+    assert 0 < limits["preview_bf16"]["gflop"] < limits["g1024_bf16"]["gflop"]
+    for stage in ("g1024", "preview"):
+        seconds = limits[f"{stage}_bf16"]["seconds"]
+        assert ratios[f"{stage}_bf16_limit_in_L"] == seconds / limits["g1024"]["seconds"]
+        assert ratios[f"{stage}_vs_conv_bf16"] == seconds / result["stages"][stage]["seconds"]
     code, out = _bench("--profile", "tiny", "--json", "--repeats", "1", "--photo", photo, "--precision", "auto")
     result = json.loads(out)
     assert result["precision"] == "bf16 previews, fp32 Apply"
@@ -148,6 +156,9 @@ def test_generator_limit_uses_the_reference_layer_shapes() -> None:
     assert len(ups) == 8 and all(c.w[2:] == (3, 3) and c.stride == 2 for c in ups)
     assert ups[-1].x == (1, 64, 512, 512) and ups[-1].w == (64, 32, 3, 3)
     assert convs[-1].w == (3, 32, 1, 1) and convs[-1].x == (1, 32, 1024, 1024)
+    preview = bench.preview_convs(convs, 128)  # the preview stops at 128²: conv1, to_rgb1, levels 8..128
+    assert len(preview) == 2 + 5 * 3 and preview[-1].x == (1, 256, 128, 128)
+    assert preview[-3].kind == "conv_transpose2d" and preview[-3].x == (1, 512, 64, 64)
     assert 140 < sum(c.flops for c in convs) / 1e9 < 155  # ~150 GFLOP, as the issue quotes
 
 
