@@ -209,6 +209,7 @@ def run_hyperstyle(
     hypernet = hs.SharedWeightsHyperNetResNet(6, 26, [int(j) for j in data["layers_to_tune"]]).eval()
     hypernet.load_state_dict(sd, strict=True)
     hypernet.to(device, dtype)
+    hypernet.shared_weight_hypernet.store_w2_by_columns_()  # the engine's layout (Engine.hyperstyle)
     enc = _hyperstyle_w_encoder(companions["hyperstyle_w_encoder"], device, dtype)
     g_sd = companions["stylegan2_1024"]
     g = Generator(**generator_config(g_sd)).eval()

@@ -504,6 +504,7 @@ class Engine:
                 for module in nets.modules():
                     module.eval().requires_grad_(False).to(self.device)
                 nets.latent_avg = nets.latent_avg.to(self.device, torch.float32)
+                nets.hypernet.shared_weight_hypernet.store_w2_by_columns_()
                 self._hyperstyle = nets
                 self.sources = {**self.sources, **nets.sources}
                 release_freed_memory()

@@ -93,9 +93,21 @@ class SharedWeightsHypernet(nn.Module):
         self.b2 = init(in_size * z_dim)
 
     def forward(self, z: Tensor) -> Tensor:
-        h_in = (torch.matmul(z, self.w2) + self.b2).view(z.shape[0], self.in_size, self.z_dim)
-        h_final = torch.matmul(h_in, self.w1) + self.b1  # (B, in, out·f·f), read as (out, in, f, f) below
+        if self.w2.t().is_contiguous():  # stored by columns (store_w2_by_columns_): w2ᵀ·zᵀ reads it in order
+            h_in = torch.addmm(self.b2[:, None], self.w2.t(), z.t()).t()
+        else:
+            h_in = torch.addmm(self.b2, z, self.w2)
+        h_in = h_in.reshape(z.shape[0] * self.in_size, self.z_dim)
+        h_final = torch.addmm(self.b1, h_in, self.w1)  # (B·in, out·f·f), read as (out, in, f, f) below
         return h_final.view(z.shape[0], self.out_size, self.in_size, self.f_size, self.f_size)
+
+    @torch.no_grad()
+    def store_w2_by_columns_(self) -> None:
+        """Keep w2 (z × in·z, 0.5 GB) column by column, same shape and values (the state_dict is
+        unchanged): the few codes of a pass then multiply it as w2ᵀ·zᵀ, a product that streams the
+        weight in memory order (3× faster on a CPU than z·w2 with its 9 rows)."""
+        if not self.w2.t().is_contiguous():
+            self.w2.data = self.w2.data.t().contiguous().t()
 
 
 def _conv_stack(n_channels: int, inner_c: int, out_c: int, first_stride: int, n_inner: int) -> nn.Sequential:
@@ -346,7 +358,8 @@ def offsets(
     deltas: list[Tensor | None] = [None] * hypernet.n_outputs
     for i in range(n_iters):
         out = hypernet(torch.cat([x, y_hat], dim=1))
-        deltas = out if i == 0 else [None if d is None else d + o for d, o in zip(deltas, out, strict=True)]
+        # accumulated in place (nothing else holds them): no new weight-sized tensors per refinement
+        deltas = out if i == 0 else [None if d is None else d.add_(o) for d, o in zip(deltas, out, strict=True)]
         if i + 1 < n_iters:
             y_hat = face_pool(render(codes, deltas), rows)
         if between is not None:
