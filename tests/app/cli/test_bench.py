@@ -51,8 +51,10 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     assert set(result["pipeline"]["live_strength"]) == {"synthesize", "blend"}
     assert set(result["pipeline"]["apply_cached"]) == {"synthesize", "blend"}
     for name in ("g1024", "preview", "edit_photo", *bench.LIVE_STAGES, *bench.HIGH_STAGES):
-        limit = result["limits"]["g1024"]["seconds"]
+        limit = result["limits"].get(f"g1024_beside_{name}", result["limits"]["g1024"])["seconds"]
         assert result["ratios"][f"{name}_in_L"] == result["stages"][name]["seconds"] / limit
+    # invert_high is in units of an L measured in alternation with it (as g1024 with its own)
+    assert result["limits"]["g1024_beside_invert_high"]["convs"] == result["limits"]["g1024"]["convs"]
     # fidelity high (issue 29): the re-edit skips the inversion as the standard one does
     assert set(result["pipeline"]["reedit_high"]) == {"encode_text", "map", "synthesize", "blend"}
     assert result["ratios"]["reedit_high_vs_standard"] > 0
@@ -130,6 +132,7 @@ def test_bf16_bench_reports_its_quality_against_fp32(photos_dir, monkeypatch) ->
     assert result["precision"] == "bf16 previews, fp32 Apply"
     assert result["quality"]["g1024_psnr_db"] is None and result["quality"]["e4e_rel_err"] == 0.0
     assert result["quality"]["preview_psnr_db"] > 40
+    assert "preview_vs_conv_bf16" in result["ratios"] and "g1024_vs_conv_bf16" not in result["ratios"]
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     assert _bench("--profile", "tiny", "--precision", "bf16")[0] == 1  # would be emulated: said, not run
 
