@@ -66,11 +66,12 @@ class Plan:
     def describe(self) -> str:
         """For status and the dialog: e.g. "bf16 previews, fp32 Apply"."""
         if self.preview == self.full:
-            return _short(self.full)
-        return f"{_short(self.preview)} previews, {_short(self.full)} Apply"
+            return dtype_name(self.full)
+        return f"{dtype_name(self.preview)} previews, {dtype_name(self.full)} Apply"
 
 
-def _short(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bf16", torch.float32 -> "fp32"."""
     return str(dtype).removeprefix("torch.").replace("float", "fp").replace("bfp", "bf")
 
 

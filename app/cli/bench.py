@@ -48,7 +48,7 @@ from ffclip.engine.inference import (
     release_freed_memory,
 )
 from ffclip.engine.precision import CHOICES as PRECISIONS
-from ffclip.engine.precision import Plan, PrecisionUnavailable, native_bf16
+from ffclip.engine.precision import Plan, PrecisionUnavailable, dtype_name, native_bf16
 from ffclip.engine.precision import plan as precision_plan
 from ffclip.engine.profiles import PROFILES, Profile
 
@@ -445,9 +445,8 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     x = (torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     w = engine.invert(x)
     log("g1024 and its dense limit")
-    limit, times = limit_and_stage(
-        generator_convs(engine.generator), lambda: engine.synthesize(w), device, repeats, dtype, peak
-    )
+    g_convs = generator_convs(engine.generator)
+    limit, times = limit_and_stage(g_convs, lambda: engine.synthesize(w), device, repeats, dtype, peak)
     result["limits"]["g1024"], stages["g1024"] = limit, _stat(times)
     log("e4e and its dense limit")
     limit, times = limit_and_stage(
@@ -475,9 +474,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         engine.hyperstyle()  # built or loaded outside the timing
         # each run several seconds at real sizes: at most 3 after the warm-up; in alternation with L,
         # which is measured again beside it (the target is in units of L, and L moves between stages)
-        limit, times = limit_and_stage(
-            generator_convs(engine.generator), lambda: engine.invert_high(x), device, min(repeats, 3), dtype, peak
-        )
+        limit, times = limit_and_stage(g_convs, lambda: engine.invert_high(x), device, min(repeats, 3), dtype, peak)
         result["limits"]["g1024_beside_invert_high"], stages["invert_high"] = limit, _stat(times)
 
     # photo edits through the pipeline
@@ -512,7 +509,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     if engine.plan.preview != torch.float32 or engine.plan.full != torch.float32:
         log("quality against float32")
         result["quality"] = quality_against_fp32(engine, x)
-        low_precision_limits(result, engine, device, repeats, log)
+        low_precision_limits(result, engine, g_convs, device, repeats, log)
     peak.note()
     result["peak_rss_mb"] = peak.engine_mb
     result["peak_rss_process_mb"] = peak.process_mb
@@ -527,15 +524,19 @@ def preview_convs(shapes: list[ConvShape], size: int) -> list[ConvShape]:
 
 
 def low_precision_limits(
-    result: dict[str, Any], engine: Engine, device: torch.device, repeats: int, log: Callable[[str], None]
+    result: dict[str, Any],
+    engine: Engine,
+    shapes: list[ConvShape],
+    device: torch.device,
+    repeats: int,
+    log: Callable[[str], None],
 ) -> None:
     """The dense limits again in the low precision (bf16 or fp16), for the 1024² synthesis and the
     preview: how far the hardware's own rate lets those stages go (the targets stay in units of the
     float32 L)."""
     dtype = engine.plan.preview if engine.plan.preview != torch.float32 else engine.plan.full
-    name = str(dtype).removeprefix("torch.").replace("bfloat", "bf").replace("float", "fp")
+    name = dtype_name(dtype)
     log(f"dense limits in {name}")
-    shapes = generator_convs(engine.generator)
     limit = result["limits"]["g1024"]["seconds"]
     for stage, convs in (("g1024", shapes), ("preview", preview_convs(shapes, engine.preview_size))):
         key = f"{stage}_{name}"

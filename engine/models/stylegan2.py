@@ -258,17 +258,21 @@ class ModulatedConv2d(nn.Module):
         passes = self.in_channel * x.shape[2] * x.shape[3] + self.out_channel * out_pixels
         return passes < self.out_channel * self.in_channel * self.kernel_size**2
 
+    def _coefficients(self, style: Tensor, gain: float) -> tuple[Tensor, Tensor]:
+        """With the layer's own weight: s·scale (B, in) and the output scale d·gain (B, out)."""
+        coef = self.modulation(style) * self.scale
+        if not self.demodulate:
+            return coef, coef.new_full((coef.shape[0], self.out_channel), gain)
+        w2 = self._inference_cache()["w2"]
+        return coef, torch.rsqrt(coef.square() @ w2.t() + self.eps) * gain
+
     def conv_modulating_activations(self, x: Tensor, style: Tensor, gain: float, bias: Tensor) -> list[Tensor]:
         """Per sample conv(x, W·s·d·gain) + bias, computed as d·gain·conv(x·s, W) + bias with one cached
         W in x's dtype: the reference's arrangement, for the low-precision path's small levels, where
         a per-sample weight (out·in·k² products, then a cast) costs more than the activations. The
         outputs are float32: d applied in the input's precision would be one rounding error per
         channel, repeated over the whole image instead of averaging out."""
-        cache = self._inference_cache()
-        coef = self.modulation(style) * self.scale  # (B, in), float32
-        out_coef = coef.new_full((coef.shape[0], self.out_channel), gain)
-        if self.demodulate:
-            out_coef = torch.rsqrt(coef.square() @ cache["w2"].t() + self.eps) * gain
+        coef, out_coef = self._coefficients(style, gain)  # float32
         weight, bias = self._plain_weight(x.dtype), bias.view(1, -1, 1, 1)
         outs = []
         for b in range(x.shape[0]):
@@ -292,21 +296,15 @@ class ModulatedConv2d(nn.Module):
         return weights if dtype in (None, weights[0].dtype) else [w.to(dtype) for w in weights]
 
     def _modulated_weights(self, style: Tensor, gain: float, delta: Tensor | None = None) -> list[Tensor]:
-        cache = self._inference_cache()
-        coef = self.modulation(style) * self.scale  # (B, in)
+        coef, out_coef = self._coefficients(style, gain)  # (B, in), (B, out)
         batch = coef.shape[0]
-        if delta is None:
-            bases = [self.weight[0]] * batch
-            if self.demodulate:
-                out_coef = torch.rsqrt(coef.square() @ cache["w2"].t() + self.eps) * gain
-        else:  # each sample's own weight W·(1 + Δ_b), and its Σ_k (W·(1 + Δ_b))² (out, in)
+        bases = [self.weight[0]] * batch
+        if delta is not None:  # each sample's own weight W·(1 + Δ_b), and its Σ_k (W·(1 + Δ_b))² (out, in)
             deltas = delta.to(self.weight.dtype).expand(batch, *delta.shape[1:])
             bases = [self.weight[0] * (1 + d) for d in deltas]
             if self.demodulate:
                 w2 = torch.stack([b.square().sum((2, 3)) for b in bases])  # (B, out, in)
                 out_coef = torch.rsqrt(torch.bmm(w2, coef.square()[:, :, None])[:, :, 0] + self.eps) * gain
-        if not self.demodulate:
-            out_coef = coef.new_full((batch, self.out_channel), gain)
         outer = out_coef[:, :, None] * coef[:, None, :]  # (B, out, in)
         if not self.upsample:
             return [bases[b] * outer[b][:, :, None, None] for b in range(batch)]
