@@ -153,7 +153,7 @@ def test_live_supersede_and_reuse_image_with_two_workers():
 
 def test_shutdown_ends_running_and_waiting_jobs_of_every_worker_once():
     backends, _ = workers(2)
-    thread = ServerThread(loaders(backends)).start()
+    thread = ServerThread(loaders(backends), drain_grace=0.0).start()  # no drain: test_server_drain.py
     raw = Raw(thread.url)
     jobs = {raw.edit(f"hold-{n}", PHOTOS[n % 3]) for n in range(5)}
     until(lambda: all(b.ran for b in backends) and status(thread.url)["queue"] == 3)  # 2 running, 3 waiting
