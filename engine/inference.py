@@ -24,6 +24,7 @@ from .models.clip import TextEncoder, build_clip, build_tiny_clip, load_clip_wei
 from .models.e4e import Encoder4Editing
 from .models.mapper import DynamicMapper
 from .models.stylegan2 import Generator, SynthesisPath
+from .precision import autocast_weights
 from .precision import plan as precision_plan
 from .profiles import TINY_DOMAIN_SEED, TINY_SEED, Profile, profile_for
 from .seeding import seeded
@@ -348,6 +349,7 @@ class Engine:
         self.generator = nets.generator.eval().to(self.device)
         self.path = SynthesisPath.for_inference(self.device)  # how synthesis runs here (stylegan2.py)
         self.encoder = nets.encoder.eval().to(self.device)
+        self._encoder_cast: dict[torch.dtype, dict[str, Tensor]] = {}  # e4e's weights as autocast casts them
         self.mapper = nets.mapper.eval().to(self.device)
         self.latent_avg = nets.latent_avg.to(self.device)
         self.text = text if text is not None else TextEncoder(nets.clip, self.device)
@@ -438,7 +440,7 @@ class Engine:
     def nbytes(self) -> int:
         """Memory of this domain's own networks (generator, e4e, mapper), not of the CLIP text
         encoder, which every domain shares."""
-        tensors = [self.latent_avg]
+        tensors = [self.latent_avg, *(t for cast in self._encoder_cast.values() for t in cast.values())]
         for module in (self.generator, self.encoder, self.mapper):
             tensors += [*module.parameters(), *module.buffers()]
         high = self._hyperstyle.nbytes() if self._hyperstyle is not None else 0
@@ -535,10 +537,22 @@ class Engine:
     # -- the four steps --------------------------------------------------------------------
     def invert(self, x: Tensor) -> Tensor:
         """Aligned faces (B, 3, 256, 256) in [-1, 1] -> W+ (B, n_latent, D)."""
-        with torch.inference_mode(), self._amp(self.plan.full):
-            codes = self.encoder(x.to(self.device, torch.float32))
+        dtype = self.plan.full
+        with torch.inference_mode(), self._amp(dtype):
+            x = x.to(self.device, torch.float32)
+            if dtype == torch.float32:
+                codes = self.encoder(x)
+            else:  # the same arithmetic as autocast's own casts, without recasting 1 GB of weights per call
+                codes = torch.func.functional_call(self.encoder, self._encoder_weights(dtype), (x,))
         with torch.inference_mode():
             return codes.float() + self.latent_avg
+
+    def _encoder_weights(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        cast = self._encoder_cast.get(dtype)
+        if cast is None:
+            with torch.inference_mode():
+                cast = self._encoder_cast[dtype] = autocast_weights(self.encoder, dtype)
+        return cast
 
     def encode_text(self, prompts: list[str]) -> Tensor:
         return self.text.encode(prompts)

@@ -177,3 +177,38 @@ def test_only_bf16_and_only_small_layers_modulate_the_activations() -> None:
         assert not calls  # float32: bit for bit the folded weights
         g.synthesis(w, g.fixed_noise(), path=SynthesisPath.BANDED, dtype=torch.bfloat16)
         assert calls
+
+
+class _WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the casts (aten._to_copy) whose source is one of `params`."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.ptrs = {p.data_ptr() for p in params}
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        casts = (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype)  # (the second inside inference_mode)
+        if func in casts and args[0].data_ptr() in self.ptrs:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_bf16_e4e_casts_its_weights_once_with_autocasts_arithmetic(native) -> None:
+    nets = build_tiny(TINY)
+    engine = Engine(nets, TINY, "cpu", precision="bf16")
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = engine.encoder(x).float() + engine.latent_avg
+    layers = (torch.nn.Conv2d, torch.nn.Linear)  # (PReLU casts its own few weights to the input's dtype)
+    params = [p for m in engine.encoder.modules() if isinstance(m, layers) for p in m.parameters(recurse=False)]
+    calls = [_WeightCasts(params), _WeightCasts(params)]
+    with calls[0]:
+        first = engine.invert(x)
+    with calls[1]:
+        second = engine.invert(x)
+    assert torch.equal(first, autocast) and torch.equal(second, autocast)
+    cast = engine._encoder_cast[torch.bfloat16]
+    assert calls[0].count == len(cast) > 0 and calls[1].count == 0  # each weight once, on the first call
+    assert all(t.dtype == torch.bfloat16 for t in cast.values())
+    assert Engine(nets, TINY, "cpu", precision="fp32").invert(x).dtype == torch.float32
