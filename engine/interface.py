@@ -35,7 +35,8 @@ class EditEngine(Protocol):
         """Aligned faces (B, 3, 256, 256) in [-1, 1] -> W+ (B, n_latent, D)."""
 
     def encode_text(self, prompts: list[str]) -> Tensor:
-        """Prompts -> raw CLIP text embeddings (B, 1, D)."""
+        """Prompts -> raw CLIP text embeddings (B, 1, D). The pipeline may call it on a thread of its
+        own while the calling thread detects faces (never beside another call of the engine)."""
 
     def map(self, w: Tensor, e: Tensor, strength: float = 1.0) -> Tensor:
         """ŵ = w + α·Δw."""

@@ -16,6 +16,8 @@ selection (engine/scene.py) and `align` renders the frame for e4e; everything af
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ from ffclip.engine.interface import EditEngine
 from ffclip.engine.models.mapper import edited_latent
 from ffclip.engine.scene import SceneCrop, frame_scene, render_frame
 from ffclip.plugin.protocol import DEFAULT_MAX_PIXELS, BadRequest, EditParams, EditResult, EngineError, check_image_size
+
+log = logging.getLogger(__name__)
 
 ENCODER_SIZE = 256  # e4e's input resolution
 PASSTHROUGH_SIZE = 1024  # crop size of the passthrough editor when no engine tells its size
@@ -259,13 +263,18 @@ class Pipeline:
         key = key or image_key(image)
         rgb8 = _Rgb8(image)  # made only if detection or alignment runs (not on a re-edit)
 
+        texts: dict[str, Any] = {}
         if self.domain == "face":
-            faces = self._detect(key, rgb8, stages)
+            beside = self._text_beside(params, key)
+            try:
+                faces = self._detect(key, rgb8, stages)
+            finally:
+                texts = beside.result() if beside is not None else {}
             chosen = self._choose(faces, params.faces, selection, image.shape[1], image.shape[0])
             entries = self._align(key, rgb8, chosen, stages)
         else:
             chosen, entries = self._frame(key, rgb8, selection, image.shape[1], image.shape[0], stages)
-        size, generated = self._generate(params, key, image, chosen, entries, stages)
+        size, generated = self._generate(params, key, image, chosen, entries, stages, texts)
 
         stages.begin("blend")
         result = self._blend(image, chosen, entries, generated, selection, debug)
@@ -282,6 +291,15 @@ class Pipeline:
         return image
 
     # -- stages ---------------------------------------------------------------------------------
+
+    def _text_beside(self, params: EditParams, key: str) -> _Beside | None:
+        """When the photo is new, its prompts' CLIP embeddings computed on a second thread while dlib
+        detects (its detector releases the GIL and keeps one core busy; the other would idle): a
+        cold edit's encode_text then costs nothing. The result is the engine's own encode_text."""
+        if self.editor != "model" or ("faces", key) in self._cache:
+            return None
+        prompts = list(dict.fromkeys(params.prompts))
+        return _Beside(lambda: _by_prompt(prompts, self.engine.encode_text(prompts)))
 
     def _detect(self, key: str, rgb8: _Rgb8, stages: _Stages) -> list[FaceInfo]:
         faces = self._cache.get(("faces", key))
@@ -364,8 +382,9 @@ class Pipeline:
         chosen: list[FaceInfo],
         entries: list[_FaceEntry],
         stages: _Stages,
+        texts: dict[str, Any],
     ) -> tuple[int, list[_Generated]]:
-        """(the synthesis resolution, each face's new content)."""
+        """(the synthesis resolution, each face's new content); `texts`: embeddings already computed."""
         if self.editor == "passthrough":
             for name in ("invert", "encode_text", "map"):
                 stages.skip(name)
@@ -375,10 +394,16 @@ class Pipeline:
             generated = [_Generated(_render_crop(work, e.transform, size)) for e in entries]
             stages.end()
             return size, generated
-        return self._generate_model(params, key, chosen, entries, stages)
+        return self._generate_model(params, key, chosen, entries, stages, texts)
 
     def _generate_model(
-        self, params: EditParams, key: str, chosen: list[FaceInfo], entries: list[_FaceEntry], stages: _Stages
+        self,
+        params: EditParams,
+        key: str,
+        chosen: list[FaceInfo],
+        entries: list[_FaceEntry],
+        stages: _Stages,
+        texts: dict[str, Any],
     ) -> tuple[int, list[_Generated]]:
         import torch
 
@@ -410,7 +435,7 @@ class Pipeline:
             stages.skip("invert")
 
         w_all = torch.cat([inv.w for inv in invs]).to(device)
-        deltas = self._deltas(params, w_all, key, chosen, entries, invs, stages)
+        deltas = self._deltas(params, w_all, key, chosen, entries, invs, stages, texts)
         # ŵ = w + Σ αᵢ·Δwᵢ, each Δwᵢ from the mapper with its own prompt
         w_hat = edited_latent(w_all, [(edit.strength, deltas[edit.prompt]) for edit in params.edits])
 
@@ -452,16 +477,20 @@ class Pipeline:
         entries: list[_FaceEntry],
         invs: list[_Inversion],
         stages: _Stages,
+        texts: dict[str, Any],
     ) -> dict[str, Any]:
         """prompt -> Δw of every face (F, n_latent, dim) on the engine's device: from the faces' caches
-        (per fidelity: Δw depends on the W+ it edits), or CLIP and the mapper for the prompts they lack
-        (the stages are skipped when none does)."""
+        (per fidelity: Δw depends on the W+ it edits), or CLIP (unless `texts` has the embedding) and
+        the mapper for the prompts they lack (the stages are skipped when none does)."""
         import torch
 
         missing = [p for p in dict.fromkeys(params.prompts) if any(inv.deltas.get(p) is None for inv in invs)]
         if missing:
             stages.begin("encode_text")
-            text = self.engine.encode_text(missing)
+            todo = [p for p in missing if p not in texts]
+            if todo:
+                texts = {**texts, **_by_prompt(todo, self.engine.encode_text(todo))}
+            text = torch.cat([texts[p] for p in missing])
             stages.end()
             stages.begin("map")
             for i, prompt in enumerate(missing):
@@ -516,6 +545,33 @@ class Pipeline:
                 _debug_images(entry, gen, paste) for entry, gen, paste in zip(entries, generated, pastes, strict=True)
             ]
         return result
+
+
+class _Beside:
+    """One call run on a thread of its own while the caller goes on; `result()` waits for it. An error
+    is not raised here: the result is then empty, and the stage that needs it calls again and fails
+    there, reporting the error in its place."""
+
+    def __init__(self, work: Callable[[], dict[str, Any]]) -> None:
+        self._work = work
+        self._result: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="ffclip-beside", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._work()
+        except Exception:  # noqa: BLE001 - see the class's docstring
+            log.debug("work beside the detection failed; the stage will redo it", exc_info=True)
+
+    def result(self) -> dict[str, Any]:
+        self._thread.join()
+        return self._result
+
+
+def _by_prompt(prompts: list[str], embeddings: Any) -> dict[str, Any]:
+    """encode_text's (B, 1, D) rows by prompt, each (1, 1, D)."""
+    return {p: embeddings[i : i + 1] for i, p in enumerate(prompts)}
 
 
 def _check_high_fidelity(engine: Any) -> None:

@@ -8,11 +8,13 @@ matching can all be checked without weights.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ffclip.app.cli import main
 from ffclip.engine.face.align import AlignTransform
@@ -163,3 +165,53 @@ def test_warm_up_runs_each_network_once_with_the_edit_shapes(photo: np.ndarray) 
     assert engine.levels == [(256, 512), (256,)]
     assert pipeline.cache_stats()["entries"] == 0  # nothing of the blank face is kept
     assert pipeline.edit(EditParams.single("blond hair"), photo).stages == list(STAGES)
+
+
+class _WaitingDetector:
+    """Detects as dlib does, after waiting (up to 5 s) for the engine to encode a prompt meanwhile."""
+
+    def __init__(self, real, encoded: threading.Event) -> None:
+        self.real, self.encoded, self.saw_encoding = real, encoded, []
+
+    def detect(self, rgb: np.ndarray) -> list:
+        self.saw_encoding.append(self.encoded.wait(5.0))
+        return self.real.detect(rgb)
+
+
+class _SignallingEngine(ImageSpaceEngine):
+    def __init__(self, fail: int = 0) -> None:
+        super().__init__()
+        self.encoded, self.threads, self.fail = threading.Event(), [], fail
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        self.threads.append(threading.current_thread())
+        if self.fail:
+            self.fail -= 1
+            raise EngineError("bad_request", "CLIP could not encode that")
+        self.encoded.set()
+        return super().encode_text(prompts)
+
+
+def test_a_new_photos_prompts_are_encoded_while_its_faces_are_detected(photo: np.ndarray) -> None:
+    engine = _SignallingEngine()
+    pipeline = Pipeline(engine, editor="model")
+    pipeline.detector = detector = _WaitingDetector(pipeline.detector, engine.encoded)
+    first = pipeline.edit(EditParams.single("blond hair"), photo)
+    assert detector.saw_encoding == [True] and engine.calls["encode_text"] == 1  # beside, and only there
+    assert engine.threads[0] is not threading.current_thread()
+    assert first.stages == list(STAGES)
+    alone = Pipeline(ImageSpaceEngine(), editor="model").edit(EditParams.single("blond hair"), photo)
+    assert np.array_equal(first.image, alone.image)
+    engine.encoded.clear()  # a known photo: no detection, CLIP on the worker's own thread
+    pipeline.edit(EditParams.single("curly hair"), photo)
+    assert engine.calls["encode_text"] == 2 and engine.threads[1] is threading.current_thread()
+
+
+def test_an_encoding_that_fails_beside_the_detection_fails_the_edit_in_its_own_stage(photo: np.ndarray) -> None:
+    engine = _SignallingEngine(fail=2)
+    pipeline = Pipeline(engine, editor="model")
+    seen: list[str] = []
+    with pytest.raises(EngineError, match="CLIP could not encode that"):
+        pipeline.edit(EditParams.single("blond hair"), photo, progress=lambda s, v: seen.append(s))
+    assert "align" in seen and seen[-1] == "encode_text"  # tried again in its stage, which reports it
+    assert pipeline.edit(EditParams.single("blond hair"), photo).stages[0] == "encode_text"
