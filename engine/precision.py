@@ -3,8 +3,8 @@
 - `fp32`: float32 everywhere (bit for bit what the engine always computed).
 - `bf16`: bfloat16 arithmetic for the networks — on a CPU the generator's activations and modulated
   weights in bfloat16 (styles, demodulation and the RGB skip in float32, stylegan2.py), e4e under
-  bfloat16 autocast with its weights cast once (autocast_weights); on a GPU bfloat16 autocast. Refused on a CPU without native bfloat16 dot products
-  (emulated, it is several times slower than float32).
+  bfloat16 autocast with its weights cast once (autocast_weights); on a GPU bfloat16 autocast.
+  Refused on a CPU without native bfloat16 dot products (emulated, it is several times slower).
 - `fp16`: float16 autocast (GPU only; the former `--autocast`).
 - `auto`: bfloat16 for previews where the processor has it natively, float32 for everything a user
   keeps: Apply, full-resolution batch edits, the inversion (cached and shared by both) and training.
