@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -165,6 +166,7 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
         self._folded: tuple[int, torch.dtype, torch.device, Tensor] | None = None
         self._inference: tuple[tuple, dict[str, Tensor]] | None = None
+        self._tuned: tuple[tuple, Tensor, Tensor] | None = None  # the last photo's W·(1 + Δ) (_tuned_weight)
 
     def forward(self, x: Tensor, style: Tensor, weights_delta: Tensor | None = None) -> Tensor:
         """`weights_delta` (B or 1, out, in, k, k): HyperStyle's per-sample change of the weight,
@@ -258,22 +260,52 @@ class ModulatedConv2d(nn.Module):
         passes = self.in_channel * x.shape[2] * x.shape[3] + self.out_channel * out_pixels
         return passes < self.out_channel * self.in_channel * self.kernel_size**2
 
-    def _coefficients(self, style: Tensor, gain: float) -> tuple[Tensor, Tensor]:
-        """With the layer's own weight: s·scale (B, in) and the output scale d·gain (B, out)."""
+    def _tuned_weight(self, delta: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """HyperStyle's W·(1 + Δ) for one photo (delta (1, out, in, k, k)) in `dtype` and the layout of
+        _plain_weight, with its Σ_k (W·(1 + Δ))² (out, in) in float32. Kept for the last Δ seen (a
+        photo's previews and Apply reuse its cached offsets), by a weak reference, so that another
+        tensor at a freed Δ's address is never taken for it, and by version, so that a change in
+        place is seen. An inference tensor has no version (the inversion changes its Δ in place
+        between renders): made anew on every call."""
+        w = self.weight
+        if delta.is_inference():
+            return self._tuned_from(delta, dtype)
+        key = (w._version, w.data_ptr(), delta._version, delta.shape, dtype)
+        if self._tuned is not None and self._tuned[0][1:] == key and self._tuned[0][0]() is delta:
+            return self._tuned[1], self._tuned[2]
+        weight, w2 = self._tuned_from(delta, dtype)
+        self._tuned = ((weakref.ref(delta), *key), weight, w2)
+        return weight, w2
+
+    def _tuned_from(self, delta: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        base = self.weight[0].detach() * (1 + delta[0].to(self.weight.dtype))
+        w2 = base.square().sum((2, 3))
+        return (base.transpose(0, 1) if self.upsample else base).contiguous().to(dtype), w2
+
+    def _coefficients(self, style: Tensor, gain: float, w2: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """s·scale (B, in) and the output scale d·gain (B, out), d from the layer's own weight or from
+        `w2`, the Σ_k W² of another (HyperStyle's W·(1 + Δ))."""
         coef = self.modulation(style) * self.scale
         if not self.demodulate:
             return coef, coef.new_full((coef.shape[0], self.out_channel), gain)
-        w2 = self._inference_cache()["w2"]
+        w2 = self._inference_cache()["w2"] if w2 is None else w2
         return coef, torch.rsqrt(coef.square() @ w2.t() + self.eps) * gain
 
-    def conv_modulating_activations(self, x: Tensor, style: Tensor, gain: float, bias: Tensor) -> list[Tensor]:
+    def conv_modulating_activations(
+        self, x: Tensor, style: Tensor, gain: float, bias: Tensor, delta: Tensor | None = None
+    ) -> list[Tensor]:
         """Per sample conv(x, W·s·d·gain) + bias, computed as d·gain·conv(x·s, W) + bias with one cached
         W in x's dtype: the reference's arrangement, for the low-precision path's small levels, where
         a per-sample weight (out·in·k² products, then a cast) costs more than the activations. The
         outputs are float32: d applied in the input's precision would be one rounding error per
-        channel, repeated over the whole image instead of averaging out."""
-        coef, out_coef = self._coefficients(style, gain)  # float32
-        weight, bias = self._plain_weight(x.dtype), bias.view(1, -1, 1, 1)
+        channel, repeated over the whole image instead of averaging out. `delta` (1, out, in, k, k):
+        HyperStyle's offsets of the photo, W·(1 + Δ) in place of W (_tuned_weight)."""
+        if delta is None:
+            weight, w2 = self._plain_weight(x.dtype), None
+        else:
+            weight, w2 = self._tuned_weight(delta, x.dtype)
+        coef, out_coef = self._coefficients(style, gain, w2)  # float32
+        bias = bias.view(1, -1, 1, 1)
         outs = []
         for b in range(x.shape[0]):
             xs = (x[b : b + 1] * coef[b, :, None, None]).to(x.dtype)
@@ -403,8 +435,9 @@ class StyledConv(nn.Module):
             noise = x.new_empty(b, 1, h, w).normal_()
         nw = self.noise.strength()
         noise, bias = noise.to(x.dtype), self.activate.bias.to(x.dtype)
-        if x.dtype == torch.bfloat16 and delta is None and self.conv.activations_cheaper(x):
-            convs = self.conv.conv_modulating_activations(x, style, gain, self.activate.bias)
+        one_weight = delta is None or delta.shape[0] == 1  # (HyperStyle's offsets: one photo's)
+        if x.dtype == torch.bfloat16 and one_weight and self.conv.activations_cheaper(x):
+            convs = self.conv.conv_modulating_activations(x, style, gain, self.activate.bias, delta)
         else:  # float32 always: bit for bit the folded arithmetic
             weights = self.conv.modulated_weights(style, gain, x.dtype, delta)
             convs = [self.conv.conv_inference(x[b : b + 1], weight, bias) for b, weight in enumerate(weights)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,7 +121,7 @@ def test_the_cpu_flags_of_this_machine_are_read() -> None:
         assert precision.cpu_flags()  # /proc/cpuinfo has a flags (x86) or Features (Arm) line
 
 
-def _layer_errors(upsample: bool, modulate_activations: bool, monkeypatch) -> tuple[float, float]:
+def _layer_errors(upsample: bool, modulate_activations: bool, monkeypatch, high: bool = False) -> tuple[float, float]:
     """One StyledConv on an 8² bfloat16 input against float32 on the same input: the worst relative
     error, and the worst per-channel mean error relative to the channel's mean magnitude (a rounding
     of a per-channel factor shows there: it shifts a whole channel instead of averaging out)."""
@@ -135,12 +136,13 @@ def _layer_errors(upsample: bool, modulate_activations: bool, monkeypatch) -> tu
     x = torch.randn(1, 64, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     style, size = torch.randn(1, 32), 16 if upsample else 8
     noise = torch.randn(1, 1, size, size)
+    delta = 0.2 * torch.randn(1, *layer.conv.weight.shape[1:]) if high else None  # HyperStyle's offsets
     if not modulate_activations:
         monkeypatch.setattr(stylegan2.ModulatedConv2d, "activations_cheaper", lambda self, x: False)
     with torch.inference_mode():
         assert modulate_activations is layer.conv.activations_cheaper(x)
-        reference = layer.forward_inference(x.float(), style, stylegan2.SQRT2, noise)
-        got = layer.forward_inference(x, style, stylegan2.SQRT2, noise)
+        reference = layer.forward_inference(x.float(), style, stylegan2.SQRT2, noise, delta)
+        got = layer.forward_inference(x, style, stylegan2.SQRT2, noise, delta)
     monkeypatch.undo()
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     error = got.float() - reference
@@ -148,12 +150,14 @@ def _layer_errors(upsample: bool, modulate_activations: bool, monkeypatch) -> tu
     return _rel(got.float(), reference), float(channel)
 
 
+@pytest.mark.parametrize("high", [False, True])
 @pytest.mark.parametrize("upsample", [False, True])
-def test_small_bf16_layers_modulate_the_activations_as_exactly_as_the_weights(upsample, monkeypatch) -> None:
+def test_small_bf16_layers_modulate_the_activations_as_exactly_as_the_weights(upsample, high, monkeypatch) -> None:
     """Where a per-sample weight costs more than the activation (the preview's small levels), bf16
-    modulates the activations and demodulates in float32: no less exact than the folded weight."""
-    folded = _layer_errors(upsample, False, monkeypatch)
-    activations = _layer_errors(upsample, True, monkeypatch)
+    modulates the activations and demodulates in float32: no less exact than the folded weight; with
+    HyperStyle's offsets (`high`) too, from the photo's W·(1 + Δ) and its own demodulation."""
+    folded = _layer_errors(upsample, False, monkeypatch, high)
+    activations = _layer_errors(upsample, True, monkeypatch, high)
     assert activations[0] <= 1.25 * folded[0]
     assert activations[1] <= folded[1]  # d in bf16 would shift whole channels: about twice the error
 
@@ -212,3 +216,63 @@ def test_bf16_e4e_casts_its_weights_once_with_autocasts_arithmetic(native) -> No
     assert calls[0].count == len(cast) > 0 and calls[1].count == 0  # each weight once, on the first call
     assert all(t.dtype == torch.bfloat16 for t in cast.values())
     assert Engine(nets, TINY, "cpu", precision="fp32").invert(x).dtype == torch.float32
+
+
+def test_a_photos_tuned_weight_is_made_once_and_never_taken_for_another_photos() -> None:
+    from ffclip.engine.models.stylegan2 import SQRT2, StyledConv
+
+    torch.manual_seed(1)
+    layer = StyledConv(64, 64, 3, 32).eval()
+    x = torch.randn(1, 64, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    style, noise = torch.randn(1, 32), torch.randn(1, 1, 8, 8)
+    made = []
+    original = layer.conv._tuned_weight
+
+    def spy(delta, dtype):
+        before = layer.conv._tuned
+        result = original(delta, dtype)
+        made.append(layer.conv._tuned is not before)
+        return result
+
+    layer.conv._tuned_weight = spy
+
+    def run(delta, module=layer):
+        with torch.inference_mode():
+            return module.forward_inference(x, style, SQRT2, noise, delta)
+
+    a, b = 0.2 * torch.randn(1, 64, 64, 3, 3), 0.2 * torch.randn(1, 64, 64, 3, 3)
+    first = run(a)
+    assert torch.equal(run(a), first) and made == [True, False]  # the same photo: reused
+    other = run(b)
+    assert made[-1] and not torch.equal(other, first)  # another photo: its own weight
+    with torch.inference_mode():
+        b.copy_(a)  # changed in place (its version moves): made again, equal to a's result
+    assert torch.equal(run(b), first) and made[-1]
+    # a photo whose offsets were freed, then another's at the very same address (and version)
+    fresh = StyledConv(64, 64, 3, 32).eval()
+    fresh.load_state_dict(layer.state_dict())
+    memory = (0.2 * np.random.default_rng(2).standard_normal((1, 64, 64, 3, 3))).astype(np.float32)
+    d = torch.from_numpy(memory)
+    run(d)
+    del d
+    memory[:] = (0.2 * np.random.default_rng(3).standard_normal(memory.shape)).astype(np.float32)
+    e = torch.from_numpy(memory)  # another tensor, version 0, at the freed one's address
+    assert torch.equal(run(e), run(e, fresh)) and made[-1]
+
+
+def test_offsets_changed_in_place_under_inference_mode_are_seen() -> None:
+    """The inversion accumulates its offsets in place between renders, inside inference_mode, where
+    tensors keep no version: each render must use the offsets as they are then."""
+    from ffclip.engine.models.stylegan2 import SQRT2, StyledConv
+
+    torch.manual_seed(1)
+    layer = StyledConv(64, 64, 3, 32).eval()
+    x = torch.randn(1, 64, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    style, noise = torch.randn(1, 32), torch.randn(1, 1, 8, 8)
+    with torch.inference_mode():
+        delta = 0.2 * torch.randn(1, 64, 64, 3, 3)
+        first = layer.forward_inference(x, style, SQRT2, noise, delta)
+        delta.add_(0.2 * torch.randn(1, 64, 64, 3, 3))
+        second = layer.forward_inference(x, style, SQRT2, noise, delta)
+        alone = layer.forward_inference(x, style, SQRT2, noise, delta.clone())
+    assert torch.equal(second, alone) and not torch.equal(first, second)
