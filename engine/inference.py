@@ -548,11 +548,10 @@ class Engine:
             return codes.float() + self.latent_avg
 
     def _encoder_weights(self, dtype: torch.dtype) -> dict[str, Tensor]:
-        cast = self._encoder_cast.get(dtype)
-        if cast is None:
-            with torch.inference_mode():
-                cast = self._encoder_cast[dtype] = autocast_weights(self.encoder, dtype)
-        return cast
+        """e4e's weights cast to `dtype` once (called inside `invert`'s inference_mode)."""
+        if dtype not in self._encoder_cast:
+            self._encoder_cast[dtype] = autocast_weights(self.encoder, dtype)
+        return self._encoder_cast[dtype]
 
     def encode_text(self, prompts: list[str]) -> Tensor:
         return self.text.encode(prompts)

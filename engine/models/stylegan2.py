@@ -249,9 +249,13 @@ class ModulatedConv2d(nn.Module):
         cache = self._inference_cache()
         name = f"plain_{dtype}"
         if name not in cache:
-            w = self.weight[0].detach()
-            cache[name] = (w.transpose(0, 1) if self.upsample else w).contiguous().to(dtype)
+            cache[name] = self._in_conv_layout(self.weight[0].detach(), dtype)
         return cache[name]
+
+    def _in_conv_layout(self, weight: Tensor, dtype: torch.dtype) -> Tensor:
+        """An (out, in, k, k) weight in `dtype` and the layout conv_inference takes (the up-sampling
+        layer's transposed convolution takes (in, out, k, k))."""
+        return (weight.transpose(0, 1) if self.upsample else weight).contiguous().to(dtype)
 
     def activations_cheaper(self, x: Tensor) -> bool:
         """Whether modulating this (small) activation costs less than a per-sample weight: a pass over
@@ -279,8 +283,7 @@ class ModulatedConv2d(nn.Module):
 
     def _tuned_from(self, delta: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         base = self.weight[0].detach() * (1 + delta[0].to(self.weight.dtype))
-        w2 = base.square().sum((2, 3))
-        return (base.transpose(0, 1) if self.upsample else base).contiguous().to(dtype), w2
+        return self._in_conv_layout(base, dtype), base.square().sum((2, 3))
 
     def _coefficients(self, style: Tensor, gain: float, w2: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """s·scale (B, in) and the output scale d·gain (B, out), d from the layer's own weight or from
