@@ -294,10 +294,10 @@ def _warm_up(backend: EngineBackend) -> None:
 
 def _release() -> None:
     """Give an evicted domain's memory back to the OS now (its tensors are freed by refcount)."""
-    from ffclip.engine.inference import release_freed_memory
+    from ffclip.engine import heap
 
     gc.collect()
-    release_freed_memory()
+    heap.release_freed_memory()
 
 
 def load_domain_backend(

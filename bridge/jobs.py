@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import queue
@@ -19,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ffclip.engine import heap
 
 from .messages import EditAnnouncement
 
@@ -128,5 +129,4 @@ class DeviceThread:
 def release_memory() -> None:
     """Return freed memory to the OS after a job, so an idle daemon shrinks back to its idle size."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    heap.release_freed_memory()

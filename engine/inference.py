@@ -8,7 +8,6 @@ under `torch.inference_mode()` on the engine's device.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import heap
 from .models.clip import TextEncoder, build_clip, build_tiny_clip, load_clip_weights
 from .models.e4e import Encoder4Editing
 from .models.mapper import DynamicMapper
@@ -293,14 +293,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def release_freed_memory() -> None:
-    """Return the C heap's freed pages to the OS (glibc only; elsewhere nothing). Building or loading
-    the networks leaves ~0.3 GB of freed small blocks in the heap, which would stay resident for
-    the daemon's lifetime and add to every later peak."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def resolve_device(name: str | None) -> torch.device:
     """A torch device; "auto" (or None) is CUDA when available, else the CPU."""
     if name not in (None, "auto"):
@@ -362,7 +354,7 @@ class Engine:
         self._hyperstyle_source: Callable[[], Any] | None = None
         self._hyperstyle_missing: Callable[[], list[str]] = lambda: ["HyperStyle (no source for this engine)"]
         self._hyperstyle_hint = FETCH_HINT + " high"
-        release_freed_memory()
+        heap.release_freed_memory()
 
     def set_hyperstyle(
         self, source: Callable[[], Any], missing: Callable[[], list[str]] | None = None, hint: str | None = None
@@ -509,7 +501,7 @@ class Engine:
                 nets.hypernet.shared_weight_hypernet.store_w2_by_columns_()
                 self._hyperstyle = nets
                 self.sources = {**self.sources, **nets.sources}
-                release_freed_memory()
+                heap.release_freed_memory()
             return self._hyperstyle
 
     def invert_high(
@@ -527,7 +519,8 @@ class Engine:
         def render(codes: Tensor, deltas: Any) -> Tensor:
             return self._synthesis_with(g, codes, (g.size,), None, False, deltas)[g.size]
 
-        with torch.inference_mode():
+        # ten networks' passes of the same shapes: what one layer frees, the next reuses (no page faults)
+        with torch.inference_mode(), heap.keep_freed_pages():
             x = x.to(self.device, torch.float32)
             codes, deltas = offsets(
                 nets.w_encoder, nets.hypernet, x, nets.latent_avg, nets.n_iters, render, nets.rows, between

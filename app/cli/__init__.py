@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from ffclip.engine import heap
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("ffclip.app.cli.serve", "run the engine daemon (websocket server)"),
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name, rest = argv[0], argv[1:]
+    heap.configure()  # before any thread: one heap that a device thread can reuse its pages from
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"ffclip-engine {name}", description=help_text)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffclip.engine.heap import release_freed_memory
 from ffclip.engine.inference import (
     Engine,
     Networks,
@@ -45,7 +46,6 @@ from ffclip.engine.inference import (
     default_threads,
     normalise_untrained_rgb,
     profile_generator,
-    release_freed_memory,
 )
 from ffclip.engine.precision import CHOICES as PRECISIONS
 from ffclip.engine.precision import Plan, PrecisionUnavailable, dtype_name, native_bf16
