@@ -68,6 +68,7 @@ BENCH_STAGES = (
     "apply_cached",
     "invert_high",
     "reedit_high",
+    "reedit_beside_high",
 )
 LIVE_STAGES = ("live_prompt", "live_strength", "apply_cached")
 HIGH_STAGES = ("invert_high", "reedit_high")  # fidelity high (HyperStyle), in units of L too
@@ -467,7 +468,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     high_missing = engine.high_fidelity_missing()
     if high_missing:
         log(f"no HyperStyle ({', '.join(high_missing)}): fidelity high is not measured")
-        for name in HIGH_STAGES:
+        for name in (*HIGH_STAGES, "reedit_beside_high"):
             stages[name] = {"seconds": None, "note": f"missing {', '.join(high_missing)}"}
     else:
         log("invert_high (HyperStyle: W encoder + n_iters refinements, once per photo)")
@@ -482,7 +483,7 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
     image = _photo(photo_path, args.min_pixels)
     if image is None:
         log("no photo: the photo stages are not measured (give --photo)")
-        for name in ("edit_photo", "reedit_cached", *LIVE_STAGES, "reedit_high"):
+        for name in ("edit_photo", "reedit_cached", *LIVE_STAGES, "reedit_high", "reedit_beside_high"):
             stages[name] = {"seconds": None, "note": "no photo"}
     else:
         result["photo"] = {"path": str(photo_path), "width": image.shape[1], "height": image.shape[0]}
@@ -501,10 +502,11 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
         if stages[name]["seconds"] is not None:
             beside = result["limits"].get(f"g1024_beside_{name}", {}).get("seconds", limit)
             result["ratios"][f"{name}_in_L"] = stages[name]["seconds"] / beside
-    if stages["reedit_high"]["seconds"] is not None and stages["reedit_cached"]["seconds"] is not None:
-        # the issue's target: everything after the inversion within 10 % of the standard figure
+    if stages["reedit_high"]["seconds"] is not None:
+        # the issue's target: everything after the inversion within 10 % of the standard figure,
+        # against the standard re-edit timed in alternation with it
         result["ratios"]["reedit_high_vs_standard"] = (
-            stages["reedit_high"]["seconds"] / stages["reedit_cached"]["seconds"]
+            stages["reedit_high"]["seconds"] / stages["reedit_beside_high"]["seconds"]
         )
     if engine.plan.preview != torch.float32 or engine.plan.full != torch.float32:
         log("quality against float32")
@@ -645,7 +647,9 @@ def _bench_reedit_high(
     faces: list | None = None,
 ) -> dict[str, float]:
     """A re-edit with a new prompt at fidelity high, the photo's HyperStyle inversion cached (as
-    `reedit_cached` for standard): CLIP, the mapper and the offset generator's synthesis."""
+    `reedit_cached` for standard): CLIP, the mapper and the offset generator's synthesis. Timed in
+    alternation with the same re-edit at fidelity standard (`reedit_beside_high`) on the same
+    pipeline, so that the two sides of the "within 10 %" comparison see the same load."""
     from ffclip.engine.face.detect import KnownFaces
     from ffclip.engine.pipeline import Pipeline
     from ffclip.plugin.protocol import EditParams
@@ -656,15 +660,22 @@ def _bench_reedit_high(
     prompts = iter(f"a face with high fidelity, take {i}" for i in range(10**6))
     breakdown: dict[str, list[float]] = {}
 
-    def edit() -> None:
-        result = pipeline.edit(EditParams.single(next(prompts), faces="largest", fidelity="high"), image)
-        for stage, seconds in result.timings.items():
-            breakdown.setdefault(stage, []).append(seconds)
+    def edit(fidelity: str) -> None:
+        params = EditParams.single(next(prompts), faces="largest", fidelity=fidelity)
+        result = pipeline.edit(params, image)
+        if fidelity == "high":
+            for stage, seconds in result.timings.items():
+                breakdown.setdefault(stage, []).append(seconds)
 
-    log("reedit_high (same photo, fidelity high, new prompt; the first edit inverts)")
-    edit()
+    log("reedit_high (same photo, fidelity high, new prompt; the first edit inverts), alternated with standard")
+    edit("high")
+    edit("standard")
     breakdown.clear()
-    stages["reedit_high"] = _stat(median_time(edit, repeats, engine.device))
+    times: dict[str, list[float]] = {"standard": [], "high": []}
+    for _ in range(repeats):
+        for fidelity in ("standard", "high"):
+            times[fidelity] += median_time(lambda f=fidelity: edit(f), 1, engine.device, warmup=0)
+    stages["reedit_high"], stages["reedit_beside_high"] = _stat(times["high"]), _stat(times["standard"])
     return {k: statistics.median(v) for k, v in breakdown.items() if v}
 
 

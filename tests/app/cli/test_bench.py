@@ -57,7 +57,10 @@ def test_tiny_bench_json_has_every_key(photos_dir) -> None:
     assert result["limits"]["g1024_beside_invert_high"]["convs"] == result["limits"]["g1024"]["convs"]
     # fidelity high (issue 29): the re-edit skips the inversion as the standard one does
     assert set(result["pipeline"]["reedit_high"]) == {"encode_text", "map", "synthesize", "blend"}
-    assert result["ratios"]["reedit_high_vs_standard"] > 0
+    # ... and is compared with the standard re-edit timed in alternation with it
+    high, beside = result["stages"]["reedit_high"], result["stages"]["reedit_beside_high"]
+    assert len(high["all"]) == len(beside["all"]) == 1
+    assert result["ratios"]["reedit_high_vs_standard"] == high["seconds"] / beside["seconds"]
 
 
 def test_bench_takes_detections_from_a_faces_json(tmp_path, photos_dir, monkeypatch) -> None:
@@ -188,3 +191,25 @@ def test_peak_rss_leaves_out_the_limit_passes() -> None:
     peak.note()
     assert peak.process_mb > before + 300
     assert peak.engine_mb < before + 100
+
+
+def test_reedit_high_is_timed_in_alternation_with_the_standard_reedit(photos_dir, monkeypatch) -> None:
+    """The "within 10 %" ratio compares two sides measured in the same minutes: after one warm-up edit
+    of each fidelity (the high one inverts), standard and high re-edits alternate, each timed."""
+    from ffclip.engine.inference import Engine
+    from ffclip.engine.pipeline import Pipeline
+
+    nets = bench.build_networks(TINY)
+    engine = Engine(nets, TINY, torch.device("cpu"))
+    engine.set_hyperstyle(lambda: bench.build_hyperstyle(TINY, nets.latent_avg))
+    image = bench._photo(photos_dir / "obama.jpg", 0)
+    order: list[str] = []
+    edit = Pipeline.edit
+    monkeypatch.setattr(
+        Pipeline, "edit", lambda self, params, *a, **k: order.append(params.fidelity) or edit(self, params, *a, **k)
+    )
+    stages: dict = {}
+    breakdown = bench._bench_reedit_high(engine, image, 3, stages, lambda _msg: None)
+    assert order == ["high", "standard"] + ["standard", "high"] * 3
+    assert len(stages["reedit_high"]["all"]) == len(stages["reedit_beside_high"]["all"]) == 3
+    assert set(breakdown) == {"encode_text", "map", "synthesize", "blend"}  # the high edits' own stages
