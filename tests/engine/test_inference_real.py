@@ -40,3 +40,35 @@ def test_engine_loads_official_layouts_and_edits(tmp_path: Path) -> None:
     w_hat = engine.map(w, engine.encode_text(["smiling"]), strength=0.5)
     assert w_hat.shape == w.shape
     assert engine.synthesize(w_hat, preview=True).shape == (1, 3, 128, 128)
+
+
+@pytest.mark.slow
+def test_engine_loads_every_official_file_and_edits_at_high_fidelity(tmp_path: Path) -> None:
+    """The real profile end to end with every face file present at its official size and layout,
+    HyperStyle's two included: `high` is offered, loads on first use with the engine's own
+    generator (the decoder in hyperstyle_ffhq.pt is the same), inverts (W encoder + 5 refinements at
+    1024²) and renders with the offsets of the 17 tuned layers."""
+    from safetensors.torch import save_file
+
+    from ffclip.engine.models.clip import build_clip
+    from ffclip.engine.models.hyperstyle import FFHQ_LAYERS_TO_TUNE
+
+    store = ModelStore(tmp_path)
+    files = {**synthetic.official_size_files(1024), **synthetic.hyperstyle_files(1024)}
+    for name, ckpt in files.items():
+        synthetic.save(ckpt, store.path({"w_encoder": "hyperstyle-w-encoder"}.get(name, name)))
+    del files
+    save_file({k: torch.zeros_like(v) for k, v in build_clip().state_dict().items()}, str(store.path("clip")))
+
+    engine = Engine.load("real", models_dir=tmp_path)
+    assert engine.describe_fidelity() == {
+        "fidelities": ["standard", "high"],
+        "high_fidelity": {"loaded": False, "missing": []},
+    }
+    codes, offsets = engine.invert_high(torch.zeros(1, 3, 256, 256))
+    assert engine.describe_fidelity()["high_fidelity"]["loaded"]
+    assert engine.hyperstyle().generator is None  # the engine's generator, not a second copy
+    assert codes.shape == (1, 18, 512)
+    assert [j for j, d in enumerate(offsets) if d is not None] == list(FFHQ_LAYERS_TO_TUNE)
+    image = engine.synthesize(codes, offsets=offsets)
+    assert image.shape == (1, 3, 1024, 1024) and bool(torch.isfinite(image).all())
