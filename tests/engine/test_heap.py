@@ -1,15 +1,15 @@
 """engine.heap: inside `keep_freed_pages` a large block freed and allocated again comes back without
 page faults (the pages stayed in the heap); outside it, and once the outermost block ends, the
-same allocation faults its pages in anew (they went back to the OS). Page faults are counted with
-getrusage, so these run on glibc only."""
+same allocation faults its pages in anew (they went back to the OS). Counted with getrusage in a
+fresh process each (tests/support/heap_probe.py), on glibc only."""
 
 from __future__ import annotations
 
-import ctypes
-import resource
+import json
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,65 +19,41 @@ from ffclip.engine.inference import Engine
 
 pytestmark = pytest.mark.skipif(heap._libc() is None, reason="glibc's malloc only")
 
-SIZE = 96 << 20  # over glibc's largest mapping threshold (32 MB) and a thread heap (64 MB)
-PAGES = SIZE // resource.getpagesize()
+
+def probe(scenario: str) -> dict[str, int]:
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.support.heap_probe", scenario],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
 
 
-def faults_of_a_block(libc: ctypes.CDLL) -> int:
-    """Minor page faults of allocating SIZE bytes, writing them all and freeing them."""
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block = libc.malloc(SIZE)
-    ctypes.memset(block, 1, SIZE)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    libc.free(block)
-    return after - before
-
-
+@pytest.mark.process
 def test_freed_pages_are_reused_inside_and_returned_after() -> None:
-    libc = heap._libc()
-    faults_of_a_block(libc)
-    assert faults_of_a_block(libc) > PAGES // 2  # outside: mapped anew each time
-    with heap.keep_freed_pages():
-        faults_of_a_block(libc)  # into the heap
-        assert faults_of_a_block(libc) < PAGES // 10  # the same pages again
-    assert faults_of_a_block(libc) > PAGES // 2  # given back when the block ended
+    faults = probe("reuse")
+    few, many = faults["pages"] // 10, faults["pages"] // 2
+    assert faults["outside"] > many  # mapped anew each time
+    assert faults["inside"] < few  # the same pages again
+    assert faults["after"] > many  # given back when the block ended
 
 
+@pytest.mark.process
 def test_only_the_outermost_block_gives_the_pages_back() -> None:
-    libc = heap._libc()
-    with heap.keep_freed_pages():
-        with heap.keep_freed_pages():
-            faults_of_a_block(libc)
-        assert faults_of_a_block(libc) < PAGES // 10  # the inner block's end kept them
-    assert faults_of_a_block(libc) > PAGES // 2
-
-
-THREAD_SCRIPT = """
-import threading
-from ffclip.engine import heap
-from tests.engine.test_heap import faults_of_a_block
-assert heap.configure()
-out = []
-def work():
-    with heap.keep_freed_pages():
-        faults_of_a_block(heap._libc())
-        out.append(faults_of_a_block(heap._libc()))
-thread = threading.Thread(target=work)
-thread.start()
-thread.join()
-print(out[0])
-"""
+    faults = probe("nested")
+    assert faults["after_inner"] < faults["pages"] // 10  # the inner block's end kept them
+    assert faults["after_outer"] > faults["pages"] // 2
 
 
 @pytest.mark.process
 def test_a_device_thread_reuses_pages_after_configure() -> None:
     """The daemon renders on its device threads: after `configure` (the CLI's first step) a thread's
     large blocks come from the one heap too (a thread's own arena would map them anew)."""
-    run = subprocess.run([sys.executable, "-c", THREAD_SCRIPT], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert int(run.stdout) < PAGES // 10
+    faults = probe("thread")
+    assert faults["inside"] < faults["pages"] // 10
 
 
 def test_the_hyperstyle_inversion_runs_inside_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
