@@ -1,7 +1,7 @@
 """The C heap under torch's CPU tensors (glibc's malloc; elsewhere every function here does nothing).
 
 glibc maps each large block (a 1024² activation is 128 MB) fresh from the kernel and unmaps it when
-freed, so every layer of every synthesis touches new pages: ~0.4 GB of page faults per 1024² render
+freed, so every layer of every synthesis touches new pages: ~0.3 GB of page faults per 1024² render
 on a 2-core CPU, 5–10 % of its time. Where one call renders many times (HyperStyle's inversion: five
 renders and five hypernetwork passes of the same shapes), `keep_freed_pages` keeps what is freed in
 the heap for the next layer to reuse, and gives it back to the OS when the call ends.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -25,7 +26,9 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """glibc, opened once; None elsewhere."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc: both exist)

@@ -5,6 +5,7 @@ fresh process each (tests/support/heap_probe.py), on glibc only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -59,8 +60,6 @@ def test_a_device_thread_reuses_pages_after_configure() -> None:
 def test_the_hyperstyle_inversion_runs_inside_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """All of `invert_high`'s renders (the initial one and one per refinement but the last) run with
     the freed pages kept; the block ends with the inversion."""
-    import contextlib
-
     engine = Engine.load("tiny", threads=0)
     events: Counter = Counter()
     depth = [0]
