@@ -103,6 +103,11 @@ class DeviceThread:
     def stop(self) -> None:
         self._calls.put(None)
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the thread has ended (after `stop`, once the calls before it are done)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _loop(self) -> None:
         while True:
             item = self._calls.get()

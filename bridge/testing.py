@@ -49,6 +49,9 @@ class ServerThread:
         self._thread.join(10)
         if not self.loop.is_running():
             self.loop.close()
+        for worker in self.server.workers:  # the calls before the stop end first (a last trim, a job)
+            worker.thread.stop()  # server.stop's own may not have been reached
+            worker.thread.join(10)
 
 
 @contextlib.contextmanager

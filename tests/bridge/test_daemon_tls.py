@@ -9,6 +9,7 @@ Certificates are made here with openssl (tests/support/certs.py): a CA, a server
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -98,7 +99,10 @@ class Recorder:
         return self.received
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept (closing alone leaves it blocked for good)
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        self._thread.join(timeout=5)
 
 
 def _edit(client: EngineClient):

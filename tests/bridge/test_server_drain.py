@@ -138,3 +138,20 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(trusted: bool):
         assert keys == ({("address", "10.0.0.31"), ("address", "10.0.0.32")} if trusted else {("address", "127.0.0.1")})
         first.ws.close()
         second.ws.close()
+
+
+def test_a_stopped_in_process_server_leaves_no_thread_running():
+    """An embedding (or a test) that stops the server gets its threads back: a device thread still
+    busy with a last call (a memory trim, a job) ends before `stop` returns, so nothing of this
+    engine runs on beside whatever the embedder does next."""
+    with running_server([FakeBackend, FakeBackend]) as server:
+
+        async def busy() -> None:
+            for worker in server.server.workers:
+                worker.thread.submit(threading.Event().wait, 1.0)  # a call the stop finds running
+
+        server.call(busy())
+        names = {thread.name for thread in threading.enumerate()}
+        assert {"engine-loop", "ffclip-worker-0", "ffclip-worker-1"} <= names
+    left = {thread.name for thread in threading.enumerate()} & {"engine-loop", "ffclip-worker-0", "ffclip-worker-1"}
+    assert left == set()

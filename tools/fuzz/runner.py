@@ -11,6 +11,9 @@ so `VmHWM - VmRSS before` is what that one mutant cost at its worst moment. Resi
 large zero-filled buffer whose pages are never touched (a bytearray of a size the file claims, read
 into only up to where the file ends), so targets with `trace_memory` are also measured with
 tracemalloc (every Python-level buffer and numpy array at its full size): the peak is the larger.
+Both are the whole process's, so a mutant over its budget is run and measured once more and the
+smaller peak counts (its own cost is there both times; another thread's allocations or releases
+of memory, once).
 """
 
 from __future__ import annotations
@@ -270,6 +273,8 @@ def run(
             if on_mutant is not None:
                 on_mutant(index, report)
             outcome = run_one(target, index, seed, workdir, measure)
+            if _over_budget(outcome):
+                outcome = _measured_again(target, index, seed, workdir, outcome)
             label = outcome.label
             report.count += 1
             if marker.exists():
@@ -295,6 +300,19 @@ def run(
     return report
 
 
+def _over_budget(outcome: Outcome) -> bool:
+    return outcome.budget is not None and outcome.peak > outcome.budget
+
+
+def _measured_again(target: Target, index: int, seed: int, workdir: Path, first: Outcome) -> Outcome:
+    """A mutant over its budget runs once more, and the smaller peak counts: what another thread does
+    to the resident size lands on whichever mutant is running, once, while the mutant's own cost is
+    there on every run. (In CI the previous test's engine worker gave 235 MB back to the OS between
+    the peak's reset and the reading of the size before: a 235 MB "peak" for a JPEG of a few KB.)"""
+    again = run_one(target, index, seed, workdir, measure=True)
+    return first if first.peak <= again.peak else Outcome(first.label, again.peak, first.size, first.budget)
+
+
 def _note_memory(report: Report, index: int, outcome: Outcome) -> None:
     if outcome.peak > report.peak:
         report.peak, report.peak_index = outcome.peak, index
@@ -303,5 +321,5 @@ def _note_memory(report: Report, index: int, outcome: Outcome) -> None:
         report.peak_ratio, report.peak_ratio_index, report.peak_ratio_size = ratio, index, outcome.size
     if outcome.size >= LARGE and ratio > report.large_ratio:
         report.large_ratio, report.large_ratio_index = ratio, index
-    if outcome.budget is not None and outcome.peak > outcome.budget:
+    if _over_budget(outcome):
         report.over_budget.append((index, outcome.peak, outcome.budget))
