@@ -15,7 +15,6 @@ the per-domain states are guarded by a lock and copied out.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 from ffclip.plugin.protocol import DOMAINS, EditResult, EngineError, EngineState
 
 from .backend import Backend, EngineBackend
+from .jobs import release_memory
 from .messages import EditAnnouncement
 
 log = logging.getLogger("ffclip.bridge")
@@ -177,7 +177,7 @@ class DomainBackend:
             self._set_state(domain, state=EngineState.AVAILABLE, bytes=0)
             log.info("evicted the %s domain (memory budget %.0f MB)", domain, self.budget / 1e6)
             del backend
-            _release()
+            release_memory()  # the evicted domain's memory back to the OS now
         if need > self.budget:
             log.warning(
                 "one domain needs %.0f MB, over the budget of %.0f MB: loading it alone", need / 1e6, self.budget / 1e6
@@ -290,14 +290,6 @@ def _warm_up(backend: EngineBackend) -> None:
         log.warning("warm-up failed; the first edit will be slower", exc_info=True)
     else:
         log.info("warm-up done in %.1f s", time.monotonic() - started)
-
-
-def _release() -> None:
-    """Give an evicted domain's memory back to the OS now (its tensors are freed by refcount)."""
-    from ffclip.engine import heap
-
-    gc.collect()
-    heap.release_freed_memory()
 
 
 def load_domain_backend(

@@ -24,7 +24,7 @@ import random
 import traceback
 import tracemalloc
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -310,7 +310,7 @@ def _measured_again(target: Target, index: int, seed: int, workdir: Path, first:
     there on every run. (In CI the previous test's engine worker gave 235 MB back to the OS between
     the peak's reset and the reading of the size before: a 235 MB "peak" for a JPEG of a few KB.)"""
     again = run_one(target, index, seed, workdir, measure=True)
-    return first if first.peak <= again.peak else Outcome(first.label, again.peak, first.size, first.budget)
+    return replace(first, peak=min(first.peak, again.peak))
 
 
 def _note_memory(report: Report, index: int, outcome: Outcome) -> None:
